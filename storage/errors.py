@@ -1,0 +1,13 @@
+"""Domain errors of the record keeper. The CLI turns each into one line and an exit status."""
+
+
+class StorageError(Exception):
+    """The storage cannot be reached or used (bad URL, unreachable server, unreadable secret)."""
+
+
+class StudyNotFound(StorageError):
+    """No study (stage) of that name exists in the storage."""
+
+
+class CampaignNotFound(StorageError):
+    """No campaign of that name exists in the storage."""
