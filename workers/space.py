@@ -1,0 +1,966 @@
+"""The knobs a trial can turn, and how an Optuna trial picks their values.
+
+A ``SearchSpace`` is an ordered, immutable mapping from a ``TrainConfig`` field name to
+a parameter spec:
+
+``FloatRange(low, high, log=False)``
+    a real number drawn from [low, high], uniformly or (``log=True``) log-uniformly;
+``IntRange(low, high, log=False, step=1)``
+    an integer from low, low + step, ..., high (a log-scaled range has step 1);
+``Choice(choices)``
+    one of a tuple of str / int / float / bool values. A one-element choice is a fixed
+    value.
+
+Following cs231n, the learning rate is searched log-uniformly (``10 ** uniform(-6, 1)``);
+``default_space()`` searches it together with every activation and every weight
+initializer the trainer implements, with and without batch normalization. The choices
+are read from the registries (``ACTIVATIONS``, ``INITIALIZERS``, ``OPTIMIZERS``,
+``PREPROCESSING``), so the space can never offer a name the trainer does not know.
+
+A worker turns the whole space into Optuna distributions at once
+(``space.to_distributions()``) and samples them in one ``study.ask(fixed_distributions=...)``
+call, then ``space.to_train_kwargs(trial.params)`` gives the ``TrainConfig`` keyword
+arguments. ``epochs`` and ``seed`` are not search parameters: each stage of a campaign
+trains for a fixed number of epochs, and each trial's seed comes from the stage seed.
+
+Writing a space
+---------------
+On the command line, one ``name=spec`` shorthand per ``--param``::
+
+    lr=log:1e-6..1e-1               log-uniform float range
+    momentum=0.5..0.99              linear float range
+    weight_decay=log:1e-6..1e-2
+    batch_size=int:32..256          integer range (the prefix is optional for an
+    batch_size=int:32..256:32         integer parameter); ``:32`` is a step
+    batch_size=int-log:16..512      log-uniform integer range
+    batch_size=32,64,128            a choice, values typed as the parameter (ints here)
+    activation=relu,tanh            a choice of names from the registry
+    batch_norm=true,false
+    hidden_sizes=100-100,200        layer widths joined by '-', one network per choice
+    optimizer=adam                  a single value: the parameter is fixed
+
+Range prefixes: ``log``, ``linear`` (the default), ``int``, ``int-log``, ``int-linear``,
+``float``, ``float-log``, ``float-linear``. Aliases: ``lr`` learning_rate,
+``wd`` weight_decay, ``bn`` batch_norm, ``init`` initializer, ``act`` activation,
+``bs`` batch_size, ``opt`` optimizer.
+
+In a TOML file, under ``[params]``; each value is a shorthand string, a plain value
+(fixed), an array (a choice) or a table::
+
+    [params]
+    learning_rate = "log:1e-6..1e-1"     # the same shorthand as on the command line
+    activation = ["relu", "tanh"]        # an array is a choice
+    batch_norm = [true, false]
+    hidden_sizes = ["100-100", [200]]    # "100-100" or an array of widths
+    optimizer = "adam"                   # a single value is fixed
+    momentum = 0.9
+
+    [params.weight_decay]
+    low = 1e-6
+    high = 1e-2
+    log = true
+
+    [params.batch_size]
+    low = 32
+    high = 256
+    step = 32                            # an integer parameter gives an integer range
+
+    [params.initializer]
+    choices = ["xavier", "he"]
+
+A table may also name its ``type`` ("float", "int" or "choice"); this is the form
+``SearchSpace.to_dict()`` writes, so ``from_dict`` and the TOML reader share one parser.
+
+``build_space(base, file, params)`` starts from ``base`` (or ``default_space()``),
+overlays the file, then each ``--param`` in order: the later spec of a parameter wins.
+
+Every invalid spec raises ``SpaceError`` (a ``ValueError``) with one line naming the
+parameter, what is wrong and where it came from, before anything is written anywhere.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+import tomllib
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any, Union
+
+import numpy as np
+from optuna.distributions import (
+    BaseDistribution,
+    CategoricalDistribution,
+    FloatDistribution,
+    IntDistribution,
+)
+
+from workers.data.preprocess import PREPROCESSING
+from workers.nn.activations import ACTIVATIONS
+from workers.nn.initializers import INITIALIZERS
+from workers.nn.optimizers import OPTIMIZERS
+
+__all__ = [
+    "ALIASES",
+    "ALWAYS_SEARCHED",
+    "PARAMETERS",
+    "Choice",
+    "FloatRange",
+    "IntRange",
+    "ParamInfo",
+    "ParamSpec",
+    "SearchSpace",
+    "SpaceError",
+    "build_space",
+    "default_space",
+    "grid_values",
+    "load_space_file",
+    "parse_param",
+    "parse_spec",
+    "resolve_name",
+]
+
+
+class SpaceError(ValueError):
+    """An invalid search space: the message is one line a user can act on."""
+
+
+# ---------------------------------------------------------------------------
+# parameter specs
+# ---------------------------------------------------------------------------
+
+
+def _fmt(x: float | int) -> str:
+    """A short number for tables: 1e-06, 0.5, 10, 256."""
+    return f"{x:g}"
+
+
+def _is_real(x: Any) -> bool:
+    return isinstance(x, (int, float, np.integer, np.floating)) and not isinstance(x, (bool, np.bool_))
+
+
+def _as_int(x: Any) -> int | None:
+    """x as an int if it is an integer or an integral float, else None (bools excluded)."""
+    if isinstance(x, (bool, np.bool_)):
+        return None
+    if isinstance(x, (int, np.integer)):
+        return int(x)
+    if isinstance(x, (float, np.floating)) and math.isfinite(x) and float(x).is_integer():
+        return int(x)
+    return None
+
+
+@dataclass(frozen=True)
+class FloatRange:
+    """A real number from [low, high]; ``log=True`` samples log-uniformly (needs low > 0)."""
+
+    low: float
+    high: float
+    log: bool = False
+
+    def __post_init__(self) -> None:
+        for which in ("low", "high"):
+            v = getattr(self, which)
+            if not _is_real(v) or not math.isfinite(v):
+                raise SpaceError(f"{which} must be a finite number, got {v!r}")
+            object.__setattr__(self, which, float(v))
+        if not isinstance(self.log, bool):
+            raise SpaceError(f"log must be true or false, got {self.log!r}")
+        if not self.low < self.high:
+            raise SpaceError(
+                f"low {_fmt(self.low)} must be below high {_fmt(self.high)} "
+                "(for a fixed value give a single value)"
+            )
+        if self.log and self.low <= 0:
+            raise SpaceError(f"a log range must stay above 0, got low {_fmt(self.low)}")
+
+    def to_distribution(self) -> FloatDistribution:
+        return FloatDistribution(self.low, self.high, log=self.log)
+
+    def contains(self, value: Any) -> bool:
+        return _is_real(value) and self.low <= value <= self.high
+
+    def describe(self) -> str:
+        """``log[1e-06, 10]`` or ``[0.5, 0.99]``."""
+        return f"{'log' if self.log else ''}[{_fmt(self.low)}, {_fmt(self.high)}]"
+
+    def shorthand(self) -> str:
+        """The exact ``--param`` shorthand: ``log:1e-06..10.0``."""
+        return f"{'log' if self.log else 'linear'}:{self.low!r}..{self.high!r}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"type": "float", "low": self.low, "high": self.high, "log": self.log}
+
+    def __str__(self) -> str:
+        return self.describe()
+
+
+@dataclass(frozen=True)
+class IntRange:
+    """An integer from low, low + step, ..., high; ``log=True`` needs low >= 1 and step 1."""
+
+    low: int
+    high: int
+    log: bool = False
+    step: int = 1
+
+    def __post_init__(self) -> None:
+        for which in ("low", "high", "step"):
+            v = getattr(self, which)
+            iv = _as_int(v)
+            if iv is None:
+                raise SpaceError(f"{which} must be an integer, got {v!r}")
+            object.__setattr__(self, which, iv)
+        if not isinstance(self.log, bool):
+            raise SpaceError(f"log must be true or false, got {self.log!r}")
+        if not self.low < self.high:
+            raise SpaceError(
+                f"low {self.low} must be below high {self.high} (for a fixed value give a single value)"
+            )
+        if self.step < 1:
+            raise SpaceError(f"step must be >= 1, got {self.step}")
+        if self.log and self.low < 1:
+            raise SpaceError(f"a log range must stay above 0, got low {self.low}")
+        if self.log and self.step != 1:
+            raise SpaceError(f"a log-scaled integer range cannot have a step (got step {self.step})")
+        if (self.high - self.low) % self.step:
+            raise SpaceError(
+                f"high - low must be a multiple of the step: {self.low}..{self.high} step {self.step}"
+            )
+
+    def to_distribution(self) -> IntDistribution:
+        return IntDistribution(self.low, self.high, log=self.log, step=self.step)
+
+    def contains(self, value: Any) -> bool:
+        iv = _as_int(value)
+        return iv is not None and self.low <= iv <= self.high and (iv - self.low) % self.step == 0
+
+    def describe(self) -> str:
+        """``int[32, 256]``, ``int[32, 256] step 32`` or ``int-log[16, 512]``."""
+        text = f"int{'-log' if self.log else ''}[{self.low}, {self.high}]"
+        return text + (f" step {self.step}" if self.step != 1 else "")
+
+    def shorthand(self) -> str:
+        """The exact ``--param`` shorthand: ``int:32..256:32`` or ``int-log:16..512``."""
+        text = f"int{'-log' if self.log else ''}:{self.low}..{self.high}"
+        return text + (f":{self.step}" if self.step != 1 else "")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"type": "int", "low": self.low, "high": self.high, "log": self.log, "step": self.step}
+
+    def __str__(self) -> str:
+        return self.describe()
+
+
+ChoiceValue = Union[str, int, float, bool]
+
+
+def _choice_text(v: ChoiceValue) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, float):
+        return repr(v)
+    return str(v)
+
+
+@dataclass(frozen=True)
+class Choice:
+    """One of ``choices`` (str / int / float / bool, no repeats); one element means fixed."""
+
+    choices: tuple[ChoiceValue, ...]
+
+    def __post_init__(self) -> None:
+        if isinstance(self.choices, (str, bytes)) or not isinstance(self.choices, Iterable):
+            raise SpaceError(f"choices must be a list of values, got {self.choices!r}")
+        values = []
+        for v in self.choices:
+            if isinstance(v, (np.generic,)):
+                v = v.item()  # numpy scalars are not JSON-ready; store the Python value
+            if not isinstance(v, (str, int, float, bool)):
+                raise SpaceError(f"a choice must be a string, number or true/false, got {v!r}")
+            if isinstance(v, float) and not math.isfinite(v):
+                raise SpaceError(f"a choice must be a finite number, got {v!r}")
+            if any(type(v) is type(w) and v == w for w in values):
+                raise SpaceError(f"choice {_choice_text(v)} is given twice")
+            values.append(v)
+        if not values:
+            raise SpaceError("the list of choices is empty")
+        object.__setattr__(self, "choices", tuple(values))
+
+    @property
+    def is_fixed(self) -> bool:
+        return len(self.choices) == 1
+
+    def to_distribution(self) -> CategoricalDistribution:
+        return CategoricalDistribution(self.choices)
+
+    def contains(self, value: Any) -> bool:
+        if isinstance(value, np.generic):
+            value = value.item()
+        # Compare bools only with bools: True == 1 in Python, but not here.
+        return any(isinstance(value, bool) == isinstance(c, bool) and value == c for c in self.choices)
+
+    def describe(self) -> str:
+        """``{relu, tanh}``; a fixed value shows as ``{adam}``."""
+        return "{" + ", ".join(_fmt(c) if isinstance(c, float) else _choice_text(c) for c in self.choices) + "}"
+
+    def shorthand(self) -> str:
+        """The exact ``--param`` shorthand: ``relu,tanh``."""
+        return ",".join(_choice_text(c) for c in self.choices)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"type": "choice", "choices": list(self.choices)}
+
+    def __str__(self) -> str:
+        return self.describe()
+
+
+ParamSpec = Union[FloatRange, IntRange, Choice]
+
+
+# ---------------------------------------------------------------------------
+# the parameters: one entry per searchable TrainConfig field
+# ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ParamInfo:
+    """What one ``TrainConfig`` field accepts as a search parameter.
+
+    ``kind`` is "float", "int" (numbers in a domain bounded by ``low`` / ``high``, each
+    excluded when ``low_open`` / ``high_open``; None means unbounded), "bool", "name"
+    (a key of ``registry``), "layers" (hidden layer widths written "100-100") or "dtype"
+    (a NumPy floating dtype name).
+    """
+
+    kind: str
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+    registry: Mapping[str, Any] | None = field(default=None, repr=False)
+    help: str = ""
+
+    @property
+    def numeric(self) -> bool:
+        return self.kind in ("float", "int")
+
+    def allowed(self) -> list[str]:
+        """The allowed values of a "name" or "dtype" parameter."""
+        if self.kind == "name":
+            return list(self.registry or ())
+        if self.kind == "dtype":
+            return list(_FLOAT_DTYPES)
+        return []
+
+    def domain(self) -> str:
+        """The numeric domain in words: ``> 0``, ``in [0, 1)``, ``>= 1``."""
+        lo, hi = self.low, self.high
+        if lo is not None and hi is not None:
+            return f"in {'(' if self.low_open else '['}{_fmt(lo)}, {_fmt(hi)}{')' if self.high_open else ']'}"
+        if lo is not None:
+            return f"{'>' if self.low_open else '>='} {_fmt(lo)}"
+        if hi is not None:
+            return f"{'<' if self.high_open else '<='} {_fmt(hi)}"
+        return "any number"
+
+    def in_domain(self, x: float) -> bool:
+        if self.low is not None and (x <= self.low if self.low_open else x < self.low):
+            return False
+        if self.high is not None and (x >= self.high if self.high_open else x > self.high):
+            return False
+        return True
+
+
+# float16 is left out: the trainer's numerics (softmax, batchnorm) want float32 or wider.
+_FLOAT_DTYPES = ("float32", "float64")
+
+PARAMETERS: Mapping[str, ParamInfo] = MappingProxyType(
+    {
+        "learning_rate": ParamInfo("float", low=0.0, low_open=True, help="step size"),
+        "activation": ParamInfo("name", registry=ACTIVATIONS, help="hidden-layer nonlinearity"),
+        "initializer": ParamInfo("name", registry=INITIALIZERS, help="weight initialization"),
+        "batch_norm": ParamInfo("bool", help="batch normalization after each hidden affine layer"),
+        "hidden_sizes": ParamInfo("layers", help="hidden layer widths, e.g. 100-100"),
+        "leaky_slope": ParamInfo("float", low=0.0, high=1.0, high_open=True, help="leaky_relu negative slope"),
+        "elu_alpha": ParamInfo("float", low=0.0, low_open=True, help="elu saturation value"),
+        "maxout_k": ParamInfo("int", low=2, help="pieces per maxout unit"),
+        "init_std": ParamInfo("float", low=0.0, low_open=True, help="std of the 'small' initializer"),
+        "optimizer": ParamInfo("name", registry=OPTIMIZERS, help="update rule"),
+        "momentum": ParamInfo("float", low=0.0, high=1.0, high_open=True, help="momentum / beta1"),
+        "lr_decay": ParamInfo("float", low=0.0, high=1.0, low_open=True, help="learning rate factor per epoch"),
+        "weight_decay": ParamInfo("float", low=0.0, help="L2 regularization strength"),
+        "batch_size": ParamInfo("int", low=1, help="minibatch size"),
+        "preprocessing": ParamInfo("name", registry=PREPROCESSING, help="input preprocessing"),
+        "pca_components": ParamInfo("int", low=1, help="PCA directions kept"),
+        "dtype": ParamInfo("dtype", help="floating dtype of the network"),
+    }
+)
+
+ALIASES: Mapping[str, str] = MappingProxyType(
+    {
+        "lr": "learning_rate",
+        "wd": "weight_decay",
+        "bn": "batch_norm",
+        "init": "initializer",
+        "act": "activation",
+        "bs": "batch_size",
+        "opt": "optimizer",
+    }
+)
+
+# TrainConfig fields set by the campaign, not searched, with the reason shown to users.
+_NOT_SEARCHED = {
+    "epochs": (
+        "epochs is not a search parameter: every trial of a stage trains for that stage's "
+        "fixed number of epochs; set it with the campaign's per-stage epochs option"
+    ),
+    "seed": (
+        "seed is not a search parameter: each trial's seed is derived from the stage seed "
+        "and the trial number, so every trial can be reproduced"
+    ),
+}
+
+ALWAYS_SEARCHED: tuple[str, ...] = ("learning_rate", "activation", "initializer", "batch_norm")
+
+
+def resolve_name(name: str) -> str:
+    """The canonical parameter name for ``name`` or an alias; SpaceError if unknown."""
+    if not isinstance(name, str):
+        raise SpaceError(f"a parameter name must be a string, got {name!r}")
+    key = name.strip()
+    key = ALIASES.get(key, key)
+    if key in PARAMETERS:
+        return key
+    if key in _NOT_SEARCHED:
+        raise SpaceError(_NOT_SEARCHED[key])
+    close = difflib.get_close_matches(key, list(PARAMETERS) + list(ALIASES), n=1)
+    hint = f"did you mean {ALIASES.get(close[0], close[0])}? " if close else ""
+    raise SpaceError(
+        f"unknown parameter {name!r}; {hint}known: {', '.join(PARAMETERS)} "
+        f"(aliases: {', '.join(f'{a}={n}' for a, n in ALIASES.items())})"
+    )
+
+
+@contextmanager
+def _about(prefix: str) -> Iterator[None]:
+    """Prefix any SpaceError raised inside with where it happened (keeps it one line)."""
+    try:
+        yield
+    except SpaceError as e:
+        raise SpaceError(f"{prefix}: {e}") from None
+
+
+def _normalized(name: str, spec: Any) -> ParamSpec:
+    """``spec`` checked for parameter ``name``, with its choices typed as the parameter.
+
+    Raises SpaceError for a spec of the wrong kind (a range for a choice parameter, a
+    float range for an integer), a range outside the parameter's domain, or a choice
+    that is not a valid value. Choices are coerced (1 -> 1.0 for a real parameter,
+    32.0 -> 32 for an integer one) so equal spaces compare and store equal.
+    """
+    info = PARAMETERS[name]
+    if not isinstance(spec, (FloatRange, IntRange, Choice)):
+        raise SpaceError(f"{name}: expected FloatRange, IntRange or Choice, got {spec!r}")
+    if isinstance(spec, Choice):
+        return Choice(tuple(_typed_value(name, info, v) for v in spec.choices))
+    if not info.numeric:
+        raise SpaceError(f"{name} takes a list of choices (e.g. {_example(name)}), not a range")
+    if info.kind == "int" and isinstance(spec, FloatRange):
+        raise SpaceError(
+            f"{name} is an integer; use an integer range such as int:{_fmt(spec.low)}..{_fmt(spec.high)}"
+        )
+    if info.kind == "float" and isinstance(spec, IntRange):
+        raise SpaceError(f"{name} is a real number; use a float range such as {spec.low}..{spec.high}")
+    for which in ("low", "high"):
+        v = getattr(spec, which)
+        if not info.in_domain(v):
+            raise SpaceError(f"{name} must be {info.domain()}, got {which} {_fmt(v)}")
+    return spec
+
+
+def _example(name: str) -> str:
+    info = PARAMETERS[name]
+    if info.kind in ("name", "dtype"):
+        return ",".join(info.allowed()[:2])
+    if info.kind == "bool":
+        return "true,false"
+    if info.kind == "layers":
+        return "100-100,200"
+    return "1,2"
+
+
+def _check_value(name: str, v: Any) -> None:
+    """Raise SpaceError unless ``v`` is a valid, correctly typed value of ``name``."""
+    info = PARAMETERS[name]
+    kind = info.kind
+    if kind == "float":
+        if not _is_real(v) or isinstance(v, int):
+            raise SpaceError(f"{name} must be a real number, got {v!r}")
+    elif kind == "int":
+        if not isinstance(v, int) or isinstance(v, bool):
+            raise SpaceError(f"{name} must be an integer, got {v!r}")
+    elif kind == "bool":
+        if not isinstance(v, bool):
+            raise SpaceError(f"{name} must be true or false, got {v!r}")
+        return
+    elif kind in ("name", "dtype"):
+        allowed = info.allowed()
+        if v not in allowed or not isinstance(v, str):
+            raise SpaceError(f"unknown {name} {v!r}; allowed: {', '.join(allowed)}")
+        return
+    elif kind == "layers":
+        _parse_layers(name, v)
+        return
+    if not info.in_domain(v):
+        raise SpaceError(f"{name} must be {info.domain()}, got {_fmt(v)}")
+
+
+def _parse_layers(name: str, v: Any) -> tuple[int, ...]:
+    """``"100-100"`` -> (100, 100); SpaceError unless every width is an integer >= 1."""
+    if not isinstance(v, str):
+        raise SpaceError(f"{name} must be widths joined by '-' such as '100-100', got {v!r}")
+    parts = v.split("-")
+    widths = []
+    for p in parts:
+        w = _as_int_text(p)
+        if w is None or w < 1:
+            raise SpaceError(f"{name} {v!r}: each layer width must be an integer >= 1 (e.g. '100-100')")
+        widths.append(w)
+    return tuple(widths)
+
+
+def _as_int_text(text: str) -> int | None:
+    text = text.strip()
+    if not text or not (text.isdigit() or (text[0] in "+-" and text[1:].isdigit())):
+        return None
+    return int(text)
+
+
+# ---------------------------------------------------------------------------
+# the space
+# ---------------------------------------------------------------------------
+
+
+class SearchSpace(Mapping[str, ParamSpec]):
+    """An ordered, immutable mapping from parameter name to spec.
+
+    Construction validates every (name, spec) pair: aliases are resolved to the
+    canonical ``TrainConfig`` field name, unknown names and ``epochs`` are rejected,
+    numeric ranges must lie in the parameter's domain (e.g. learning_rate > 0,
+    momentum in [0, 1)), and choices must be typed as the parameter (batch_size ints,
+    batch_norm bools, activation names from ``ACTIVATIONS``). Errors are ``SpaceError``.
+    """
+
+    __slots__ = ("_specs",)
+
+    def __init__(self, specs: Mapping[str, ParamSpec] | Iterable[tuple[str, ParamSpec]] = ()) -> None:
+        items = specs.items() if isinstance(specs, Mapping) else specs
+        validated: dict[str, ParamSpec] = {}
+        for raw_name, spec in items:
+            name = resolve_name(raw_name)
+            if name in validated:
+                raise SpaceError(f"{name} is given twice (as {raw_name!r})")
+            validated[name] = _normalized(name, spec)
+        self._specs: Mapping[str, ParamSpec] = MappingProxyType(validated)
+
+    # Mapping protocol -------------------------------------------------------------
+    def __getitem__(self, name: str) -> ParamSpec:
+        return self._specs[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._specs)
+
+    def __len__(self) -> int:
+        return len(self._specs)
+
+    def __hash__(self) -> int:
+        return hash(tuple(self._specs.items()))
+
+    def __repr__(self) -> str:
+        return f"SearchSpace({dict(self._specs)!r})"
+
+    def __str__(self) -> str:
+        width = max((len(n) for n in self), default=0)
+        return "\n".join(f"{n:<{width}}  {s.describe()}" for n, s in self.items())
+
+    # building ---------------------------------------------------------------------
+    def updated(self, other: Mapping[str, ParamSpec]) -> SearchSpace:
+        """A new space: ``other``'s specs replace this one's (in place), new names go last."""
+        merged = dict(self._specs)
+        for name, spec in SearchSpace(other).items():
+            merged[name] = spec
+        return SearchSpace(merged)
+
+    # for workers -----------------------------------------------------------------
+    def to_distributions(self) -> dict[str, BaseDistribution]:
+        """One Optuna distribution per parameter, for ``study.ask(fixed_distributions=...)``."""
+        return {name: spec.to_distribution() for name, spec in self.items()}
+
+    def contains(self, params: Mapping[str, Any]) -> bool:
+        """True when ``params`` holds a value inside every spec of this space."""
+        return all(name in params and spec.contains(params[name]) for name, spec in self.items())
+
+    def to_train_kwargs(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        """``TrainConfig`` keyword arguments from sampled values (e.g. ``trial.params``).
+
+        ``params`` must hold exactly this space's names. Values are converted to plain
+        Python types (hidden_sizes "100-100" -> (100, 100), NumPy scalars -> int / float /
+        bool) and checked against the parameter's domain; they need not lie inside the
+        spec's range (Optuna lets an enqueued trial go outside it).
+        """
+        names = set(params)
+        unknown = sorted(names - set(self))
+        missing = [n for n in self if n not in names]
+        if unknown or missing:
+            raise SpaceError(
+                "params do not match the space: "
+                + "; ".join(
+                    part
+                    for part in (
+                        f"not in the space: {', '.join(unknown)}" if unknown else "",
+                        f"missing: {', '.join(missing)}" if missing else "",
+                    )
+                    if part
+                )
+            )
+        kwargs: dict[str, Any] = {}
+        for name in self:
+            v = params[name]
+            if isinstance(v, np.generic):
+                v = v.item()
+            kind = PARAMETERS[name].kind
+            if kind == "float" and _is_real(v):
+                v = float(v)
+            elif kind == "int" and _as_int(v) is not None:
+                v = _as_int(v)
+            _check_value(name, v)
+            kwargs[name] = _parse_layers(name, v) if kind == "layers" else v
+        return kwargs
+
+    # tables and storage ------------------------------------------------------------
+    def describe(self) -> dict[str, str]:
+        """name -> one-line text per spec: ``log[1e-06, 10]``, ``{relu, tanh}``."""
+        return {name: spec.describe() for name, spec in self.items()}
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict (for study user attrs); ``from_dict`` gives back an equal space."""
+        return {"version": 1, "params": {name: spec.to_dict() for name, spec in self.items()}}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> SearchSpace:
+        """The space ``to_dict`` wrote; SpaceError for anything else."""
+        if not isinstance(data, Mapping) or not isinstance(data.get("params"), Mapping):
+            raise SpaceError("a stored search space must be a dict with a 'params' dict")
+        if data.get("version", 1) != 1:
+            raise SpaceError(f"unsupported search space version {data.get('version')!r}; expected 1")
+        specs = {}
+        for raw_name, value in data["params"].items():
+            with _about(f"params.{raw_name}"):
+                name = resolve_name(raw_name)
+                specs[name] = _normalized(name, _spec_from_value(name, value, shorthand=False))
+        return cls(specs)
+
+
+# ---------------------------------------------------------------------------
+# the default space
+# ---------------------------------------------------------------------------
+
+
+def default_space() -> SearchSpace:
+    """The lecture's first coarse stage.
+
+    learning_rate ``10 ** uniform(-6, 1)`` (log[1e-06, 10]), every activation and every
+    initializer in the registries, batch_norm on and off.
+    """
+    return SearchSpace(
+        {
+            "learning_rate": FloatRange(1e-6, 10.0, log=True),
+            "activation": Choice(tuple(ACTIVATIONS)),
+            "initializer": Choice(tuple(INITIALIZERS)),
+            "batch_norm": Choice((True, False)),
+        }
+    )
+
+
+# ---------------------------------------------------------------------------
+# parsing: shorthand, TOML, stored dicts
+# ---------------------------------------------------------------------------
+
+_RANGE_PREFIXES = {
+    # prefix: (integer range?  None = as the parameter, log?)
+    "linear": (None, False),
+    "log": (None, True),
+    "float": (False, False),
+    "float-linear": (False, False),
+    "float-log": (False, True),
+    "int": (True, False),
+    "int-linear": (True, False),
+    "int-log": (True, True),
+}
+
+_TRUE = ("true", "yes", "on", "1")
+_FALSE = ("false", "no", "off", "0")
+
+
+def parse_param(text: str) -> tuple[str, ParamSpec]:
+    """``"lr=log:1e-6..1e-1"`` -> ("learning_rate", FloatRange(1e-6, 0.1, log=True)).
+
+    The forms are listed in the module docstring. SpaceError names the --param text.
+    """
+    with _about(f"--param {text!r}"):
+        if not isinstance(text, str) or "=" not in text:
+            raise SpaceError("expected name=spec, e.g. lr=log:1e-6..1e-1 or activation=relu,tanh")
+        raw_name, spec_text = text.split("=", 1)
+        if not raw_name.strip():
+            raise SpaceError("no parameter name before '='")
+        name = resolve_name(raw_name)
+        return name, parse_spec(name, spec_text)
+
+
+def parse_spec(name: str, text: str) -> ParamSpec:
+    """The spec written as shorthand ``text`` for parameter ``name`` (canonical or alias)."""
+    name = resolve_name(name)
+    return _normalized(name, _parse_spec(name, PARAMETERS[name], text))
+
+
+def _parse_spec(name: str, info: ParamInfo, text: str) -> ParamSpec:
+    text = text.strip()
+    if not text:
+        raise SpaceError(f"no value given for {name}")
+    if ".." in text:
+        return _parse_range(name, info, text)
+    if ":" in text and info.numeric:
+        raise SpaceError(f"cannot read {text!r}; a range is written [prefix:]low..high, e.g. log:1e-6..1e-1")
+    tokens = [t.strip() for t in text.split(",")]
+    if any(not t for t in tokens):
+        raise SpaceError(f"empty choice in {text!r}")
+    return Choice(tuple(_parse_token(name, info, t) for t in tokens))
+
+
+def _parse_range(name: str, info: ParamInfo, text: str) -> ParamSpec:
+    parts = [p.strip() for p in text.split(":")]
+    prefix = "linear"
+    if ".." not in parts[0]:
+        prefix = parts.pop(0).lower()
+        if prefix not in _RANGE_PREFIXES:
+            raise SpaceError(f"unknown range prefix {prefix!r}; use one of {', '.join(_RANGE_PREFIXES)}")
+    if not parts or len(parts) > 2 or ".." not in parts[0]:
+        raise SpaceError(f"cannot read range {text!r}; expected [prefix:]low..high[:step]")
+    want_int, log = _RANGE_PREFIXES[prefix]
+    if not info.numeric:
+        raise SpaceError(f"{name} takes a list of choices (e.g. {_example(name)}), not a range")
+    is_int = info.kind == "int"
+    if want_int is not None and want_int != is_int:
+        raise SpaceError(
+            f"{name} is {'an integer' if is_int else 'a real number'}; "
+            f"drop the {prefix!r} prefix or use {'int' if is_int else 'float'}{'-log' if log else ''}:"
+        )
+    bounds = parts[0].split("..")
+    if len(bounds) != 2:
+        raise SpaceError(f"cannot read range {parts[0]!r}; expected low..high")
+    number = _parse_int if is_int else _parse_float
+    low, high = number(name, bounds[0]), number(name, bounds[1])
+    if is_int:
+        step = _parse_int(name, parts[1]) if len(parts) == 2 else 1
+        return IntRange(low, high, log=log, step=step)
+    if len(parts) == 2:
+        raise SpaceError(f"a step is only for integer ranges; {name} is a real number")
+    return FloatRange(low, high, log=log)
+
+
+def _parse_float(name: str, text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise SpaceError(f"{text.strip()!r} is not a number") from None
+    if not math.isfinite(v):
+        raise SpaceError(f"{text.strip()!r} is not a finite number")
+    return v
+
+
+def _parse_int(name: str, text: str) -> int:
+    iv = _as_int_text(text)
+    if iv is None:
+        # Accept an integral number written with an exponent ("1e3"), nothing else.
+        try:
+            iv = _as_int(float(text))
+        except ValueError:
+            iv = None
+    if iv is None:
+        raise SpaceError(f"{name} must be an integer, got {text.strip()!r}")
+    return iv
+
+
+def _parse_token(name: str, info: ParamInfo, token: str) -> ChoiceValue:
+    """One choice written as text, typed as the parameter."""
+    if info.kind == "float":
+        return _parse_float(name, token)
+    if info.kind == "int":
+        return _parse_int(name, token)
+    if info.kind == "bool":
+        low = token.lower()
+        if low in _TRUE:
+            return True
+        if low in _FALSE:
+            return False
+        raise SpaceError(f"{name} must be true or false, got {token!r}")
+    if info.kind == "layers":
+        return "-".join(str(w) for w in _parse_layers(name, token))
+    _check_value(name, token)
+    return token
+
+
+def _typed_value(name: str, info: ParamInfo, v: Any) -> ChoiceValue:
+    """One choice given as a TOML / JSON value, typed as the parameter."""
+    if info.kind == "float" and _is_real(v):
+        v = float(v)
+    elif info.kind == "int" and _as_int(v) is not None:
+        v = _as_int(v)
+    elif info.kind == "layers":
+        if isinstance(v, list):  # [100, 100]
+            widths = [_as_int(w) for w in v]
+            if not widths or any(w is None or w < 1 for w in widths):
+                raise SpaceError(f"{name} {v!r}: each layer width must be an integer >= 1")
+            return "-".join(str(w) for w in widths)
+        if _as_int(v) is not None:  # 200 = one hidden layer
+            v = str(_as_int(v))
+        if isinstance(v, str):
+            return "-".join(str(w) for w in _parse_layers(name, v))
+    _check_value(name, v)
+    return v
+
+
+_TABLE_KEYS = ("type", "low", "high", "log", "step", "choices")
+
+
+def _spec_from_value(name: str, value: Any, *, shorthand: bool = True) -> ParamSpec:
+    """A spec from a TOML / JSON value: shorthand string, plain value, list or table."""
+    info = PARAMETERS[name]
+    if isinstance(value, Mapping):
+        return _spec_from_table(name, info, value)
+    if not shorthand:
+        raise SpaceError(f"expected a table with {', '.join(_TABLE_KEYS)}, got {value!r}")
+    if isinstance(value, str):
+        return parse_spec(name, value)
+    if isinstance(value, list):
+        return Choice(tuple(_typed_value(name, info, v) for v in value))
+    return Choice((_typed_value(name, info, value),))
+
+
+def _spec_from_table(name: str, info: ParamInfo, table: Mapping[str, Any]) -> ParamSpec:
+    unknown = [k for k in table if k not in _TABLE_KEYS]
+    if unknown:
+        raise SpaceError(f"unknown key {unknown[0]!r}; a parameter table takes {', '.join(_TABLE_KEYS)}")
+    kind = table.get("type")
+    if kind is None:
+        kind = "choice" if "choices" in table or not info.numeric else info.kind
+    if kind not in ("float", "int", "choice"):
+        raise SpaceError(f"unknown type {kind!r}; use float, int or choice")
+    if kind == "choice":
+        extra = [k for k in ("low", "high", "log", "step") if k in table]
+        if extra:
+            raise SpaceError(f"a choice takes only 'choices', not {', '.join(extra)}")
+        choices = table.get("choices")
+        if not isinstance(choices, list):
+            raise SpaceError(f"'choices' must be a list, got {choices!r}")
+        return Choice(tuple(_typed_value(name, info, v) for v in choices))
+    if "choices" in table:
+        raise SpaceError("give either low/high or choices, not both")
+    missing = [k for k in ("low", "high") if k not in table]
+    if missing:
+        raise SpaceError(f"a range needs low and high (missing {', '.join(missing)})")
+    if not info.numeric:
+        raise SpaceError(f"{name} takes a list of choices (e.g. {_example(name)}), not a range")
+    if kind != info.kind:
+        raise SpaceError(f"{name} is {'an integer' if info.kind == 'int' else 'a real number'}, not type {kind!r}")
+    log = table.get("log", False)
+    if kind == "int":
+        return IntRange(table["low"], table["high"], log=log, step=table.get("step", 1))
+    if "step" in table:
+        raise SpaceError(f"a step is only for integer ranges; {name} is a real number")
+    return FloatRange(table["low"], table["high"], log=log)
+
+
+def load_space_file(path: str | Path) -> SearchSpace:
+    """The space in TOML file ``path`` (only its own parameters; see ``build_space``)."""
+    path = Path(path)
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    except FileNotFoundError:
+        raise SpaceError(f"{path}: no such space file") from None
+    except OSError as e:
+        raise SpaceError(f"{path}: cannot read: {e.strerror or e}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise SpaceError(f"{path}: not valid TOML: {e}") from None
+    unknown = [k for k in data if k != "params"]
+    if unknown:
+        raise SpaceError(f"{path}: unknown top-level key {unknown[0]!r}; a space file holds a [params] table")
+    params = data.get("params")
+    if not isinstance(params, dict):
+        raise SpaceError(f"{path}: no [params] table")
+    specs: dict[str, ParamSpec] = {}
+    for raw_name, value in params.items():
+        with _about(f"{path}: params.{raw_name}"):
+            name = resolve_name(raw_name)
+            if name in specs:
+                raise SpaceError(f"{name} is given twice")
+            specs[name] = _normalized(name, _spec_from_value(name, value))
+    return SearchSpace(specs)
+
+
+def build_space(
+    base: SearchSpace | None = None,
+    file: str | Path | None = None,
+    params: Sequence[str] = (),
+) -> SearchSpace:
+    """The space of a stage: ``base`` (or ``default_space()``), then ``file``, then ``params``.
+
+    Each layer replaces the specs of the parameters it names; the later wins. The result
+    always holds the ``ALWAYS_SEARCHED`` parameters: a base lacking one gets the default's.
+    """
+    if isinstance(params, str):
+        params = [params]  # one --param given as a bare string, not its characters
+    space = default_space() if base is None else base
+    missing = {n: s for n, s in default_space().items() if n not in space}
+    if missing:
+        space = space.updated(missing)
+    if file is not None:
+        space = space.updated(load_space_file(file))
+    for text in params:
+        name, spec = parse_param(text)
+        space = space.updated({name: spec})
+    return space
+
+
+# ---------------------------------------------------------------------------
+# grids
+# ---------------------------------------------------------------------------
+
+
+def grid_values(space: SearchSpace, points_per_range: int = 3) -> dict[str, list[Any]]:
+    """A grid for ``optuna.samplers.GridSampler``: every choice, and for each range
+    ``points_per_range`` log- or linearly spaced points including both ends (integer
+    ranges give the distinct grid points they round to).
+    """
+    n = _as_int(points_per_range)
+    if n is None or n < 2:
+        raise SpaceError(f"points_per_range must be an integer >= 2, got {points_per_range!r}")
+    grid: dict[str, list[Any]] = {}
+    for name, spec in space.items():
+        if isinstance(spec, Choice):
+            grid[name] = list(spec.choices)
+            continue
+        points = np.geomspace(spec.low, spec.high, n) if spec.log else np.linspace(spec.low, spec.high, n)
+        if isinstance(spec, FloatRange):
+            values = [float(p) for p in points]
+            values[0], values[-1] = spec.low, spec.high  # exact ends, no rounding drift
+        else:
+            snapped = {spec.low + int(round((p - spec.low) / spec.step)) * spec.step for p in points}
+            values = sorted(min(max(v, spec.low), spec.high) for v in snapped)
+        grid[name] = values
+    return grid
