@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import optuna
+import sqlalchemy
 from optuna.storages import BaseStorage
 
 from storage.errors import CampaignNotFound, StorageError, StudyNotFound
@@ -138,3 +139,43 @@ def _study_id(storage: BaseStorage, study_name: str) -> int:
         return storage.get_study_id_from_name(study_name)
     except KeyError:
         raise StudyNotFound(f"no study named {study_name!r} in this storage") from None
+
+
+def count_states(storage: BaseStorage, study_name: str) -> dict[str, int]:
+    """Trials of a study per state (``{"COMPLETE": 12, "RUNNING": 2, ...}``) in one query.
+
+    Reading every trial to count them would cost a worker more than its trial on a large study.
+    """
+    study_id = _study_id(storage, study_name)
+    engine = getattr(storage, "engine", None)
+    if engine is None:  # not an RDB storage: count the slow way
+        counts: dict[str, int] = {}
+        for trial in storage.get_all_trials(study_id, deepcopy=False):
+            counts[trial.state.name] = counts.get(trial.state.name, 0) + 1
+        return counts
+    query = sqlalchemy.text(
+        "SELECT state, COUNT(*) FROM trials WHERE study_id = :study_id GROUP BY state"
+    )
+    with engine.connect() as conn:
+        rows = conn.execute(query, {"study_id": study_id}).all()
+    return {str(state).removeprefix("TrialState."): int(n) for state, n in rows}
+
+
+def best_value(storage: BaseStorage, study_name: str) -> float | None:
+    """The highest value among the study's COMPLETE trials, in one query (None if none)."""
+    study_id = _study_id(storage, study_name)
+    engine = getattr(storage, "engine", None)
+    if engine is None:
+        values = [
+            t.value
+            for t in storage.get_all_trials(study_id, deepcopy=False)
+            if t.state.name == "COMPLETE" and t.value is not None
+        ]
+        return max(values, default=None)
+    query = sqlalchemy.text(
+        "SELECT MAX(v.value) FROM trial_values v JOIN trials t ON t.trial_id = v.trial_id "
+        "WHERE t.study_id = :study_id AND t.state = 'COMPLETE' AND v.objective = 0"
+    )
+    with engine.connect() as conn:
+        value = conn.execute(query, {"study_id": study_id}).scalar()
+    return None if value is None else float(value)

@@ -1,0 +1,371 @@
+"""The `hpo` command: thin click commands over the library.
+
+Results go to stdout (tables, or one JSON object / CSV for scripts); progress and messages go
+to stderr. Bad input gets one line and exit status 2, before anything is written.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import logging
+import os
+import sys
+import time
+
+import click
+
+from hpo import campaign as campaign_mod
+from hpo.output import UsageError, err, format_option, one_line, out, print_json, render_rows, storage_option
+from hpo.progress import RichProgress, narrowing_rows
+from storage import backend, records
+from storage.errors import StorageError
+from storage.url import mask_url
+from workers.data.datasets import DatasetError
+from workers.data.preprocess import PREPROCESSING
+from workers.nn.activations import ACTIVATIONS
+from workers.nn.initializers import INITIALIZERS
+from workers.nn.optimizers import OPTIMIZERS
+from workers.space import SpaceError, build_space
+from workers.strategy import PRUNERS, SAMPLERS
+from workers.train import TrainConfig, TrainingDiverged
+
+# Errors that mean "the input is wrong": one line, exit 2.
+INPUT_ERRORS = (StorageError, SpaceError, DatasetError, campaign_mod.CampaignError)
+
+
+class HpoGroup(click.Group):
+    """Turns the library's domain errors into one line and exit status 2."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except INPUT_ERRORS as e:
+            raise UsageError(one_line(e)) from None
+
+
+@click.group(cls=HpoGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(package_name="hpo")
+def cli() -> None:
+    """Coarse-to-fine hyperparameter search for NumPy networks, on Optuna studies.
+
+    \b
+    Quick start (digits data, SQLite file hpo.db in this folder):
+      hpo search                       # three stages, local workers, final test accuracy
+      hpo studies                      # what is in the storage
+      hpo train --activation tanh --initializer xavier --epochs 20
+    """
+
+
+def comma_ints(ctx, param, value):
+    if value is None:
+        return None
+    try:
+        numbers = [int(v) for v in str(value).replace("x", ",").split(",") if v.strip()]
+    except ValueError:
+        raise click.BadParameter(f"expected comma-separated integers, got {value!r}") from None
+    if not numbers or min(numbers) < 1:
+        raise click.BadParameter(f"expected positive integers, got {value!r}")
+    return numbers
+
+
+# -- train -----------------------------------------------------------------------------------
+@cli.command()
+@click.option("--dataset", default="digits", show_default=True, help="digits, mnist1d, cifar10:DIR or npz:PATH.")
+@click.option("--hidden", default="100,100", show_default=True, callback=comma_ints, help="Hidden layer widths, comma-separated.")
+@click.option("--activation", type=click.Choice(list(ACTIVATIONS)), default=TrainConfig.activation, show_default=True)
+@click.option("--leaky-slope", type=float, default=TrainConfig.leaky_slope, show_default=True, help="Slope of Leaky ReLU for x < 0.")
+@click.option("--elu-alpha", type=float, default=TrainConfig.elu_alpha, show_default=True)
+@click.option("--maxout-k", type=click.IntRange(min=2), default=TrainConfig.maxout_k, show_default=True, help="Pieces per Maxout unit.")
+@click.option("--initializer", type=click.Choice(list(INITIALIZERS)), default=TrainConfig.initializer, show_default=True)
+@click.option("--init-std", type=float, default=TrainConfig.init_std, show_default=True, help="Std of the 'small' initializer.")
+@click.option("--batch-norm/--no-batch-norm", default=TrainConfig.batch_norm, show_default=True)
+@click.option("--lr", "learning_rate", type=float, default=TrainConfig.learning_rate, show_default=True, help="Learning rate.")
+@click.option("--optimizer", type=click.Choice(list(OPTIMIZERS)), default=TrainConfig.optimizer, show_default=True)
+@click.option("--momentum", type=float, default=TrainConfig.momentum, show_default=True)
+@click.option("--lr-decay", type=float, default=TrainConfig.lr_decay, show_default=True, help="Learning rate multiplier after each epoch.")
+@click.option("--weight-decay", type=float, default=TrainConfig.weight_decay, show_default=True, help="L2 penalty on weights.")
+@click.option("--epochs", type=click.IntRange(min=1), default=TrainConfig.epochs, show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=TrainConfig.batch_size, show_default=True)
+@click.option("--preprocessing", type=click.Choice(list(PREPROCESSING)), default=TrainConfig.preprocessing, show_default=True)
+@click.option("--pca-components", type=float, default=None, help="PCA: components to keep (>= 1) or variance fraction (< 1).")
+@click.option("--dtype", type=click.Choice(["float32", "float64"]), default=TrainConfig.dtype, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of initialization and shuffling.")
+@click.option("--split-seed", type=int, default=0, show_default=True, help="Seed of the train/val/test split.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object with every figure instead of a summary.")
+def train(dataset, hidden, split_seed, as_json, **knobs) -> None:
+    """Train one configuration, without any database, and report its accuracy.
+
+    Shows progress per epoch and ends with train / validation / test accuracy and the
+    per-layer diagnostics of the last epoch.
+
+    \b
+    Examples:
+      hpo train
+      hpo train --activation tanh --initializer xavier --no-batch-norm --lr 0.01 --optimizer momentum
+      hpo train --dataset npz:data.npz --hidden 256,128 --preprocessing pca_whiten --json
+    """
+    from workers.run import cached_dataset, train_and_test
+
+    pca = knobs.pop("pca_components")
+    if pca is not None and pca >= 1:
+        pca = int(pca)
+    try:
+        config = TrainConfig.from_dict({**knobs, "hidden_sizes": hidden, "pca_components": pca})
+    except ValueError as e:
+        raise UsageError(one_line(e)) from None
+    data = cached_dataset(dataset, split_seed)
+
+    def show(epoch) -> None:
+        val = "" if epoch.val_accuracy is None else f"  val {epoch.val_accuracy:.4f}"
+        err.print(f"epoch {epoch.epoch:>3}/{config.epochs}  loss {epoch.train_loss:.4f}{val}  {epoch.seconds:.3f}s")
+
+    try:
+        evaluation = train_and_test(config, data, on_epoch=None if as_json else show)
+    except TrainingDiverged as e:
+        err.print(f"[red]{e}[/red]")
+        sys.exit(1)
+    result = evaluation.result
+    summary = {
+        "dataset": dataset,
+        "config": config.to_dict(),
+        "train_accuracy": evaluation.train_accuracy,
+        "val_accuracy": evaluation.val_accuracy,
+        "test_accuracy": evaluation.test_accuracy,
+        "epochs": config.epochs,
+        "epoch_seconds": list(result.epoch_seconds),
+        **{k: v for k, v in result.to_dict().items() if k in ("history", "diagnostics", "histograms")},
+    }
+    if as_json:
+        print_json(summary)
+        return
+    from hpo.progress import diagnostics_rows
+
+    render_rows(diagnostics_rows(result.diagnostics), DIAG_COLUMNS, "table", title="Last epoch, per hidden layer")
+    out.print(
+        f"train {evaluation.train_accuracy:.4f}   val {evaluation.val_accuracy:.4f}   "
+        f"test {evaluation.test_accuracy:.4f}   ({sum(result.epoch_seconds):.2f}s training)"
+    )
+
+
+DIAG_COLUMNS = ["layer", "act_mean", "act_std", "dead_fraction", "saturated_fraction", "grad_norm", "update_ratio"]
+
+
+# -- search ----------------------------------------------------------------------------------
+def default_campaign_name(dataset: str) -> str:
+    stem = dataset.split(":")[0]
+    return f"{stem}-{_dt.datetime.now().strftime('%Y%m%d-%H%M%S')}"
+
+
+def per_stage(values: list[int] | None, default: list[int], stages: int, option: str) -> list[int]:
+    if values is None:
+        return default
+    if len(values) == 1:
+        return values * stages
+    if len(values) != stages:
+        raise UsageError(f"{option} has {len(values)} values for {stages} stages: give one value or one per stage")
+    return values
+
+
+@cli.command()
+@click.option("--name", help="Campaign name; an existing campaign of that name is resumed. Default: DATASET-DATE-TIME.")
+@click.option("--dataset", default="digits", show_default=True, help="digits, mnist1d, cifar10:DIR or npz:PATH.")
+@click.option("--stages", type=click.IntRange(min=1, max=20), default=3, show_default=True)
+@click.option("--trials", callback=comma_ints, help="Trials per stage: one number or a comma list. [default: 60,30,15]")
+@click.option("--epochs", callback=comma_ints, help="Epochs per trial, per stage: a comma list. [default: 2,8,30]")
+@click.option("--workers", type=click.IntRange(min=0), default=os.cpu_count() or 1, show_default=True, help="Local worker processes; 0 only coordinates while `hpo worker` runs elsewhere.")
+@click.option("--sampler", type=click.Choice(list(SAMPLERS)), default="tpe", show_default=True)
+@click.option("--pruner", type=click.Choice(list(PRUNERS)), default="median", show_default=True)
+@click.option("--cv", type=click.IntRange(min=0), default=0, show_default=True, help="K-fold cross-validation on the training split (0: held-out validation split).")
+@click.option("--space", "space_file", type=click.Path(dir_okay=False), help="Search space TOML file.")
+@click.option("--param", "params", multiple=True, metavar="NAME=SPEC", help="Override one parameter, e.g. lr=log:1e-5..1e-1 or activation=relu,tanh (repeatable).")
+@click.option("--top", "top_quantile", type=click.FloatRange(0, 1, min_open=True), default=0.25, show_default=True, help="Fraction of a stage's best trials the next stage's ranges come from.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the data split and of the samplers.")
+@click.option("--blas-threads", type=click.IntRange(min=1), default=1, show_default=True, help="BLAS threads per local worker.")
+@click.option("--json", "as_json", is_flag=True, help="End with one JSON object: stages, ranges, counts, best configuration, accuracies.")
+@storage_option
+def search(name, dataset, stages, trials, epochs, workers, sampler, pruner, cv, space_file, params, top_quantile, seed, blas_threads, as_json, storage_url) -> None:
+    """Run a coarse-to-fine search: stages that narrow the ranges and train longer.
+
+    Each stage runs its trial budget on local workers (or on workers attached elsewhere with
+    `hpo worker --campaign NAME`), then the next stage's ranges are derived from the best
+    trials. At the end the best configuration is retrained on train + validation and tested
+    once on the held-out test split.
+
+    \b
+    Examples:
+      hpo search
+      hpo search --name lr-sweep --stages 2 --trials 40,20 --epochs 1,5 --param lr=log:1e-5..1
+      hpo search --name c1 --workers 0 --storage postgresql://hpo@db/hpo --json
+    """
+    default_trials, default_epochs = campaign_mod.default_schedule(stages)
+    trials = per_stage(trials, default_trials, stages, "--trials")
+    epochs = per_stage(epochs, default_epochs, stages, "--epochs")
+    if cv == 1:
+        raise UsageError("--cv needs at least 2 folds (or 0 for the held-out validation split)")
+    space = build_space(None, space_file, list(params))
+    name = records.check_name(name or default_campaign_name(dataset))
+    from workers.run import cached_dataset
+
+    cached_dataset(dataset, seed)  # a bad dataset fails here, before anything is written
+    spec = campaign_mod.CampaignSpec(
+        name=name, space=space, dataset=dataset, stages=stages, trials=trials, epochs=epochs,
+        sampler=sampler, pruner=pruner, cv=cv, seed=seed, top_quantile=top_quantile,
+    )
+    err.print(f"campaign [bold]{name}[/bold] on {mask_url(storage_url)}: {stages} stages, "
+              f"trials {trials}, epochs {epochs}, {workers} local workers")
+    progress = RichProgress(err)
+    with progress:
+        summary = campaign_mod.run_campaign(storage_url, spec, progress, workers=workers, blas_threads=blas_threads)
+    if as_json:
+        print_json({**summary.to_dict(), "storage": mask_url(storage_url)})
+        return
+    progress.print_summary(out, summary)
+
+
+# -- worker / launch ---------------------------------------------------------------------------
+@cli.command()
+@click.option("--campaign", help="Follow this campaign from stage to stage until it ends.")
+@click.option("--study", help="Work on this one stage study until its budget is met.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Worker seed (give each worker its own).")
+@click.option("--max-trials", type=click.IntRange(min=1), help="Exit after this many trials.")
+@click.option("--wait", "wait_seconds", type=float, default=60.0, show_default=True, help="Seconds to wait for the campaign to appear.")
+@click.option("--exit-with-parent", is_flag=True, hidden=True)
+@click.option("-v", "--verbose", is_flag=True, help="Log every trial.")
+@storage_option
+def worker(campaign, study, seed, max_trials, wait_seconds, exit_with_parent, verbose, storage_url) -> None:
+    """Take trials from a campaign (or a study), train them, store the results.
+
+    Stops on SIGTERM / SIGINT at the next epoch boundary; the trial in flight is failed and
+    queued again, and the worker exits 0.
+
+    \b
+    Examples:
+      hpo worker --campaign digits-20261127-101500
+      HPO_STORAGE=postgresql://hpo@db/hpo HPO_DB_PASSWORD_FILE=/run/secrets/db hpo worker --campaign c1
+    """
+    from workers.worker import WorkerOptions, run_worker
+
+    if bool(campaign) == bool(study):
+        raise UsageError("give exactly one of --campaign NAME or --study NAME")
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    options = WorkerOptions(
+        storage_url=storage_url, campaign=campaign, study=study, seed=seed,
+        max_trials=max_trials, wait_for_campaign_seconds=wait_seconds,
+        parent_pid=os.getppid() if exit_with_parent else None,
+    )
+    started = time.monotonic()
+    summary = run_worker(options)
+    done = ", ".join(f"{n} {state.lower()}" for state, n in sorted(summary.trials.items())) or "no trials"
+    err.print(f"worker {options.worker_id}: {done} in {time.monotonic() - started:.1f}s "
+              f"({summary.overhead_seconds:.1f}s outside training)")
+
+
+@cli.command()
+@click.option("-n", "--workers", "n", type=click.IntRange(min=1), default=os.cpu_count() or 1, show_default=True)
+@click.option("--campaign", help="Campaign to work on.")
+@click.option("--study", help="Stage study to work on.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--blas-threads", type=click.IntRange(min=1), default=1, show_default=True)
+@storage_option
+def launch(n, campaign, study, seed, blas_threads, storage_url) -> None:
+    """Start N local workers on a campaign (or study) and show their joint progress.
+
+    \b
+    Example:
+      hpo launch -n 4 --campaign c1
+    """
+    from hpo.local import LocalWorkers
+
+    if bool(campaign) == bool(study):
+        raise UsageError("give exactly one of --campaign NAME or --study NAME")
+    storage = backend.open_storage(storage_url, heartbeat=False)
+    plans = records.require_campaign(storage, campaign) if campaign else [records.read_plan(storage, study)]
+    if plans[0] is None:
+        raise UsageError(f"study {study!r} was not created by hpo")
+    local = LocalWorkers(storage_url, n, campaign=campaign, study=study, seed=seed, blas_threads=blas_threads)
+    progress = RichProgress(err)
+    try:
+        with progress:
+            while local.running():
+                current = records.campaign_stages(storage, campaign)[-1] if campaign else plans[0]
+                progress.stage_started(current, resumed=True)
+                progress.stage_progress(current, records.count_states(storage, current.study_name), records.best_value(storage, current.study_name))
+                time.sleep(0.5)
+    except KeyboardInterrupt:
+        err.print("stopping workers ...")
+    finally:
+        local.stop()
+    for w in local.failed():
+        err.print(f"[red]worker {w.index} exited with {w.process.returncode}[/red]\n{w.log_tail()}")
+    if local.failed():
+        sys.exit(1)
+
+
+# -- narrow ------------------------------------------------------------------------------------
+@cli.command()
+@click.argument("stage")
+@click.option("--into", "into", help="Name of the new stage study, CAMPAIGN/stage-K. Default: the next stage of STAGE's campaign.")
+@click.option("--space", "space_file", type=click.Path(dir_okay=False), help="TOML file overriding what the narrowing derived.")
+@click.option("--param", "params", multiple=True, metavar="NAME=SPEC", help="Override one derived parameter (repeatable).")
+@click.option("--top", "top_quantile", type=click.FloatRange(0, 1, min_open=True), default=0.25, show_default=True, help="Fraction of best trials the ranges come from.")
+@click.option("--top-k", type=click.IntRange(min=1), help="Use the K best trials instead of a fraction.")
+@click.option("--trials", type=click.IntRange(min=1), help="Budget of the new stage [default: the parent's / 2, at least 8].")
+@click.option("--epochs", type=click.IntRange(min=1), help="Epochs per trial of the new stage [default: 4x the parent's].")
+@click.option("--seed-best", type=click.IntRange(min=0), default=1, show_default=True, help="Queue the parent's K best configurations first.")
+@click.option("--dry-run", is_flag=True, help="Show the new ranges without creating the stage.")
+@format_option
+@storage_option
+def narrow(stage, into, space_file, params, top_quantile, top_k, trials, epochs, seed_best, dry_run, fmt, storage_url) -> None:
+    """Derive the next stage's search space from a finished stage (coarse to fine).
+
+    Numeric ranges shrink to the best trials (in log space for log-scaled parameters) with a
+    margin; a best value at the border of its range widens the range past that border instead;
+    categorical choices that never reach the top are dropped. Prints old and new ranges side by
+    side with the reason for each change.
+
+    \b
+    Examples:
+      hpo narrow c1/stage-1
+      hpo narrow c1/stage-1 --top-k 5 --epochs 10 --param activation=relu,elu
+      hpo narrow c1/stage-1 --into c1-fine/stage-2 --dry-run --format json
+    """
+    from hpo.steps import narrow_stage
+
+    storage = backend.open_storage(storage_url, heartbeat=False)
+    parent, child, result = narrow_stage(
+        storage, stage, into=into, space_file=space_file, params=list(params),
+        top_quantile=top_quantile, top_k=top_k, trials=trials, epochs=epochs,
+        seed_best=seed_best, dry_run=dry_run,
+    )
+    rows = narrowing_rows(result, child)
+    if fmt == "json":
+        print_json({"parent": parent.study_name, "study": child.study_name, "created": not dry_run,
+                    "trials": child.trials, "epochs": child.epochs, "changes": rows,
+                    "source_trials": result.source_trials})
+        return
+    render_rows(rows, ["param", "old", "new", "reason"], fmt,
+                title=f"{parent.study_name} -> {child.study_name} ({child.trials} trials x {child.epochs} epochs)")
+    if fmt == "table":
+        err.print("dry run: nothing created" if dry_run else
+                  f"created {child.study_name}; run it with: hpo worker --campaign {child.campaign}  (or hpo search --name {child.campaign} --stages {child.stage})")
+
+
+# -- schema ------------------------------------------------------------------------------------
+@cli.command("init")
+@storage_option
+def init_db(storage_url) -> None:
+    """Create or upgrade the storage schema (once, before many workers start).
+
+    \b
+    Example:
+      HPO_STORAGE=postgresql://hpo@db/hpo hpo init
+    """
+    backend.ensure_schema(storage_url)
+    err.print(f"schema ready on {mask_url(storage_url)}")
+
+
+def main() -> None:
+    # Import-time registration of the inspection commands keeps this module about running things.
+    from hpo import cli_inspect  # noqa: F401
+
+    cli(prog_name="hpo")

@@ -1,0 +1,102 @@
+"""One trial: sampled parameters -> TrainConfig -> train -> report / prune -> attrs.
+
+Everything a trial produced (learning curve, diagnostics, seed, timings, why it stopped) is
+returned as plain JSON-ready values; the worker writes them to the trial's user attrs, so the
+CLI, a report and optuna-dashboard all read the same record.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import optuna
+
+from storage.records import StagePlan
+from workers.run import cached_dataset, fit_and_score
+from workers.space import SearchSpace
+from workers.train import EpochReport, TrainConfig, TrainingDiverged
+
+
+class StopRequested(Exception):
+    """The worker was asked to stop (SIGTERM / SIGINT) while a trial was training."""
+
+
+@dataclass
+class TrialOutcome:
+    """How a trial ended, and what to store for it."""
+
+    state: optuna.trial.TrialState
+    value: float | None
+    attrs: dict[str, Any] = field(default_factory=dict)
+    train_seconds: float = 0.0
+
+
+def trial_seed(plan_seed: int, trial_number: int) -> int:
+    """The training seed of a trial: fixed by the stage seed and the trial number, so any trial
+    can be reproduced with `hpo train --seed`."""
+    return (plan_seed * 1_000_003 + trial_number * 7919) % (2**31 - 1)
+
+
+def config_for(plan: StagePlan, space: SearchSpace, params: dict[str, Any], seed: int) -> TrainConfig:
+    return TrainConfig(**space.to_train_kwargs(params), epochs=plan.epochs, seed=seed)
+
+
+def run_trial(
+    trial: optuna.Trial,
+    plan: StagePlan,
+    space: SearchSpace,
+    stop_requested: Callable[[], bool] = lambda: False,
+) -> TrialOutcome:
+    """Train the configuration of ``trial`` and decide its end state.
+
+    Validation accuracy is reported after each epoch (each fold with cross-validation) so the
+    pruner can stop a weak trial early. A diverged run ends PRUNED with its reason in the attrs;
+    a stop request raises :class:`StopRequested` at the next epoch boundary.
+    """
+    seed = trial_seed(plan.seed, trial.number)
+    config = config_for(plan, space, trial.params, seed)
+    dataset = cached_dataset(plan.dataset, plan.seed)
+    curve: dict[str, list] = {"epoch": [], "val_accuracy": [], "train_loss": []}
+    callback_seconds = 0.0
+
+    def report(step: int, value: float) -> None:
+        nonlocal callback_seconds
+        started = time.perf_counter()
+        try:
+            trial.report(value, step)
+            if trial.should_prune():
+                raise optuna.TrialPruned(f"pruned at step {step}: {value:.4f} below the median")
+        finally:
+            callback_seconds += time.perf_counter() - started
+        if stop_requested():
+            raise StopRequested()
+
+    def on_epoch(epoch: EpochReport) -> None:
+        curve["epoch"].append(epoch.epoch)
+        curve["val_accuracy"].append(epoch.val_accuracy)
+        curve["train_loss"].append(epoch.train_loss)
+        report(epoch.epoch, epoch.val_accuracy)
+
+    attrs: dict[str, Any] = {"seed": seed, "config": config.to_dict()}
+    started = time.perf_counter()
+    try:
+        score = fit_and_score(
+            config, dataset, cv=plan.cv, on_epoch=None if plan.cv else on_epoch, on_fold=report
+        )
+    except TrainingDiverged as e:
+        state, value, attrs["reason"] = optuna.trial.TrialState.PRUNED, None, str(e)
+    except optuna.TrialPruned as e:
+        state, value, attrs["reason"] = optuna.trial.TrialState.PRUNED, None, str(e)
+    else:
+        state, value = optuna.trial.TrialState.COMPLETE, score.value
+        attrs["diagnostics"] = score.result.diagnostics
+        attrs["histograms"] = score.result.histograms
+        attrs["train_accuracy"] = score.result.train_accuracy
+        if score.fold_values:
+            attrs["fold_values"] = score.fold_values
+    train_seconds = time.perf_counter() - started - callback_seconds
+    attrs["curve"] = curve
+    return TrialOutcome(state=state, value=value, attrs=attrs, train_seconds=train_seconds)

@@ -1,0 +1,104 @@
+"""One configuration on one dataset: preprocess (fitted on the training split only), train, score.
+
+This is the glue between the data layer and the training engine that `hpo train`, every
+trial and the final retrain share, so all three measure the same thing.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from workers.data.datasets import Dataset, kfold_splits, load_dataset
+from workers.data.preprocess import fit_preprocessor
+from workers.train import EpochReport, TrainConfig, TrainResult, accuracy, train
+
+
+@functools.lru_cache(maxsize=4)
+def cached_dataset(spec: str, seed: int = 0) -> Dataset:
+    """Datasets are loaded once per process: a worker runs many trials on the same data."""
+    return load_dataset(spec, seed=seed)
+
+
+def preprocess(config: TrainConfig, X_fit: np.ndarray, *others: np.ndarray) -> list[np.ndarray]:
+    """Fit ``config.preprocessing`` on ``X_fit`` only, apply it to all, cast to ``config.dtype``."""
+    pre = fit_preprocessor(config.preprocessing, X_fit, components=config.pca_components)
+    dtype = np.dtype(config.dtype)
+    return [np.ascontiguousarray(pre.transform(X), dtype=dtype) for X in (X_fit, *others)]
+
+
+@dataclass
+class Score:
+    """The validation score of one configuration (mean over folds with cross-validation)."""
+
+    value: float
+    result: TrainResult  # the run on the held-out split, or the last fold's run
+    fold_values: list[float] = field(default_factory=list)
+
+
+def fit_and_score(
+    config: TrainConfig,
+    dataset: Dataset,
+    *,
+    cv: int = 0,
+    on_epoch: Callable[[EpochReport], None] | None = None,
+    on_fold: Callable[[int, float], None] | None = None,
+) -> Score:
+    """Train ``config`` and score it by validation accuracy.
+
+    ``cv == 0`` uses the dataset's held-out validation split and calls ``on_epoch`` after every
+    epoch. ``cv = K >= 2`` runs stratified K-fold cross-validation on the training split and
+    calls ``on_fold(k, mean of the first k folds)`` after fold k, which is where a pruner looks.
+    Either callback may raise to stop the run; the exception propagates.
+    """
+    if cv == 0:
+        X_train, X_val = preprocess(config, dataset.X_train, dataset.X_val)
+        result = train(config, X_train, dataset.y_train, X_val, dataset.y_val, on_epoch=on_epoch)
+        return Score(value=float(result.val_accuracy), result=result)
+
+    fold_values: list[float] = []
+    for k, (train_idx, val_idx) in enumerate(kfold_splits(dataset.y_train, cv, config.seed), 1):
+        X_train, X_val = preprocess(config, dataset.X_train[train_idx], dataset.X_train[val_idx])
+        result = train(
+            config, X_train, dataset.y_train[train_idx], X_val, dataset.y_train[val_idx]
+        )
+        fold_values.append(float(result.val_accuracy))
+        if on_fold is not None:
+            on_fold(k, float(np.mean(fold_values)))
+    return Score(value=float(np.mean(fold_values)), result=result, fold_values=fold_values)
+
+
+@dataclass
+class Evaluation:
+    """A model trained once and measured on every split it may be measured on."""
+
+    result: TrainResult
+    train_accuracy: float
+    val_accuracy: float | None
+    test_accuracy: float
+
+
+def train_and_test(
+    config: TrainConfig,
+    dataset: Dataset,
+    *,
+    merge_val: bool = False,
+    on_epoch: Callable[[EpochReport], None] | None = None,
+) -> Evaluation:
+    """Train and evaluate once on the test split.
+
+    With ``merge_val`` the model trains on train + validation (the final retrain of a search,
+    after the configuration was chosen on validation); otherwise validation is reported too.
+    """
+    data = dataset.train_plus_val() if merge_val else dataset
+    X_train, X_val, X_test = preprocess(config, data.X_train, data.X_val, dataset.X_test)
+    result = train(config, X_train, data.y_train, X_val, data.y_val, on_epoch=on_epoch)
+    return Evaluation(
+        result=result,
+        train_accuracy=float(result.train_accuracy),
+        val_accuracy=None if merge_val else float(result.val_accuracy),
+        test_accuracy=float(accuracy(result, X_test, dataset.y_test)),
+    )

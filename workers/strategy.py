@@ -1,0 +1,79 @@
+"""How a stage picks configurations (sampler) and stops bad ones early (pruner).
+
+Samplers, as the lecture lists them: random search (its recommendation: random in log space),
+grid search (for small spaces), and Optuna's TPE. Pruners: median, successive halving (ASHA),
+Hyperband, or none. The names here are the single list the CLI offers.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+
+import optuna
+from optuna.pruners import BasePruner
+from optuna.samplers import BaseSampler
+
+from workers.space import SearchSpace, grid_values
+
+
+def _tpe(space: SearchSpace, seed: int) -> BaseSampler:
+    # Multivariate TPE with constant liar is Optuna 5's default; n_startup_trials random
+    # trials first, as the lecture's random search would do.
+    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=10)
+
+
+def _random(space: SearchSpace, seed: int) -> BaseSampler:
+    return optuna.samplers.RandomSampler(seed=seed)
+
+
+def _grid(space: SearchSpace, seed: int) -> BaseSampler:
+    return optuna.samplers.GridSampler(grid_values(space), seed=seed)
+
+
+SAMPLERS: dict[str, Callable[[SearchSpace, int], BaseSampler]] = {
+    "tpe": _tpe,
+    "random": _random,
+    "grid": _grid,
+}
+
+
+def _median(epochs: int) -> BasePruner:
+    # Compare from the second epoch on, once a few trials have finished.
+    return optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=1)
+
+
+def _asha(epochs: int) -> BasePruner:
+    return optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=3)
+
+
+def _hyperband(epochs: int) -> BasePruner:
+    return optuna.pruners.HyperbandPruner(
+        min_resource=1, max_resource=max(epochs, 1), reduction_factor=3
+    )
+
+
+def _none(epochs: int) -> BasePruner:
+    return optuna.pruners.NopPruner()
+
+
+PRUNERS: dict[str, Callable[[int], BasePruner]] = {
+    "median": _median,
+    "asha": _asha,
+    "hyperband": _hyperband,
+    "none": _none,
+}
+
+
+def make_sampler(name: str, space: SearchSpace, seed: int) -> BaseSampler:
+    if name not in SAMPLERS:
+        raise ValueError(f"unknown sampler {name!r}: choose one of {', '.join(SAMPLERS)}")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return SAMPLERS[name](space, seed)
+
+
+def make_pruner(name: str, epochs: int) -> BasePruner:
+    if name not in PRUNERS:
+        raise ValueError(f"unknown pruner {name!r}: choose one of {', '.join(PRUNERS)}")
+    return PRUNERS[name](epochs)

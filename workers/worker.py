@@ -1,0 +1,336 @@
+"""The worker process: attach to a campaign (or one stage study), take trials, train, report.
+
+Loop: under a lock shared by every worker of the database, fail stale trials (their retry is
+queued once), count the stage's trials, and either take a trial (sampling every parameter in
+one ``study.ask`` call) or wait; train it with a heartbeat running; store its result. When the
+stage's budget is met, follow the campaign to its next stage; exit when the campaign is done.
+
+What can go wrong is treated as normal:
+
+* a diverged run ends PRUNED with the reason in its attrs, and the worker goes on;
+* SIGTERM / SIGINT stop the worker at the next epoch boundary: its trial is failed and queued
+  again (so nothing is left RUNNING), and the worker exits 0;
+* a database error is retried with backoff; the heartbeat thread survives errors (Optuna's own
+  dies at the first one);
+* a trial that another worker failed under us (our heartbeat was late) is dropped with a
+  warning: its retry runs elsewhere.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import threading
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import optuna
+from optuna.trial import TrialState
+
+from storage import backend, records
+from storage.errors import StorageError
+from storage.records import StagePlan
+from workers.objective import StopRequested, TrialOutcome, run_trial
+from workers.space import SearchSpace
+from workers.strategy import make_pruner, make_sampler
+
+log = logging.getLogger("hpo.worker")
+T = TypeVar("T")
+
+FINISHED = ("COMPLETE", "PRUNED")
+
+
+@dataclass
+class WorkerOptions:
+    storage_url: str
+    campaign: str | None = None  # follow a campaign from stage to stage ...
+    study: str | None = None  # ... or work on one stage study only
+    worker_id: str = field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}")
+    seed: int = 0
+    poll_seconds: float = 0.5
+    wait_for_campaign_seconds: float = 60.0  # how long to wait for a campaign to appear
+    max_trials: int | None = None  # stop after this many trials (None: until the campaign ends)
+    db_retry_seconds: float = 120.0  # give up on the database after this long
+    parent_pid: int | None = None  # exit when this process is gone (local workers of a coordinator)
+
+
+@dataclass
+class WorkerSummary:
+    trials: dict[str, int] = field(default_factory=dict)  # end state -> count
+    train_seconds: float = 0.0
+    overhead_seconds: float = 0.0
+    stopped_by_signal: bool = False
+
+
+class Heartbeat:
+    """Beats for the worker's current trial in a daemon thread, whatever the database does.
+
+    Optuna's heartbeat thread dies at the first database error; a one-second outage would then
+    get a live trial failed and re-run elsewhere. This one logs the error and keeps beating.
+    """
+
+    def __init__(self, storage: optuna.storages.RDBStorage, interval: float) -> None:
+        self._storage = storage
+        self._interval = interval
+        self._trial_id: int | None = None
+        self._wake = threading.Event()
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._run, name="hpo-heartbeat", daemon=True)
+        self._thread.start()
+
+    def start(self, trial_id: int) -> None:
+        self._beat(trial_id)  # at once: a RUNNING trial without a beat is never seen as stale
+        with self._lock:
+            self._trial_id = trial_id
+
+    def stop(self) -> None:
+        with self._lock:
+            self._trial_id = None
+
+    def _run(self) -> None:
+        while True:
+            self._wake.wait(self._interval)
+            with self._lock:
+                trial_id = self._trial_id
+            if trial_id is not None:
+                self._beat(trial_id)
+
+    def _beat(self, trial_id: int) -> None:
+        try:
+            self._storage.record_heartbeat(trial_id)
+        except Exception as e:  # noqa: BLE001 - a beat must never kill the thread
+            log.warning("heartbeat for trial id %d failed, will retry: %s", trial_id, _first_line(e))
+
+
+class Worker:
+    def __init__(self, options: WorkerOptions) -> None:
+        if not (options.campaign or options.study):
+            raise ValueError("a worker needs a campaign or a study")
+        self.options = options
+        self.storage = backend.open_storage(options.storage_url)
+        self._lock_engine = self.storage.engine
+        self.heartbeat = Heartbeat(self.storage, backend.HEARTBEAT_INTERVAL)
+        self.summary = WorkerSummary()
+        self._stop = threading.Event()
+        self._studies: dict[str, tuple[optuna.Study, StagePlan, SearchSpace]] = {}
+
+    # -- signals ---------------------------------------------------------------------------
+    def request_stop(self, *_: Any) -> None:
+        if self._stop.is_set():
+            raise KeyboardInterrupt  # a second signal: stop now
+        log.warning("stop requested: finishing at the next epoch boundary")
+        self._stop.set()
+        self.summary.stopped_by_signal = True
+
+    def install_signal_handlers(self) -> None:
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, self.request_stop)
+            signal.signal(signal.SIGINT, self.request_stop)
+
+    # -- main loop -------------------------------------------------------------------------
+    def run(self) -> WorkerSummary:
+        trials_run = 0
+        while not self._stop.is_set():
+            if self.options.max_trials is not None and trials_run >= self.options.max_trials:
+                break
+            if self._orphaned():
+                log.warning("the coordinator is gone; exiting")
+                break
+            stage = self._current_stage()
+            if stage is None:
+                break
+            study, plan, space = stage
+            trial = self._retrying(lambda: self._claim_trial(study, plan, space), "take a trial")
+            if trial == "wait":
+                self._stop.wait(self.options.poll_seconds)
+                continue
+            if trial == "stage done":
+                if self.options.study or plan.is_last:
+                    break
+                self._wait_for_next_stage(plan)
+                continue
+            assert isinstance(trial, optuna.Trial)
+            self._run_one(study, plan, space, trial)
+            trials_run += 1
+        return self.summary
+
+    def _orphaned(self) -> bool:
+        return self.options.parent_pid is not None and os.getppid() != self.options.parent_pid
+
+    def _current_stage(self) -> tuple[optuna.Study, StagePlan, SearchSpace] | None:
+        """The stage study to work on: the named study, or the campaign's newest stage."""
+        if self.options.study:
+            name = self.options.study
+        else:
+            stages = self._wait_for_campaign()
+            if not stages:
+                return None
+            name = stages[-1].study_name
+        if name not in self._studies:
+            self._studies[name] = self._retrying(lambda: self._load(name), "load the study")
+        return self._studies[name]
+
+    def _load(self, name: str) -> tuple[optuna.Study, StagePlan, SearchSpace]:
+        plan = records.read_plan(self.storage, name)
+        if plan is None:
+            raise StorageError(f"study {name!r} was not created by hpo (it has no stage plan)")
+        space = SearchSpace.from_dict(plan.space)
+        seed = plan.seed * 10_007 + self.options.seed
+        study = optuna.load_study(
+            study_name=name,
+            storage=self.storage,
+            sampler=make_sampler(plan.sampler, space, seed),
+            pruner=make_pruner(plan.pruner, plan.epochs),
+        )
+        return study, plan, space
+
+    def _wait_for_campaign(self) -> list[StagePlan]:
+        deadline = time.monotonic() + self.options.wait_for_campaign_seconds
+        while True:
+            stages = self._retrying(
+                lambda: records.campaign_stages(self.storage, self.options.campaign), "read the campaign"
+            )
+            if stages or time.monotonic() > deadline or self._stop.is_set():
+                if not stages:
+                    log.warning("campaign %r did not appear; exiting", self.options.campaign)
+                return stages
+            self._stop.wait(self.options.poll_seconds)
+
+    def _wait_for_next_stage(self, plan: StagePlan) -> None:
+        """The stage is full: wait until the coordinator opens the next one (or stops)."""
+        next_name = records.stage_study_name(plan.campaign, plan.stage + 1)
+        while not self._stop.is_set():
+            stages = self._retrying(
+                lambda: records.campaign_stages(self.storage, plan.campaign), "read the campaign"
+            )
+            if any(s.study_name == next_name for s in stages) or self._orphaned():
+                return
+            status = self._retrying(
+                lambda: records.study_attrs(self.storage, plan.study_name), "read the stage"
+            ).get(records.STATUS_ATTR)
+            if status in ("stopped", "failed"):
+                log.warning("campaign %r was %s; exiting", plan.campaign, status)
+                self._stop.set()
+                return
+            self._stop.wait(self.options.poll_seconds)
+
+    def _claim_trial(self, study: optuna.Study, plan: StagePlan, space: SearchSpace):
+        """Under the database-wide lock: reap stale trials, then take a trial, or say why not.
+
+        Counting and asking under one lock is what makes a stage finish its budget exactly with
+        many workers, and keeps SQLite (which ignores SELECT ... FOR UPDATE) from handing one
+        queued trial to two workers.
+        """
+        with backend.exclusive(self.options.storage_url, plan.study_name, self._lock_engine):
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # "Heartbeat ... used with Study.optimize"
+                optuna.storages.fail_stale_trials(study)
+            counts = records.count_states(self.storage, plan.study_name)
+            finished = sum(counts.get(s, 0) for s in FINISHED)
+            running = counts.get("RUNNING", 0)
+            if finished + running >= plan.trials:
+                return "wait" if running else "stage done"
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                trial = study.ask(fixed_distributions=space.to_distributions())
+            self.heartbeat.start(trial._trial_id)
+            return trial
+
+    def _run_one(self, study: optuna.Study, plan: StagePlan, space: SearchSpace, trial: optuna.Trial) -> None:
+        started = time.perf_counter()
+        try:
+            outcome = run_trial(trial, plan, space, stop_requested=self._stop.is_set)
+        except StopRequested:
+            self._requeue(study, trial)
+            self.heartbeat.stop()
+            return
+        except optuna.exceptions.UpdateFinishedTrialError:
+            self.heartbeat.stop()
+            self._lost(trial)
+            return
+        except Exception as e:  # a bug or bad data: record it on the trial, keep the worker
+            log.exception("trial %d failed", trial.number)
+            outcome = TrialOutcome(state=TrialState.FAIL, value=None, attrs={"reason": _first_line(e)})
+        outcome.attrs["worker"] = self.options.worker_id
+        overhead = time.perf_counter() - started - outcome.train_seconds
+        outcome.attrs["timings"] = {
+            "train_seconds": round(outcome.train_seconds, 4),
+            "overhead_seconds": round(overhead, 4),
+        }
+        try:
+            self._retrying(lambda: self._store(study, trial, outcome), "store the result")
+        except optuna.exceptions.UpdateFinishedTrialError:
+            self._lost(trial)
+        finally:
+            self.heartbeat.stop()
+        state = outcome.state.name
+        self.summary.trials[state] = self.summary.trials.get(state, 0) + 1
+        self.summary.train_seconds += outcome.train_seconds
+        self.summary.overhead_seconds += overhead
+        log.info("trial %d of %s: %s %s", trial.number, plan.study_name, state, outcome.value)
+
+    def _store(self, study: optuna.Study, trial: optuna.Trial, outcome: TrialOutcome) -> None:
+        frozen = self.storage.get_trial(trial._trial_id)
+        if frozen.state.is_finished():
+            raise optuna.exceptions.UpdateFinishedTrialError("finished under this worker")
+        for key, value in outcome.attrs.items():
+            trial.set_user_attr(key, value)
+        values = outcome.value if outcome.state == TrialState.COMPLETE else None
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            study.tell(trial, values, state=outcome.state, skip_if_finished=True)
+
+    def _requeue(self, study: optuna.Study, trial: optuna.Trial) -> None:
+        """Fail the interrupted trial and queue it once more, as a stale trial would be."""
+
+        def fail_and_retry() -> None:
+            frozen = self.storage.get_trial(trial._trial_id)
+            if frozen.state.is_finished():
+                return
+            study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
+            callback = self.storage.get_heartbeat_stale_trial_callback()
+            if callback is not None:
+                callback(study, self.storage.get_trial(trial._trial_id))
+
+        self._retrying(fail_and_retry, "re-queue the interrupted trial")
+        log.warning("trial %d interrupted: failed and queued again", trial.number)
+
+    def _lost(self, trial: optuna.Trial) -> None:
+        log.warning(
+            "trial %d was failed by another worker (this worker's heartbeat was late); "
+            "its retry runs elsewhere",
+            trial.number,
+        )
+        self.summary.trials["LOST"] = self.summary.trials.get("LOST", 0) + 1
+
+    def _retrying(self, action: Callable[[], T], what: str) -> T:
+        """Run ``action``; on a database error retry with backoff for up to db_retry_seconds."""
+        deadline = time.monotonic() + self.options.db_retry_seconds
+        delay = 0.2
+        while True:
+            try:
+                return action()
+            except backend.DB_ERRORS as e:
+                if time.monotonic() > deadline:
+                    raise StorageError(backend.describe_db_error(self.options.storage_url, e)) from None
+                log.warning("database error while trying to %s, retrying in %.1fs: %s", what, delay, _first_line(e))
+                time.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(getattr(error, "orig", None) or error).strip()
+    return (text.splitlines() or [type(error).__name__])[0]
+
+
+def run_worker(options: WorkerOptions) -> WorkerSummary:
+    """Run a worker in this process until its campaign or study is done, or it is stopped."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    worker = Worker(options)
+    worker.install_signal_handlers()
+    return worker.run()
