@@ -110,6 +110,21 @@ def test_train_plus_val(digits):
     assert merged.num_classes == digits.num_classes and merged.name == digits.name
 
 
+def test_dataset_checks_its_arrays():
+    X, y = np.zeros((4, 3)), np.array([0, 1, 0, 1])
+    with pytest.raises(DatasetError, match="toy: val split needs X"):
+        Dataset("toy", X, y, X[:3], y, X, y, num_classes=2)
+    with pytest.raises(DatasetError, match="toy: X_test has 2 features"):
+        Dataset("toy", X, y, X, y, X[:, :2], y, num_classes=2)
+    with pytest.raises(DatasetError, match=r"toy: y_train has labels outside \[0, 1\)"):
+        Dataset("toy", X, y, X, y, X, y, num_classes=1)
+    with pytest.raises(DatasetError, match="toy: y_val must hold integer labels"):
+        Dataset("toy", X, y, X, y * 1.0, X, y, num_classes=2)
+    caller_owned = np.zeros((4, 3))
+    Dataset("toy", caller_owned, y, X, y, X, y, num_classes=2)
+    assert caller_owned.flags.writeable  # the read-only flag is on a view, not on the caller's array
+
+
 # ---------------------------------------------------------------------------
 # spec parsing
 # ---------------------------------------------------------------------------
@@ -205,12 +220,12 @@ def test_kfold_seeded():
 @pytest.mark.parametrize("k", [1, 0, 6, 2.0, True])
 def test_kfold_rejects_bad_k(k):
     y = np.array([0] * 5 + [1] * 9)  # smallest class has 5 examples
-    with pytest.raises(ValueError, match="k must be an int"):
+    with pytest.raises(DatasetError, match="k must be an int"):
         kfold_splits(y, k, 0)
 
 
 def test_kfold_rejects_non_integer_labels():
-    with pytest.raises(ValueError, match="integer label"):
+    with pytest.raises(DatasetError, match="integer label"):
         kfold_splits(np.array([0.0, 1.0, 0.0, 1.0]), 2, 0)
 
 
@@ -233,13 +248,13 @@ needs_mnist1d = pytest.mark.skipif(
 
 
 @needs_mnist1d
-def test_mnist1d_generates_offline_with_standard_split(monkeypatch):
+def test_mnist1d_generates_offline_with_standard_split(monkeypatch, tmp_path):
     def no_network(*args, **kwargs):
         raise AssertionError("mnist1d generation tried to open a network connection")
 
     monkeypatch.setattr(socket.socket, "connect", no_network)
     monkeypatch.setattr(socket, "create_connection", no_network)
-    monkeypatch.chdir(os.path.dirname(__file__))  # any stray file written would show in git status
+    monkeypatch.chdir(tmp_path)  # mnist1d's get_dataset would write a pickle here
     before = set(os.listdir("."))
     random.seed(123)
     np.random.seed(123)
@@ -688,9 +703,10 @@ def test_npz_object_array_is_refused_without_unpickling(tmp_path):
         (b"PK\x03\x04 truncated zip", "not a readable .npz archive"),
         (b"plain text", "not a readable .npz archive"),
         ("npy", "holds a single .npy array"),
-        ("truncated", "unreadable|not a readable"),
+        ("truncated", "not a readable .npz archive"),
+        ("corrupted", "X_train is unreadable"),
     ],
-    ids=["missing", "broken-zip", "text", "npy", "truncated-npz"],
+    ids=["missing", "broken-zip", "text", "npy", "truncated-npz", "corrupted-member"],
 )
 def test_npz_unreadable_file(tmp_path, content, message):
     path = tmp_path / "data.npz"
@@ -700,6 +716,10 @@ def test_npz_unreadable_file(tmp_path, content, message):
     elif content == "truncated":
         np.savez(path, **npz_arrays())
         path.write_bytes(path.read_bytes()[:-200])
+    elif content == "corrupted":
+        np.savez_compressed(path, **npz_arrays())
+        raw = path.read_bytes()
+        path.write_bytes(raw[:400] + bytes([raw[400] ^ 0xFF]) + raw[401:])  # inside X_train's data
     elif content is not None:
         path.write_bytes(content)
     with pytest.raises(DatasetError, match=message) as info:

@@ -27,6 +27,7 @@ import os
 import pickle
 import random
 import zipfile
+import zlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -99,6 +100,8 @@ class Dataset:
                 raise DatasetError(
                     f"{self.name}: X_{split} has {X.shape[1]} features, X_train has {num_features}"
                 )
+            if not np.issubdtype(y.dtype, np.integer):
+                raise DatasetError(f"{self.name}: y_{split} must hold integer labels, got dtype {y.dtype}")
             if y.size and (y.min() < 0 or y.max() >= self.num_classes):
                 raise DatasetError(f"{self.name}: y_{split} has labels outside [0, {self.num_classes})")
             object.__setattr__(self, f"X_{split}", _read_only(X, np.float64))
@@ -160,7 +163,7 @@ def load_dataset(spec: str, seed: int = 0) -> Dataset:
         raise DatasetError(f"{spec}: seed must be a non-negative int, got {seed!r}")
     seed = int(seed)
     if not isinstance(spec, str):
-        raise DatasetError(f"dataset spec must be a string, got {spec!r}; valid forms: {', '.join(DATASET_SPECS)}")
+        raise DatasetError(f"dataset spec must be a string ({', '.join(DATASET_SPECS)}), got {spec!r}")
     kind, sep, location = spec.partition(":")
     if spec == "digits":
         return _load_digits(seed)
@@ -168,7 +171,8 @@ def load_dataset(spec: str, seed: int = 0) -> Dataset:
         return _load_mnist1d(seed)
     if sep and kind in ("cifar10", "npz"):
         if not location:
-            raise DatasetError(f"{spec!r}: give a {'directory' if kind == 'cifar10' else 'file'} after '{kind}:'")
+            what = "directory" if kind == "cifar10" else "file"
+            raise DatasetError(f"{spec!r}: give a {what} after '{kind}:'")
         path = os.path.expanduser(location)
         if kind == "cifar10":
             return _load_cifar10(spec, path, seed)
@@ -184,8 +188,9 @@ def load_dataset(spec: str, seed: int = 0) -> Dataset:
 def stratified_split(y: np.ndarray, sizes: tuple[int, ...], seed: int) -> list[np.ndarray]:
     """Split the indices of `y` into parts of the given sizes, stratified by label.
 
-    Each class is spread over the parts in proportion to the part sizes, within one
-    example of its exact share; which examples go where depends only on `seed`.
+    Each class is spread over the parts in proportion to the part sizes: its count in
+    a part is typically within one example of its exact share (the tests check less
+    than two). Part sizes are exact. Which examples go where depends only on `seed`.
 
     Args:
         y: (N,) integer labels.
@@ -236,18 +241,22 @@ def kfold_splits(y: np.ndarray, k: int, seed: int) -> list[tuple[np.ndarray, np.
         sizes differ by at most one, and so do each class's counts across folds.
 
     Raises:
-        ValueError: y is not a 1-D integer array, or k is out of range.
+        DatasetError (a ValueError): y is not a 1-D integer array, or k is out of
+            range for these labels, so the CLI reports it as one line.
     """
     y = np.asarray(y)
     if y.ndim != 1 or not (np.issubdtype(y.dtype, np.integer)):
-        raise ValueError(f"kfold_splits needs a 1-D integer label array, got dtype {y.dtype} shape {y.shape}")
+        raise DatasetError(
+            f"k-fold cross-validation needs a 1-D integer label array, got dtype {y.dtype} shape {y.shape}"
+        )
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)):
-        raise ValueError(f"k must be an int >= 2, got {k!r}")
+        raise DatasetError(f"k-fold cross-validation: k must be an int >= 2, got {k!r}")
     classes, counts = np.unique(y, return_counts=True)
     smallest = int(counts.min()) if counts.size else 0
     if not 2 <= k <= smallest:
-        raise ValueError(
-            f"k must be an int in [2, {smallest}] (the smallest class has {smallest} examples), got {k}"
+        raise DatasetError(
+            f"k-fold cross-validation: k must be an int in [2, {smallest}] "
+            f"(the smallest class has {smallest} examples), got {k}"
         )
     rng = np.random.default_rng(seed)
     # Deal the examples out like cards: classes one after another, each shuffled, fold
@@ -269,7 +278,8 @@ def _carve_validation(
     num_classes: int,
     seed: int,
 ) -> Dataset:
-    train_idx, val_idx = stratified_split(y_train, _split_sizes(len(y_train), (1 - val_fraction, val_fraction)), seed)
+    sizes = _split_sizes(len(y_train), (1 - val_fraction, val_fraction))
+    train_idx, val_idx = stratified_split(y_train, sizes, seed)
     return Dataset(
         name=name,
         X_train=X_train[train_idx],
@@ -323,7 +333,8 @@ def _generate_mnist1d() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
         from mnist1d.data import get_dataset_args, make_dataset
     except ImportError as exc:
         raise DatasetError(
-            f"mnist1d: the optional mnist1d package is not usable ({exc}); install it with: pip install hpo[mnist1d]"
+            f"mnist1d: the optional mnist1d package is not usable ({exc}); "
+            "install it with: pip install hpo[mnist1d]"
         ) from None
     # make_dataset only generates (unlike mnist1d's get_dataset, which downloads a
     # pickle and writes it to the current folder). It reseeds the global `random` and
@@ -358,7 +369,9 @@ def _load_cifar10(spec: str, directory: str, seed: int) -> Dataset:
     X_train = np.concatenate([X for X, _ in train])
     y_train = np.concatenate([y for _, y in train])
     del train
-    return _carve_validation(spec, X_train, y_train, X_test, y_test, CIFAR10_VAL_FRACTION, CIFAR10_CLASSES, seed)
+    return _carve_validation(
+        spec, X_train, y_train, X_test, y_test, CIFAR10_VAL_FRACTION, CIFAR10_CLASSES, seed
+    )
 
 
 def _read_cifar_batch(path: str) -> tuple[np.ndarray, np.ndarray]:
@@ -377,7 +390,7 @@ def _read_cifar_batch(path: str) -> tuple[np.ndarray, np.ndarray]:
     except EOFError:
         raise DatasetError(f"{path}: truncated pickle (ended before its STOP opcode)") from None
     except Exception as exc:  # the unpickler raises many types on garbage input
-        reason = str(exc) or type(exc).__name__
+        reason = " ".join(str(exc).split()) or type(exc).__name__
         if "truncated" in reason:
             raise DatasetError(f"{path}: truncated pickle ({reason})") from None
         raise DatasetError(f"{path}: not a valid CIFAR-10 pickle ({reason})") from None
@@ -390,7 +403,9 @@ def _read_cifar_batch(path: str) -> tuple[np.ndarray, np.ndarray]:
         what = f"dtype {data.dtype}" if isinstance(data, np.ndarray) else type(data).__name__
         raise DatasetError(f"{path}: 'data' must be a uint8 array, got {what}")
     if data.ndim != 2 or data.shape[1] != CIFAR10_FEATURES or data.shape[0] == 0:
-        raise DatasetError(f"{path}: 'data' must have shape (N, {CIFAR10_FEATURES}) with N > 0, got {data.shape}")
+        raise DatasetError(
+            f"{path}: 'data' must have shape (N, {CIFAR10_FEATURES}) with N > 0, got {data.shape}"
+        )
     if not isinstance(labels, (list, tuple, np.ndarray)):
         raise DatasetError(f"{path}: 'labels' must be a list of ints, got {type(labels).__name__}")
     if isinstance(labels, np.ndarray):
@@ -451,20 +466,25 @@ def _read_npz(path: str) -> dict[str, np.ndarray]:
         # because allow_pickle=False; either way the file is not an npz archive.
         raise DatasetError(f"{path}: not a readable .npz archive ({exc})") from None
     if not isinstance(archive, np.lib.npyio.NpzFile):
-        raise DatasetError(f"{path}: holds a single .npy array, expected an .npz archive with {', '.join(NPZ_ARRAYS)}")
+        raise DatasetError(
+            f"{path}: holds a single .npy array, expected an .npz archive with {', '.join(NPZ_ARRAYS)}"
+        )
     with archive:
         missing = [name for name in NPZ_ARRAYS if name not in archive.files]
         if missing:
-            raise DatasetError(f"{path}: missing array(s) {', '.join(missing)} (has: {', '.join(archive.files) or 'none'})")
+            present = ", ".join(archive.files) or "none"
+            raise DatasetError(f"{path}: missing array(s) {', '.join(missing)} (has: {present})")
         arrays = {}
         for name in NPZ_ARRAYS:
             try:
                 arrays[name] = archive[name]
             except ValueError as exc:
                 if "allow_pickle" in str(exc):
-                    raise DatasetError(f"{path}: {name} is an object array (pickled); only numeric arrays are loaded") from None
+                    raise DatasetError(
+                        f"{path}: {name} is an object array (pickled); only numeric arrays are loaded"
+                    ) from None
                 raise DatasetError(f"{path}: {name} is unreadable ({exc})") from None
-            except (OSError, EOFError, zipfile.BadZipFile) as exc:
+            except (OSError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
                 raise DatasetError(f"{path}: {name} is unreadable ({exc})") from None
     for name, a in arrays.items():
         if name.startswith("X"):
