@@ -416,7 +416,8 @@ ALIASES: Mapping[str, str] = MappingProxyType(
 _NOT_SEARCHED = {
     "epochs": (
         "epochs is not a search parameter: every trial of a stage trains for that stage's "
-        "fixed number of epochs; set it with the campaign's per-stage epochs option"
+        "fixed number of epochs; set it per stage with the campaign's epochs option "
+        "(e.g. hpo search --epochs 1,5)"
     ),
     "seed": (
         "seed is not a search parameter: each trial's seed is derived from the stage seed "
@@ -483,6 +484,7 @@ def _normalized(name: str, spec: Any) -> ParamSpec:
 
 
 def _example(name: str) -> str:
+    """Two valid choices of ``name`` as shorthand, for messages."""
     info = PARAMETERS[name]
     if info.kind in ("name", "dtype"):
         return ",".join(info.allowed()[:2])
@@ -601,7 +603,9 @@ class SearchSpace(Mapping[str, ParamSpec]):
         return {name: spec.to_distribution() for name, spec in self.items()}
 
     def contains(self, params: Mapping[str, Any]) -> bool:
-        """True when ``params`` holds a value inside every spec of this space."""
+        """True when ``params`` (name -> value) holds a value inside every spec of this space."""
+        if not isinstance(params, Mapping):
+            raise TypeError(f"params must be a mapping of parameter name to value, got {type(params).__name__}")
         return all(name in params and spec.contains(params[name]) for name, spec in self.items())
 
     def to_train_kwargs(self, params: Mapping[str, Any]) -> dict[str, Any]:
@@ -855,9 +859,13 @@ def _spec_from_table(name: str, info: ParamInfo, table: Mapping[str, Any]) -> Pa
     unknown = [k for k in table if k not in _TABLE_KEYS]
     if unknown:
         raise SpaceError(f"unknown key {unknown[0]!r}; a parameter table takes {', '.join(_TABLE_KEYS)}")
+    if "choices" in table and ("low" in table or "high" in table):
+        raise SpaceError("give either low/high or choices, not both")
     kind = table.get("type")
     if kind is None:
-        kind = "choice" if "choices" in table or not info.numeric else info.kind
+        if "choices" not in table and not info.numeric:
+            raise SpaceError(f"{name} takes a list of choices (e.g. choices = [{_example(name)}])")
+        kind = "choice" if "choices" in table else info.kind
     if kind not in ("float", "int", "choice"):
         raise SpaceError(f"unknown type {kind!r}; use float, int or choice")
     if kind == "choice":
@@ -869,7 +877,7 @@ def _spec_from_table(name: str, info: ParamInfo, table: Mapping[str, Any]) -> Pa
             raise SpaceError(f"'choices' must be a list, got {choices!r}")
         return Choice(tuple(_typed_value(name, info, v) for v in choices))
     if "choices" in table:
-        raise SpaceError("give either low/high or choices, not both")
+        raise SpaceError(f"type {kind!r} takes low and high, not choices")
     missing = [k for k in ("low", "high") if k not in table]
     if missing:
         raise SpaceError(f"a range needs low and high (missing {', '.join(missing)})")
