@@ -1,0 +1,241 @@
+"""The inspection commands of `hpo`: studies, trials, trial, best, health, fail-stale.
+
+Each is a thin click command over :mod:`hpo.inspect`: open the storage, call one function,
+render what it returned. Everything but `fail-stale` only reads.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+import click
+from optuna.storages import RDBStorage
+
+from hpo import inspect
+from hpo.cli import cli
+from hpo.output import UsageError, err, format_option, one_line, out, print_json, render_rows, storage_option
+from storage import backend
+from storage.errors import StorageError
+from storage.url import mask_url
+
+record_format_option = click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["table", "json"]),
+    default="table",
+    show_default=True,
+    help="Output format: tables for people, one JSON object for scripts.",
+)
+
+
+@contextlib.contextmanager
+def opened(storage_url: str, *, heartbeat: bool = False) -> Iterator[RDBStorage]:
+    """The storage for one command; whatever goes wrong becomes one line and exit status 2."""
+    try:
+        storage = inspect.open_for_reading(storage_url, heartbeat=heartbeat)
+        try:
+            yield storage
+        finally:
+            storage.engine.dispose()
+    except inspect.QueryError as e:
+        raise UsageError(str(e)) from None
+    except StorageError as e:
+        raise UsageError(one_line(e)) from None
+    except backend.DB_ERRORS as e:
+        raise UsageError(backend.describe_db_error(storage_url, e)) from None
+
+
+STUDY_COLUMNS = ["study", "stage", "status", "budget", "epochs", "complete", "pruned", "fail", "running", "waiting", "best", "test_accuracy"]
+
+
+@cli.command()
+@format_option
+@storage_option
+def studies(fmt, storage_url) -> None:
+    """List campaigns and their stages, and any other Optuna study, with trial counts.
+
+    One row per study: its stage (K/N), status, trial budget, epochs per trial, trials per
+    state, the best value so far and, on a campaign's last stage, the final test accuracy.
+
+    \b
+    Examples:
+      hpo studies
+      hpo studies --format json --storage postgresql://hpo@db/hpo
+    """
+    with opened(storage_url) as storage:
+        rows = inspect.list_studies(storage)
+    if fmt != "table":
+        render_rows(rows, list(inspect.STUDY_KEYS), fmt)
+        return
+    if not rows:
+        err.print(f"no studies in {mask_url(storage_url)}")
+        return
+    shown = [{**r, "stage": f"{r['stage']}/{r['stages']}" if r["stage"] else ""} for r in rows]
+    render_rows(shown, STUDY_COLUMNS, fmt, title=f"Studies in {mask_url(storage_url)}")
+
+
+@cli.command()
+@click.argument("study")
+@click.option("--state", "states", metavar="STATES", help="Only these states, comma-separated: complete,pruned,fail,running,waiting.")
+@click.option("--where", "where", multiple=True, metavar="FILTER", help="Keep trials where COLUMN OP VALUE holds; OP is = != < <= > >= (repeatable; all must hold).")
+@click.option("--sort", metavar="COLUMN", help="Sort by this column; -COLUMN sorts descending. Missing values go last.")
+@click.option("--limit", type=click.IntRange(min=1), help="Show at most N trials (after filtering and sorting).")
+@click.option("--columns", metavar="A,B,...", help="Columns to show; besides the default ones: seed, train_accuracy, train_seconds, overhead_seconds, retry_of, started, completed.")
+@format_option
+@storage_option
+def trials(study, states, where, sort, limit, columns, fmt, storage_url) -> None:
+    """List the trials of STUDY: number, state, value, one column per parameter, duration,
+    worker and the reason a trial was pruned or failed.
+
+    STUDY is a study name, or a campaign name for its newest stage. Numbers compare as
+    numbers (1e-3 < 0.01), text case-insensitively.
+
+    \b
+    Examples:
+      hpo trials c1/stage-1 --state complete --sort -value --limit 10
+      hpo trials c1 --where activation=relu --where "learning_rate>1e-3"
+      hpo trials c1/stage-2 --columns number,value,seed,train_seconds --format csv
+    """
+    with opened(storage_url) as storage:
+        selection = inspect.select_trials(storage, study, states=states, where=where, sort=sort, limit=limit, columns=columns)
+    title = f"{selection.study}: {len(selection.rows)} of {selection.total} trials"
+    render_rows(selection.rows, selection.columns, fmt, title=title)
+
+
+@cli.command()
+@click.argument("study")
+@click.argument("number", type=click.IntRange(min=0))
+@record_format_option
+@storage_option
+def trial(study, number, fmt, storage_url) -> None:
+    """Show one trial: parameters, value, state, reason, learning curve, per-layer
+    diagnostics of the last epoch, seed, timings, worker and retries.
+
+    STUDY is a study name, or a campaign name for its newest stage. --format json prints the
+    whole stored record (params, user_attrs, system_attrs, intermediate values, retry links).
+
+    \b
+    Examples:
+      hpo trial c1/stage-2 7
+      hpo trial c1/stage-2 7 --format json | jq .user_attrs.config
+    """
+    with opened(storage_url) as storage:
+        record = inspect.trial_record(storage, study, number)
+    if fmt == "json":
+        print_json(record)
+        return
+    render_rows(inspect.summary_rows(record), ["field", "value"], "table", title=f"{record['study']} trial {record['number']}")
+    params = [{"param": k, "value": v} for k, v in record["params"].items()]
+    if params:
+        render_rows(params, ["param", "value"], "table", title="Parameters")
+    curve = inspect.curve_rows(record["user_attrs"].get("curve"))
+    if curve:
+        render_rows(curve, inspect.row_columns(curve), "table", title="Learning curve")
+    layers = inspect.layer_rows(record["user_attrs"].get("diagnostics"))
+    if layers:
+        render_rows(layers, inspect.row_columns(layers), "table", title="Per hidden layer, last epoch")
+
+
+@cli.command()
+@click.argument("study")
+@click.option("--top", type=click.IntRange(min=1), default=5, show_default=True, help="How many trials to show.")
+@format_option
+@storage_option
+def best(study, top, fmt, storage_url) -> None:
+    """Show the best complete trials of STUDY: value, parameters and seed.
+
+    STUDY is a study name, or a campaign name for its newest stage; for a campaign the final
+    result (the best configuration retrained and tested once) is shown too, when there is one.
+    JSON: {study, campaign, direction, trials: [{rank, number, value, params, seed,
+    train_accuracy}], final}. CSV: one row per trial, one column per parameter.
+
+    \b
+    Examples:
+      hpo best c1/stage-3 --top 3
+      hpo best c1 --format json | jq .final.test_accuracy
+    """
+    with opened(storage_url) as storage:
+        result = inspect.best_trials(storage, study, top)
+    if fmt == "json":
+        print_json(result)
+        return
+    rows = [{**{k: v for k, v in t.items() if k != "params"}, **t["params"]} for t in result["trials"]]
+    columns = ["rank", "number", "value", *inspect.row_columns([t["params"] for t in result["trials"]]), "seed", "train_accuracy"]
+    render_rows(rows, columns, fmt, title=f"Best {len(rows)} complete trials of {result['study']} ({result['direction']})")
+    if fmt == "table" and not rows:
+        err.print(f"no complete trials in {result['study']} yet")
+    final = result["final"]
+    if fmt == "table" and isinstance(final, dict):
+        shown = {k: v for k, v in final.items() if k not in ("params", "config")}
+        render_rows([{"field": k, "value": v} for k, v in shown.items()], ["field", "value"], "table", title=f"Final result of campaign {result['campaign']}")
+
+
+@cli.command()
+@click.argument("study")
+@record_format_option
+@storage_option
+def health(study, fmt, storage_url) -> None:
+    """Check on STUDY while it runs: trials per state, RUNNING trials with the age of their
+    last heartbeat (stale ones flagged), trials and mean times per worker, and the time spent
+    outside training.
+
+    A RUNNING trial is stale when its heartbeat is older than the grace period
+    ($HPO_HEARTBEAT_GRACE, default 30 s); the next worker fails and retries it, or run
+    `hpo fail-stale STUDY`. STUDY may be a campaign name (its newest stage).
+
+    \b
+    Examples:
+      hpo health c1/stage-2
+      hpo health c1 --format json | jq .stale
+    """
+    with opened(storage_url) as storage:
+        report = inspect.study_health(storage, study)
+    if fmt == "json":
+        print_json(report)
+        return
+    counts = report["counts"]
+    out.print(f"[bold]{report['study']}[/bold]: " + ", ".join(f"{n} {state.lower()}" for state, n in counts.items()))
+    if report["running"]:
+        render_rows(report["running"], ["number", "worker", "heartbeat_age", "stale"], "table", title=f"Running trials (stale after {report['grace_seconds']} s without a heartbeat)")
+    if report["workers"]:
+        render_rows(report["workers"], ["worker", "trials", "complete", "pruned", "fail", "mean_train_seconds", "mean_overhead_seconds"], "table", title="Workers")
+    time = report["time"]
+    if time["overhead_fraction"] is not None:
+        out.print(f"time: {time['train_seconds']:.1f} s training, {time['overhead_seconds']:.1f} s outside training "
+                  f"({100 * time['overhead_fraction']:.0f}%)")
+    if report["retries"]:
+        out.print(f"{report['retries']} trial(s) are retries of failed trials")
+    if report["stale"]:
+        out.print(f"[red]stale: trial(s) {', '.join(map(str, report['stale']))}[/red] — run `hpo fail-stale {report['study']}` to fail and retry them now")
+
+
+@cli.command("fail-stale")
+@click.argument("study")
+@record_format_option
+@storage_option
+def fail_stale(study, fmt, storage_url) -> None:
+    """Fail the stale RUNNING trials of STUDY now and queue their one retry.
+
+    A trial is stale when its last heartbeat is older than the grace period
+    ($HPO_HEARTBEAT_GRACE, default 30 s). This does what the next worker would do, under the
+    same lock, so a trial is never failed or retried twice; running it again does nothing.
+    STUDY may be a campaign name (its newest stage).
+
+    \b
+    Examples:
+      hpo fail-stale c1/stage-2
+      hpo fail-stale c1 --format json
+    """
+    with opened(storage_url, heartbeat=True) as storage:
+        report = inspect.fail_stale(storage, storage_url, study)
+    if fmt == "json":
+        print_json(report)
+        return
+    if not report["failed"]:
+        out.print(f"no stale trials in {report['study']} ({report['still_running']} running, grace {report['grace_seconds']} s)")
+        return
+    for f in report["failed"]:
+        worker = f" of worker {f['worker']}" if f["worker"] else ""
+        retry = f"queued its retry as trial {f['retry']}" if f["retry"] is not None else "no retry (it was retried already)"
+        out.print(f"failed trial {f['number']}{worker} (last heartbeat {f['heartbeat_age']:.0f} s ago); {retry}")

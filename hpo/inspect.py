@@ -1,0 +1,590 @@
+"""Read-only views of studies and trials: what ``hpo studies / trials / trial / best / health``
+show, as plain JSON-ready dicts and lists. No click here; the CLI only renders what this returns.
+
+Where a study name is expected, a campaign name also works: it means the campaign's newest
+stage (an existing study of exactly that name wins).
+
+Filters (``--where``), sorting and column choice run in Python on trials fetched through
+Optuna's storage API: nothing a user types ever becomes SQL. The few hand-written queries (counts
+and best values of every study, heartbeat ages) take bound parameters only. Heartbeat ages are
+computed by the database from its own clock, as Optuna's stale check does, so the clocks and
+time zones of the machines involved do not matter.
+
+:func:`fail_stale` is the one function that writes: it fails stale RUNNING trials exactly as a
+worker would, under the same lock, so a trial is never failed or retried twice.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import warnings
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import optuna
+import sqlalchemy
+from optuna.storages import RDBStorage
+from optuna.study import StudyDirection
+from optuna.trial import FrozenTrial, TrialState
+
+from storage import backend, records
+from storage.errors import StorageError, StudyNotFound
+from storage.url import is_sqlite, mask_url, sqlite_path
+
+STATES = ("COMPLETE", "PRUNED", "FAIL", "RUNNING", "WAITING")
+
+# Keys of a row of `hpo studies`, in order.
+STUDY_KEYS = (
+    "study", "campaign", "stage", "stages", "status", "budget", "epochs",
+    *(state.lower() for state in STATES), "best", "direction", "test_accuracy",
+)
+
+# Columns of `hpo trials`: shown by default (parameters go between "value" and "duration") ...
+TRIAL_COLUMNS = ("number", "state", "value", "duration", "worker", "reason")
+# ... and available to --columns / --sort / --where.
+EXTRA_TRIAL_COLUMNS = ("seed", "train_accuracy", "train_seconds", "overhead_seconds", "retry_of", "started", "completed")
+OPERATORS = ("!=", "<=", ">=", "==", "=", "<", ">")  # longest first, so "<=" is not read as "<"
+
+
+class QueryError(ValueError):
+    """A bad state, filter, column or trial number given by the user."""
+
+
+# -- opening and naming ------------------------------------------------------------------------
+def open_for_reading(url: str, *, heartbeat: bool = False) -> RDBStorage:
+    """The storage at ``url``; a SQLite file that does not exist is an error, not created."""
+    if is_sqlite(url):
+        path = sqlite_path(url)
+        if path is not None and not os.path.exists(path):
+            raise StorageError(f"no database at {mask_url(url)}: nothing to inspect yet")
+    return backend.open_storage(url, heartbeat=heartbeat)
+
+
+def resolve_study(storage: RDBStorage, name: str) -> tuple[str, str | None]:
+    """``(study name, campaign)``: a study of that name, else the newest stage of that campaign.
+
+    ``campaign`` is None when ``name`` named a study.
+    """
+    try:
+        storage.get_study_id_from_name(name)
+        return name, None
+    except KeyError:
+        pass
+    stages = records.campaign_stages(storage, name)
+    if stages:
+        return stages[-1].study_name, name
+    raise StudyNotFound(f"no study named {name!r} in this storage")
+
+
+# -- hpo studies -------------------------------------------------------------------------------
+def list_studies(storage: RDBStorage) -> list[dict[str, Any]]:
+    """One row per study: campaign stages first (by campaign, then stage), then plain studies.
+
+    Keys: STUDY_KEYS; ``test_accuracy`` is the campaign's final test accuracy (on its last stage).
+    Plan keys are None for studies that hpo did not create. Three queries in all.
+    """
+    counts, extremes = _study_aggregates(storage)
+    rows = []
+    for study in storage.get_all_studies():
+        attrs = study.user_attrs
+        plan = records.StagePlan.from_dict(attrs[records.PLAN_ATTR]) if isinstance(attrs.get(records.PLAN_ATTR), dict) else None
+        result = attrs.get(records.RESULT_ATTR)
+        study_counts = counts.get(study._study_id, {})
+        rows.append({
+            "study": study.study_name,
+            "campaign": plan.campaign if plan else None,
+            "stage": plan.stage if plan else None,
+            "stages": plan.stages if plan else None,
+            "status": attrs.get(records.STATUS_ATTR),
+            "budget": plan.trials if plan else None,
+            "epochs": plan.epochs if plan else None,
+            **{state.lower(): study_counts.get(state, 0) for state in STATES},
+            "best": _best_of(study.directions, extremes.get(study._study_id)),
+            "direction": "/".join(d.name.lower() for d in study.directions),
+            "test_accuracy": result.get("test_accuracy") if isinstance(result, dict) else None,
+        })
+    rows.sort(key=lambda r: (r["campaign"] is None, r["campaign"] or "", r["stage"] or 0, r["study"]))
+    return rows
+
+
+def _study_aggregates(storage: RDBStorage) -> tuple[dict[int, dict[str, int]], dict[int, tuple[float, float]]]:
+    counts: dict[int, dict[str, int]] = {}
+    extremes: dict[int, tuple[float, float]] = {}
+    with storage.engine.connect() as conn:
+        for study_id, state, n in conn.execute(
+            sqlalchemy.text("SELECT study_id, state, COUNT(*) FROM trials GROUP BY study_id, state")
+        ):
+            counts.setdefault(study_id, {})[_state_name(state)] = int(n)
+        for study_id, high, low in conn.execute(sqlalchemy.text(
+            "SELECT t.study_id, MAX(v.value), MIN(v.value) FROM trial_values v "
+            "JOIN trials t ON t.trial_id = v.trial_id "
+            "WHERE t.state = 'COMPLETE' AND v.objective = 0 GROUP BY t.study_id"
+        )):
+            if high is not None:
+                extremes[study_id] = (float(high), float(low))
+    return counts, extremes
+
+
+def _best_of(directions: Sequence[StudyDirection], extremes: tuple[float, float] | None) -> float | None:
+    if extremes is None or len(directions) != 1:
+        return None
+    return extremes[0] if directions[0] == StudyDirection.MAXIMIZE else extremes[1]
+
+
+def _state_name(state: Any) -> str:
+    return str(getattr(state, "name", state)).removeprefix("TrialState.")
+
+
+# -- hpo trials --------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Condition:
+    """One ``--where`` filter: ``column op text``. Numbers compare as numbers, text as text
+    (case-insensitive); a trial without a value for the column matches only ``!=``."""
+
+    column: str
+    op: str
+    text: str
+
+    def matches(self, row: dict[str, Any]) -> bool:
+        value = row.get(self.column)
+        if value is None:
+            return self.op == "!="
+        wanted, actual = _number(self.text), _number(value)
+        if wanted is not None and actual is not None:
+            return _compare(actual, self.op, wanted)
+        if self.op in ("=", "!="):
+            same = _text(value) == self.text.strip().casefold()
+            return same if self.op == "=" else not same
+        return False  # an ordering filter on a value that is not a number
+
+
+def parse_where(text: str) -> Condition:
+    """``"learning_rate>1e-3"`` -> Condition("learning_rate", ">", "1e-3")."""
+    pattern = r"^\s*([^=!<>]+?)\s*(" + "|".join(re.escape(op) for op in OPERATORS) + r")\s*(.*?)\s*$"
+    match = re.match(pattern, text)
+    if not match or not match.group(3):
+        raise QueryError(f"bad filter {text!r}: use COLUMN=VALUE, or one of != < <= > >= instead of =")
+    column, op, value = match.groups()
+    op = "=" if op == "==" else op
+    if op in ("<", "<=", ">", ">=") and _number(value) is None:
+        raise QueryError(f"bad filter {text!r}: {op!r} needs a number, got {value!r}")
+    return Condition(column, op, value)
+
+
+def parse_states(text: str | None) -> tuple[TrialState, ...] | None:
+    """``"complete,pruned"`` -> the trial states (None: every state)."""
+    if not text:
+        return None
+    states = []
+    for name in (part.strip().upper() for part in text.split(",") if part.strip()):
+        if name not in STATES:
+            raise QueryError(f"unknown state {name.lower()!r}: use {', '.join(s.lower() for s in STATES)}")
+        states.append(TrialState[name])
+    return tuple(states)
+
+
+@dataclass(frozen=True)
+class TrialSelection:
+    study: str
+    rows: list[dict[str, Any]]  # after filter, sort and limit
+    columns: list[str]  # the columns to show, in order
+    matched: int  # trials that passed the filters (before --limit)
+    total: int  # trials in the study in the chosen states
+
+
+def select_trials(
+    storage: RDBStorage,
+    name: str,
+    *,
+    states: str | None = None,
+    where: Iterable[str] = (),
+    sort: str | None = None,
+    limit: int | None = None,
+    columns: str | None = None,
+) -> TrialSelection:
+    """Rows of ``hpo trials``: filter by state and ``where``, sort, limit, choose columns.
+
+    ``sort`` is a column name, ``-name`` for descending; trials without a value sort last.
+    ``columns`` is a comma list. An unknown state, column or bad filter raises QueryError.
+    """
+    conditions = [parse_where(w) for w in where]
+    wanted_states = parse_states(states)
+    study_name, _ = resolve_study(storage, name)
+    study_id = storage.get_study_id_from_name(study_name)
+    trials = storage.get_all_trials(study_id, deepcopy=False, states=wanted_states)
+    params = _param_names(storage, study_name, trials)
+    rows = [trial_row(t, params) for t in trials]
+    known = [*TRIAL_COLUMNS[:3], *params.values(), *TRIAL_COLUMNS[3:], *EXTRA_TRIAL_COLUMNS]
+    for condition in conditions:
+        _check_column(condition.column, known)
+    selected = [row for row in rows if all(c.matches(row) for c in conditions)]
+    if sort:
+        descending = sort.startswith("-")
+        key = sort[1:] if descending else sort
+        _check_column(key, known)
+        selected = _sorted(selected, key, descending)
+    shown = known[: 3 + len(params) + 3]
+    if columns:
+        shown = [c.strip() for c in columns.split(",") if c.strip()]
+        for column in shown:
+            _check_column(column, known)
+    matched = len(selected)
+    if limit is not None:
+        selected = selected[:limit]
+    return TrialSelection(study_name, selected, shown, matched, len(rows))
+
+
+def trial_row(trial: FrozenTrial, params: dict[str, str]) -> dict[str, Any]:
+    """The flat row of one trial; ``params`` maps parameter names to their column names."""
+    attrs = trial.user_attrs
+    timings = attrs.get("timings") if isinstance(attrs.get("timings"), dict) else {}
+    row = {
+        "number": trial.number,
+        "state": trial.state.name,
+        "value": trial.value if trial.values is not None and len(trial.values) == 1 else None,
+        **{column: trial.params.get(param) for param, column in params.items()},
+        "duration": trial.duration.total_seconds() if trial.duration is not None else None,
+        "worker": attrs.get("worker"),
+        "reason": attrs.get("reason"),
+        "seed": attrs.get("seed"),
+        "train_accuracy": attrs.get("train_accuracy"),
+        "train_seconds": timings.get("train_seconds"),
+        "overhead_seconds": timings.get("overhead_seconds"),
+        "retry_of": trial.system_attrs.get("failed_trial"),
+        "started": trial.datetime_start.isoformat(timespec="seconds") if trial.datetime_start else None,
+        "completed": trial.datetime_complete.isoformat(timespec="seconds") if trial.datetime_complete else None,
+    }
+    return row
+
+
+def _param_names(storage: RDBStorage, study_name: str, trials: Sequence[FrozenTrial]) -> dict[str, str]:
+    """Parameter name -> column name, in the order of the stage's space, then of appearance.
+
+    A parameter named like a fixed column (say "state") gets the column ``param:state``.
+    """
+    plan = records.read_plan(storage, study_name)
+    names = dict.fromkeys(list((plan.space.get("params") or {}) if plan else ()))
+    for trial in trials:
+        names.update(dict.fromkeys(trial.params))
+    fixed = set(TRIAL_COLUMNS) | set(EXTRA_TRIAL_COLUMNS)
+    return {name: f"param:{name}" if name in fixed else name for name in names}
+
+
+def _check_column(column: str, known: Sequence[str]) -> None:
+    if column not in known:
+        raise QueryError(f"unknown column {column!r}; columns are: {', '.join(known)}")
+
+
+def _sorted(rows: list[dict[str, Any]], column: str, descending: bool) -> list[dict[str, Any]]:
+    present = [r for r in rows if r.get(column) is not None]
+    missing = [r for r in rows if r.get(column) is None]
+
+    def key(row: dict[str, Any]) -> tuple:
+        number = _number(row[column])
+        return (0, number, "") if number is not None else (1, 0.0, _text(row[column]))
+
+    return sorted(present, key=key, reverse=descending) + missing
+
+
+def _number(value: Any) -> float | None:
+    """``value`` as a number if it is one (or text that reads as one); booleans are not numbers."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, (int, float)):
+        return float(value)
+    if isinstance(value, str):
+        try:
+            number = float(value)
+        except ValueError:
+            return None
+        return number if not math.isnan(number) else None
+    return None
+
+
+def _text(value: Any) -> str:
+    return str(value).strip().casefold()
+
+
+def _compare(actual: float, op: str, wanted: float) -> bool:
+    if op in ("=", "!="):
+        same = math.isclose(actual, wanted, rel_tol=1e-9, abs_tol=0.0) or actual == wanted
+        return same if op == "=" else not same
+    return {"<": actual < wanted, "<=": actual <= wanted, ">": actual > wanted, ">=": actual >= wanted}[op]
+
+
+# -- hpo trial ---------------------------------------------------------------------------------
+def trial_record(storage: RDBStorage, name: str, number: int) -> dict[str, Any]:
+    """Everything stored about one trial, as Optuna holds it, plus its retry links.
+
+    Keys: study, number, state, value, params, datetime_start, datetime_complete,
+    duration_seconds, heartbeat_age_seconds (RUNNING trials), intermediate_values (step ->
+    value), user_attrs (seed, config, curve, diagnostics, timings, worker, reason, ...),
+    system_attrs, retry {retry_of, history, retried_as}.
+    """
+    study_name, _ = resolve_study(storage, name)
+    study_id = storage.get_study_id_from_name(study_name)
+    trials = storage.get_all_trials(study_id, deepcopy=False)
+    trial = next((t for t in trials if t.number == number), None)
+    if trial is None:
+        raise QueryError(f"no trial {number} in {study_name!r} (it has {len(trials)} trials, numbered from 0)")
+    ages = {hb["number"]: hb["age"] for hb in running_heartbeats(storage, study_id)}
+    return {
+        "study": study_name,
+        "number": trial.number,
+        "state": trial.state.name,
+        "value": trial.value if trial.values is not None and len(trial.values) == 1 else None,
+        "params": dict(trial.params),
+        "datetime_start": trial.datetime_start.isoformat() if trial.datetime_start else None,
+        "datetime_complete": trial.datetime_complete.isoformat() if trial.datetime_complete else None,
+        "duration_seconds": trial.duration.total_seconds() if trial.duration is not None else None,
+        "heartbeat_age_seconds": ages.get(trial.number),
+        "intermediate_values": {str(step): v for step, v in sorted(trial.intermediate_values.items())},
+        "user_attrs": dict(trial.user_attrs),
+        "system_attrs": dict(trial.system_attrs),
+        "retry": {
+            "retry_of": trial.system_attrs.get("failed_trial"),
+            "history": list(trial.system_attrs.get("retry_history", [])),
+            "retried_as": [t.number for t in trials if _retried_from(t) == trial.number],
+        },
+    }
+
+
+def _retried_from(trial: FrozenTrial) -> int | None:
+    """The number of the trial that ``trial`` is the retry of (the last in its history)."""
+    history = trial.system_attrs.get("retry_history")
+    return history[-1] if isinstance(history, list) and history else None
+
+
+def summary_rows(record: dict[str, Any]) -> list[dict[str, Any]]:
+    """``field``/``value`` rows of a trial record for a table: what a person checks first."""
+    attrs = record["user_attrs"]
+    timings = attrs.get("timings") if isinstance(attrs.get("timings"), dict) else {}
+    retry = record["retry"]
+    items = {
+        "state": record["state"],
+        "value": record["value"],
+        "reason": attrs.get("reason"),
+        "train_accuracy": attrs.get("train_accuracy"),
+        "fold_values": attrs.get("fold_values"),
+        "seed": attrs.get("seed"),
+        "worker": attrs.get("worker"),
+        "started": record["datetime_start"],
+        "duration_seconds": record["duration_seconds"],
+        "train_seconds": timings.get("train_seconds"),
+        "overhead_seconds": timings.get("overhead_seconds"),
+        "heartbeat_age_seconds": record["heartbeat_age_seconds"],
+        "retry_of": retry["retry_of"],
+        "retry_history": retry["history"] or None,
+        "retried_as": retry["retried_as"] or None,
+        "seeded_from": attrs.get("seeded_from"),
+    }
+    return [{"field": k, "value": v} for k, v in items.items() if v is not None]
+
+
+def curve_rows(curve: Any) -> list[dict[str, Any]]:
+    """The learning curve ``{"epoch": [...], "val_accuracy": [...], "train_loss": [...]}`` as
+    one row per epoch (lists of unequal length are padded with None)."""
+    if not isinstance(curve, dict):
+        return []
+    series = {k: v for k, v in curve.items() if isinstance(v, list)}
+    length = max((len(v) for v in series.values()), default=0)
+    return [{k: (v[i] if i < len(v) else None) for k, v in series.items()} for i in range(length)]
+
+
+def layer_rows(diagnostics: Any) -> list[dict[str, Any]]:
+    """Per-layer diagnostics as one row per layer, from any of the shapes they are stored in:
+    a list of dicts, a dict keyed by layer (optionally under "layers"), or a dict of per-layer
+    lists keyed by measure."""
+    if isinstance(diagnostics, dict):
+        layers = diagnostics.get("layers", diagnostics)
+        if isinstance(layers, dict):
+            if layers and all(isinstance(v, dict) for v in layers.values()):
+                return [{"layer": name, **values} for name, values in layers.items()]
+            if layers and all(isinstance(v, list) for v in layers.values()):
+                return curve_rows({"layer": list(range(1, max(map(len, layers.values())) + 1)), **layers})
+            return []
+        diagnostics = layers
+    if not isinstance(diagnostics, list):
+        return []
+    return [{"layer": row.get("layer", i + 1), **row} for i, row in enumerate(diagnostics) if isinstance(row, dict)]
+
+
+def row_columns(rows: Sequence[dict[str, Any]]) -> list[str]:
+    """The union of the rows' keys, in order of appearance."""
+    columns: dict[str, None] = {}
+    for row in rows:
+        columns.update(dict.fromkeys(row))
+    return list(columns)
+
+
+# -- hpo best ----------------------------------------------------------------------------------
+def best_trials(storage: RDBStorage, name: str, top: int = 5) -> dict[str, Any]:
+    """The ``top`` best COMPLETE trials; for a campaign name also its final result.
+
+    Keys: study, campaign (None when ``name`` named a study), direction, trials (each: rank,
+    number, value, params, seed, train_accuracy), final (the campaign's ``hpo_result`` or None).
+    """
+    study_name, campaign = resolve_study(storage, name)
+    study_id = storage.get_study_id_from_name(study_name)
+    directions = storage.get_study_directions(study_id)
+    if len(directions) != 1:
+        raise QueryError(f"{study_name!r} has {len(directions)} objectives: 'best' needs a single objective")
+    maximize = directions[0] == StudyDirection.MAXIMIZE
+    complete = [t for t in storage.get_all_trials(study_id, deepcopy=False, states=(TrialState.COMPLETE,)) if t.value is not None]
+    complete.sort(key=lambda t: (-t.value if maximize else t.value, t.number))
+    final = records.study_attrs(storage, study_name).get(records.RESULT_ATTR) if campaign else None
+    return {
+        "study": study_name,
+        "campaign": campaign,
+        "direction": directions[0].name.lower(),
+        "trials": [
+            {
+                "rank": rank,
+                "number": t.number,
+                "value": t.value,
+                "params": dict(t.params),
+                "seed": t.user_attrs.get("seed"),
+                "train_accuracy": t.user_attrs.get("train_accuracy"),
+            }
+            for rank, t in enumerate(complete[:top], start=1)
+        ],
+        "final": final,
+    }
+
+
+# -- hpo health --------------------------------------------------------------------------------
+def running_heartbeats(storage: RDBStorage, study_id: int) -> list[dict[str, Any]]:
+    """The study's RUNNING trials with the age of their last heartbeat in seconds (None: no
+    beat yet), measured by the database clock in one query."""
+    dialect = storage.engine.dialect.name
+    if dialect == "sqlite":
+        age = "(julianday('now') - julianday(h.heartbeat)) * 86400.0"
+    elif dialect == "postgresql":  # the heartbeat column holds the server's LOCALTIMESTAMP
+        age = "EXTRACT(EPOCH FROM (LOCALTIMESTAMP - h.heartbeat))"
+    else:
+        age = "NULL"
+    query = sqlalchemy.text(
+        f"SELECT t.number, {age} FROM trials t "  # only a constant chosen above is formatted in
+        "LEFT JOIN trial_heartbeats h ON h.trial_id = t.trial_id "
+        "WHERE t.study_id = :study_id AND t.state = 'RUNNING' ORDER BY t.number"
+    )
+    with storage.engine.connect() as conn:
+        rows = conn.execute(query, {"study_id": study_id}).all()
+    return [{"number": int(n), "age": None if a is None else round(float(a), 1)} for n, a in rows]
+
+
+def study_health(storage: RDBStorage, name: str, grace: float | None = None) -> dict[str, Any]:
+    """How a study is doing: counts, RUNNING trials and their heartbeats, workers, time spent.
+
+    A RUNNING trial is stale when its last heartbeat is older than ``grace`` seconds (default:
+    the workers' HEARTBEAT_GRACE); ``hpo fail-stale`` or the next worker fails it.
+
+    Keys: study, grace_seconds, counts {state: n}, running [{number, worker, heartbeat_age,
+    stale}], stale [numbers], workers [{worker, trials, complete, pruned, fail,
+    mean_train_seconds, mean_overhead_seconds}], time {train_seconds, overhead_seconds,
+    overhead_fraction}, retries (trials that are retries of failed ones).
+    """
+    grace = backend.HEARTBEAT_GRACE if grace is None else grace
+    study_name, _ = resolve_study(storage, name)
+    study_id = storage.get_study_id_from_name(study_name)
+    beats = running_heartbeats(storage, study_id)
+    trials = storage.get_all_trials(study_id, deepcopy=False)
+    by_number = {t.number: t for t in trials}
+    counts = dict.fromkeys(STATES, 0)
+    for t in trials:
+        counts[t.state.name] = counts.get(t.state.name, 0) + 1
+    running = []
+    for beat in beats:
+        trial = by_number.get(beat["number"])
+        running.append({
+            "number": beat["number"],
+            "worker": trial.user_attrs.get("worker") if trial else None,
+            "heartbeat_age": beat["age"],
+            "stale": beat["age"] is not None and beat["age"] > grace,
+        })
+    workers: dict[str, dict[str, Any]] = {}
+    train_total = overhead_total = 0.0
+    for t in trials:
+        worker = t.user_attrs.get("worker")
+        if worker is None:
+            continue
+        timings = t.user_attrs.get("timings") if isinstance(t.user_attrs.get("timings"), dict) else {}
+        entry = workers.setdefault(str(worker), {"worker": str(worker), "trials": 0, "complete": 0, "pruned": 0, "fail": 0, "_train": [], "_overhead": []})
+        entry["trials"] += 1
+        if t.state.name.lower() in ("complete", "pruned", "fail"):
+            entry[t.state.name.lower()] += 1
+        if _number(timings.get("train_seconds")) is not None:
+            entry["_train"].append(float(timings["train_seconds"]))
+            train_total += float(timings["train_seconds"])
+        if _number(timings.get("overhead_seconds")) is not None:
+            entry["_overhead"].append(float(timings["overhead_seconds"]))
+            overhead_total += float(timings["overhead_seconds"])
+    worker_rows = []
+    for entry in sorted(workers.values(), key=lambda e: e["worker"]):
+        train, overhead = entry.pop("_train"), entry.pop("_overhead")
+        entry["mean_train_seconds"] = round(sum(train) / len(train), 4) if train else None
+        entry["mean_overhead_seconds"] = round(sum(overhead) / len(overhead), 4) if overhead else None
+        worker_rows.append(entry)
+    spent = train_total + overhead_total
+    return {
+        "study": study_name,
+        "grace_seconds": grace,
+        "counts": counts,
+        "running": running,
+        "stale": [r["number"] for r in running if r["stale"]],
+        "workers": worker_rows,
+        "time": {
+            "train_seconds": round(train_total, 4),
+            "overhead_seconds": round(overhead_total, 4),
+            "overhead_fraction": round(overhead_total / spent, 4) if spent else None,
+        },
+        "retries": sum(1 for t in trials if "failed_trial" in t.system_attrs),
+    }
+
+
+# -- hpo fail-stale ----------------------------------------------------------------------------
+def fail_stale(storage: RDBStorage, url: str, name: str) -> dict[str, Any]:
+    """Fail the study's stale RUNNING trials now, queuing the one retry each may get.
+
+    ``storage`` must have heartbeats enabled (``open_storage(url, heartbeat=True)``): its grace
+    period decides what is stale and its callback queues the retries. This runs Optuna's
+    ``fail_stale_trials`` under the lock the workers reap under, so a trial is failed and
+    retried at most once however many workers and commands look at the same time; running it
+    again finds nothing more to do.
+
+    Keys: study, grace_seconds, failed [{number, worker, heartbeat_age, retry (number of the
+    queued retry, or None when the trial used up its retries)}], still_running.
+    """
+    if storage.heartbeat_interval is None:
+        raise ValueError("fail_stale needs a storage opened with heartbeats enabled")
+    grace = storage.grace_period if storage.grace_period is not None else 2 * storage.heartbeat_interval
+    study_name, _ = resolve_study(storage, name)
+    study_id = storage.get_study_id_from_name(study_name)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        study = optuna.load_study(study_name=study_name, storage=storage)
+        with backend.exclusive(url, study_name, storage.engine):
+            stale = [b for b in running_heartbeats(storage, study_id) if b["age"] is not None and b["age"] > grace]
+            optuna.storages.fail_stale_trials(study)
+            trials = storage.get_all_trials(study_id, deepcopy=False)
+    by_number = {t.number: t for t in trials}
+    retries = {_retried_from(t): t.number for t in trials if _retried_from(t) is not None}
+    failed = [
+        {
+            "number": b["number"],
+            "worker": by_number[b["number"]].user_attrs.get("worker"),
+            "heartbeat_age": b["age"],
+            "retry": retries.get(b["number"]),
+        }
+        for b in stale
+        if by_number[b["number"]].state == TrialState.FAIL
+    ]
+    return {
+        "study": study_name,
+        "grace_seconds": grace,
+        "failed": failed,
+        "still_running": sum(1 for t in trials if t.state == TrialState.RUNNING),
+    }
