@@ -277,7 +277,7 @@ def _k_for_variance(S: np.ndarray, fraction: float) -> int:
     if total <= 0:  # all-constant data: no direction carries variance; keep one
         return 1
     cumulative = np.cumsum(S) / total
-    # A relative slack of a few ulps so that fraction=1.0 is reached even when the
+    # A slack of 1e-12 so that fraction=1.0 is reached even when the
     # cumulative sum rounds to 0.9999999999999998.
     k = int(np.searchsorted(cumulative, fraction - 1e-12, side="left")) + 1
     return min(k, len(S))
