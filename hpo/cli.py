@@ -87,7 +87,7 @@ def comma_ints(ctx, param, value):
 @click.option("--epochs", type=click.IntRange(min=1), default=TrainConfig.epochs, show_default=True)
 @click.option("--batch-size", type=click.IntRange(min=1), default=TrainConfig.batch_size, show_default=True)
 @click.option("--preprocessing", type=click.Choice(list(PREPROCESSING)), default=TrainConfig.preprocessing, show_default=True)
-@click.option("--pca-components", type=float, default=None, help="PCA: components to keep (>= 1) or variance fraction (< 1).")
+@click.option("--pca-components", type=float, default=None, help="PCA / whitening: components to keep (an integer > 1) or the fraction of variance to keep (up to 1).")
 @click.option("--dtype", type=click.Choice(["float32", "float64"]), default=TrainConfig.dtype, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of initialization and shuffling.")
 @click.option("--split-seed", type=int, default=0, show_default=True, help="Seed of the train/val/test split.")
@@ -107,8 +107,8 @@ def train(dataset, hidden, split_seed, as_json, **knobs) -> None:
     from workers.run import cached_dataset, train_and_test
 
     pca = knobs.pop("pca_components")
-    if pca is not None and pca >= 1:
-        pca = int(pca)
+    if pca is not None and pca > 1 and float(pca).is_integer():
+        pca = int(pca)  # a count of components; a value up to 1 is a fraction of variance
     try:
         config = TrainConfig.from_dict({**knobs, "hidden_sizes": hidden, "pca_components": pca})
     except ValueError as e:

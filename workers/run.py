@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from workers.data.datasets import Dataset, kfold_splits, load_dataset
-from workers.data.preprocess import fit_preprocessor
+from workers.data.preprocess import TAKES_COMPONENTS, fit_preprocessor
 from workers.train import EpochReport, TrainConfig, TrainResult, accuracy, train
 
 
@@ -25,7 +25,8 @@ def cached_dataset(spec: str, seed: int = 0) -> Dataset:
 
 def preprocess(config: TrainConfig, X_fit: np.ndarray, *others: np.ndarray) -> list[np.ndarray]:
     """Fit ``config.preprocessing`` on ``X_fit`` only, apply it to all, cast to ``config.dtype``."""
-    pre = fit_preprocessor(config.preprocessing, X_fit, components=config.pca_components)
+    components = config.pca_components if config.preprocessing in TAKES_COMPONENTS else None
+    pre = fit_preprocessor(config.preprocessing, X_fit, components=components)
     dtype = np.dtype(config.dtype)
     return [np.ascontiguousarray(pre.transform(X), dtype=dtype) for X in (X_fit, *others)]
 
