@@ -1,0 +1,519 @@
+"""Coarse to fine: the next stage's search space from the trials of a finished stage.
+
+cs231n, "Training Neural Networks I": search at random, first over wide ranges with short
+runs, then narrow the ranges to where the best results were and train longer. And beware
+a best value at the edge of its range: the optimum may lie outside it, so widen there.
+
+``narrow`` is pure: plain ``TrialRecord``s and the old ``SearchSpace`` in, a
+``NarrowResult`` (the new space, one reason per parameter, the trials it came from) out.
+
+Which trials count
+    Only COMPLETE trials with a finite value and parameters inside the old space. Pruned
+    trials are left out even when Optuna gave them their last reported value: that value
+    was measured after fewer epochs than a complete trial's and they were stopped for
+    looking worse (or for diverging), so ranking them together would compare unlike
+    numbers. Failed, running and waiting trials have no value.
+
+The top trials
+    The finished trials sorted best first (ties: the lower trial number first); the top
+    ``top_k`` if given, else the top ``top_quantile`` fraction, but at least ``MIN_TOP``
+    (or all, when fewer finished).
+
+A range (float or int; in log10 units when it is log-scaled, else linear units)
+    1. Span the top trials' values, min..max, padded on each side by ``margin`` times
+       that span; if this is narrower than ``min_width`` times the old range's width
+       (e.g. one top trial, or all at the same value) it is widened to that width around
+       the top trials' centre. The result is kept inside the old range by shifting it
+       (the width is kept when it fits; a result at least as wide as the old range is
+       the old range).
+    2. If the best trial's value lies within ``border_tolerance`` times the old width of
+       a border, that side is instead extended beyond the old border by ``widen`` times
+       the old width. The other side keeps step 1's bound, which never cuts into the top
+       trials. Domain limits hold: a side stops at an inclusive limit (batch_size >= 1);
+       before an exclusive limit it moves at most half the way to it (momentum < 1:
+       0.99 -> 0.995), so repeated widening approaches but never reaches it. If the
+       border is already at the limit, it stays.
+    3. A float range's new bounds are rounded outward to 3 significant digits (more
+       if 3 would widen it by over 10%), so tables read ``log[0.000562, 0.0178]``. An
+       integer range rounds its low bound down and its high bound up to the old step
+       grid, so every top trial stays inside and the range keeps at least one step;
+       where the domain leaves no room for a whole step (batch_size >= 1 with step 16
+       from 2), the border stays.
+
+A choice
+    Choices taken by no top trial are dropped (the best trial's is always among those
+    kept); the order of the old choices is kept. A fixed parameter stays fixed.
+
+The best trial's parameters always lie inside the new space, so the next stage can be
+seeded with them (``study.enqueue_trial(result.best_params)``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from workers.space import PARAMETERS, Choice, FloatRange, IntRange, ParamSpec, SearchSpace
+
+__all__ = [
+    "BORDER_TOLERANCE",
+    "MIN_TOP",
+    "MIN_WIDTH",
+    "WIDEN",
+    "NarrowError",
+    "NarrowResult",
+    "ParamChange",
+    "TrialRecord",
+    "narrow",
+]
+
+MIN_TOP = 3  # "at least a few trials": the smallest top set the quantile rule picks
+WIDEN = 0.5  # a border side moves out by this fraction of the old width
+BORDER_TOLERANCE = 0.02  # "at the border": within this fraction of the old width
+MIN_WIDTH = 0.1  # a narrowed range keeps at least this fraction of the old width
+
+
+class NarrowError(ValueError):
+    """The stage cannot be narrowed (no usable trials, or a bad setting)."""
+
+
+@dataclass(frozen=True)
+class TrialRecord:
+    """What narrowing needs of one trial: its number, sampled params, value and state.
+
+    ``state`` is an Optuna ``TrialState`` name ("COMPLETE", "PRUNED", "FAIL", ...).
+    """
+
+    number: int
+    params: Mapping[str, Any]
+    value: float | None
+    state: str = "COMPLETE"
+
+
+@dataclass(frozen=True)
+class ParamChange:
+    """One parameter's old spec, new spec and the one-line reason."""
+
+    name: str
+    old: ParamSpec
+    new: ParamSpec
+    reason: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "old": self.old.to_dict(),
+            "new": self.new.to_dict(),
+            "old_text": self.old.describe(),
+            "new_text": self.new.describe(),
+            "reason": self.reason,
+        }
+
+
+@dataclass(frozen=True)
+class NarrowResult:
+    """The next stage's space and how it was derived.
+
+    ``source_trials`` are the top trials' numbers, best first, and ``top_params`` their
+    params (restricted to the space's names) in the same order; ``best_params`` is the
+    first of them. ``changes`` holds one ``ParamChange`` per parameter, in the space's
+    order (``change(name)`` finds one).
+    """
+
+    space: SearchSpace
+    changes: tuple[ParamChange, ...]
+    source_trials: tuple[int, ...]
+    best_trial: int
+    best_value: float
+    best_params: Mapping[str, Any]
+    top_params: tuple[Mapping[str, Any], ...]
+    n_ranked: int
+    rule: Mapping[str, Any]
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready, for study user attrs; ``from_dict`` reads it back."""
+        return {
+            "space": self.space.to_dict(),
+            "changes": [change.to_dict() for change in self.changes],
+            "source_trials": list(self.source_trials),
+            "best_trial": self.best_trial,
+            "best_value": self.best_value,
+            "best_params": dict(self.best_params),
+            "top_params": [dict(p) for p in self.top_params],
+            "n_ranked": self.n_ranked,
+            "rule": dict(self.rule),
+        }
+
+    def change(self, name: str) -> ParamChange:
+        """The change of parameter ``name``; KeyError if the space has no such parameter."""
+        for c in self.changes:
+            if c.name == name:
+                return c
+        raise KeyError(name)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> NarrowResult:
+        """The result ``to_dict`` wrote."""
+        def spec(name: str, d: Mapping[str, Any]) -> ParamSpec:
+            return SearchSpace.from_dict({"params": {name: d}})[name]
+
+        return cls(
+            space=SearchSpace.from_dict(data["space"]),
+            changes=tuple(
+                ParamChange(c["name"], spec(c["name"], c["old"]), spec(c["name"], c["new"]), c["reason"])
+                for c in data["changes"]
+            ),
+            source_trials=tuple(data["source_trials"]),
+            best_trial=data["best_trial"],
+            best_value=data["best_value"],
+            best_params=dict(data["best_params"]),
+            top_params=tuple(dict(p) for p in data["top_params"]),
+            n_ranked=data["n_ranked"],
+            rule=dict(data["rule"]),
+        )
+
+
+# ---------------------------------------------------------------------------
+
+
+def narrow(
+    space: SearchSpace,
+    trials: Sequence[TrialRecord],
+    *,
+    top_k: int | None = None,
+    top_quantile: float = 0.25,
+    margin: float = 0.25,
+    direction: str = "maximize",
+    widen: float = WIDEN,
+    border_tolerance: float = BORDER_TOLERANCE,
+    min_width: float = MIN_WIDTH,
+) -> NarrowResult:
+    """The next stage's search space from ``trials`` of a stage searched over ``space``.
+
+    Args:
+        space: the finished stage's space.
+        trials: its trials (any state; see the module docstring for which count).
+        top_k: use the best ``top_k`` trials; None: the top ``top_quantile`` fraction,
+            at least ``MIN_TOP``.
+        top_quantile: in (0, 1].
+        margin: padding of a narrowed range on each side, as a fraction of the top
+            trials' span (in log10 units for a log range), >= 0.
+        direction: "maximize" (e.g. validation accuracy) or "minimize" (a loss).
+        widen: how far a range moves out past a border holding the best trial, as a
+            fraction of the old width, > 0.
+        border_tolerance: how close (fraction of the old width) counts as "at the
+            border", in [0, 0.5).
+        min_width: the narrowest a range becomes, as a fraction of the old width, in
+            (0, 1].
+
+    Raises:
+        NarrowError: a bad setting, or no COMPLETE trial with a finite value inside
+            ``space``.
+    """
+    direction = _direction(direction)
+    _check_settings(top_k, top_quantile, margin, widen, border_tolerance, min_width)
+    ranked = _ranked(space, trials, direction)
+    n_top = min(len(ranked), top_k if top_k is not None else max(MIN_TOP, math.ceil(top_quantile * len(ranked))))
+    top = ranked[:n_top]
+    best = top[0]
+
+    new_specs: dict[str, ParamSpec] = {}
+    changes: list[ParamChange] = []
+    for name, old in space.items():
+        values = [t.params[name] for t in top]
+        if isinstance(old, Choice):
+            new, reason = _narrow_choice(old, values, n_top)
+        else:
+            new, reason = _narrow_range(
+                name, old, values, best.params[name], n_top,
+                margin=margin, widen=widen, border_tolerance=border_tolerance, min_width=min_width,
+            )
+        new_specs[name] = new
+        changes.append(ParamChange(name, old, new, reason))
+
+    new_space = SearchSpace(new_specs)
+    top_params = tuple({name: _plain(t.params[name]) for name in space} for t in top)
+    assert new_space.contains(top_params[0]), "narrowing must keep the best trial inside"
+    return NarrowResult(
+        space=new_space,
+        changes=tuple(changes),
+        source_trials=tuple(t.number for t in top),
+        best_trial=best.number,
+        best_value=float(best.value),
+        best_params=top_params[0],
+        top_params=top_params,
+        n_ranked=len(ranked),
+        rule={
+            "direction": direction,
+            "top_k": top_k,
+            "top_quantile": top_quantile,
+            "min_top": MIN_TOP,
+            "margin": margin,
+            "widen": widen,
+            "border_tolerance": border_tolerance,
+            "min_width": min_width,
+        },
+    )
+
+
+def _direction(direction: Any) -> str:
+    # Accept optuna.study.StudyDirection too (by its name) without importing Optuna here.
+    text = str(getattr(direction, "name", direction)).lower()
+    if text not in ("maximize", "minimize"):
+        raise NarrowError(f"direction must be 'maximize' or 'minimize', got {direction!r}")
+    return text
+
+
+def _check_settings(top_k, top_quantile, margin, widen, border_tolerance, min_width) -> None:
+    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
+        raise NarrowError(f"top_k must be an integer >= 1 or None, got {top_k!r}")
+    checks = [
+        ("top_quantile", top_quantile, 0 < top_quantile <= 1, "in (0, 1]"),
+        ("margin", margin, 0 <= margin < math.inf, ">= 0"),
+        ("widen", widen, 0 < widen < math.inf, "> 0"),
+        ("border_tolerance", border_tolerance, 0 <= border_tolerance < 0.5, "in [0, 0.5)"),
+        ("min_width", min_width, 0 < min_width <= 1, "in (0, 1]"),
+    ]
+    for name, value, ok, domain in checks:
+        if not ok:  # NaN fails every comparison, so it lands here too
+            raise NarrowError(f"{name} must be {domain}, got {value!r}")
+
+
+def _state_name(state: Any) -> str:
+    # "COMPLETE", "TrialState.COMPLETE" and TrialState.COMPLETE all name the same state.
+    return str(getattr(state, "name", state)).rsplit(".", 1)[-1].upper()
+
+
+def _finite(value: Any) -> bool:
+    try:
+        return value is not None and math.isfinite(float(value))
+    except (TypeError, ValueError):
+        return False
+
+
+def _ranked(space: SearchSpace, trials: Sequence[TrialRecord], direction: str) -> list[TrialRecord]:
+    """The usable trials, best first; NarrowError (with counts) when there is none."""
+    usable, outside = [], 0
+    for t in trials:
+        if _state_name(t.state) != "COMPLETE" or not _finite(t.value):
+            continue
+        if not space.contains(t.params):
+            outside += 1  # e.g. a trial of another space: its values say nothing here
+            continue
+        usable.append(t)
+    if not usable:
+        states = Counter(_state_name(t.state) for t in trials)
+        seen = ", ".join(f"{n} {s}" for s, n in sorted(states.items())) or "no trials at all"
+        extra = f"; {outside} complete trials lie outside the space" if outside else ""
+        raise NarrowError(f"nothing to narrow from: no COMPLETE trial with a finite value ({seen}{extra})")
+    sign = -1.0 if direction == "maximize" else 1.0
+    return sorted(usable, key=lambda t: (sign * float(t.value), t.number))
+
+
+def _plain(v: Any) -> Any:
+    """A JSON-ready Python value (NumPy scalars from a caller become int / float / bool)."""
+    return v.item() if isinstance(v, np.generic) else v
+
+
+def _top(n: int) -> str:
+    return f"top {n} trial" + ("" if n == 1 else "s")
+
+
+def _fmt(x: float) -> str:
+    return f"{x:.2g}" if isinstance(x, float) else str(x)
+
+
+# ---------------------------------------------------------------------------
+# choices
+# ---------------------------------------------------------------------------
+
+
+def _narrow_choice(old: Choice, values: list[Any], n_top: int) -> tuple[Choice, str]:
+    if old.is_fixed:
+        return old, "unchanged: fixed"
+    # The top trials all lie inside the old space, so the best trial's choice is kept.
+    in_top = [any(Choice((c,)).contains(v) for v in values) for c in old.choices]
+    kept = tuple(c for c, keep in zip(old.choices, in_top) if keep)
+    dropped = [c for c, keep in zip(old.choices, in_top) if not keep]
+    if not dropped:
+        return old, f"unchanged: every choice is in the {_top(n_top)}"
+    new = Choice(kept)
+    words = ", ".join(Choice((c,)).shorthand() for c in dropped)
+    return new, f"dropped {words}: not in {_top(n_top)}"
+
+
+# ---------------------------------------------------------------------------
+# ranges
+# ---------------------------------------------------------------------------
+
+
+def _narrow_range(
+    name: str,
+    old: FloatRange | IntRange,
+    values: list[Any],
+    best: Any,
+    n_top: int,
+    *,
+    margin: float,
+    widen: float,
+    border_tolerance: float,
+    min_width: float,
+) -> tuple[ParamSpec, str]:
+    info = PARAMETERS[name]
+    to_t = math.log10 if old.log else float  # the units the sampler is uniform in
+
+    def from_t(u: float) -> float:
+        try:
+            return 10.0**u if old.log else u
+        except OverflowError:
+            return math.inf
+
+    scale = "log" if old.log else "linear"
+    values = [float(v) for v in values]
+    best = float(best)
+    a, b = to_t(old.low), to_t(old.high)
+    width = b - a
+    xs = [to_t(v) for v in values]
+    lo, hi = min(xs), max(xs)
+
+    # 1. The top trials' span, padded, and at least min_width of the old width.
+    pad = margin * (hi - lo)
+    nl, nh = lo - pad, hi + pad
+    if nh - nl < min_width * width:
+        centre, half = (lo + hi) / 2, min_width * width / 2
+        nl, nh = centre - half, centre + half
+
+    # 2. A best value at a border: the optimum may lie beyond it, so that side is widened
+    # below; the other side keeps step 1's bound (which contains every top trial).
+    tolerance = border_tolerance * width
+    t_best = to_t(best)
+    side = "upper" if t_best >= b - tolerance else "lower" if t_best <= a + tolerance else None
+
+    # 3. Inside the old range. With no border to widen, shift rather than cut, so a range
+    # near one end keeps its width.
+    if side is None:
+        if nh - nl >= width:
+            nl, nh = a, b
+        elif nl < a:
+            nl, nh = a, nh + (a - nl)
+        elif nh > b:
+            nl, nh = nl - (nh - b), b
+    nl, nh = max(nl, a), min(nh, b)
+    # Back in natural units: the old bounds exactly where reached, and never a bound that
+    # float rounding moved past a top trial.
+    low = old.low if nl <= a else min(from_t(nl), min(values))
+    high = old.high if nh >= b else max(from_t(nh), max(values))
+
+    if side == "upper":
+        high = max(high, _limit_high(info, old.high, from_t(b + widen * width)))
+    elif side == "lower":
+        low = min(low, _limit_low(info, old.low, from_t(a - widen * width), log=old.log))
+
+    # 4. Back to the parameter's type.
+    new: ParamSpec
+    if isinstance(old, IntRange):
+        new = _int_range(info, old, low, high)
+        if new is None:  # only if float rounding made low == high
+            return Choice((int(best),)), f"{_top(n_top)} all at {int(best)}: fixed"
+    else:
+        if not (math.isfinite(low) and math.isfinite(high) and low < high and (low > 0 or not old.log)):
+            return old, "unchanged: the narrowed range would be empty or not finite"
+
+        def valid(rl: float, rh: float) -> bool:
+            return (
+                rl < rh
+                and (rl > 0 or not old.log)
+                and info.in_domain(rl)
+                and info.in_domain(rh)
+                and (rl >= old.low or low < old.low)  # rounding never widens a narrowed side
+                and (rh <= old.high or high > old.high)
+            )
+
+        low, high = _readable(low, high, to_t, keep_low=low == old.low, keep_high=high == old.high, valid=valid)
+        new = FloatRange(low, high, log=old.log)
+
+    # 5. The reason, from what actually happened (an integer step or a domain limit can
+    # leave no room to widen).
+    if side == "upper":
+        if new.high > old.high:
+            return new, f"best {_fmt(best)} at upper border: widened upward"
+        return new, f"best {_fmt(best)} at upper border, the limit of {name} ({info.domain()}): kept"
+    if side == "lower":
+        if new.low < old.low:
+            return new, f"best {_fmt(best)} at lower border: widened downward"
+        return new, f"best {_fmt(best)} at lower border, the limit of {name} ({info.domain()}): kept"
+    if new == old:
+        return old, f"unchanged: the {_top(n_top)} span the range"
+    return new, f"narrowed to {_top(n_top)} ± {margin:.0%} ({scale})"
+
+
+def _readable(low: float, high: float, to_t, *, keep_low: bool, keep_high: bool, valid) -> tuple[float, float]:
+    """(low, high) rounded outward to the fewest significant digits (3 or more) that widen
+    the range by at most 10% in sampling units, so tables and stored spaces read
+    ``log[7.33e-05, 0.0437]`` rather than 17-digit floats. Bounds to keep stay exact."""
+    width = to_t(high) - to_t(low)
+    for digits in range(3, 17):
+        rl = low if keep_low else _round_sig(low, digits, up=False)
+        rh = high if keep_high else _round_sig(high, digits, up=True)
+        if valid(rl, rh) and to_t(rh) - to_t(rl) <= 1.1 * width:
+            return rl, rh
+    return low, high
+
+
+def _round_sig(x: float, digits: int, *, up: bool) -> float:
+    """x rounded to ``digits`` significant digits, up (toward +inf) or down."""
+    if x == 0 or not math.isfinite(x):
+        return x
+    r = float(f"{x:.{digits - 1}e}")
+    if (up and r < x) or (not up and r > x):
+        unit = 10.0 ** (math.floor(math.log10(abs(r))) - digits + 1)
+        r = float(f"{(r + unit if up else r - unit):.{digits - 1}e}")
+        if (up and r < x) or (not up and r > x):  # float rounding defeated us: keep x
+            return x
+    return r
+
+
+def _limit_high(info, old_high: float, target: float) -> float:
+    """``target`` for a widened high bound, held inside the parameter's domain."""
+    if not math.isfinite(target):
+        return old_high
+    if info.high is None:
+        return target
+    if info.high_open:  # approach an excluded limit, never reach it
+        return min(target, old_high + (info.high - old_high) / 2)
+    return min(target, info.high)
+
+
+def _limit_low(info, old_low: float, target: float, *, log: bool) -> float:
+    """``target`` for a widened low bound, held inside the domain (and > 0 when log)."""
+    if not math.isfinite(target) or (log and target <= 0):
+        return old_low
+    if info.low is None or (log and info.low <= 0):  # in log units 0 is infinitely far
+        return target
+    if info.low_open:  # approach an excluded limit, never reach it
+        return max(target, old_low - (old_low - info.low) / 2)
+    return max(target, info.low)
+
+
+def _int_range(info, old: IntRange, low: float, high: float) -> IntRange | None:
+    """(low, high) rounded outward to old's step grid and into the domain; None if empty."""
+    step, base = old.step, old.low
+    new_low = base + math.floor((low - base) / step) * step
+    new_high = new_low + math.ceil((high - new_low) / step) * step
+    floor = 1 if old.log else -math.inf  # a log range stays >= 1
+    if info.low is not None:
+        floor = max(floor, math.floor(info.low) + 1 if info.low_open else math.ceil(info.low))
+    if new_low < floor:
+        new_low += math.ceil((floor - new_low) / step) * step
+    if info.high is not None:
+        ceiling = math.ceil(info.high) - 1 if info.high_open else math.floor(info.high)
+        if new_high > ceiling:
+            new_high = new_low + math.floor((ceiling - new_low) / step) * step
+    if new_low >= new_high:
+        return None
+    return IntRange(int(new_low), int(new_high), log=old.log, step=step)
