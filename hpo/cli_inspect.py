@@ -69,7 +69,7 @@ def studies(fmt, storage_url) -> None:
         render_rows(rows, list(inspect.STUDY_KEYS), fmt)
         return
     if not rows:
-        err.print(f"no studies in {mask_url(storage_url)}")
+        err.print(f"no studies in {mask_url(storage_url)}", soft_wrap=True)
         return
     shown = [{**r, "stage": f"{r['stage']}/{r['stages']}" if r["stage"] else ""} for r in rows]
     render_rows(shown, STUDY_COLUMNS, fmt, title=f"Studies in {mask_url(storage_url)}")
@@ -164,7 +164,7 @@ def best(study, top, fmt, storage_url) -> None:
     columns = ["rank", "number", "value", *inspect.row_columns([t["params"] for t in result["trials"]]), "seed", "train_accuracy"]
     render_rows(rows, columns, fmt, title=f"Best {len(rows)} complete trials of {result['study']} ({result['direction']})")
     if fmt == "table" and not rows:
-        err.print(f"no complete trials in {result['study']} yet")
+        err.print(f"no complete trials in {result['study']} yet", soft_wrap=True)
     final = result["final"]
     if fmt == "table" and isinstance(final, dict):
         shown = {k: v for k, v in final.items() if k not in ("params", "config")}
@@ -197,13 +197,17 @@ def health(study, fmt, storage_url) -> None:
     counts = report["counts"]
     out.print(f"[bold]{report['study']}[/bold]: " + ", ".join(f"{n} {state.lower()}" for state, n in counts.items()))
     if report["running"]:
-        render_rows(report["running"], ["number", "worker", "heartbeat_age", "stale"], "table", title=f"Running trials (stale after {report['grace_seconds']} s without a heartbeat)")
+        running = [
+            {**r, "heartbeat_age": "no beat yet" if r["heartbeat_age"] is None else r["heartbeat_age"], "stale": "yes" if r["stale"] else "no"}
+            for r in report["running"]
+        ]
+        render_rows(running, ["number", "worker", "heartbeat_age", "stale"], "table", title=f"Running trials (stale after {report['grace_seconds']} s without a heartbeat)")
     if report["workers"]:
         render_rows(report["workers"], ["worker", "trials", "complete", "pruned", "fail", "mean_train_seconds", "mean_overhead_seconds"], "table", title="Workers")
-    time = report["time"]
-    if time["overhead_fraction"] is not None:
-        out.print(f"time: {time['train_seconds']:.1f} s training, {time['overhead_seconds']:.1f} s outside training "
-                  f"({100 * time['overhead_fraction']:.0f}%)")
+    spent = report["time"]
+    if spent["overhead_fraction"] is not None:
+        out.print(f"time: {spent['train_seconds']:.1f} s training, {spent['overhead_seconds']:.1f} s outside training "
+                  f"({100 * spent['overhead_fraction']:.0f}%)")
     if report["retries"]:
         out.print(f"{report['retries']} trial(s) are retries of failed trials")
     if report["stale"]:

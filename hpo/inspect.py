@@ -241,11 +241,12 @@ def trial_row(trial: FrozenTrial, params: dict[str, str]) -> dict[str, Any]:
     """The flat row of one trial; ``params`` maps parameter names to their column names."""
     attrs = trial.user_attrs
     timings = attrs.get("timings") if isinstance(attrs.get("timings"), dict) else {}
-    row = {
+    values = trial_params(trial)
+    return {
         "number": trial.number,
         "state": trial.state.name,
         "value": trial.value if trial.values is not None and len(trial.values) == 1 else None,
-        **{column: trial.params.get(param) for param, column in params.items()},
+        **{column: values.get(param) for param, column in params.items()},
         "duration": trial.duration.total_seconds() if trial.duration is not None else None,
         "worker": attrs.get("worker"),
         "reason": attrs.get("reason"),
@@ -257,7 +258,14 @@ def trial_row(trial: FrozenTrial, params: dict[str, str]) -> dict[str, Any]:
         "started": trial.datetime_start.isoformat(timespec="seconds") if trial.datetime_start else None,
         "completed": trial.datetime_complete.isoformat(timespec="seconds") if trial.datetime_complete else None,
     }
-    return row
+
+
+def trial_params(trial: FrozenTrial) -> dict[str, Any]:
+    """The trial's parameters; for a queued (WAITING) trial, the ones it was queued with."""
+    if trial.params or trial.state != TrialState.WAITING:
+        return dict(trial.params)
+    fixed = trial.system_attrs.get("fixed_params")
+    return dict(fixed) if isinstance(fixed, dict) else {}
 
 
 def _param_names(storage: RDBStorage, study_name: str, trials: Sequence[FrozenTrial]) -> dict[str, str]:
@@ -268,7 +276,7 @@ def _param_names(storage: RDBStorage, study_name: str, trials: Sequence[FrozenTr
     plan = records.read_plan(storage, study_name)
     names = dict.fromkeys(list((plan.space.get("params") or {}) if plan else ()))
     for trial in trials:
-        names.update(dict.fromkeys(trial.params))
+        names.update(dict.fromkeys(trial_params(trial)))
     fixed = set(TRIAL_COLUMNS) | set(EXTRA_TRIAL_COLUMNS)
     return {name: f"param:{name}" if name in fixed else name for name in names}
 
@@ -336,7 +344,7 @@ def trial_record(storage: RDBStorage, name: str, number: int) -> dict[str, Any]:
         "number": trial.number,
         "state": trial.state.name,
         "value": trial.value if trial.values is not None and len(trial.values) == 1 else None,
-        "params": dict(trial.params),
+        "params": trial_params(trial),
         "datetime_start": trial.datetime_start.isoformat() if trial.datetime_start else None,
         "datetime_complete": trial.datetime_complete.isoformat() if trial.datetime_complete else None,
         "duration_seconds": trial.duration.total_seconds() if trial.duration is not None else None,
@@ -460,8 +468,8 @@ def running_heartbeats(storage: RDBStorage, study_id: int) -> list[dict[str, Any
     """The study's RUNNING trials with the age of their last heartbeat in seconds (None: no
     beat yet), measured by the database clock in one query."""
     dialect = storage.engine.dialect.name
-    if dialect == "sqlite":
-        age = "(julianday('now') - julianday(h.heartbeat)) * 86400.0"
+    if dialect == "sqlite":  # whole seconds, as the beats and Optuna's stale check use
+        age = "(julianday(CURRENT_TIMESTAMP) - julianday(h.heartbeat)) * 86400.0"
     elif dialect == "postgresql":  # the heartbeat column holds the server's LOCALTIMESTAMP
         age = "EXTRACT(EPOCH FROM (LOCALTIMESTAMP - h.heartbeat))"
     else:
@@ -567,7 +575,7 @@ def fail_stale(storage: RDBStorage, url: str, name: str) -> dict[str, Any]:
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         study = optuna.load_study(study_name=study_name, storage=storage)
         with backend.exclusive(url, study_name, storage.engine):
-            stale = [b for b in running_heartbeats(storage, study_id) if b["age"] is not None and b["age"] > grace]
+            running = running_heartbeats(storage, study_id)
             optuna.storages.fail_stale_trials(study)
             trials = storage.get_all_trials(study_id, deepcopy=False)
     by_number = {t.number: t for t in trials}
@@ -579,7 +587,7 @@ def fail_stale(storage: RDBStorage, url: str, name: str) -> dict[str, Any]:
             "heartbeat_age": b["age"],
             "retry": retries.get(b["number"]),
         }
-        for b in stale
+        for b in running  # under the lock, a trial that was RUNNING and is now FAIL was reaped here
         if by_number[b["number"]].state == TrialState.FAIL
     ]
     return {
