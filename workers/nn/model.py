@@ -1,0 +1,776 @@
+"""The fully-connected classifier: a reference built from the pure layer functions, and
+a fast training engine verified against it.
+
+Architecture, for hidden sizes (H_1, ..., H_L) and C classes::
+
+    x -> [affine -> batchnorm -> activation] x L -> affine -> softmax cross-entropy
+
+Without batch norm each hidden affine has a bias; with it the bias is left out (batch
+norm subtracts the batch mean, so a bias would get a gradient of exactly zero; beta
+plays its role).  A maxout layer of H units has an affine producing k * H columns
+(batch-normalized column by column) and outputs H.
+
+Parameters are a dict of arrays, trainable only:
+
+    W{l}: (fan_in, width_l)   b{l}: (width_l,) without batch norm
+    gamma{l}, beta{l}: (width_l,) with batch norm
+    W{L+1}: (H_L, C)          b{L+1}: (C,)
+
+Batch-norm running statistics live apart, in their own dict ``{"mean{l}", "var{l}"}``,
+so an optimizer handed the parameters can never touch them.
+
+Two implementations of the same function:
+
+* the **reference** (:func:`forward`, :func:`loss_and_grads`), a readable chain of the
+  pure forward/backward pairs of :mod:`workers.nn.layers` and
+  :mod:`workers.nn.activations`; it is what the numerical gradient checks test;
+* :class:`FastNetwork`, the training engine.  On small networks a step's time is the
+  per-call overhead of NumPy, not arithmetic, so it keeps all parameters in one flat
+  array (one optimizer update for the whole net), all gradients in another, and
+  preallocated buffers per batch size written with ``out=`` -- no allocation and no
+  dict lookup per step.  Tests check it against the reference, gradient for gradient.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import math
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator
+
+import numpy as np
+
+from workers.nn.activations import get_activation
+from workers.nn.initializers import sample_weights
+from workers.nn.layers import (
+    BN_EPS,
+    BN_MOMENTUM,
+    BNState,
+    affine_backward,
+    affine_forward,
+    batchnorm_backward,
+    batchnorm_forward,
+)
+from workers.nn.losses import l2_penalty, softmax_cross_entropy
+
+__all__ = [
+    "NetworkSpec",
+    "init_network",
+    "forward",
+    "loss_and_grads",
+    "predict_scores",
+    "hidden_outputs",
+    "weight_names",
+    "FastNetwork",
+    "single_threaded_blas_for",
+]
+
+# Rows per chunk when scoring many examples, to bound the temporary memory.
+SCORE_CHUNK = 4096
+
+
+@dataclass(frozen=True)
+class NetworkSpec:
+    """The shape of a network: everything but its parameter values.
+
+    input_dim: D; hidden_sizes: units per hidden layer; num_classes: C.
+    activation: a key of ACTIVATIONS; leaky_slope / elu_alpha / maxout_k: its parameter.
+    batch_norm: batch normalization between each hidden affine and its activation.
+    """
+
+    input_dim: int
+    hidden_sizes: tuple[int, ...]
+    num_classes: int
+    activation: str = "relu"
+    leaky_slope: float = 0.01
+    elu_alpha: float = 1.0
+    maxout_k: int = 2
+    batch_norm: bool = True
+    bn_momentum: float = BN_MOMENTUM
+    bn_eps: float = BN_EPS
+    activation_kwargs: dict[str, Any] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "hidden_sizes", tuple(int(h) for h in self.hidden_sizes))
+        get_activation(self.activation)  # ValueError naming the allowed values
+        kwargs = {
+            "leaky_relu": {"slope": float(self.leaky_slope)},
+            "elu": {"alpha": float(self.elu_alpha)},
+            "maxout": {"k": int(self.maxout_k)},
+        }.get(self.activation, {})
+        object.__setattr__(self, "activation_kwargs", kwargs)
+
+    @property
+    def depth(self) -> int:
+        """Number of hidden layers L."""
+        return len(self.hidden_sizes)
+
+    @property
+    def pieces(self) -> int:
+        """Affine columns per hidden unit: k for maxout, else 1."""
+        return int(self.maxout_k) if self.activation == "maxout" else 1
+
+    @property
+    def affine_widths(self) -> tuple[int, ...]:
+        """Columns produced by each hidden affine: units * pieces."""
+        return tuple(h * self.pieces for h in self.hidden_sizes)
+
+    @property
+    def fan_ins(self) -> tuple[int, ...]:
+        """Inputs of each affine layer, hidden ones then the output layer."""
+        return (self.input_dim, *self.hidden_sizes)
+
+    def param_shapes(self) -> dict[str, tuple[int, ...]]:
+        """Name -> shape of every trainable parameter; weight matrices first."""
+        shapes: dict[str, tuple[int, ...]] = {}
+        out_widths = (*self.affine_widths, self.num_classes)
+        for layer, (fan_in, width) in enumerate(zip(self.fan_ins, out_widths), start=1):
+            shapes[f"W{layer}"] = (fan_in, width)
+        for layer, width in enumerate(self.affine_widths, start=1):
+            if self.batch_norm:
+                shapes[f"gamma{layer}"] = (width,)
+                shapes[f"beta{layer}"] = (width,)
+            else:
+                shapes[f"b{layer}"] = (width,)
+        shapes[f"b{self.depth + 1}"] = (self.num_classes,)
+        return shapes
+
+
+def weight_names(spec: NetworkSpec) -> list[str]:
+    """Names of the weight matrices (the parameters L2 weight decay applies to)."""
+    return [f"W{layer}" for layer in range(1, spec.depth + 2)]
+
+
+def init_network(
+    spec: NetworkSpec,
+    initializer: str,
+    rng: np.random.Generator,
+    *,
+    dtype: np.dtype | str = np.float32,
+    init_std: float = 0.01,
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """Fresh parameters and batch-norm state.
+
+    Weights are drawn by the named initializer (fan_out of a maxout affine is k * units);
+    biases and beta start at 0, gamma at 1, running mean 0 and running var 1.
+
+    -> (params: name -> array of ``dtype``, bn_state: {"mean{l}", "var{l}"} -> (width_l,)).
+    """
+    dtype = np.dtype(dtype)
+    params: dict[str, np.ndarray] = {}
+    for name, shape in spec.param_shapes().items():
+        if name.startswith("W"):
+            params[name] = sample_weights(
+                initializer, shape[0], shape[1], rng, dtype=dtype,
+                activation=spec.activation, leaky_slope=spec.leaky_slope, std=init_std,
+            )
+        elif name.startswith("gamma"):
+            params[name] = np.ones(shape, dtype=dtype)
+        else:
+            params[name] = np.zeros(shape, dtype=dtype)
+    bn_state: dict[str, np.ndarray] = {}
+    if spec.batch_norm:
+        for layer, width in enumerate(spec.affine_widths, start=1):
+            initial = BNState.initial(width, dtype)
+            bn_state[f"mean{layer}"], bn_state[f"var{layer}"] = initial.mean, initial.var
+    return params, bn_state
+
+
+# ----------------------------------------------------------------------------------------
+# Reference implementation: the pure layer functions chained.
+# ----------------------------------------------------------------------------------------
+
+def forward(
+    spec: NetworkSpec,
+    params: dict[str, np.ndarray],
+    bn_state: dict[str, np.ndarray],
+    X: np.ndarray,
+    *,
+    training: bool,
+) -> tuple[np.ndarray, list[tuple[Any, ...]], dict[str, np.ndarray], list[tuple[np.ndarray, np.ndarray]]]:
+    """Forward pass of the reference network.
+
+    training: batch statistics in batch norm (and a new running state), else the
+    running statistics.  ``params`` and ``bn_state`` are not modified.
+
+    X: (N, D) -> (scores: (N, C), caches for :func:`backward`, new_bn_state,
+    hidden: per hidden layer (activation input (N, width_l), activation output (N, H_l))).
+    """
+    activation = get_activation(spec.activation)
+    kwargs = spec.activation_kwargs
+    new_state = dict(bn_state)
+    caches: list[tuple[Any, ...]] = []
+    hidden: list[tuple[np.ndarray, np.ndarray]] = []
+    a = X
+    for layer in range(1, spec.depth + 1):
+        if spec.batch_norm:
+            h, affine_cache = affine_forward(a, params[f"W{layer}"])
+            state = BNState(bn_state[f"mean{layer}"], bn_state[f"var{layer}"])
+            z, bn_cache, state = batchnorm_forward(
+                h, params[f"gamma{layer}"], params[f"beta{layer}"], state,
+                training=training, momentum=spec.bn_momentum, eps=spec.bn_eps,
+            )
+            new_state[f"mean{layer}"], new_state[f"var{layer}"] = state.mean, state.var
+        else:
+            z, affine_cache = affine_forward(a, params[f"W{layer}"], params[f"b{layer}"])
+            bn_cache = None
+        a, act_cache = activation.forward(z, **kwargs)
+        caches.append((affine_cache, bn_cache, act_cache))
+        hidden.append((z, a))
+    out = spec.depth + 1
+    scores, affine_cache = affine_forward(a, params[f"W{out}"], params[f"b{out}"])
+    caches.append((affine_cache,))
+    return scores, caches, new_state, hidden
+
+
+def backward(
+    spec: NetworkSpec, dscores: np.ndarray, caches: list[tuple[Any, ...]]
+) -> dict[str, np.ndarray]:
+    """Backward pass of the reference network: dscores (N, C) and the caches of
+    :func:`forward` -> gradient of every parameter (same names and shapes as params)."""
+    activation = get_activation(spec.activation)
+    grads: dict[str, np.ndarray] = {}
+    out = spec.depth + 1
+    da, grads[f"W{out}"], grads[f"b{out}"] = affine_backward(dscores, caches[-1][0])
+    for layer in range(spec.depth, 0, -1):
+        affine_cache, bn_cache, act_cache = caches[layer - 1]
+        dz = activation.backward(da, act_cache)
+        if spec.batch_norm:
+            dh, grads[f"gamma{layer}"], grads[f"beta{layer}"] = batchnorm_backward(dz, bn_cache)
+            da, grads[f"W{layer}"], _ = affine_backward(dh, affine_cache)
+        else:
+            da, grads[f"W{layer}"], grads[f"b{layer}"] = affine_backward(dz, affine_cache)
+    return grads
+
+
+def loss_and_grads(
+    spec: NetworkSpec,
+    params: dict[str, np.ndarray],
+    bn_state: dict[str, np.ndarray],
+    X: np.ndarray,
+    y: np.ndarray,
+    *,
+    weight_decay: float = 0.0,
+) -> tuple[float, dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """One training-mode pass of the reference network.
+
+    X: (N, D), y: (N,) int labels -> (loss: float = mean cross-entropy + L2 penalty,
+    grads: name -> array shaped like params, new_bn_state).
+    """
+    scores, caches, new_state, _ = forward(spec, params, bn_state, X, training=True)
+    loss, dscores = softmax_cross_entropy(scores, y)
+    grads = backward(spec, dscores, caches)
+    if weight_decay:
+        names = weight_names(spec)
+        penalty, penalty_grads = l2_penalty([params[n] for n in names], weight_decay)
+        loss += penalty
+        for name, extra in zip(names, penalty_grads):
+            grads[name] += extra
+    return loss, grads, new_state
+
+
+def hidden_outputs(
+    spec: NetworkSpec,
+    params: dict[str, np.ndarray],
+    bn_state: dict[str, np.ndarray],
+    X: np.ndarray,
+    *,
+    training: bool = True,
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Per hidden layer, (activation input (N, width_l), activation output (N, H_l)) for X."""
+    return forward(spec, params, bn_state, X, training=training)[3]
+
+
+def predict_scores(
+    spec: NetworkSpec,
+    params: dict[str, np.ndarray],
+    bn_state: dict[str, np.ndarray],
+    X: np.ndarray,
+) -> np.ndarray:
+    """Class scores in evaluation mode (batch norm with its running statistics).
+
+    Evaluation-mode batch norm is a fixed per-column affine map, so it is folded into
+    the preceding weights first: W' = W * s, b' = beta - mean * s with
+    s = gamma / sqrt(var + eps).  X is scored in chunks of SCORE_CHUNK rows.
+
+    X: (N, D) -> scores: (N, C) of the parameters' dtype.
+    """
+    activation = get_activation(spec.activation)
+    kwargs = spec.activation_kwargs
+    dtype = params["W1"].dtype
+    folded: list[tuple[np.ndarray, np.ndarray]] = []
+    for layer in range(1, spec.depth + 1):
+        W = params[f"W{layer}"]
+        if spec.batch_norm:
+            scale = params[f"gamma{layer}"] / np.sqrt(bn_state[f"var{layer}"] + spec.bn_eps)
+            bias = params[f"beta{layer}"] - bn_state[f"mean{layer}"] * scale
+            folded.append((W * scale, bias))
+        else:
+            folded.append((W, params[f"b{layer}"]))
+    out = spec.depth + 1
+    folded.append((params[f"W{out}"], params[f"b{out}"]))
+    X = np.asarray(X, dtype=dtype)
+    scores = np.empty((X.shape[0], spec.num_classes), dtype=dtype)
+    for start in range(0, X.shape[0], SCORE_CHUNK):
+        a = X[start:start + SCORE_CHUNK]
+        for W, b in folded[:-1]:
+            z = a @ W
+            z += b
+            a, _ = activation.forward(z, **kwargs)
+        W, b = folded[-1]
+        np.matmul(a, W, out=scores[start:start + SCORE_CHUNK])
+        scores[start:start + SCORE_CHUNK] += b
+    return scores
+
+
+# ----------------------------------------------------------------------------------------
+# Fast engine
+# ----------------------------------------------------------------------------------------
+
+class _ActivationKernel:
+    """In-place activation for one layer and one batch size.
+
+    forward(z) writes the output into self.out and returns it; backward(da) writes the
+    gradient with respect to z into self.dz and returns it.  Each kernel matches the
+    pure pair of the same name in workers.nn.activations.
+    """
+
+    def __init__(self, n: int, width: int, units: int, dtype: np.dtype) -> None:
+        self.out = np.empty((n, units), dtype=dtype)
+        self.dz = np.empty((n, width), dtype=dtype)
+        self.zero = np.zeros(width, dtype=dtype)  # a typed zero row: faster than a Python 0.0
+
+    def forward(self, z: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def backward(self, da: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+
+class _Relu(_ActivationKernel):
+    def __init__(self, n: int, width: int, units: int, dtype: np.dtype) -> None:
+        super().__init__(n, width, units, dtype)
+        self.positive = np.empty((n, width), dtype=bool)
+
+    def forward(self, z: np.ndarray) -> np.ndarray:
+        np.greater(z, self.zero, out=self.positive)
+        return np.maximum(z, self.zero, out=self.out)
+
+    def backward(self, da: np.ndarray) -> np.ndarray:
+        return np.multiply(da, self.positive, out=self.dz)
+
+
+class _LeakyRelu(_ActivationKernel):
+    def __init__(self, n: int, width: int, units: int, dtype: np.dtype, slope: float) -> None:
+        super().__init__(n, width, units, dtype)
+        self.slope = dtype.type(slope)
+        self.positive = np.empty((n, width), dtype=bool)
+
+    def forward(self, z: np.ndarray) -> np.ndarray:
+        np.greater(z, self.zero, out=self.positive)
+        np.multiply(z, self.slope, out=self.out)
+        np.copyto(self.out, z, where=self.positive)
+        return self.out
+
+    def backward(self, da: np.ndarray) -> np.ndarray:
+        np.multiply(da, self.slope, out=self.dz)
+        np.copyto(self.dz, da, where=self.positive)
+        return self.dz
+
+
+class _Elu(_ActivationKernel):
+    def __init__(self, n: int, width: int, units: int, dtype: np.dtype, alpha: float) -> None:
+        super().__init__(n, width, units, dtype)
+        self.alpha = dtype.type(alpha)
+        self.one = dtype.type(1.0)
+        self.positive = np.empty((n, width), dtype=bool)
+
+    def forward(self, z: np.ndarray) -> np.ndarray:
+        np.greater(z, self.zero, out=self.positive)
+        np.minimum(z, self.zero, out=self.out)
+        np.expm1(self.out, out=self.out)
+        self.out *= self.alpha
+        np.copyto(self.out, z, where=self.positive)
+        return self.out
+
+    def backward(self, da: np.ndarray) -> np.ndarray:
+        # d/dz = 1 for z > 0, alpha * exp(z) = out + alpha otherwise
+        np.add(self.out, self.alpha, out=self.dz)
+        np.copyto(self.dz, self.one, where=self.positive)
+        self.dz *= da
+        return self.dz
+
+
+class _Sigmoid(_ActivationKernel):
+    def __init__(self, n: int, width: int, units: int, dtype: np.dtype) -> None:
+        super().__init__(n, width, units, dtype)
+        self.half = dtype.type(0.5)
+        self.one = dtype.type(1.0)
+
+    def forward(self, z: np.ndarray) -> np.ndarray:
+        # 0.5 * (1 + tanh(z / 2)): no overflow, as in sigmoid_forward
+        np.multiply(z, self.half, out=self.out)
+        np.tanh(self.out, out=self.out)
+        self.out += self.one
+        self.out *= self.half
+        return self.out
+
+    def backward(self, da: np.ndarray) -> np.ndarray:
+        np.subtract(self.one, self.out, out=self.dz)
+        self.dz *= self.out
+        self.dz *= da
+        return self.dz
+
+
+class _Tanh(_ActivationKernel):
+    def __init__(self, n: int, width: int, units: int, dtype: np.dtype) -> None:
+        super().__init__(n, width, units, dtype)
+        self.one = dtype.type(1.0)
+
+    def forward(self, z: np.ndarray) -> np.ndarray:
+        return np.tanh(z, out=self.out)
+
+    def backward(self, da: np.ndarray) -> np.ndarray:
+        np.multiply(self.out, self.out, out=self.dz)
+        np.subtract(self.one, self.dz, out=self.dz)
+        self.dz *= da
+        return self.dz
+
+
+class _Maxout(_ActivationKernel):
+    """Max over the k pieces of (N, k*H) laid out piece by piece (see maxout_forward).
+
+    The backward pass routes the gradient to every piece equal to the maximum; the
+    reference gives it to the first such piece only.  The two differ only on exact
+    ties between pieces, which have probability zero for real-valued inputs.
+    """
+
+    def __init__(self, n: int, width: int, units: int, dtype: np.dtype, k: int) -> None:
+        super().__init__(n, width, units, dtype)
+        self.k = k
+        self.winner = np.empty((n, k, units), dtype=bool)
+        self.z = None
+
+    def forward(self, z: np.ndarray) -> np.ndarray:
+        n = z.shape[0]
+        self.z = z.reshape(n, self.k, -1)
+        return np.maximum.reduce(self.z, axis=1, out=self.out)
+
+    def backward(self, da: np.ndarray) -> np.ndarray:
+        n = da.shape[0]
+        np.equal(self.z, self.out[:, None, :], out=self.winner)
+        np.multiply(self.winner, da[:, None, :], out=self.dz.reshape(n, self.k, -1))
+        return self.dz
+
+
+def _make_kernel(spec: NetworkSpec, n: int, width: int, units: int, dtype: np.dtype) -> _ActivationKernel:
+    name = spec.activation
+    if name == "relu":
+        return _Relu(n, width, units, dtype)
+    if name == "leaky_relu":
+        return _LeakyRelu(n, width, units, dtype, spec.leaky_slope)
+    if name == "elu":
+        return _Elu(n, width, units, dtype, spec.elu_alpha)
+    if name == "sigmoid":
+        return _Sigmoid(n, width, units, dtype)
+    if name == "tanh":
+        return _Tanh(n, width, units, dtype)
+    if name == "maxout":
+        return _Maxout(n, width, units, dtype, spec.pieces)
+    raise ValueError(f"no fast kernel for activation {name!r}")
+
+
+class _HiddenBuffers:
+    """Preallocated arrays of one hidden layer for one batch size N (width F)."""
+
+    def __init__(self, spec: NetworkSpec, n: int, width: int, units: int, dtype: np.dtype) -> None:
+        self.h = np.empty((n, width), dtype=dtype)        # affine output; reused as dh
+        self.x_hat = np.empty((n, width), dtype=dtype)    # normalized h
+        self.work = np.empty((n, width), dtype=dtype)     # scratch
+        self.z = np.empty((n, width), dtype=dtype)        # batch-norm output
+        self.stats = np.empty((2, width), dtype=dtype)    # rows: batch mean, batch var
+        self.stats_scaled = np.empty((2, width), dtype=dtype)
+        self.inv_std = np.empty(width, dtype=dtype)
+        self.scale = np.empty(width, dtype=dtype)         # gamma * inv_std
+        self.scale_over_n = np.empty(width, dtype=dtype)
+        self.c_gamma = np.empty(width, dtype=dtype)
+        self.c_beta = np.empty(width, dtype=dtype)
+        self.kernel = _make_kernel(spec, n, width, units, dtype)
+        self.input: np.ndarray | None = None              # the layer input of the last forward
+
+
+class _BatchBuffers:
+    """Everything one training step needs for batch size N."""
+
+    def __init__(self, spec: NetworkSpec, n: int, dtype: np.dtype) -> None:
+        self.n = n
+        self.mean_row = np.full(n, 1.0 / n, dtype=dtype)  # mean_row @ A = column means of A
+        self.ones_row = np.ones(n, dtype=dtype)            # ones_row @ A = column sums of A
+        self.hidden = [
+            _HiddenBuffers(spec, n, width, units, dtype)
+            for width, units in zip(spec.affine_widths, spec.hidden_sizes)
+        ]
+        # da of hidden layer l is written by the matmul of layer l + 1
+        self.d_hidden_out = [np.empty((n, units), dtype=dtype) for units in spec.hidden_sizes]
+        c = spec.num_classes
+        self.scores = np.empty((n, c), dtype=dtype)
+        self.row_max = np.empty((n, 1), dtype=dtype)
+        self.exp = np.empty((n, c), dtype=dtype)
+        self.sum_exp = np.empty((n, 1), dtype=dtype)
+        self.log_sum_exp = np.empty(n, dtype=dtype)
+        self.dscores = np.empty((n, c), dtype=dtype)
+        self.ones_c = np.ones(c, dtype=dtype)
+        self.output_input: np.ndarray | None = None  # input of the output affine, last forward
+
+
+class FastNetwork:
+    """The training engine: the network of :func:`loss_and_grads`, with flat parameter
+    and gradient buffers and preallocated per-batch-size workspaces.
+
+    ``param_flat`` holds every trainable parameter (weights first), ``params`` maps the
+    names of :meth:`NetworkSpec.param_shapes` to views into it; ``grad_flat`` /
+    ``grads`` likewise.  Hand ``[param_flat]`` to an optimizer and step it with
+    ``[grad_flat]``: one update for the whole network.
+
+    The running batch-norm statistics are the engine's own buffers, updated in place by
+    :meth:`loss_and_grads` (this object owns them; nobody else holds them); they are
+    read out as copies by :meth:`bn_state`.  The pure reference keeps its contract of
+    returning new state.
+    """
+
+    def __init__(
+        self,
+        spec: NetworkSpec,
+        params: dict[str, np.ndarray],
+        bn_state: dict[str, np.ndarray],
+    ) -> None:
+        self.spec = spec
+        shapes = spec.param_shapes()
+        self.dtype = np.dtype(params["W1"].dtype)
+        sizes = [math.prod(shape) for shape in shapes.values()]
+        total = sum(sizes)
+        self.param_flat = np.empty(total, dtype=self.dtype)
+        self.grad_flat = np.zeros(total, dtype=self.dtype)
+        self.params: dict[str, np.ndarray] = {}
+        self.grads: dict[str, np.ndarray] = {}
+        offset = 0
+        for (name, shape), size in zip(shapes.items(), sizes):
+            self.params[name] = self.param_flat[offset:offset + size].reshape(shape)
+            self.grads[name] = self.grad_flat[offset:offset + size].reshape(shape)
+            self.params[name][...] = params[name]
+            offset += size
+        n_weights = sum(math.prod(shapes[name]) for name in weight_names(spec))
+        self.weight_flat = self.param_flat[:n_weights]       # weights come first
+        self.weight_grad_flat = self.grad_flat[:n_weights]
+        self._decay_scratch = np.empty(n_weights, dtype=self.dtype)
+        # running statistics per hidden layer, rows (mean, var), owned by this engine
+        self._running = [
+            np.stack([bn_state[f"mean{layer}"], bn_state[f"var{layer}"]]).astype(self.dtype)
+            for layer in range(1, spec.depth + 1)
+        ] if spec.batch_norm else []
+        self._buffers: dict[int, _BatchBuffers] = {}
+        # per-layer views, in layer order, so the hot loop does no string formatting
+        depth = spec.depth
+        self._W = [self.params[f"W{layer}"] for layer in range(1, depth + 2)]
+        self._dW = [self.grads[f"W{layer}"] for layer in range(1, depth + 2)]
+        if spec.batch_norm:
+            self._gamma = [self.params[f"gamma{layer}"] for layer in range(1, depth + 1)]
+            self._beta = [self.params[f"beta{layer}"] for layer in range(1, depth + 1)]
+            self._dgamma = [self.grads[f"gamma{layer}"] for layer in range(1, depth + 1)]
+            self._dbeta = [self.grads[f"beta{layer}"] for layer in range(1, depth + 1)]
+        self._b = [self.params[f"b{layer}"] for layer in range(1, depth + 2) if f"b{layer}" in self.params]
+        self._db = [self.grads[f"b{layer}"] for layer in range(1, depth + 2) if f"b{layer}" in self.grads]
+        self._momentum = self.dtype.type(spec.bn_momentum)
+        self._one_minus_momentum = self.dtype.type(1.0 - spec.bn_momentum)
+        self._eps = self.dtype.type(spec.bn_eps)
+
+    # -- state out ------------------------------------------------------------------
+
+    def params_copy(self) -> dict[str, np.ndarray]:
+        """A copy of the trainable parameters, name -> array."""
+        return {name: value.copy() for name, value in self.params.items()}
+
+    def bn_state(self) -> dict[str, np.ndarray]:
+        """A copy of the running batch-norm statistics, {"mean{l}", "var{l}"} -> (width_l,)."""
+        state: dict[str, np.ndarray] = {}
+        for layer, running in enumerate(self._running, start=1):
+            state[f"mean{layer}"] = running[0].copy()
+            state[f"var{layer}"] = running[1].copy()
+        return state
+
+    def buffers(self, n: int) -> _BatchBuffers:
+        """The workspace for batch size n (created on first use)."""
+        buffers = self._buffers.get(n)
+        if buffers is None:
+            buffers = self._buffers[n] = _BatchBuffers(self.spec, n, self.dtype)
+        return buffers
+
+    # -- one step -------------------------------------------------------------------
+
+    def loss_and_grads(self, X: np.ndarray, onehot: np.ndarray, weight_decay: float = 0.0) -> float:
+        """Forward and backward pass on one minibatch in training mode.
+
+        Fills ``grad_flat`` with the gradient of the loss and updates the running
+        batch-norm statistics.  Same numbers as :func:`loss_and_grads`, up to rounding.
+
+        X: (N, D) of the engine's dtype, onehot: (N, C) 0/1 targets of the same dtype
+        -> loss: float (mean cross-entropy + L2 penalty).
+        """
+        buf = self.buffers(X.shape[0])
+        a = self._forward_hidden(X, buf)
+        loss = self._output_loss(a, onehot, buf)
+        self._backward(buf)
+        if weight_decay:
+            decay = self.dtype.type(weight_decay)
+            loss += 0.5 * float(weight_decay) * float(np.dot(self.weight_flat, self.weight_flat))
+            np.multiply(self.weight_flat, decay, out=self._decay_scratch)
+            self.weight_grad_flat += self._decay_scratch
+        return loss
+
+    def _forward_hidden(self, X: np.ndarray, buf: _BatchBuffers) -> np.ndarray:
+        batch_norm = self.spec.batch_norm
+        a = X
+        for layer, hb in enumerate(buf.hidden):
+            hb.input = a
+            h = np.matmul(a, self._W[layer], out=hb.h)
+            if batch_norm:
+                stats, x_hat, inv_std = hb.stats, hb.x_hat, hb.inv_std
+                mean, var = stats[0], stats[1]
+                np.matmul(buf.mean_row, h, out=mean)
+                np.subtract(h, mean, out=x_hat)
+                np.multiply(x_hat, x_hat, out=hb.work)
+                np.matmul(buf.mean_row, hb.work, out=var)
+                np.add(var, self._eps, out=inv_std)
+                np.sqrt(inv_std, out=inv_std)
+                np.reciprocal(inv_std, out=inv_std)
+                x_hat *= inv_std
+                z = np.multiply(x_hat, self._gamma[layer], out=hb.z)
+                z += self._beta[layer]
+                running = self._running[layer]
+                running *= self._momentum
+                np.multiply(stats, self._one_minus_momentum, out=hb.stats_scaled)
+                running += hb.stats_scaled
+            else:
+                h += self._b[layer]
+                z = h
+            a = hb.kernel.forward(z)
+        buf.output_input = a
+        return a
+
+    def _output_loss(self, a: np.ndarray, onehot: np.ndarray, buf: _BatchBuffers) -> float:
+        """Scores, loss and dscores (written into buf.dscores)."""
+        out = self.spec.depth
+        scores = np.matmul(a, self._W[out], out=buf.scores)
+        scores += self._b[-1]
+        np.maximum.reduce(scores, axis=1, out=buf.row_max[:, 0])
+        scores -= buf.row_max                                    # shifted scores
+        np.exp(scores, out=buf.exp)
+        np.matmul(buf.exp, buf.ones_c, out=buf.sum_exp[:, 0])
+        np.log(buf.sum_exp[:, 0], out=buf.log_sum_exp)
+        # mean over rows of log sum exp(shifted) - shifted[y]
+        loss = float(np.dot(buf.mean_row, buf.log_sum_exp)) - float(np.vdot(scores, onehot)) / buf.n
+        dscores = np.divide(buf.exp, buf.sum_exp, out=buf.dscores)
+        dscores -= onehot
+        dscores /= self.dtype.type(buf.n)
+        return loss
+
+    def _backward(self, buf: _BatchBuffers) -> None:
+        depth = self.spec.depth
+        batch_norm = self.spec.batch_norm
+        dout = buf.dscores
+        np.matmul(buf.output_input.T, dout, out=self._dW[depth])
+        np.matmul(buf.ones_row, dout, out=self._db[-1])
+        if depth:
+            np.matmul(dout, self._W[depth].T, out=buf.d_hidden_out[-1])
+        for layer in range(depth - 1, -1, -1):
+            hb = buf.hidden[layer]
+            dz = hb.kernel.backward(buf.d_hidden_out[layer])
+            if batch_norm:
+                dgamma, dbeta = self._dgamma[layer], self._dbeta[layer]
+                np.matmul(buf.ones_row, dz, out=dbeta)
+                np.multiply(dz, hb.x_hat, out=hb.work)
+                np.matmul(buf.ones_row, hb.work, out=dgamma)
+                # dh = scale * dz - x_hat * (scale * dgamma / N) - scale * dbeta / N
+                np.multiply(self._gamma[layer], hb.inv_std, out=hb.scale)
+                np.multiply(hb.scale, self.dtype.type(1.0 / buf.n), out=hb.scale_over_n)
+                np.multiply(dgamma, hb.scale_over_n, out=hb.c_gamma)
+                np.multiply(dbeta, hb.scale_over_n, out=hb.c_beta)
+                dh = np.multiply(dz, hb.scale, out=hb.h)
+                np.multiply(hb.x_hat, hb.c_gamma, out=hb.work)
+                dh -= hb.work
+                dh -= hb.c_beta
+            else:
+                dh = dz
+                np.matmul(buf.ones_row, dh, out=self._db[layer])
+            np.matmul(hb.input.T, dh, out=self._dW[layer])
+            if layer > 0:
+                np.matmul(dh, self._W[layer].T, out=buf.d_hidden_out[layer - 1])
+
+
+# ----------------------------------------------------------------------------------------
+# BLAS threads
+# ----------------------------------------------------------------------------------------
+
+# Largest per-step matrix product (2 * N * fan_in * width flops) still run single-threaded.
+# On a 2-core machine OpenBLAS's own threading made products of this size 1.3-4x *slower*
+# than one thread (e.g. 200 x 3072 x 100: 2.2 ms on one thread, 5-8 ms on two, worse when
+# the other core is busy), and our networks' products are all far below it.
+SINGLE_THREAD_MAX_FLOPS = 2e9
+
+_OPENBLAS_THREAD_SYMBOLS = (
+    ("scipy_openblas_get_num_threads64_", "scipy_openblas_set_num_threads64_"),
+    ("scipy_openblas_get_num_threads", "scipy_openblas_set_num_threads"),
+    ("openblas_get_num_threads64_", "openblas_set_num_threads64_"),
+    ("openblas_get_num_threads", "openblas_set_num_threads"),
+)
+
+
+@functools.cache
+def _openblas_thread_controls() -> tuple[tuple[Callable[[], int], Callable[[int], None]], ...]:
+    """(get, set) thread-count functions of every OpenBLAS loaded in this process.
+
+    Found through the process's memory map (Linux); empty elsewhere or when NumPy uses
+    another BLAS, in which case thread limiting is simply skipped.
+    """
+    try:
+        with open("/proc/self/maps", encoding="utf-8", errors="replace") as maps:
+            paths = {line.split()[-1] for line in maps if "openblas" in line.lower() and "/" in line}
+    except OSError:
+        return ()
+    controls = []
+    for path in sorted(paths):
+        try:
+            lib = ctypes.CDLL(path)
+        except OSError:
+            continue
+        for get_name, set_name in _OPENBLAS_THREAD_SYMBOLS:
+            getter, setter = getattr(lib, get_name, None), getattr(lib, set_name, None)
+            if getter is not None and setter is not None:
+                getter.restype, getter.argtypes = ctypes.c_int, []
+                setter.restype, setter.argtypes = None, [ctypes.c_int]
+                controls.append((getter, setter))
+                break
+    return tuple(controls)
+
+
+@contextmanager
+def single_threaded_blas_for(spec: NetworkSpec, batch_size: int) -> Iterator[None]:
+    """Run the block with OpenBLAS on one thread if this network's per-step matrix
+    products are small (see SINGLE_THREAD_MAX_FLOPS); restore the thread count after.
+
+    The thread count of OpenBLAS is process-wide: other threads calling BLAS meanwhile
+    are limited too.  Does nothing without a controllable OpenBLAS.
+    """
+    widths = (*spec.affine_widths, spec.num_classes)
+    largest = max(2.0 * batch_size * fan_in * width for fan_in, width in zip(spec.fan_ins, widths))
+    controls = _openblas_thread_controls() if largest <= SINGLE_THREAD_MAX_FLOPS else ()
+    previous = [getter() for getter, _ in controls]
+    for _, setter in controls:
+        setter(1)
+    try:
+        yield
+    finally:
+        for (_, setter), count in zip(controls, previous):
+            setter(count)

@@ -1,0 +1,528 @@
+"""One training run: minibatches, epochs, learning-rate decay, divergence stop, diagnostics.
+
+::
+
+    result = train(TrainConfig(hidden_sizes=(100, 100), activation="relu"),
+                   X_train, y_train, X_val, y_val, on_epoch=print)
+    accuracy(result, X_test, y_test)
+
+``train`` takes arrays that are already preprocessed (the caller fits preprocessing on
+the training split; ``preprocessing`` and ``pca_components`` are in the config only so
+that one config describes a whole trial).  It imports NumPy and the standard library
+only.
+
+Reproducibility: the config seed drives three independent random streams (weights,
+per-epoch shuffling, the diagnostics probe batch), so the same config and seed give
+bit-identical parameters, losses and accuracies on the same machine and NumPy build.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+
+from workers.nn.activations import ACTIVATIONS, get_activation
+from workers.nn.initializers import INITIALIZERS
+from workers.nn.model import (
+    FastNetwork,
+    NetworkSpec,
+    init_network,
+    loss_and_grads,
+    hidden_outputs,
+    predict_scores,
+    single_threaded_blas_for,
+    weight_names,
+)
+from workers.nn.optimizers import OPTIMIZERS, make_optimizer
+
+__all__ = [
+    "TrainConfig",
+    "TrainingDiverged",
+    "EpochReport",
+    "TrainResult",
+    "train",
+    "predict",
+    "accuracy",
+    "DTYPES",
+    "DIVERGENCE_FACTOR",
+    "PROBE_SIZE",
+    "HISTOGRAM_BINS",
+]
+
+DTYPES = ("float32", "float64")
+DIVERGENCE_FACTOR = 3.0   # the lecture: stop when the loss exceeds 3x the initial loss
+PROBE_SIZE = 256          # training examples in the fixed diagnostics probe batch
+HISTOGRAM_BINS = 20
+
+
+def _bad(field_name: str, message: str) -> ValueError:
+    return ValueError(f"{field_name}: {message}")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that defines one training run (and, with the dataset, one trial).
+
+    lr_decay multiplies the learning rate after each epoch.  ``momentum`` is used by the
+    momentum and nesterov optimizers; adam uses its own beta1 = 0.9.  ``init_std`` is the
+    std of the "small" initializer.  ``preprocessing`` / ``pca_components`` are applied
+    by the caller, not by :func:`train`.
+
+    Invalid values raise ValueError with one line naming the field and what is allowed.
+    """
+
+    hidden_sizes: tuple[int, ...] = (100, 100)
+    activation: str = "relu"
+    leaky_slope: float = 0.01
+    elu_alpha: float = 1.0
+    maxout_k: int = 2
+    initializer: str = "he"
+    init_std: float = 0.01
+    batch_norm: bool = True
+    optimizer: str = "adam"
+    learning_rate: float = 1e-3
+    momentum: float = 0.9
+    lr_decay: float = 1.0
+    weight_decay: float = 0.0
+    epochs: int = 10
+    batch_size: int = 64
+    preprocessing: str = "standardize"
+    pca_components: float | int | None = None
+    seed: int = 0
+    dtype: str = "float32"
+
+    def __post_init__(self) -> None:
+        sizes = self.hidden_sizes
+        if isinstance(sizes, (int, np.integer)) or isinstance(sizes, str):
+            raise _bad("hidden_sizes", f"expected a sequence of positive ints, got {sizes!r}")
+        sizes = tuple(sizes)
+        if not all(isinstance(h, (int, np.integer)) and not isinstance(h, bool) and h > 0 for h in sizes):
+            raise _bad("hidden_sizes", f"every size must be a positive int, got {list(sizes)}")
+        object.__setattr__(self, "hidden_sizes", tuple(int(h) for h in sizes))
+        for name, allowed in (
+            ("activation", ACTIVATIONS),
+            ("initializer", INITIALIZERS),
+            ("optimizer", OPTIMIZERS),
+            ("dtype", DTYPES),
+        ):
+            value = getattr(self, name)
+            if value not in allowed:
+                raise _bad(name, f"unknown value {value!r}; allowed: {', '.join(allowed)}")
+        for name in ("epochs", "batch_size", "maxout_k"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+                raise _bad(name, f"must be a positive int, got {value!r}")
+            object.__setattr__(self, name, int(value))
+        if self.maxout_k < 2:
+            raise _bad("maxout_k", f"must be at least 2 pieces, got {self.maxout_k}")
+        positive = ("learning_rate", "init_std", "elu_alpha", "lr_decay")
+        non_negative = ("weight_decay", "leaky_slope")
+        for name in positive + non_negative:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float, np.floating, np.integer)):
+                raise _bad(name, f"must be a number, got {value!r}")
+            value = float(value)
+            if not math.isfinite(value) or value < 0 or (name in positive and value == 0):
+                kind = "positive" if name in positive else "non-negative"
+                raise _bad(name, f"must be a finite {kind} number, got {value!r}")
+            object.__setattr__(self, name, value)
+        if self.leaky_slope >= 1:
+            raise _bad("leaky_slope", f"must be in [0, 1), got {self.leaky_slope}")
+        if isinstance(self.momentum, bool) or not 0 <= float(self.momentum) < 1:
+            raise _bad("momentum", f"must be in [0, 1), got {self.momentum!r}")
+        object.__setattr__(self, "momentum", float(self.momentum))
+        if not isinstance(self.batch_norm, (bool, np.bool_)):
+            raise _bad("batch_norm", f"must be true or false, got {self.batch_norm!r}")
+        object.__setattr__(self, "batch_norm", bool(self.batch_norm))
+        if not isinstance(self.preprocessing, str) or not self.preprocessing:
+            raise _bad("preprocessing", f"must be a preprocessing name, got {self.preprocessing!r}")
+        pca = self.pca_components
+        if pca is not None:
+            if isinstance(pca, bool) or not isinstance(pca, (int, float, np.integer, np.floating)):
+                raise _bad("pca_components", f"must be a positive int, a fraction in (0, 1] or null, got {pca!r}")
+            if isinstance(pca, (int, np.integer)) and pca < 1:
+                raise _bad("pca_components", f"a component count must be positive, got {pca}")
+            if isinstance(pca, (float, np.floating)) and not 0 < pca <= 1:
+                raise _bad("pca_components", f"a variance fraction must be in (0, 1], got {pca}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, (int, np.integer)) or self.seed < 0:
+            raise _bad("seed", f"must be a non-negative int, got {self.seed!r}")
+        object.__setattr__(self, "seed", int(self.seed))
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict of every field (hidden_sizes as a list)."""
+        d = dataclasses.asdict(self)
+        d["hidden_sizes"] = list(self.hidden_sizes)
+        pca = d["pca_components"]
+        if isinstance(pca, np.generic):
+            d["pca_components"] = pca.item()
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
+        """Build and validate a config from a dict such as :meth:`to_dict` returns.
+
+        Missing fields take their defaults; an unknown field or an invalid value raises
+        ValueError with one line naming the field and the allowed values.
+        """
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(
+                f"unknown config field(s) {', '.join(unknown)}; allowed: {', '.join(sorted(known))}"
+            )
+        values = dict(d)
+        if "hidden_sizes" in values and isinstance(values["hidden_sizes"], list):
+            values["hidden_sizes"] = tuple(values["hidden_sizes"])
+        return cls(**values)
+
+    def network_spec(self, input_dim: int, num_classes: int) -> NetworkSpec:
+        """The network shape this config trains on data of input_dim features, num_classes classes."""
+        return NetworkSpec(
+            input_dim=int(input_dim),
+            hidden_sizes=self.hidden_sizes,
+            num_classes=int(num_classes),
+            activation=self.activation,
+            leaky_slope=self.leaky_slope,
+            elu_alpha=self.elu_alpha,
+            maxout_k=self.maxout_k,
+            batch_norm=self.batch_norm,
+        )
+
+
+class TrainingDiverged(Exception):
+    """Training stopped because the loss blew up.
+
+    epoch and step are 1-based (step counts minibatches within the epoch); reason is
+    "non-finite" or "exceeded" (loss > DIVERGENCE_FACTOR x initial_loss).
+    """
+
+    def __init__(self, epoch: int, step: int, loss: float, initial_loss: float, reason: str) -> None:
+        self.epoch, self.step = int(epoch), int(step)
+        self.loss, self.initial_loss = float(loss), float(initial_loss)
+        self.reason = reason
+        if reason == "non-finite":
+            detail = f"loss is {self.loss}"
+        else:
+            detail = f"loss {self.loss:.3g} > {DIVERGENCE_FACTOR:g}x initial {self.initial_loss:.2f}"
+        super().__init__(f"diverged at epoch {self.epoch}, step {self.step}: {detail}")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.epoch, self.step, self.loss, self.initial_loss, self.reason))
+
+
+@dataclass
+class EpochReport:
+    """What one epoch produced.
+
+    epoch: 1-based.  train_loss: mean minibatch loss over the epoch (with the L2 term).
+    val_accuracy: None when there is no validation data.  seconds: training time of
+    the epoch (the minibatch steps, not the evaluation).  lr: the learning rate used
+    during the epoch.  diagnostics: JSON-ready, see :func:`train`.
+    """
+
+    epoch: int
+    train_loss: float
+    val_accuracy: float | None
+    seconds: float
+    lr: float
+    diagnostics: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict."""
+        return dataclasses.asdict(self)
+
+
+@dataclass
+class TrainResult:
+    """Outcome of :func:`train`.
+
+    params / bn_state: the trained arrays (trainable parameters; batch-norm running
+    statistics, empty without batch norm).  diagnostics: those of the last epoch.
+    histograms: per hidden layer {"layer", "edges" (21 floats), "counts" (20 ints)} of
+    the activations on the probe batch after the last epoch.  spec: the network shape.
+    initial_loss: the reference loss of the divergence test (see :func:`train`).
+    """
+
+    config: TrainConfig
+    history: list[EpochReport]
+    params: dict[str, np.ndarray]
+    bn_state: dict[str, np.ndarray]
+    train_accuracy: float
+    val_accuracy: float | None
+    epoch_seconds: list[float]
+    diagnostics: dict[str, Any]
+    histograms: list[dict[str, Any]]
+    spec: NetworkSpec
+    initial_loss: float
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict of everything but the parameter arrays."""
+        return {
+            "config": self.config.to_dict(),
+            "history": [report.to_dict() for report in self.history],
+            "train_accuracy": self.train_accuracy,
+            "val_accuracy": self.val_accuracy,
+            "epoch_seconds": list(self.epoch_seconds),
+            "diagnostics": self.diagnostics,
+            "histograms": self.histograms,
+            "initial_loss": self.initial_loss,
+            "num_classes": self.spec.num_classes,
+            "input_dim": self.spec.input_dim,
+        }
+
+
+# ----------------------------------------------------------------------------------------
+# Evaluation
+# ----------------------------------------------------------------------------------------
+
+def predict(model: Any, X: np.ndarray) -> np.ndarray:
+    """Predicted labels in evaluation mode (batch norm with its running statistics).
+
+    model: a TrainResult, or any object with ``spec``, ``params`` and ``bn_state``.
+    X: (N, D) preprocessed like the training data -> labels: (N,) int64.
+    """
+    scores = predict_scores(model.spec, model.params, model.bn_state, X)
+    return np.argmax(scores, axis=1)
+
+
+def accuracy(model: Any, X: np.ndarray, y: np.ndarray) -> float:
+    """Fraction of X classified as y, as a Python float (see :func:`predict`)."""
+    y = np.asarray(y)
+    if y.shape[0] == 0:
+        raise ValueError("accuracy of an empty set is undefined")
+    return float(np.mean(predict(model, X) == y))
+
+
+# ----------------------------------------------------------------------------------------
+# Training
+# ----------------------------------------------------------------------------------------
+
+def _check_data(X: np.ndarray, y: np.ndarray, name: str, input_dim: int | None) -> None:
+    if X.ndim != 2:
+        raise ValueError(f"X_{name} must be 2-D (N, D), got shape {X.shape}")
+    if y.ndim != 1 or y.shape[0] != X.shape[0]:
+        raise ValueError(f"y_{name} must be 1-D with one label per row of X_{name}, got {y.shape} for {X.shape}")
+    if input_dim is not None and X.shape[0] and X.shape[1] != input_dim:
+        raise ValueError(f"X_{name} has {X.shape[1]} features, X_train has {input_dim}")
+    if y.size and (not np.issubdtype(y.dtype, np.integer) or y.min() < 0):
+        raise ValueError(f"y_{name} must hold non-negative int labels")
+
+
+def _batch_bounds(n: int, batch_size: int, batch_norm: bool) -> list[tuple[int, int]]:
+    """(start, stop) of each minibatch.  With batch norm a last batch of one example
+    (whose batch variance is 0) is merged into the one before it."""
+    starts = list(range(0, n, batch_size))
+    if batch_norm and len(starts) > 1 and n - starts[-1] == 1:
+        starts.pop()
+    stops = starts[1:] + [n]
+    return list(zip(starts, stops))
+
+
+def _norm(a: np.ndarray) -> float:
+    flat = a.reshape(-1)
+    return math.sqrt(float(np.dot(flat, flat)))
+
+
+def _diagnostics(
+    spec: NetworkSpec,
+    net: FastNetwork,
+    X_probe: np.ndarray,
+    weights_before_last_step: np.ndarray,
+) -> tuple[dict[str, Any], list[tuple[np.ndarray, np.ndarray]]]:
+    """Per-layer health numbers after an epoch; also the probe activations (for histograms)."""
+    activation = get_activation(spec.activation)
+    hidden = hidden_outputs(spec, net.params, net.bn_state(), X_probe, training=True)
+    layers: list[dict[str, Any]] = []
+    offset = 0
+    update_ratios: list[float] = []
+    grad_norms: list[float] = []
+    for name in weight_names(spec):
+        W = net.params[name]
+        size = W.size
+        update = net.weight_flat[offset:offset + size] - weights_before_last_step[offset:offset + size]
+        offset += size
+        w_norm = _norm(W)
+        update_ratios.append(_norm(update) / w_norm if w_norm > 0 else float("inf"))
+        grad_norms.append(_norm(net.grads[name]))
+    for index, (z, a) in enumerate(hidden):
+        layers.append({
+            "layer": index + 1,
+            "units": int(a.shape[1]),
+            "activation_mean": float(a.mean()),
+            "activation_std": float(a.std()),
+            "dead_fraction": activation.dead_fraction(z, a, **spec.activation_kwargs),
+            "saturation_fraction": activation.saturated_fraction(a),
+            "grad_norm": grad_norms[index],
+            "update_ratio": update_ratios[index],
+        })
+    diagnostics = {
+        "probe_size": int(X_probe.shape[0]),
+        "layers": layers,
+        "output_layer": {"grad_norm": grad_norms[-1], "update_ratio": update_ratios[-1]},
+    }
+    return diagnostics, hidden
+
+
+def _histograms(hidden: list[tuple[np.ndarray, np.ndarray]]) -> list[dict[str, Any]]:
+    histograms = []
+    for index, (_, a) in enumerate(hidden):
+        values = a[np.isfinite(a)].astype(np.float64)
+        counts, edges = np.histogram(values, bins=HISTOGRAM_BINS)
+        histograms.append({
+            "layer": index + 1,
+            "edges": [float(e) for e in edges],
+            "counts": [int(c) for c in counts],
+        })
+    return histograms
+
+
+def train(
+    config: TrainConfig,
+    X_train: np.ndarray,
+    y_train: np.ndarray,
+    X_val: np.ndarray,
+    y_val: np.ndarray,
+    on_epoch: Callable[[EpochReport], None] | None = None,
+    num_classes: int | None = None,
+) -> TrainResult:
+    """Train the network of ``config`` on preprocessed data.
+
+    X_train: (N, D) float, y_train: (N,) int labels in [0, C); X_val: (M, D), y_val: (M,),
+    M may be 0 (then every val_accuracy is None).  C is ``num_classes`` if given, else
+    max label + 1 over train and val.  Arrays are cast once to the config dtype.
+
+    Each epoch shuffles the training set (config seed), takes minibatch steps, then
+    multiplies the learning rate by ``lr_decay``.  After each epoch ``on_epoch(report)``
+    is called; any exception it raises propagates unchanged (the search prunes that way).
+
+    Divergence: a non-finite minibatch loss, or one above DIVERGENCE_FACTOR x the
+    initial loss, raises :class:`TrainingDiverged`.  The *initial loss* is the loss of the
+    untrained network on the fixed probe batch (up to PROBE_SIZE training examples,
+    training mode, L2 term included), floored at ln(C), the loss of a uniform guess.
+    Measuring it on 256 examples rather than on the first minibatch keeps a lucky easy
+    first batch from setting a low bar; the floor keeps a near-uniform initial network
+    (small init, where every batch scores ~ln C) from tripping on ordinary noise.
+
+    Diagnostics per epoch (all Python numbers): per hidden layer the mean and std of
+    its activations on the probe batch (training-mode batch norm), the dead fraction
+    (relu family: units, or maxout pieces, inactive on every probe example; None
+    otherwise), the saturation fraction (sigmoid/tanh: outputs within 1% of a bound;
+    None otherwise), the norm of the weight gradient and the update-to-weight ratio
+    ||delta W|| / ||W||, both from the epoch's last step (cs231n: ~1e-3 is healthy);
+    the same two for the output layer.
+    """
+    dtype = np.dtype(config.dtype)
+    X_train = np.ascontiguousarray(X_train, dtype=dtype)
+    y_train = np.asarray(y_train)
+    X_val = np.asarray(X_val, dtype=dtype)
+    y_val = np.asarray(y_val)
+    if X_val.ndim == 1 and X_val.size == 0:
+        X_val = X_val.reshape(0, X_train.shape[1] if X_train.ndim == 2 else 0)
+    _check_data(X_train, y_train, "train", None)
+    _check_data(X_val, y_val, "val", X_train.shape[1])
+    n_train, input_dim = X_train.shape
+    if n_train == 0:
+        raise ValueError("X_train is empty")
+    max_label = int(max(y_train.max(), y_val.max() if y_val.size else 0))
+    if num_classes is None:
+        num_classes = max(max_label + 1, 2)
+    elif max_label >= num_classes:
+        raise ValueError(f"label {max_label} out of range for num_classes={num_classes}")
+
+    spec = config.network_spec(input_dim, num_classes)
+    init_seq, shuffle_seq, probe_seq = np.random.SeedSequence(config.seed).spawn(3)
+    params, bn_state = init_network(
+        spec, config.initializer, np.random.default_rng(init_seq), dtype=dtype, init_std=config.init_std
+    )
+    shuffle_rng = np.random.default_rng(shuffle_seq)
+    probe_rows = np.sort(np.random.default_rng(probe_seq).permutation(n_train)[:PROBE_SIZE])
+    X_probe, y_probe = X_train[probe_rows], y_train[probe_rows]
+
+    probe_loss, _, _ = loss_and_grads(
+        spec, params, bn_state, X_probe, y_probe, weight_decay=config.weight_decay
+    )
+    initial_loss = max(probe_loss, math.log(num_classes)) if math.isfinite(probe_loss) else probe_loss
+    loss_limit = DIVERGENCE_FACTOR * initial_loss
+
+    net = FastNetwork(spec, params, bn_state)
+    optimizer = make_optimizer(config.optimizer, [net.param_flat], config.learning_rate, config.momentum)
+    grads = [net.grad_flat]
+    onehot = np.zeros((n_train, num_classes), dtype=dtype)
+    onehot[np.arange(n_train), y_train] = 1
+    bounds = _batch_bounds(n_train, config.batch_size, config.batch_norm)
+    last_step = len(bounds)
+    weights_before_last_step = np.empty_like(net.weight_flat)
+    # Gather each minibatch from the unshuffled data when a shuffled copy per epoch would
+    # be large (it would stream the whole set through memory once more per epoch).
+    gather_per_batch = X_train.nbytes > 32 * 2**20
+    weight_decay = config.weight_decay
+
+    history: list[EpochReport] = []
+    hidden: list[tuple[np.ndarray, np.ndarray]] = []
+    with single_threaded_blas_for(spec, config.batch_size):
+        if not math.isfinite(initial_loss):
+            raise TrainingDiverged(1, 0, initial_loss, initial_loss, "non-finite")
+        for epoch in range(1, config.epochs + 1):
+            lr = optimizer.learning_rate
+            started = time.perf_counter()
+            order = shuffle_rng.permutation(n_train)
+            onehot_epoch = onehot[order]
+            X_epoch = X_train if gather_per_batch else X_train[order]
+            loss_sum = 0.0
+            for step, (start, stop) in enumerate(bounds, 1):
+                xb = X_train[order[start:stop]] if gather_per_batch else X_epoch[start:stop]
+                loss = net.loss_and_grads(xb, onehot_epoch[start:stop], weight_decay)
+                if not loss <= loss_limit:  # also catches nan
+                    reason = "exceeded" if math.isfinite(loss) else "non-finite"
+                    raise TrainingDiverged(epoch, step, loss, initial_loss, reason)
+                if step == last_step:
+                    np.copyto(weights_before_last_step, net.weight_flat)
+                optimizer.step(grads)
+                loss_sum += loss * (stop - start)
+            seconds = time.perf_counter() - started
+
+            diagnostics, hidden = _diagnostics(spec, net, X_probe, weights_before_last_step)
+            model = _Model(spec, net.params, net.bn_state())
+            val_accuracy = accuracy(model, X_val, y_val) if X_val.shape[0] else None
+            report = EpochReport(
+                epoch=epoch,
+                train_loss=loss_sum / n_train,
+                val_accuracy=val_accuracy,
+                seconds=seconds,
+                lr=lr,
+                diagnostics=diagnostics,
+            )
+            history.append(report)
+            if on_epoch is not None:
+                on_epoch(report)
+            optimizer.decay_learning_rate(config.lr_decay)
+
+        final = _Model(spec, net.params_copy(), net.bn_state())
+        train_accuracy = accuracy(final, X_train, y_train)
+    return TrainResult(
+        config=config,
+        history=history,
+        params=final.params,
+        bn_state=final.bn_state,
+        train_accuracy=train_accuracy,
+        val_accuracy=history[-1].val_accuracy,
+        epoch_seconds=[report.seconds for report in history],
+        diagnostics=history[-1].diagnostics,
+        histograms=_histograms(hidden),
+        spec=spec,
+        initial_loss=float(initial_loss),
+    )
+
+
+@dataclass
+class _Model:
+    """The three things :func:`predict` needs, for a network still in training."""
+
+    spec: NetworkSpec
+    params: dict[str, np.ndarray]
+    bn_state: dict[str, np.ndarray]
