@@ -84,7 +84,8 @@ def list_studies(storage: RDBStorage) -> list[dict[str, Any]]:
     """One row per study: campaign stages first (by campaign, then stage), then plain studies.
 
     Keys: STUDY_KEYS; ``test_accuracy`` is the campaign's final test accuracy (on its last stage).
-    Plan keys are None for studies that hpo did not create. Three queries in all.
+    Plan keys are None for studies that hpo did not create. Counts and best values come from
+    two grouped queries, not from reading every trial.
     """
     counts, extremes = _study_aggregates(storage)
     rows = []
@@ -217,7 +218,8 @@ def select_trials(
     trials = storage.get_all_trials(study_id, deepcopy=False, states=wanted_states)
     params = _param_names(storage, study_name, trials)
     rows = [trial_row(t, params) for t in trials]
-    known = [*TRIAL_COLUMNS[:3], *params.values(), *TRIAL_COLUMNS[3:], *EXTRA_TRIAL_COLUMNS]
+    default = [*TRIAL_COLUMNS[:3], *params.values(), *TRIAL_COLUMNS[3:]]
+    known = [*default, *EXTRA_TRIAL_COLUMNS]
     for condition in conditions:
         _check_column(condition.column, known)
     selected = [row for row in rows if all(c.matches(row) for c in conditions)]
@@ -226,7 +228,7 @@ def select_trials(
         key = sort[1:] if descending else sort
         _check_column(key, known)
         selected = _sorted(selected, key, descending)
-    shown = known[: 3 + len(params) + 3]
+    shown = default
     if columns:
         shown = [c.strip() for c in columns.split(",") if c.strip()]
         for column in shown:
