@@ -53,9 +53,9 @@ STUDY_COLUMNS = ["study", "stage", "status", "budget", "epochs", "complete", "pr
 @format_option
 @storage_option
 def studies(fmt, storage_url) -> None:
-    """List campaigns and their stages, and any other Optuna study, with trial counts.
+    """List campaigns, their stages and other studies.
 
-    One row per study: its stage (K/N), status, trial budget, epochs per trial, trials per
+    One row per study (plain Optuna studies too): its stage (K/N), status, trial budget, epochs per trial, trials per
     state, the best value so far and, on a campaign's last stage, the final test accuracy.
 
     \b
@@ -85,11 +85,12 @@ def studies(fmt, storage_url) -> None:
 @format_option
 @storage_option
 def trials(study, states, where, sort, limit, columns, fmt, storage_url) -> None:
-    """List the trials of STUDY: number, state, value, one column per parameter, duration,
-    worker and the reason a trial was pruned or failed.
+    """List the trials of STUDY, filtered and sorted.
 
-    STUDY is a study name, or a campaign name for its newest stage. Numbers compare as
-    numbers (1e-3 < 0.01), text case-insensitively.
+    One row per trial: number, state, value, one column per parameter, duration, worker and
+    the reason a trial was pruned or failed. STUDY is a study name, or a campaign name for its newest stage. In --where, numbers
+    compare as numbers (1e-3 < 0.01) and text case-insensitively; a trial without a value for
+    the column passes only !=. JSON: a list of objects keyed by the shown columns.
 
     \b
     Examples:
@@ -109,10 +110,10 @@ def trials(study, states, where, sort, limit, columns, fmt, storage_url) -> None
 @record_format_option
 @storage_option
 def trial(study, number, fmt, storage_url) -> None:
-    """Show one trial: parameters, value, state, reason, learning curve, per-layer
-    diagnostics of the last epoch, seed, timings, worker and retries.
+    """Show one trial: params, curve, diagnostics, timings.
 
-    STUDY is a study name, or a campaign name for its newest stage. --format json prints the
+    Parameters, value, state, reason, learning curve, per-layer diagnostics of the last epoch,
+    seed, timings, worker and retries. STUDY is a study name, or a campaign name for its newest stage. --format json prints the
     whole stored record (params, user_attrs, system_attrs, intermediate values, retry links).
 
     \b
@@ -143,9 +144,9 @@ def trial(study, number, fmt, storage_url) -> None:
 @format_option
 @storage_option
 def best(study, top, fmt, storage_url) -> None:
-    """Show the best complete trials of STUDY: value, parameters and seed.
+    """Show the best complete trials of STUDY.
 
-    STUDY is a study name, or a campaign name for its newest stage; for a campaign the final
+    Value, parameters and seed of each. STUDY is a study name, or a campaign name for its newest stage; for a campaign the final
     result (the best configuration retrained and tested once) is shown too, when there is one.
     JSON: {study, campaign, direction, trials: [{rank, number, value, params, seed,
     train_accuracy}], final}. CSV: one row per trial, one column per parameter.
@@ -176,9 +177,10 @@ def best(study, top, fmt, storage_url) -> None:
 @record_format_option
 @storage_option
 def health(study, fmt, storage_url) -> None:
-    """Check on STUDY while it runs: trials per state, RUNNING trials with the age of their
-    last heartbeat (stale ones flagged), trials and mean times per worker, and the time spent
-    outside training.
+    """Check on a running study: heartbeats, workers, time.
+
+    Trials per state, RUNNING trials with the age of their last heartbeat (stale ones
+    flagged), trials and mean times per worker, and the time spent outside training.
 
     A RUNNING trial is stale when its heartbeat is older than the grace period
     ($HPO_HEARTBEAT_GRACE, default 30 s); the next worker fails and retries it, or run
@@ -219,7 +221,7 @@ def health(study, fmt, storage_url) -> None:
 @record_format_option
 @storage_option
 def fail_stale(study, fmt, storage_url) -> None:
-    """Fail the stale RUNNING trials of STUDY now and queue their one retry.
+    """Fail stale RUNNING trials now; queue their retry.
 
     A trial is stale when its last heartbeat is older than the grace period
     ($HPO_HEARTBEAT_GRACE, default 30 s). This does what the next worker would do, under the

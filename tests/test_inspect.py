@@ -368,7 +368,9 @@ def test_diagnostics_of_any_stored_shape_become_one_row_per_layer(campaign_db):
     by_measure = {"act_mean": [0.4, 0.3], "dead_fraction": [0.1, 0.2]}
     assert inspect.layer_rows(by_measure) == [
         {"layer": 1, "act_mean": 0.4, "dead_fraction": 0.1}, {"layer": 2, "act_mean": 0.3, "dead_fraction": 0.2}]
-    assert inspect.layer_rows({"layers": [{"grad_norm": 1.0}]}) == [{"layer": 1, "grad_norm": 1.0}]
+    as_trained = {"probe_size": 256, "layers": [{"layer": 1, "units": 100, "grad_norm": 1.0}, {"grad_norm": 2.0}],
+                  "output_layer": {"grad_norm": 0.9}}  # the shape workers.train writes
+    assert inspect.layer_rows(as_trained) == [{"layer": 1, "units": 100, "grad_norm": 1.0}, {"layer": 2, "grad_norm": 2.0}]
     assert inspect.layer_rows(None) == [] and inspect.layer_rows("garbage") == []
 
 
