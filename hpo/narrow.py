@@ -364,7 +364,7 @@ def _narrow_range(
     border_tolerance: float,
     min_width: float,
 ) -> tuple[ParamSpec, str]:
-    info = PARAMETERS[name]
+    info = PARAMETERS[name].for_value(old)  # pca_components: a count or a fraction domain
     to_t = math.log10 if old.log else float  # the units the sampler is uniform in
 
     def from_t(u: float) -> float:

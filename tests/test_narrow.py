@@ -63,7 +63,7 @@ settings_strategy = st.fixed_dictionaries(
 
 def room_below(name, spec) -> bool:
     """Whether the domain leaves room to widen ``spec`` below its low bound."""
-    info = PARAMETERS[name]
+    info = PARAMETERS[name].for_value(spec)
     if info.low is None or (spec.log and info.low <= 0) or info.low_open:
         return True
     step = spec.step if isinstance(spec, IntRange) else 0
@@ -71,7 +71,7 @@ def room_below(name, spec) -> bool:
 
 
 def room_above(name, spec) -> bool:
-    info = PARAMETERS[name]
+    info = PARAMETERS[name].for_value(spec)
     return info.high is None or info.high_open or spec.high < info.high
 
 
@@ -91,7 +91,8 @@ def test_narrowed_spaces_are_valid_and_keep_the_top_trials(stage, kwargs):
             assert isinstance(spec, FloatRange) and spec.log == old.log
             assert math.isfinite(spec.low) and math.isfinite(spec.high) and spec.low < spec.high
             assert spec.low > 0 or not spec.log
-            assert PARAMETERS[name].in_domain(spec.low) and PARAMETERS[name].in_domain(spec.high)
+            domain = PARAMETERS[name].for_value(spec)
+            assert domain.in_domain(spec.low) and domain.in_domain(spec.high)
         elif isinstance(old, IntRange):
             if isinstance(spec, IntRange):
                 assert type(spec.low) is int and type(spec.high) is int and spec.low < spec.high

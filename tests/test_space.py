@@ -80,6 +80,7 @@ _OPTIONAL = {
     "maxout_k": int_ranges(min_low=2),
     "hidden_sizes": subsets(["100", "100-100", "50-50-50"]),
     "optimizer": subsets(OPTIMIZERS),
+    "pca_components": st.one_of(int_ranges(), unit_ranges(high_below_one=False), subsets([10, 0.9, 1.0])),
 }
 _OPTIONAL_NAMES = st.lists(st.sampled_from(sorted(_OPTIONAL)), unique=True)
 
@@ -450,6 +451,40 @@ def test_every_searchable_parameter_is_a_train_config_field():
     fields = {f.name for f in dataclasses.fields(train.TrainConfig)}
     assert set(PARAMETERS) <= fields
     assert fields - set(PARAMETERS) <= {"epochs", "seed"}  # the two fixed by the campaign
+    assert PARAMETERS["dtype"].allowed() == list(train.DTYPES)
+
+
+@pytest.mark.parametrize(
+    "text, spec",
+    [
+        ("pca_components=10..50", IntRange(10, 50)),
+        ("pca_components=0.9..0.99", FloatRange(0.9, 0.99)),
+        ("pca_components=float:0.5..1", FloatRange(0.5, 1.0)),
+        ("pca_components=10,0.95,1.0", Choice((10, 0.95, 1.0))),
+        ("pca_components=1.0", Choice((1.0,))),
+    ],
+)
+def test_pca_components_is_a_count_or_a_variance_fraction(text, spec):
+    name, parsed = parse_param(text)
+    assert parsed == spec and [type(c) for c in getattr(parsed, "choices", ())] == [type(c) for c in getattr(spec, "choices", ())]
+
+
+def test_pca_components_domains_and_types_survive_storage(tmp_path):
+    with pytest.raises(SpaceError, match=r"pca_components must be in \(0, 1\], got high 1.5"):
+        parse_param("pca_components=0.5..1.5")
+    with pytest.raises(SpaceError, match="pca_components must be >= 1, got low 0"):
+        parse_param("pca_components=0..5")
+    path = tmp_path / "space.toml"
+    path.write_text("[params]\npca_components = [1, 1.0]\n")  # one direction, all the variance
+    space = load_space_file(path)
+    assert [type(c) for c in space["pca_components"].choices] == [int, float]
+    assert str(space["pca_components"]) == "{1, 1.0}"
+    back = SearchSpace.from_dict(json.loads(json.dumps(space.to_dict())))
+    assert [type(c) for c in back["pca_components"].choices] == [int, float]
+    full = build_space(space, None, [])
+    params = {"learning_rate": 1e-3, "activation": "relu", "initializer": "he", "batch_norm": True,
+              "pca_components": 1.0}
+    assert type(full.to_train_kwargs(params)["pca_components"]) is float
 
 
 # -- grids -------------------------------------------------------------------------------------

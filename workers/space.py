@@ -266,6 +266,14 @@ def _choice_text(v: ChoiceValue) -> str:
     return str(v)
 
 
+def _fmt_choice(v: ChoiceValue) -> str:
+    """A choice for tables: floats short but still floats (pca_components 1.0 is not 1)."""
+    if isinstance(v, float):
+        text = _fmt(v)
+        return text if any(c in text for c in ".en") else text + ".0"
+    return _choice_text(v)
+
+
 @dataclass(frozen=True)
 class Choice:
     """One of ``choices`` (str / int / float / bool, no repeats); one element means fixed."""
@@ -300,12 +308,13 @@ class Choice:
     def contains(self, value: Any) -> bool:
         if isinstance(value, np.generic):
             value = value.item()
-        # Compare bools only with bools: True == 1 in Python, but not here.
-        return any(isinstance(value, bool) == isinstance(c, bool) and value == c for c in self.choices)
+        # Compare like with like: True == 1 == 1.0 in Python, but pca_components 1 (one
+        # direction) and 1.0 (all the variance) are different choices.
+        return any(type(value) is type(c) and value == c for c in self.choices)
 
     def describe(self) -> str:
         """``{relu, tanh}``; a fixed value shows as ``{adam}``."""
-        return "{" + ", ".join(_fmt(c) if isinstance(c, float) else _choice_text(c) for c in self.choices) + "}"
+        return "{" + ", ".join(_fmt_choice(c) for c in self.choices) + "}"
 
     def shorthand(self) -> str:
         """The exact ``--param`` shorthand: ``relu,tanh``."""
@@ -333,7 +342,9 @@ class ParamInfo:
     ``kind`` is "float", "int" (numbers in a domain bounded by ``low`` / ``high``, each
     excluded when ``low_open`` / ``high_open``; None means unbounded), "bool", "name"
     (a key of ``registry``), "layers" (hidden layer widths written "100-100") or "dtype"
-    (a NumPy floating dtype name).
+    (a NumPy floating dtype name). An "int" parameter with a ``fraction`` domain also
+    takes real numbers in that domain (pca_components: 20 directions, or 0.95 of the
+    variance); ``for_value`` picks the domain that applies.
     """
 
     kind: str
@@ -342,7 +353,15 @@ class ParamInfo:
     low_open: bool = False
     high_open: bool = False
     registry: Mapping[str, Any] | None = field(default=None, repr=False)
+    fraction: ParamInfo | None = None
     help: str = ""
+
+    def for_value(self, value: Any) -> ParamInfo:
+        """The domain for ``value`` (a value or a spec): the fraction domain for a real
+        number or FloatRange of a count-or-fraction parameter, else this one."""
+        if self.fraction is not None and isinstance(value, (float, np.floating, FloatRange)):
+            return self.fraction
+        return self
 
     @property
     def numeric(self) -> bool:
@@ -375,7 +394,8 @@ class ParamInfo:
         return True
 
 
-# float16 is left out: the trainer's numerics (softmax, batchnorm) want float32 or wider.
+# The trainer's dtypes (workers.train.DTYPES, which this module may not import: it would
+# pull the training engine into every space parse); a test keeps the two equal.
 _FLOAT_DTYPES = ("float32", "float64")
 
 PARAMETERS: Mapping[str, ParamInfo] = MappingProxyType(
@@ -390,12 +410,15 @@ PARAMETERS: Mapping[str, ParamInfo] = MappingProxyType(
         "maxout_k": ParamInfo("int", low=2, help="pieces per maxout unit"),
         "init_std": ParamInfo("float", low=0.0, low_open=True, help="std of the 'small' initializer"),
         "optimizer": ParamInfo("name", registry=OPTIMIZERS, help="update rule"),
-        "momentum": ParamInfo("float", low=0.0, high=1.0, high_open=True, help="momentum / beta1"),
+        "momentum": ParamInfo("float", low=0.0, high=1.0, high_open=True, help="momentum of the momentum and nesterov rules"),
         "lr_decay": ParamInfo("float", low=0.0, high=1.0, low_open=True, help="learning rate factor per epoch"),
         "weight_decay": ParamInfo("float", low=0.0, help="L2 regularization strength"),
         "batch_size": ParamInfo("int", low=1, help="minibatch size"),
         "preprocessing": ParamInfo("name", registry=PREPROCESSING, help="input preprocessing"),
-        "pca_components": ParamInfo("int", low=1, help="PCA directions kept"),
+        "pca_components": ParamInfo(
+            "int", low=1, help="PCA directions kept (an int) or variance kept (a float)",
+            fraction=ParamInfo("float", low=0.0, high=1.0, low_open=True),
+        ),
         "dtype": ParamInfo("dtype", help="floating dtype of the network"),
     }
 )
@@ -470,6 +493,7 @@ def _normalized(name: str, spec: Any) -> ParamSpec:
         return Choice(tuple(_typed_value(name, info, v) for v in spec.choices))
     if not info.numeric:
         raise SpaceError(f"{name} takes a list of choices (e.g. {_example(name)}), not a range")
+    info = info.for_value(spec)
     if info.kind == "int" and isinstance(spec, FloatRange):
         raise SpaceError(
             f"{name} is an integer; use an integer range such as int:{_fmt(spec.low)}..{_fmt(spec.high)}"
@@ -497,7 +521,7 @@ def _example(name: str) -> str:
 
 def _check_value(name: str, v: Any) -> None:
     """Raise SpaceError unless ``v`` is a valid, correctly typed value of ``name``."""
-    info = PARAMETERS[name]
+    info = PARAMETERS[name].for_value(v)
     kind = info.kind
     if kind == "float":
         if not _is_real(v) or isinstance(v, int):
@@ -636,7 +660,7 @@ class SearchSpace(Mapping[str, ParamSpec]):
             v = params[name]
             if isinstance(v, np.generic):
                 v = v.item()
-            kind = PARAMETERS[name].kind
+            kind = PARAMETERS[name].for_value(v).kind
             if kind == "float" and _is_real(v):
                 v = float(v)
             elif kind == "int" and _as_int(v) is not None:
@@ -757,15 +781,17 @@ def _parse_range(name: str, info: ParamInfo, text: str) -> ParamSpec:
     want_int, log = _RANGE_PREFIXES[prefix]
     if not info.numeric:
         raise SpaceError(f"{name} takes a list of choices (e.g. {_example(name)}), not a range")
+    bounds = parts[0].split("..")
+    if len(bounds) != 2:
+        raise SpaceError(f"cannot read range {parts[0]!r}; expected low..high")
     is_int = info.kind == "int"
+    if info.fraction is not None:  # a count (10..50) or a fraction (0.9..0.99)
+        is_int = want_int if want_int is not None else all(_as_int_text(t) is not None for t in bounds)
     if want_int is not None and want_int != is_int:
         raise SpaceError(
             f"{name} is {'an integer' if is_int else 'a real number'}; "
             f"drop the {prefix!r} prefix or use {'int' if is_int else 'float'}{'-log' if log else ''}:"
         )
-    bounds = parts[0].split("..")
-    if len(bounds) != 2:
-        raise SpaceError(f"cannot read range {parts[0]!r}; expected low..high")
     number = _parse_int if is_int else _parse_float
     low, high = number(name, bounds[0]), number(name, bounds[1])
     if is_int:
@@ -804,6 +830,8 @@ def _parse_token(name: str, info: ParamInfo, token: str) -> ChoiceValue:
     if info.kind == "float":
         return _parse_float(name, token)
     if info.kind == "int":
+        if info.fraction is not None and _as_int_text(token) is None:
+            return _parse_float(name, token)  # "0.95": a fraction, not a count
         return _parse_int(name, token)
     if info.kind == "bool":
         low = token.lower()
@@ -822,6 +850,8 @@ def _typed_value(name: str, info: ParamInfo, v: Any) -> ChoiceValue:
     """One choice given as a TOML / JSON value, typed as the parameter."""
     if info.kind == "float" and _is_real(v):
         v = float(v)
+    elif info.kind == "int" and info.fraction is not None and isinstance(v, (float, np.floating)):
+        v = float(v)  # 1.0 is "all the variance", not one direction: keep it a float
     elif info.kind == "int" and _as_int(v) is not None:
         v = _as_int(v)
     elif info.kind == "layers":
@@ -866,6 +896,8 @@ def _spec_from_table(name: str, info: ParamInfo, table: Mapping[str, Any]) -> Pa
         if "choices" not in table and not info.numeric:
             raise SpaceError(f"{name} takes a list of choices (e.g. choices = [{_example(name)}])")
         kind = "choice" if "choices" in table else info.kind
+        if kind == "int" and info.fraction is not None and any(isinstance(table.get(k), float) for k in ("low", "high")):
+            kind = "float"
     if kind not in ("float", "int", "choice"):
         raise SpaceError(f"unknown type {kind!r}; use float, int or choice")
     if kind == "choice":
@@ -883,7 +915,7 @@ def _spec_from_table(name: str, info: ParamInfo, table: Mapping[str, Any]) -> Pa
         raise SpaceError(f"a range needs low and high (missing {', '.join(missing)})")
     if not info.numeric:
         raise SpaceError(f"{name} takes a list of choices (e.g. {_example(name)}), not a range")
-    if kind != info.kind:
+    if kind != info.kind and not (kind == "float" and info.fraction is not None):
         raise SpaceError(f"{name} is {'an integer' if info.kind == 'int' else 'a real number'}, not type {kind!r}")
     log = table.get("log", False)
     if kind == "int":
