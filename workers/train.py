@@ -406,7 +406,9 @@ def train(
     training mode, L2 term included), floored at ln(C), the loss of a uniform guess.
     Measuring it on 256 examples rather than on the first minibatch keeps a lucky easy
     first batch from setting a low bar; the floor keeps a near-uniform initial network
-    (small init, where every batch scores ~ln C) from tripping on ordinary noise.
+    (small init, where every batch scores ~ln C) from tripping on ordinary noise.  If the
+    probe batch itself gives a non-finite loss (a NaN in the data), the first finite
+    minibatch loss (floored the same way) is the bar instead.
 
     Diagnostics per epoch (all Python numbers): per hidden layer the mean and std of
     its activations on the probe batch (training-mode batch norm), the dead fraction
@@ -446,8 +448,14 @@ def train(
     probe_loss, _, _ = loss_and_grads(
         spec, params, bn_state, X_probe, y_probe, weight_decay=config.weight_decay
     )
-    initial_loss = max(probe_loss, math.log(num_classes)) if math.isfinite(probe_loss) else probe_loss
-    loss_limit = DIVERGENCE_FACTOR * initial_loss
+    uniform_guess_loss = math.log(num_classes)
+    if math.isfinite(probe_loss):
+        initial_loss: float | None = max(probe_loss, uniform_guess_loss)
+        loss_limit = DIVERGENCE_FACTOR * initial_loss
+    else:
+        # The probe holds a NaN or inf: take the bar from the first finite minibatch
+        # instead (a limit of -inf sends every step to the check until then).
+        initial_loss, loss_limit = None, -math.inf
 
     net = FastNetwork(spec, params, bn_state)
     optimizer = make_optimizer(config.optimizer, [net.param_flat], config.learning_rate, config.momentum)
@@ -465,8 +473,6 @@ def train(
     history: list[EpochReport] = []
     hidden: list[tuple[np.ndarray, np.ndarray]] = []
     with single_threaded_blas_for(spec, config.batch_size):
-        if not math.isfinite(initial_loss):
-            raise TrainingDiverged(1, 0, initial_loss, initial_loss, "non-finite")
         for epoch in range(1, config.epochs + 1):
             lr = optimizer.learning_rate
             started = time.perf_counter()
@@ -478,8 +484,14 @@ def train(
                 xb = X_train[order[start:stop]] if gather_per_batch else X_epoch[start:stop]
                 loss = net.loss_and_grads(xb, onehot_epoch[start:stop], weight_decay)
                 if not loss <= loss_limit:  # also catches nan
-                    reason = "exceeded" if math.isfinite(loss) else "non-finite"
-                    raise TrainingDiverged(epoch, step, loss, initial_loss, reason)
+                    if initial_loss is None and math.isfinite(loss):
+                        initial_loss = max(loss, uniform_guess_loss)
+                        loss_limit = DIVERGENCE_FACTOR * initial_loss
+                    else:
+                        reason = "exceeded" if math.isfinite(loss) else "non-finite"
+                        raise TrainingDiverged(
+                            epoch, step, loss, uniform_guess_loss if initial_loss is None else initial_loss, reason
+                        )
                 if step == last_step:
                     np.copyto(weights_before_last_step, net.weight_flat)
                 optimizer.step(grads)
