@@ -146,7 +146,7 @@ def open_next_stage(storage, spec: CampaignSpec, parent: StagePlan) -> tuple[Sta
     lineage = {"parent": parent.study_name, **result.to_dict()}
     child = spec.plan(parent.stage + 1, result.space, lineage)
     study = records.create_stage(storage, child)
-    fitting = [p for p in result.best_params if result.space.contains(p)]
+    fitting = [p for p in result.top_params if result.space.contains(p)]
     for params in fitting[: min(spec.seed_best, child.trials)]:
         study.enqueue_trial(params, user_attrs={"seeded_from": parent.study_name}, skip_if_exists=True)
     return child, result

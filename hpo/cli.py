@@ -41,6 +41,8 @@ class HpoGroup(click.Group):
             return super().invoke(ctx)
         except INPUT_ERRORS as e:
             raise UsageError(one_line(e)) from None
+        except backend.DB_ERRORS as e:  # the database went away in the middle of a command
+            raise UsageError(f"database error: {backend.driver_message(e)}") from None
 
 
 @click.group(cls=HpoGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -138,16 +140,16 @@ def train(dataset, hidden, split_seed, as_json, **knobs) -> None:
     if as_json:
         print_json(summary)
         return
-    from hpo.progress import diagnostics_rows
+    from hpo.inspect import layer_rows
 
-    render_rows(diagnostics_rows(result.diagnostics), DIAG_COLUMNS, "table", title="Last epoch, per hidden layer")
+    render_rows(layer_rows(result.diagnostics), DIAG_COLUMNS, "table", title="Last epoch, per hidden layer")
     out.print(
         f"train {evaluation.train_accuracy:.4f}   val {evaluation.val_accuracy:.4f}   "
         f"test {evaluation.test_accuracy:.4f}   ({sum(result.epoch_seconds):.2f}s training)"
     )
 
 
-DIAG_COLUMNS = ["layer", "act_mean", "act_std", "dead_fraction", "saturated_fraction", "grad_norm", "update_ratio"]
+DIAG_COLUMNS = ["layer", "units", "activation_mean", "activation_std", "dead_fraction", "saturation_fraction", "grad_norm", "update_ratio"]
 
 
 # -- search ----------------------------------------------------------------------------------
@@ -368,4 +370,7 @@ def main() -> None:
     # Import-time registration of the inspection commands keeps this module about running things.
     from hpo import cli_inspect  # noqa: F401
 
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # our own progress says what happens
     cli(prog_name="hpo")

@@ -23,17 +23,19 @@ A range (float or int; in log10 units when it is log-scaled, else linear units)
     1. Span the top trials' values, min..max, padded on each side by ``margin`` times
        that span; if this is narrower than ``min_width`` times the old range's width
        (e.g. one top trial, or all at the same value) it is widened to that width around
-       the top trials' centre. The result is kept inside the old range by shifting it
-       (the width is kept when it fits; a result at least as wide as the old range is
-       the old range).
+       the top trials' centre.
     2. If the best trial's value lies within ``border_tolerance`` times the old width of
-       a border, that side is instead extended beyond the old border by ``widen`` times
-       the old width. The other side keeps step 1's bound, which never cuts into the top
-       trials. Domain limits hold: a side stops at an inclusive limit (batch_size >= 1);
-       before an exclusive limit it moves at most half the way to it (momentum < 1:
-       0.99 -> 0.995), so repeated widening approaches but never reaches it. If the
-       border is already at the limit, it stays.
-    3. A float range's new bounds are rounded outward to 3 significant digits (more
+       a border, that side is extended beyond the old border by ``widen`` times the old
+       width, and the other side takes step 1's bound (cut at the old border), which
+       never cuts into the top trials. Domain limits hold: a side stops at an inclusive
+       limit (batch_size >= 1, lr_decay <= 1); before an exclusive limit it moves at
+       most half the way to it (momentum < 1: 0.99 -> 0.995), so repeated widening
+       approaches the limit but never reaches it; a border already at the limit stays.
+       A log-scaled range has no lower limit in log units, so it stays above 0.
+    3. Otherwise step 1's range is moved inside the old range by shifting it, so a range
+       near one end keeps its width; a range at least as wide as the old one is the old
+       one.
+    4. A float range's new bounds are rounded outward to 3 significant digits (more
        if 3 would widen it by over 10%), so tables read ``log[0.000562, 0.0178]``. An
        integer range rounds its low bound down and its high bound up to the old step
        grid, so every top trial stays inside and the range keeps at least one step;
@@ -309,8 +311,10 @@ def _ranked(space: SearchSpace, trials: Sequence[TrialRecord], direction: str) -
     if not usable:
         states = Counter(_state_name(t.state) for t in trials)
         seen = ", ".join(f"{n} {s}" for s, n in sorted(states.items())) or "no trials at all"
-        extra = f"; {outside} complete trials lie outside the space" if outside else ""
-        raise NarrowError(f"nothing to narrow from: no COMPLETE trial with a finite value ({seen}{extra})")
+        extra = f"; {outside} of the complete ones lie outside the space" if outside else ""
+        raise NarrowError(
+            f"nothing to narrow from: no COMPLETE trial with a finite value inside the space ({seen}{extra})"
+        )
     sign = -1.0 if direction == "maximize" else 1.0
     return sorted(usable, key=lambda t: (sign * float(t.value), t.number))
 

@@ -21,16 +21,6 @@ def narrowing_rows(result: NarrowResult, child: StagePlan) -> list[dict[str, Any
     ]
 
 
-def diagnostics_rows(diagnostics: Any) -> list[dict[str, Any]]:
-    """Per-layer diagnostics as rows, whether stored as a list of dicts or keyed by layer."""
-    if isinstance(diagnostics, dict):
-        layers = diagnostics.get("layers", diagnostics)
-        if isinstance(layers, dict):
-            return [{"layer": name, **values} for name, values in layers.items() if isinstance(values, dict)]
-        diagnostics = layers
-    return [{"layer": row.get("layer", i + 1), **row} for i, row in enumerate(diagnostics or [])]
-
-
 class RichProgress:
     """The campaign's Progress: one bar per stage on stderr (finished trials / budget)."""
 

@@ -64,6 +64,6 @@ def narrow_stage(
     )
     if not dry_run:
         study = records.create_stage(storage, child)
-        for best in [p for p in result.best_params if space.contains(p)][: min(seed_best, child.trials)]:
+        for best in [p for p in result.top_params if space.contains(p)][: min(seed_best, child.trials)]:
             study.enqueue_trial(best, user_attrs={"seeded_from": parent.study_name}, skip_if_exists=True)
     return parent, child, result

@@ -54,14 +54,18 @@ def engine_kwargs(url: str) -> dict:
 DB_ERRORS = (SQLAlchemyError, optuna.exceptions.StorageInternalError)
 
 
-def describe_db_error(url: str, error: BaseException) -> str:
-    """One line for a database error: which database, and the driver's first line."""
+def driver_message(error: BaseException) -> str:
+    """The first line of what the database driver said, password-masked."""
     # Optuna wraps driver errors in StorageInternalError; SQLAlchemy keeps the driver's in .orig.
     while isinstance(error, optuna.exceptions.StorageInternalError) and error.__cause__:
         error = error.__cause__
     original = getattr(error, "orig", None) or error
-    first_line = (str(original).strip().splitlines() or [type(original).__name__])[0]
-    return f"cannot use the database {mask_url(url)}: {mask_text(first_line)}"
+    return mask_text((str(original).strip().splitlines() or [type(original).__name__])[0])
+
+
+def describe_db_error(url: str, error: BaseException) -> str:
+    """One line for a database error: which database, and the driver's first line."""
+    return f"cannot use the database {mask_url(url)}: {driver_message(error)}"
 
 
 def open_storage(url: str, *, heartbeat: bool = True) -> RDBStorage:
@@ -70,6 +74,11 @@ def open_storage(url: str, *, heartbeat: bool = True) -> RDBStorage:
     With ``heartbeat``, stale RUNNING trials are failed and retried at most once
     (``RetryHeartbeatStaleTrialCallback``) when a worker calls ``fail_stale_trials``.
     """
+    path = sqlite_path(url) if is_sqlite(url) else None
+    if path is not None and not os.path.exists(path):
+        raise StorageError(
+            f"no SQLite database at {path}: start a search there (hpo search) or create it (hpo init)"
+        )
     hb: dict = {}
     if heartbeat:
         with _quiet_experimental_warnings():

@@ -36,6 +36,7 @@ from storage import backend, records
 from storage.errors import StorageError
 from storage.records import StagePlan
 from workers.objective import StopRequested, TrialOutcome, run_trial
+from workers.run import cached_dataset
 from workers.space import SearchSpace
 from workers.strategy import make_pruner, make_sampler
 
@@ -180,6 +181,7 @@ class Worker:
         if plan is None:
             raise StorageError(f"study {name!r} was not created by hpo (it has no stage plan)")
         space = SearchSpace.from_dict(plan.space)
+        cached_dataset(plan.dataset, plan.seed)  # load once, before any trial's clock starts
         seed = plan.seed * 10_007 + self.options.seed
         study = optuna.load_study(
             study_name=name,
@@ -239,6 +241,8 @@ class Worker:
                 warnings.simplefilter("ignore")
                 trial = study.ask(fixed_distributions=space.to_distributions())
             self.heartbeat.start(trial._trial_id)
+            # Named at once, so `hpo health` can say who runs a RUNNING trial.
+            self.storage.set_trial_user_attr(trial._trial_id, "worker", self.options.worker_id)
             return trial
 
     def _run_one(self, study: optuna.Study, plan: StagePlan, space: SearchSpace, trial: optuna.Trial) -> None:
@@ -256,7 +260,6 @@ class Worker:
         except Exception as e:  # a bug or bad data: record it on the trial, keep the worker
             log.exception("trial %d failed", trial.number)
             outcome = TrialOutcome(state=TrialState.FAIL, value=None, attrs={"reason": _first_line(e)})
-        outcome.attrs["worker"] = self.options.worker_id
         overhead = time.perf_counter() - started - outcome.train_seconds
         outcome.attrs["timings"] = {
             "train_seconds": round(outcome.train_seconds, 4),
