@@ -249,15 +249,15 @@ class TrainResult:
     """
 
     config: TrainConfig
-    history: list[EpochReport]
-    params: dict[str, np.ndarray]
-    bn_state: dict[str, np.ndarray]
+    history: list[EpochReport] = field(repr=False)
+    params: dict[str, np.ndarray] = field(repr=False)
+    bn_state: dict[str, np.ndarray] = field(repr=False)
     train_accuracy: float
     val_accuracy: float | None
     epoch_seconds: list[float]
-    diagnostics: dict[str, Any]
-    histograms: list[dict[str, Any]]
-    spec: NetworkSpec
+    diagnostics: dict[str, Any] = field(repr=False)
+    histograms: list[dict[str, Any]] = field(repr=False)
+    spec: NetworkSpec = field(repr=False)
     initial_loss: float
 
     def to_dict(self) -> dict[str, Any]:
