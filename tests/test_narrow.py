@@ -279,12 +279,12 @@ def test_optuna_state_spellings_are_understood():
 
 def test_nothing_to_narrow_is_a_clear_error():
     params = lr_trials([(1e-3, 0)])[0].params
-    with pytest.raises(NarrowError, match=r"no COMPLETE trial with a finite value \(1 FAIL, 2 PRUNED\)"):
+    with pytest.raises(NarrowError, match=r"no COMPLETE trial with a finite value inside the space \(1 FAIL, 2 PRUNED\)"):
         narrow(default_space(), [TrialRecord(0, params, None, "FAIL"), TrialRecord(1, params, 0.3, "PRUNED"),
                                  TrialRecord(2, params, None, "PRUNED")])
     with pytest.raises(NarrowError, match="no trials at all"):
         narrow(default_space(), [])
-    with pytest.raises(NarrowError, match="1 complete trials lie outside the space"):
+    with pytest.raises(NarrowError, match=r"\(1 COMPLETE; 1 of the complete ones lie outside the space\)"):
         narrow(default_space(), [TrialRecord(0, {"learning_rate": 1e-3}, 0.5)])
 
 

@@ -160,7 +160,7 @@ def test_choices_are_typed_as_the_parameter():
 @pytest.mark.parametrize(
     "text, words",
     [
-        ("lr=log:1e-1..1e-6", ["low 0.1 must be below high 1e-06"]),
+        ("lr=log:1e-1..1e-6", ["learning_rate: low 0.1 must be below high 1e-06"]),
         ("momentum=0.9..0.9", ["must be below high", "single value"]),
         ("lr=log:0..1e-1", ["log range", "above 0"]),
         ("wd=log:-1..1", ["log range", "above 0"]),

@@ -38,11 +38,14 @@ On the command line, one ``name=spec`` shorthand per ``--param``::
     batch_norm=true,false
     hidden_sizes=100-100,200        layer widths joined by '-', one network per choice
     optimizer=adam                  a single value: the parameter is fixed
+    pca_components=20..60           directions kept; 0.9..0.99 (or 0.95, 1.0) is a
+                                      fraction of the variance kept instead
 
 Range prefixes: ``log``, ``linear`` (the default), ``int``, ``int-log``, ``int-linear``,
 ``float``, ``float-log``, ``float-linear``. Aliases: ``lr`` learning_rate,
 ``wd`` weight_decay, ``bn`` batch_norm, ``init`` initializer, ``act`` activation,
-``bs`` batch_size, ``opt`` optimizer.
+``bs`` batch_size, ``opt`` optimizer. An integer range's high - low must be a multiple
+of its step; ``true/false``, ``yes/no``, ``on/off`` and ``1/0`` all read as booleans.
 
 In a TOML file, under ``[params]``; each value is a shorthand string, a plain value
 (fixed), an array (a choice) or a table::
@@ -470,12 +473,17 @@ def resolve_name(name: str) -> str:
 
 
 @contextmanager
-def _about(prefix: str) -> Iterator[None]:
-    """Prefix any SpaceError raised inside with where it happened (keeps it one line)."""
+def _about(where: str, name: str | None = None) -> Iterator[None]:
+    """Prefix any SpaceError raised inside with where it happened (keeping it one line),
+    and with the canonical parameter ``name`` unless ``where`` or the message says it
+    (``--param 'lr=log:0..1': learning_rate: a log range must stay above 0``)."""
     try:
         yield
     except SpaceError as e:
-        raise SpaceError(f"{prefix}: {e}") from None
+        message = str(e)
+        if name and name not in message and name not in where:
+            message = f"{name}: {message}"
+        raise SpaceError(f"{where}: {message}") from None
 
 
 def _normalized(name: str, spec: Any) -> ParamSpec:
@@ -575,7 +583,7 @@ class SearchSpace(Mapping[str, ParamSpec]):
     """An ordered, immutable mapping from parameter name to spec.
 
     Construction validates every (name, spec) pair: aliases are resolved to the
-    canonical ``TrainConfig`` field name, unknown names and ``epochs`` are rejected,
+    canonical ``TrainConfig`` field name, unknown names, ``epochs`` and ``seed`` are rejected,
     numeric ranges must lie in the parameter's domain (e.g. learning_rate > 0,
     momentum in [0, 1)), and choices must be typed as the parameter (batch_size ints,
     batch_norm bools, activation names from ``ACTIVATIONS``). Errors are ``SpaceError``.
@@ -604,7 +612,8 @@ class SearchSpace(Mapping[str, ParamSpec]):
         return len(self._specs)
 
     def __hash__(self) -> int:
-        return hash(tuple(self._specs.items()))
+        # Mapping equality ignores order, so the hash must too.
+        return hash(frozenset(self._specs.items()))
 
     def __repr__(self) -> str:
         return f"SearchSpace({dict(self._specs)!r})"
@@ -640,21 +649,12 @@ class SearchSpace(Mapping[str, ParamSpec]):
         bool) and checked against the parameter's domain; they need not lie inside the
         spec's range (Optuna lets an enqueued trial go outside it).
         """
-        names = set(params)
-        unknown = sorted(names - set(self))
-        missing = [n for n in self if n not in names]
-        if unknown or missing:
-            raise SpaceError(
-                "params do not match the space: "
-                + "; ".join(
-                    part
-                    for part in (
-                        f"not in the space: {', '.join(unknown)}" if unknown else "",
-                        f"missing: {', '.join(missing)}" if missing else "",
-                    )
-                    if part
-                )
-            )
+        unknown = sorted(set(params) - set(self))
+        missing = [n for n in self if n not in params]
+        problems = [f"not in the space: {', '.join(unknown)}"] if unknown else []
+        problems += [f"missing: {', '.join(missing)}"] if missing else []
+        if problems:
+            raise SpaceError("params do not match the space: " + "; ".join(problems))
         kwargs: dict[str, Any] = {}
         for name in self:
             v = params[name]
@@ -689,6 +689,7 @@ class SearchSpace(Mapping[str, ParamSpec]):
         for raw_name, value in data["params"].items():
             with _about(f"params.{raw_name}"):
                 name = resolve_name(raw_name)
+            with _about(f"params.{raw_name}", name):
                 specs[name] = _normalized(name, _spec_from_value(name, value, shorthand=False))
         return cls(specs)
 
@@ -739,13 +740,15 @@ def parse_param(text: str) -> tuple[str, ParamSpec]:
 
     The forms are listed in the module docstring. SpaceError names the --param text.
     """
-    with _about(f"--param {text!r}"):
+    where = f"--param {text!r}"
+    with _about(where):
         if not isinstance(text, str) or "=" not in text:
             raise SpaceError("expected name=spec, e.g. lr=log:1e-6..1e-1 or activation=relu,tanh")
         raw_name, spec_text = text.split("=", 1)
         if not raw_name.strip():
             raise SpaceError("no parameter name before '='")
         name = resolve_name(raw_name)
+    with _about(where, name):
         return name, parse_spec(name, spec_text)
 
 
@@ -945,8 +948,10 @@ def load_space_file(path: str | Path) -> SearchSpace:
         raise SpaceError(f"{path}: no [params] table")
     specs: dict[str, ParamSpec] = {}
     for raw_name, value in params.items():
-        with _about(f"{path}: params.{raw_name}"):
+        where = f"{path}: params.{raw_name}"
+        with _about(where):
             name = resolve_name(raw_name)
+        with _about(where, name):
             if name in specs:
                 raise SpaceError(f"{name} is given twice")
             specs[name] = _normalized(name, _spec_from_value(name, value))
