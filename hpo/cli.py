@@ -41,6 +41,8 @@ class HpoGroup(click.Group):
             return super().invoke(ctx)
         except INPUT_ERRORS as e:
             raise UsageError(one_line(e)) from None
+        except click.UsageError as e:  # click's own parse errors: one line too, no usage block
+            raise UsageError(e.format_message()) from None
         except backend.DB_ERRORS as e:  # the database went away in the middle of a command
             raise UsageError(f"database error: {backend.driver_message(e)}") from None
 
