@@ -146,6 +146,7 @@ class Worker:
             if stage is None:
                 break
             study, plan, space = stage
+            claim_started = time.perf_counter()
             trial = self._retrying(lambda: self._claim_trial(study, plan, space), "take a trial")
             if trial == "wait":
                 self._stop.wait(self.options.poll_seconds)
@@ -156,7 +157,7 @@ class Worker:
                 self._wait_for_next_stage(plan)
                 continue
             assert isinstance(trial, optuna.Trial)
-            self._run_one(study, plan, space, trial)
+            self._run_one(study, plan, space, trial, claim_started)
             trials_run += 1
         return self.summary
 
@@ -245,8 +246,15 @@ class Worker:
             self.storage.set_trial_user_attr(trial._trial_id, "worker", self.options.worker_id)
             return trial
 
-    def _run_one(self, study: optuna.Study, plan: StagePlan, space: SearchSpace, trial: optuna.Trial) -> None:
-        started = time.perf_counter()
+    def _run_one(
+        self, study: optuna.Study, plan: StagePlan, space: SearchSpace, trial: optuna.Trial, started: float
+    ) -> None:
+        """Train ``trial`` and store its outcome; ``started`` is when the worker began claiming it.
+
+        The overhead recorded (time outside training) runs from that claim to the last report,
+        so it counts the lock, the reaping, the sampling and the pruning checks; the final write
+        of the result cannot time itself and is left out.
+        """
         try:
             outcome = run_trial(trial, plan, space, stop_requested=self._stop.is_set)
         except StopRequested:
