@@ -17,7 +17,7 @@ from workers.nn.model import (
     init_network,
     loss_and_grads,
     predict_scores,
-    single_threaded_blas_for,
+    blas_threads_for,
 )
 
 TOL = 1e-6
@@ -150,8 +150,9 @@ def test_unknown_activation_is_rejected():
         NetworkSpec(3, (2,), 2, activation="gelu")
 
 
-def test_blas_thread_limit_is_restored():
+def test_blas_threads_yields_a_thread_budget_and_blas_still_works():
     spec = NetworkSpec(64, (100, 100), 10)
-    with single_threaded_blas_for(spec, 64):
+    with blas_threads_for(spec, 64) as threads:
+        assert threads >= 1
         a = np.ones((64, 64), dtype=np.float32)
         assert float((a @ a)[0, 0]) == 64.0

@@ -35,10 +35,10 @@ from workers.nn.model import (
     loss_and_grads,
     hidden_outputs,
     predict_scores,
-    single_threaded_blas_for,
+    blas_threads_for,
     weight_names,
 )
-from workers.nn.optimizers import OPTIMIZERS, make_optimizer
+from workers.nn.optimizers import OPTIMIZERS
 
 __all__ = [
     "TrainConfig",
@@ -457,14 +457,10 @@ def train(
         # instead (a limit of -inf sends every step to the check until then).
         initial_loss, loss_limit = None, -math.inf
 
-    net = FastNetwork(spec, params, bn_state)
-    optimizer = make_optimizer(config.optimizer, [net.param_flat], config.learning_rate, config.momentum)
-    grads = [net.grad_flat]
     onehot = np.zeros((n_train, num_classes), dtype=dtype)
     onehot[np.arange(n_train), y_train] = 1
     bounds = _batch_bounds(n_train, config.batch_size, config.batch_norm)
     last_step = len(bounds)
-    weights_before_last_step = np.empty_like(net.weight_flat)
     # Gather each minibatch from the unshuffled data when a shuffled copy per epoch would
     # be large (it would stream the whole set through memory once more per epoch).
     gather_per_batch = X_train.nbytes > 32 * 2**20
@@ -472,7 +468,10 @@ def train(
 
     history: list[EpochReport] = []
     hidden: list[tuple[np.ndarray, np.ndarray]] = []
-    with single_threaded_blas_for(spec, config.batch_size):
+    with blas_threads_for(spec, config.batch_size) as threads, \
+            FastNetwork(spec, params, bn_state, threads=threads) as net:
+        optimizer = net.optimizer(config.optimizer, config.learning_rate, config.momentum)
+        weights_before_last_step = np.empty_like(net.weight_flat)
         for epoch in range(1, config.epochs + 1):
             lr = optimizer.learning_rate
             started = time.perf_counter()
@@ -494,7 +493,7 @@ def train(
                         )
                 if step == last_step:
                     np.copyto(weights_before_last_step, net.weight_flat)
-                optimizer.step(grads)
+                optimizer.step()
                 loss_sum += loss * (stop - start)
             seconds = time.perf_counter() - started
 
