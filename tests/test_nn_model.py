@@ -14,6 +14,7 @@ from workers.nn.model import (
     FastNetwork,
     NetworkSpec,
     forward,
+    hidden_outputs,
     init_network,
     loss_and_grads,
     predict_scores,
@@ -156,3 +157,47 @@ def test_blas_threads_yields_a_thread_budget_and_blas_still_works():
         assert threads >= 1
         a = np.ones((64, 64), dtype=np.float32)
         assert float((a @ a)[0, 0]) == 64.0
+
+
+def test_two_threads_give_the_same_step_as_one():
+    """Products of >= SPLIT_MIN_FLOPS are split over two threads: same numbers."""
+    spec = NetworkSpec(1000, (100,), 10)
+    rng = np.random.default_rng(3)
+    params, bn_state = init_network(spec, "he", rng, dtype=np.float64)
+    X = rng.standard_normal((128, 1000))
+    onehot = np.eye(10)[rng.integers(0, 10, 128)]
+    with FastNetwork(spec, params, bn_state, threads=1) as single, \
+            FastNetwork(spec, params, bn_state, threads=2) as double:
+        assert double.buffers(128).split == [True] and single.buffers(128).split == [False]
+        assert double.loss_and_grads(X, onehot) == pytest.approx(single.loss_and_grads(X, onehot), rel=1e-12)
+        np.testing.assert_allclose(double.grad_flat, single.grad_flat, rtol=1e-10, atol=1e-14)
+        opt1 = single.optimizer("adam", 1e-2)
+        opt2 = double.optimizer("adam", 1e-2)
+        assert len(opt2.parts) == 2 and len(opt1.parts) == 1
+        double.grad_flat[...] = single.grad_flat
+        opt1.step()
+        opt2.step()
+        # elementwise rules: the split update is exactly the whole one
+        np.testing.assert_array_equal(double.param_flat, single.param_flat)
+        opt2.decay_learning_rate(0.5)
+        assert opt2.learning_rate == pytest.approx(5e-3)
+        assert all(part.learning_rate == pytest.approx(5e-3) for part, _ in opt2.parts)
+    assert double._pool is None  # the helper thread was stopped
+
+
+def test_network_spec_rejects_bad_activation_parameters():
+    with pytest.raises(ValueError, match="leaky_slope"):
+        NetworkSpec(3, (2,), 2, activation="leaky_relu", leaky_slope=1.5)
+
+
+@pytest.mark.parametrize("activation,batch_norm", [("relu", True), ("maxout", True), ("tanh", False)])
+def test_probe_matches_reference_and_leaves_running_statistics(activation, batch_norm):
+    spec, params, bn_state, X, _ = make_case(activation, "he", batch_norm, hidden=(6, 5), n=10)
+    net = FastNetwork(spec, params, bn_state)
+    before = net.bn_state()
+    expected = hidden_outputs(spec, params, bn_state, X, training=True)
+    for (z, a), (z_ref, a_ref) in zip(net.probe(X), expected):
+        np.testing.assert_allclose(z, z_ref, rtol=1e-10, atol=1e-12)
+        np.testing.assert_allclose(a, a_ref, rtol=1e-10, atol=1e-12)
+    for name, value in net.bn_state().items():
+        np.testing.assert_array_equal(value, before[name])

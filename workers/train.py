@@ -33,7 +33,6 @@ from workers.nn.model import (
     NetworkSpec,
     init_network,
     loss_and_grads,
-    hidden_outputs,
     predict_scores,
     blas_threads_for,
     weight_names,
@@ -328,6 +327,20 @@ def _norm(a: np.ndarray) -> float:
     return math.sqrt(float(np.dot(flat, flat)))
 
 
+def _number(x: float) -> float | None:
+    """A finite Python float, or None (JSON has no NaN or infinity)."""
+    x = float(x)
+    return x if math.isfinite(x) else None
+
+
+def _mean_std(a: np.ndarray) -> tuple[float, float]:
+    """Mean and standard deviation of all entries (accumulated in float64)."""
+    flat = a.reshape(-1).astype(np.float64)
+    mean = float(np.add.reduce(flat)) / flat.size
+    flat -= mean
+    return mean, math.sqrt(float(np.dot(flat, flat)) / flat.size)
+
+
 def _diagnostics(
     spec: NetworkSpec,
     net: FastNetwork,
@@ -336,7 +349,7 @@ def _diagnostics(
 ) -> tuple[dict[str, Any], list[tuple[np.ndarray, np.ndarray]]]:
     """Per-layer health numbers after an epoch; also the probe activations (for histograms)."""
     activation = get_activation(spec.activation)
-    hidden = hidden_outputs(spec, net.params, net.bn_state(), X_probe, training=True)
+    hidden = [(z.copy(), a.copy()) for z, a in net.probe(X_probe)]
     layers: list[dict[str, Any]] = []
     offset = 0
     update_ratios: list[float] = []
@@ -347,14 +360,15 @@ def _diagnostics(
         update = net.weight_flat[offset:offset + size] - weights_before_last_step[offset:offset + size]
         offset += size
         w_norm = _norm(W)
-        update_ratios.append(_norm(update) / w_norm if w_norm > 0 else float("inf"))
-        grad_norms.append(_norm(net.grads[name]))
+        update_ratios.append(_number(_norm(update) / w_norm) if w_norm > 0 else None)
+        grad_norms.append(_number(_norm(net.grads[name])))
     for index, (z, a) in enumerate(hidden):
+        mean, std = _mean_std(a)
         layers.append({
             "layer": index + 1,
             "units": int(a.shape[1]),
-            "activation_mean": float(a.mean()),
-            "activation_std": float(a.std()),
+            "activation_mean": _number(mean),
+            "activation_std": _number(std),
             "dead_fraction": activation.dead_fraction(z, a, **spec.activation_kwargs),
             "saturation_fraction": activation.saturated_fraction(a),
             "grad_norm": grad_norms[index],

@@ -106,6 +106,10 @@ class NetworkSpec:
     def __post_init__(self) -> None:
         object.__setattr__(self, "hidden_sizes", tuple(int(h) for h in self.hidden_sizes))
         get_activation(self.activation)  # ValueError naming the allowed values
+        if not 0.0 <= self.leaky_slope < 1.0:
+            raise ValueError(f"leaky_slope must be in [0, 1), got {self.leaky_slope}")
+        if int(self.maxout_k) < 1:
+            raise ValueError(f"maxout_k must be positive, got {self.maxout_k}")
         kwargs = {
             "leaky_relu": {"slope": float(self.leaky_slope)},
             "elu": {"alpha": float(self.elu_alpha)},
@@ -375,20 +379,21 @@ class _Relu(_ActivationKernel):
 
 
 class _LeakyRelu(_ActivationKernel):
+    """Uses 0 <= slope < 1 (checked by NetworkSpec): then out = max(z, slope * z) and the
+    derivative is max(sign(out), slope) -- no masked copy, which is slow in NumPy."""
+
     def __init__(self, n: int, width: int, units: int, dtype: np.dtype, slope: float) -> None:
         super().__init__(n, width, units, dtype)
         self.slope = dtype.type(slope)
-        self.positive = np.empty((n, width), dtype=bool)
 
     def forward(self, z: np.ndarray) -> np.ndarray:
-        np.greater(z, self.zero, out=self.positive)
         np.multiply(z, self.slope, out=self.out)
-        np.copyto(self.out, z, where=self.positive)
-        return self.out
+        return np.maximum(z, self.out, out=self.out)
 
     def backward(self, da: np.ndarray) -> np.ndarray:
-        np.multiply(da, self.slope, out=self.dz)
-        np.copyto(self.dz, da, where=self.positive)
+        np.sign(self.out, out=self.dz)
+        np.maximum(self.dz, self.slope, out=self.dz)
+        self.dz *= da
         return self.dz
 
 
@@ -680,7 +685,19 @@ class FastNetwork:
         lower.result()
         return out
 
-    def _forward_hidden(self, X: np.ndarray, buf: _BatchBuffers) -> np.ndarray:
+    def probe(self, X: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Training-mode forward pass (batch statistics) that leaves the running
+        statistics alone, for diagnostics.
+
+        X: (N, D) -> per hidden layer (activation input (N, width_l), activation output
+        (N, H_l)), as :func:`hidden_outputs` returns; the arrays are workspace buffers,
+        valid until the next pass with the same batch size.
+        """
+        buf = self.buffers(X.shape[0])
+        self._forward_hidden(X, buf, update_running=False)
+        return [(hb.z if self.spec.batch_norm else hb.h, hb.kernel.out) for hb in buf.hidden]
+
+    def _forward_hidden(self, X: np.ndarray, buf: _BatchBuffers, update_running: bool = True) -> np.ndarray:
         batch_norm = self.spec.batch_norm
         a = X
         for layer, hb in enumerate(buf.hidden):
@@ -705,10 +722,11 @@ class FastNetwork:
                 np.multiply(self._gamma[layer], inv_std, out=scale)
                 z = np.multiply(centered, scale, out=hb.z)
                 z += self._beta[layer]
-                running = self._running[layer]
-                running *= self._momentum
-                np.multiply(stats, self._one_minus_momentum, out=hb.stats_scaled)
-                running += hb.stats_scaled
+                if update_running:
+                    running = self._running[layer]
+                    running *= self._momentum
+                    np.multiply(stats, self._one_minus_momentum, out=hb.stats_scaled)
+                    running += hb.stats_scaled
             else:
                 h += self._b[layer]
                 z = h
