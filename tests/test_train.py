@@ -57,7 +57,8 @@ def test_config_round_trips_through_json():
     ("batch_size", -5, "batch_size: must be a positive int"),
     ("learning_rate", 0.0, "learning_rate: must be a finite positive number"),
     ("learning_rate", -1e-3, "learning_rate: must be a finite positive number"),
-    ("momentum", 1.5, "momentum: must be in"),
+    ("momentum", 1.5, "momentum: must be in [0, 1)"),
+    ("momentum", "high", "momentum: must be a number"),
     ("pca_components", 0, "pca_components"),
 ])
 def test_from_dict_rejects_bad_values_with_one_line(field, value, message):

@@ -13,7 +13,14 @@ only.
 
 Reproducibility: the config seed drives three independent random streams (weights,
 per-epoch shuffling, the diagnostics probe batch), so the same config and seed give
-bit-identical parameters, losses and accuracies on the same machine and NumPy build.
+bit-identical parameters, losses and accuracies on the same machine, NumPy build and
+thread allowance (two threads split large matrix products, which changes the last bits).
+
+Speed: the steps run on :class:`workers.nn.model.FastNetwork`, which is verified
+against the reference network built from the pure layer functions.  While training,
+OpenBLAS is held to one thread for networks whose matrix products are small, and the
+threads it was allowed are used by the engine itself (see
+:func:`workers.nn.model.blas_threads_for`).
 """
 
 from __future__ import annotations
@@ -31,10 +38,10 @@ from workers.nn.initializers import INITIALIZERS
 from workers.nn.model import (
     FastNetwork,
     NetworkSpec,
+    blas_threads_for,
     init_network,
     loss_and_grads,
     predict_scores,
-    blas_threads_for,
     weight_names,
 )
 from workers.nn.optimizers import OPTIMIZERS
@@ -120,7 +127,7 @@ class TrainConfig:
         if self.maxout_k < 2:
             raise _bad("maxout_k", f"must be at least 2 pieces, got {self.maxout_k}")
         positive = ("learning_rate", "init_std", "elu_alpha", "lr_decay")
-        non_negative = ("weight_decay", "leaky_slope")
+        non_negative = ("weight_decay", "leaky_slope", "momentum")
         for name in positive + non_negative:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float, np.floating, np.integer)):
@@ -130,11 +137,9 @@ class TrainConfig:
                 kind = "positive" if name in positive else "non-negative"
                 raise _bad(name, f"must be a finite {kind} number, got {value!r}")
             object.__setattr__(self, name, value)
-        if self.leaky_slope >= 1:
-            raise _bad("leaky_slope", f"must be in [0, 1), got {self.leaky_slope}")
-        if isinstance(self.momentum, bool) or not 0 <= float(self.momentum) < 1:
-            raise _bad("momentum", f"must be in [0, 1), got {self.momentum!r}")
-        object.__setattr__(self, "momentum", float(self.momentum))
+        for name in ("leaky_slope", "momentum"):
+            if getattr(self, name) >= 1:
+                raise _bad(name, f"must be in [0, 1), got {getattr(self, name)}")
         if not isinstance(self.batch_norm, (bool, np.bool_)):
             raise _bad("batch_norm", f"must be true or false, got {self.batch_norm!r}")
         object.__setattr__(self, "batch_norm", bool(self.batch_norm))
@@ -447,6 +452,8 @@ def train(
     max_label = int(max(y_train.max(), y_val.max() if y_val.size else 0))
     if num_classes is None:
         num_classes = max(max_label + 1, 2)
+    elif num_classes < 2:
+        raise ValueError(f"num_classes must be at least 2, got {num_classes}")
     elif max_label >= num_classes:
         raise ValueError(f"label {max_label} out of range for num_classes={num_classes}")
 

@@ -189,8 +189,6 @@ class Activation:
     inactive: for the relu-like family, ``inactive(x, out, **params) -> bool mask`` of
         the entries that count as inactive (shape of x); a unit (or maxout piece) whose
         column is inactive for every example is dead.  None for the saturating family.
-    width_factor: how many affine outputs feed one unit (k for maxout, else 1);
-        ``width_factor(**params)``.
     """
 
     name: str
@@ -200,7 +198,6 @@ class Activation:
     params: dict[str, Any] = field(default_factory=dict)
     bounds: tuple[float, float] | None = None
     inactive: Callable[..., np.ndarray] | None = None
-    width_factor: Callable[..., int] = lambda **_params: 1
 
     def saturated_fraction(self, out: np.ndarray) -> float | None:
         """Fraction of entries of ``out`` within 1% of the output range of a bound,
@@ -237,7 +234,7 @@ ACTIVATIONS: dict[str, Activation] = {
     ),
     "maxout": Activation(
         "maxout", maxout_forward, maxout_backward, RELU_LIKE,
-        params={"k": 2}, inactive=_losing_pieces, width_factor=lambda k=2, **_params: int(k),
+        params={"k": 2}, inactive=_losing_pieces,
     ),
 }
 

@@ -61,6 +61,7 @@ __all__ = [
     "NetworkSpec",
     "init_network",
     "forward",
+    "backward",
     "loss_and_grads",
     "predict_scores",
     "hidden_outputs",
@@ -553,8 +554,13 @@ class FastNetwork:
 
     ``param_flat`` holds every trainable parameter (weights first), ``params`` maps the
     names of :meth:`NetworkSpec.param_shapes` to views into it; ``grad_flat`` /
-    ``grads`` likewise.  Hand ``[param_flat]`` to an optimizer and step it with
-    ``[grad_flat]``: one update for the whole network.
+    ``grads`` likewise.  :meth:`optimizer` builds an optimizer over the flat arrays: one
+    update for the whole network, whatever its depth.
+
+    One step::
+
+        loss = net.loss_and_grads(X_batch, onehot_batch, weight_decay)
+        optimizer.step()
 
     The running batch-norm statistics are the engine's own buffers, updated in place by
     :meth:`loss_and_grads` (this object owns them; nobody else holds them); they are
