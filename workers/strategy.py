@@ -28,7 +28,9 @@ def _random(space: SearchSpace, seed: int) -> BaseSampler:
 
 
 def _grid(space: SearchSpace, seed: int) -> BaseSampler:
-    return optuna.samplers.GridSampler(grid_values(space), seed=seed)
+    # GridSampler gives trial number k the k-th point of its shuffled grid, so every worker
+    # must shuffle alike: one fixed seed for all, not the worker's own.
+    return optuna.samplers.GridSampler(grid_values(space), seed=0)
 
 
 SAMPLERS: dict[str, Callable[[SearchSpace, int], BaseSampler]] = {
