@@ -15,7 +15,7 @@ from typing import Any
 import optuna
 
 from storage.records import StagePlan
-from workers.run import cached_dataset, fit_and_score
+from workers.run import Score, cached_dataset, fit_and_score
 from workers.space import SearchSpace
 from workers.train import EpochReport, TrainConfig, TrainingDiverged
 
@@ -44,13 +44,19 @@ def config_for(plan: StagePlan, space: SearchSpace, params: dict[str, Any], seed
     return TrainConfig(**space.to_train_kwargs(params), epochs=plan.epochs, seed=seed)
 
 
+# What trains a configuration: ``fit_and_score``'s signature and result. The worker takes
+# another one only to measure everything around training (benchmarks/overhead.py).
+Trainer = Callable[..., Score]
+
+
 def run_trial(
     trial: optuna.Trial,
     plan: StagePlan,
     space: SearchSpace,
     stop_requested: Callable[[], bool] = lambda: False,
+    trainer: Trainer = fit_and_score,
 ) -> TrialOutcome:
-    """Train the configuration of ``trial`` and decide its end state.
+    """Train the configuration of ``trial`` with ``trainer`` and decide its end state.
 
     Validation accuracy is reported after each epoch (each fold with cross-validation) so the
     pruner can stop a weak trial early. A diverged run ends PRUNED with its reason in the attrs;
@@ -83,7 +89,7 @@ def run_trial(
     attrs: dict[str, Any] = {"seed": seed, "config": config.to_dict()}
     started = time.perf_counter()
     try:
-        score = fit_and_score(
+        score = trainer(
             config, dataset, cv=plan.cv, on_epoch=None if plan.cv else on_epoch, on_fold=report
         )
     except TrainingDiverged as e:

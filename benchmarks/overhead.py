@@ -1,0 +1,376 @@
+"""Per-trial orchestration time: this project's worker loop against plain ``study.optimize``.
+
+Everything but the training itself -- sampling, storage round trips, pruning checks, storing
+the result -- timed per trial for two loops that do the same search:
+
+- **plain**: ``study.optimize`` as the Optuna documentation writes it, on a storage URL:
+  one ``trial.suggest_*`` call per parameter, ``trial.report`` + ``trial.should_prune`` after
+  every epoch, no user attrs.
+- **ours**: the real worker loop (``workers.worker.Worker``, in this process) with its lock,
+  stale-trial reaping, budget count, heartbeat, pruning and every user attr the CLI reads.
+
+Both use the same sampler (the stage default: TPE, 10 startup trials), the same pruner (the
+stage default: median, 5 startup trials, 1 warm-up step), the same 4 parameters (the
+default search space) and the same number of epochs (10), and train with the same stub
+(``benchmarks.common.stub_trainer``: a plausible learning curve in microseconds). Each
+measurement runs on a fresh database whose study already holds H trials of history, written
+by that loop's own objective (so ours carries its attrs, plain carries none), at H = 100 and
+H = 1,000, on SQLite and on PostgreSQL.
+
+Per-trial time is measured the same way for both: the time between the starts of two
+successive training calls, minus the training time of the first of them (the stub's time
+outside its epoch callbacks). The median over the measured trials is the figure; SQL
+statements are counted with a SQLAlchemy ``before_cursor_execute`` listener over the same
+window. ``ratio`` = plain median / ours. The worker's own record of that time
+(``timings.overhead_seconds``, what ``hpo health`` shows) is printed beside it.
+
+Usage::
+
+    python benchmarks/overhead.py                 # both backends, H = 100 and 1000 (a few minutes)
+    python benchmarks/overhead.py --quick         # a smoke run: fewer trials, H = 100 only
+    python benchmarks/overhead.py --json          # one JSON object with every figure
+    python benchmarks/overhead.py --backends sqlite --history 1000 --profile
+
+PostgreSQL is taken from $HPO_BENCH_POSTGRES (an admin URL; default the local server as
+``postgres``); a throwaway database is created for each measurement and dropped after.
+Targets (issue): ours <= 15 ms median on PostgreSQL at H = 1000, and >= 6x less than plain.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import cProfile
+import io
+import logging
+import pstats
+import sys
+import tempfile
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import optuna  # noqa: E402
+
+from benchmarks.common import (  # noqa: E402
+    StatementCounter,
+    dump_json,
+    machine,
+    median,
+    percentile,
+    postgres_available,
+    postgres_database,
+    print_table,
+    sqlite_database,
+    stub_trainer,
+)
+from hpo.campaign import CampaignSpec  # noqa: E402
+from storage import backend, records  # noqa: E402
+from workers.objective import run_trial, trial_seed  # noqa: E402
+from workers.space import SearchSpace, default_space  # noqa: E402
+from workers.strategy import make_pruner, make_sampler  # noqa: E402
+from workers.train import TrainConfig, TrainingDiverged  # noqa: E402
+from workers.worker import Worker, WorkerOptions  # noqa: E402
+
+EPOCHS = 10
+SAMPLER = "tpe"
+PRUNER = "median"
+TARGET_MS = 15.0
+TARGET_RATIO = 6.0
+
+
+# -- timing the training calls ---------------------------------------------------------------
+@dataclass
+class TrainClock:
+    """Wraps a trainer: when each call started, and how long it trained (outside callbacks)."""
+
+    starts: list[float] = field(default_factory=list)
+    train: list[float] = field(default_factory=list)
+    statements_at_start: list[int] = field(default_factory=list)
+    counter: StatementCounter | None = None
+
+    def trainer(self, config, dataset=None, *, cv=0, on_epoch=None, on_fold=None):
+        started = time.perf_counter()
+        self.starts.append(started)
+        if self.counter is not None:
+            self.statements_at_start.append(self.counter.count)
+        in_callbacks = 0.0
+
+        def timed(callback):
+            if callback is None:
+                return None
+
+            def call(*args):
+                nonlocal in_callbacks
+                t = time.perf_counter()
+                try:
+                    return callback(*args)
+                finally:
+                    in_callbacks += time.perf_counter() - t
+
+            return call
+
+        try:
+            return stub_trainer(config, dataset, cv=cv, on_epoch=timed(on_epoch), on_fold=timed(on_fold))
+        finally:
+            self.train.append(time.perf_counter() - started - in_callbacks)
+
+    def per_trial(self) -> list[float]:
+        """Seconds outside training per trial: start-to-start minus the first call's training."""
+        return [b - a - t for a, b, t in zip(self.starts, self.starts[1:], self.train)]
+
+    def statements(self) -> float | None:
+        s = self.statements_at_start
+        return (s[-1] - s[0]) / (len(s) - 1) if len(s) > 1 else None
+
+
+# -- the two loops -----------------------------------------------------------------------------
+def plain_objective(space: SearchSpace, epochs: int, trainer):
+    """The objective as Optuna's documentation writes it: suggest, train, report every epoch."""
+    distributions = space.to_distributions()
+
+    def objective(trial: optuna.Trial) -> float:
+        params = {}
+        for name, dist in distributions.items():
+            if isinstance(dist, optuna.distributions.CategoricalDistribution):
+                params[name] = trial.suggest_categorical(name, dist.choices)
+            elif isinstance(dist, optuna.distributions.IntDistribution):
+                params[name] = trial.suggest_int(name, dist.low, dist.high, log=dist.log)
+            else:
+                params[name] = trial.suggest_float(name, dist.low, dist.high, log=dist.log)
+        config = TrainConfig(**space.to_train_kwargs(params), epochs=epochs, seed=trial_seed(0, trial.number))
+
+        def on_epoch(report) -> None:
+            trial.report(report.val_accuracy, report.epoch)
+            if trial.should_prune():
+                raise optuna.TrialPruned()
+
+        try:
+            return trainer(config, None, on_epoch=on_epoch).value
+        except TrainingDiverged as e:
+            raise optuna.TrialPruned(str(e)) from None
+
+    return objective
+
+
+def stage_plan(name: str, space: SearchSpace, budget: int) -> Any:
+    spec = CampaignSpec(name=name, space=space, stages=1, trials=[budget], epochs=[EPOCHS],
+                        sampler=SAMPLER, pruner=PRUNER)
+    return spec.plan(1, space)
+
+
+def history(kind: str, n: int, space: SearchSpace, seed: int = 1) -> list[optuna.trial.FrozenTrial]:
+    """``n`` finished trials as ``kind``'s loop writes them, made in memory (quick to make)."""
+    if n == 0:
+        return []
+    study = optuna.create_study(direction="maximize", sampler=make_sampler(SAMPLER, space, seed),
+                                pruner=make_pruner(PRUNER, EPOCHS))
+    if kind == "plain":
+        study.optimize(plain_objective(space, EPOCHS, stub_trainer), n_trials=n)
+    else:
+        plan = stage_plan("history", space, n)
+        for _ in range(n):
+            trial = study.ask(fixed_distributions=space.to_distributions())
+            outcome = run_trial(trial, plan, space, trainer=stub_trainer)
+            outcome.attrs["worker"] = "history-0"
+            outcome.attrs["timings"] = {"train_seconds": 0.0, "overhead_seconds": 0.0}
+            for key, value in outcome.attrs.items():
+                trial.set_user_attr(key, value)
+            study.tell(trial, outcome.value if outcome.state.name == "COMPLETE" else None, state=outcome.state)
+    return study.get_trials(deepcopy=True)
+
+
+def measure_plain(url: str, past: list, space: SearchSpace, trials: int, profile: bool) -> dict[str, Any]:
+    study = optuna.create_study(storage=url, study_name="plain", direction="maximize")
+    study.add_trials(past)
+    study = optuna.load_study(study_name="plain", storage=url, sampler=make_sampler(SAMPLER, space, 7),
+                              pruner=make_pruner(PRUNER, EPOCHS))
+    clock = TrainClock()
+    with StatementCounter() as counter, _profiled(profile) as prof:
+        clock.counter = counter
+        study.optimize(plain_objective(space, EPOCHS, clock.trainer), n_trials=trials)
+        clock.statements_at_start.append(counter.count)  # close the last window at the end
+        clock.starts.append(time.perf_counter())
+    measured = study.get_trials(deepcopy=False)[len(past):]
+    study._storage._backend.engine.dispose()
+    return _figures(clock, measured, prof)
+
+
+def measure_ours(url: str, past: list, space: SearchSpace, trials: int, profile: bool) -> dict[str, Any]:
+    backend.ensure_schema(url)
+    storage = backend.open_storage(url)
+    plan = stage_plan("bench", space, len(past) + trials + 10)
+    study = records.create_stage(storage, plan)
+    study.add_trials(past)
+    storage.engine.dispose()
+    clock = TrainClock()
+    worker = Worker(WorkerOptions(storage_url=url, study=plan.study_name, max_trials=trials, seed=7),
+                    trainer=clock.trainer)
+    try:
+        with StatementCounter() as counter, _profiled(profile) as prof:
+            clock.counter = counter
+            worker.run()
+            clock.statements_at_start.append(counter.count)
+            clock.starts.append(time.perf_counter())
+        measured = optuna.load_study(study_name=plan.study_name, storage=worker.storage).get_trials()[len(past):]
+    finally:
+        if worker.heartbeat is not None:
+            worker.heartbeat.stop()
+        if worker.storage is not None:
+            worker.storage.engine.dispose()
+    figures = _figures(clock, measured, prof)
+    recorded = [t.user_attrs["timings"]["overhead_seconds"] for t in measured if "timings" in t.user_attrs]
+    figures["recorded_overhead_ms"] = _ms(median(recorded))
+    return figures
+
+
+def _figures(clock: TrainClock, measured: list, prof: cProfile.Profile | None) -> dict[str, Any]:
+    per_trial = clock.per_trial()
+    states = [t.state.name for t in measured]
+    figures = {
+        "trials": len(measured),
+        "median_ms": _ms(median(per_trial)),
+        "p90_ms": _ms(percentile(per_trial, 90)),
+        "mean_ms": _ms(sum(per_trial) / len(per_trial)) if per_trial else None,
+        "train_ms": _ms(median(clock.train)),
+        "statements_per_trial": round(clock.statements(), 1) if clock.statements() is not None else None,
+        "pruned": states.count("PRUNED"),
+        "complete": states.count("COMPLETE"),
+    }
+    if prof is not None:
+        text = io.StringIO()
+        pstats.Stats(prof, stream=text).sort_stats("cumulative").print_stats(30)
+        figures["profile"] = text.getvalue()
+    return figures
+
+
+def _ms(seconds: float | None) -> float | None:
+    return None if seconds is None else round(1000 * seconds, 2)
+
+
+@contextlib.contextmanager
+def _profiled(enabled: bool):
+    if not enabled:
+        yield None
+        return
+    prof = cProfile.Profile()
+    prof.enable()
+    try:
+        yield prof
+    finally:
+        prof.disable()
+
+
+# -- the run -----------------------------------------------------------------------------------
+@contextlib.contextmanager
+def database(backend_name: str, folder: Path, name: str):
+    if backend_name == "postgres":
+        with postgres_database("hpo_bench_overhead") as url:
+            yield url
+    else:
+        with sqlite_database(folder, name) as url:
+            yield url
+
+
+def run(backends: list[str], histories: list[int], trials: int, profile: bool, log=print) -> dict[str, Any]:
+    space = default_space()
+    pasts = {}
+    for kind in ("plain", "ours"):
+        started = time.perf_counter()
+        full = history(kind, max(histories), space)
+        pasts[kind] = {h: full[:h] for h in histories}
+        log(f"history for {kind}: {len(full)} trials in {time.perf_counter() - started:.1f}s")
+    results = []
+    with tempfile.TemporaryDirectory(prefix="hpo-bench-") as folder:
+        for backend_name in backends:
+            for h in histories:
+                row: dict[str, Any] = {"backend": backend_name, "history": h}
+                for kind, measure in (("plain", measure_plain), ("ours", measure_ours)):
+                    with database(backend_name, Path(folder), f"{kind}-{h}") as url:
+                        row[kind] = measure(url, pasts[kind][h], space, trials, profile)
+                    log(f"{backend_name} H={h} {kind}: {row[kind]['median_ms']} ms/trial, "
+                        f"{row[kind]['statements_per_trial']} statements/trial")
+                    if profile:
+                        log(row[kind].pop("profile"))
+                ours, plain = row["ours"]["median_ms"], row["plain"]["median_ms"]
+                row["ratio"] = round(plain / ours, 2) if ours and plain else None
+                results.append(row)
+    return {"benchmark": "overhead", "machine": machine(), "epochs": EPOCHS, "sampler": SAMPLER,
+            "pruner": PRUNER, "params": list(space), "measured_trials": trials, "results": results,
+            "targets": _targets(results)}
+
+
+def _targets(results: list[dict[str, Any]]) -> dict[str, Any]:
+    pg = [r for r in results if r["backend"] == "postgres" and r["history"] == max(x["history"] for x in results)]
+    if not pg:
+        return {}
+    r = pg[0]
+    return {
+        "at": {"backend": "postgres", "history": r["history"]},
+        "ours_median_ms": r["ours"]["median_ms"],
+        "max_ms": TARGET_MS,
+        "ms_met": r["ours"]["median_ms"] is not None and r["ours"]["median_ms"] <= TARGET_MS,
+        "ratio": r["ratio"],
+        "min_ratio": TARGET_RATIO,
+        "ratio_met": r["ratio"] is not None and r["ratio"] >= TARGET_RATIO,
+        "pruning_works": r["ours"]["pruned"] > 0,
+    }
+
+
+def print_report(report: dict[str, Any]) -> None:
+    m = report["machine"]
+    print(f"per-trial time outside training, median over {report['measured_trials']} trials "
+          f"({report['sampler']} + {report['pruner']} pruner, {len(report['params'])} params, {report['epochs']} epochs, stub trainer)")
+    print(f"{m['date']}, {m['cpu']}, {m['cores']} cores, Python {m['python']}, Optuna {m['optuna']}\n")
+    rows = []
+    for r in report["results"]:
+        rows.append({
+            "backend": r["backend"], "history": r["history"],
+            "plain ms": r["plain"]["median_ms"], "ours ms": r["ours"]["median_ms"], "ratio": r["ratio"],
+            "plain p90": r["plain"]["p90_ms"], "ours p90": r["ours"]["p90_ms"],
+            "plain SQL/trial": r["plain"]["statements_per_trial"], "ours SQL/trial": r["ours"]["statements_per_trial"],
+            "ours recorded ms": r["ours"]["recorded_overhead_ms"],
+            "pruned plain/ours": f"{r['plain']['pruned']}/{r['plain']['trials']} {r['ours']['pruned']}/{r['ours']['trials']}",
+        })
+    print_table(rows, list(rows[0]) if rows else [])
+    t = report["targets"]
+    if t:
+        print(f"target: ours <= {t['max_ms']:g} ms on PostgreSQL at H={t['at']['history']}: "
+              f"{t['ours_median_ms']} ms -> {'PASS' if t['ms_met'] else 'MISS'}")
+        print(f"target: plain / ours >= {t['min_ratio']:g}x: {t['ratio']}x -> {'PASS' if t['ratio_met'] else 'MISS'}")
+        print(f"pruning: {'works' if t['pruning_works'] else 'NOTHING PRUNED'}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--backends", default="sqlite,postgres", help="comma-separated: sqlite, postgres")
+    parser.add_argument("--history", default=None, help="comma-separated history sizes (default 100,1000)")
+    parser.add_argument("--trials", type=int, default=None, help="measured trials per loop (default 40)")
+    parser.add_argument("--quick", action="store_true", help="a smoke run: 12 trials, H = 100")
+    parser.add_argument("--profile", action="store_true", help="print a cProfile of each measured loop")
+    parser.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
+    args = parser.parse_args(argv)
+    histories = [int(h) for h in (args.history or ("100" if args.quick else "100,1000")).split(",")]
+    trials = args.trials or (12 if args.quick else 40)
+    backends = [b.strip() for b in args.backends.split(",") if b.strip()]
+    if "postgres" in backends and not postgres_available():
+        print("PostgreSQL is not reachable: measuring SQLite only", file=sys.stderr)
+        backends = [b for b in backends if b != "postgres"]
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    logging.getLogger("hpo.worker").setLevel(logging.WARNING)
+    warnings.simplefilter("ignore")
+    report = run(backends, histories, trials, args.profile, log=lambda s: print(s, file=sys.stderr))
+    if args.json:
+        dump_json(report)
+    else:
+        print_report(report)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
