@@ -169,17 +169,19 @@ def wait_for_stage(
     workers: LocalWorkers | None,
     poll_seconds: float = 0.5,
 ) -> dict[str, int]:
-    """Block until the stage's budget is met, reaping stale trials as the workers would."""
-    study = optuna.load_study(study_name=plan.study_name, storage=storage)
-    while True:
-        with backend.exclusive(url, plan.study_name, storage.engine):
-            import warnings
+    """Block until the stage's budget is met, reaping stale trials as the workers would (and
+    riding out database errors as they do)."""
+    study = backend.retrying(lambda: optuna.load_study(study_name=plan.study_name, storage=storage), "load the stage", url)
 
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                optuna.storages.fail_stale_trials(study)
+    def poll() -> tuple[dict[str, int], float | None]:
+        with backend.exclusive(url, plan.study_name, storage.engine):
+            backend.reap_stale_trials(study)
             counts = records.count_states(storage, plan.study_name)
-        progress.stage_progress(plan, counts, records.best_value(storage, plan.study_name))
+        return counts, records.best_value(storage, plan.study_name)
+
+    while True:
+        counts, best = backend.retrying(poll, f"watch stage {plan.stage}", url)
+        progress.stage_progress(plan, counts, best)
         if stage_is_complete(counts, plan):
             return counts
         if workers is not None and workers.running() == 0:

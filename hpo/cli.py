@@ -230,7 +230,7 @@ def search(name, dataset, stages, trials, epochs, workers, sampler, pruner, cv, 
 @cli.command()
 @click.option("--campaign", help="Follow this campaign from stage to stage until it ends.")
 @click.option("--study", help="Work on this one stage study until its budget is met.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Worker seed (give each worker its own).")
+@click.option("--seed", type=int, default=None, help="Worker seed. Default: from the host name and process id, so workers started by one command (replicas) sample differently.")
 @click.option("--max-trials", type=click.IntRange(min=1), help="Exit after this many trials.")
 @click.option("--wait", "wait_seconds", type=float, default=60.0, show_default=True, help="Seconds to wait for the campaign to appear.")
 @click.option("--exit-with-parent", is_flag=True, hidden=True)

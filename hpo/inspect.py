@@ -560,10 +560,10 @@ def fail_stale(storage: RDBStorage, url: str, name: str) -> dict[str, Any]:
     """Fail the study's stale RUNNING trials now, queuing the one retry each may get.
 
     ``storage`` must have heartbeats enabled (``open_storage(url, heartbeat=True)``): its grace
-    period decides what is stale and its callback queues the retries. This runs Optuna's
-    ``fail_stale_trials`` under the lock the workers reap under, so a trial is failed and
-    retried at most once however many workers and commands look at the same time; running it
-    again finds nothing more to do.
+    period decides what is stale and its callback queues the retries. This runs the workers'
+    own reaper (``storage.backend.reap_stale_trials``) under the lock they reap under, so a trial
+    is failed and retried at most once however many workers and commands look at the same
+    time; running it again finds nothing more to do.
 
     Keys: study, grace_seconds, failed [{number, worker, heartbeat_age, retry (number of the
     queued retry, or None when the trial used up its retries)}], still_running.
@@ -578,7 +578,7 @@ def fail_stale(storage: RDBStorage, url: str, name: str) -> dict[str, Any]:
         study = optuna.load_study(study_name=study_name, storage=storage)
         with backend.exclusive(url, study_name, storage.engine):
             running = running_heartbeats(storage, study_id)
-            optuna.storages.fail_stale_trials(study)
+            backend.reap_stale_trials(study)
             trials = storage.get_all_trials(study_id, deepcopy=False)
     by_number = {t.number: t for t in trials}
     retries = {_retried_from(t): t.number for t in trials if _retried_from(t) is not None}

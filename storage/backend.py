@@ -8,26 +8,36 @@ never shared across a fork.
 
 The schema is created (or upgraded) once, by :func:`ensure_schema`, under a lock, so many
 workers starting together on an empty database never race to create tables.
+
+Heartbeats and retries: stale RUNNING trials are failed, each with one retry queued, by
+:func:`reap_stale_trials` under :func:`exclusive` (the lock every reaper and every trial claim
+takes). :func:`retrying` runs a database action again with backoff across a server restart.
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
 import fcntl
 import hashlib
+import json
 import logging
 import os
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
+from typing import TypeVar
 
 import optuna
 import sqlalchemy
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
+from optuna.trial import TrialState
 from sqlalchemy.exc import SQLAlchemyError
 
 from storage.errors import StorageError
 from storage.url import is_sqlite, mask_text, mask_url, sqlite_path
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 # A worker beats every HEARTBEAT_INTERVAL seconds; a RUNNING trial whose last beat is older
 # than HEARTBEAT_GRACE seconds is failed by the next worker that looks, and retried once.
@@ -66,6 +76,28 @@ def driver_message(error: BaseException) -> str:
 def describe_db_error(url: str, error: BaseException) -> str:
     """One line for a database error: which database, and the driver's first line."""
     return f"cannot use the database {mask_url(url)}: {driver_message(error)}"
+
+
+def retrying(
+    action: Callable[[], T], what: str, url: str, *, seconds: float = 120.0, logger: logging.Logger = log
+) -> T:
+    """Run ``action``; on a database error run it again with backoff (0.2 s doubling up to 5 s)
+    for up to ``seconds``, then raise StorageError with one masked line.
+
+    ``action`` must be safe to run again after it failed part-way (a server restart can break a
+    connection after a commit was sent but before its answer came back).
+    """
+    deadline = time.monotonic() + seconds
+    delay = 0.2
+    while True:
+        try:
+            return action()
+        except DB_ERRORS as e:
+            if time.monotonic() > deadline:
+                raise StorageError(describe_db_error(url, e)) from None
+            logger.warning("database error while trying to %s, retrying in %.1fs: %s", what, delay, driver_message(e))
+            time.sleep(delay)
+            delay = min(delay * 2, 5.0)
 
 
 def open_storage(url: str, *, heartbeat: bool = True) -> RDBStorage:
@@ -115,6 +147,21 @@ def ensure_schema(url: str) -> None:
         engine.dispose()
 
 
+def schema_ready(url: str) -> bool:
+    """Whether the schema at ``url`` is complete (Optuna stamps its version last); a SQLite
+    file that does not exist has none and is not created. Database errors propagate."""
+    if is_sqlite(url) and (path := sqlite_path(url)) is not None and not os.path.exists(path):
+        return False
+    engine = _plain_engine(url)
+    try:
+        with engine.connect() as conn:
+            if not sqlalchemy.inspect(conn).has_table("alembic_version"):
+                return False
+            return bool(conn.execute(sqlalchemy.text("SELECT COUNT(*) FROM alembic_version")).scalar())
+    finally:
+        engine.dispose()
+
+
 def _plain_engine(url: str) -> sqlalchemy.Engine:
     kwargs = engine_kwargs(url)
     kwargs.pop("pool_size", None)
@@ -158,8 +205,111 @@ def exclusive(url: str, name: str, engine: sqlalchemy.Engine) -> Iterator[None]:
         try:
             yield
         finally:
-            conn.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:k)"), {"k": key})
-            conn.commit()
+            try:
+                conn.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:k)"), {"k": key})
+                conn.commit()
+            except SQLAlchemyError as e:
+                # The session is gone (a server restart, a broken connection): the server released
+                # its locks with it. Close the connection rather than pool it, and do not turn a
+                # body that succeeded into an error (a caller retrying it would redo its work).
+                log.warning("releasing the lock %r: the connection is gone (%s)", name, driver_message(e))
+                conn.invalidate()
+
+
+# -- stale trials ----------------------------------------------------------------------------
+NOT_NEEDED = "not needed"  # how the reason of a queued trial that will never run begins
+
+
+def reap_stale_trials(study: optuna.Study) -> list[int]:
+    """Fail the study's stale RUNNING trials, each with one retry queued; the numbers failed.
+
+    Call it holding ``exclusive(url, study_name)``, as every reaper does (a worker before it
+    takes a trial, the coordinator while it waits, ``hpo fail-stale``), so a trial is failed
+    and retried at most once. It does what Optuna's ``fail_stale_trials`` does, made safe
+    where a process or the database fails half-way:
+
+    * a RUNNING trial without any heartbeat (its worker died, or lost the database, between
+      ``ask`` and its first beat) gets a beat here, so it goes stale after the grace period
+      instead of staying RUNNING for ever;
+    * nothing is stale while PostgreSQL has been up for less than the grace period: beats
+      cannot be recorded while the server is down, and after a restart a live worker needs
+      one heartbeat interval to show it is alive;
+    * each trial goes through :func:`fail_with_retry` (retry first, then fail), so a reaper
+      that dies in between never leaves a failed trial without its retry.
+    """
+    storage = study._storage
+    rdb = getattr(storage, "_backend", storage)  # Optuna wraps RDBStorage in a cache
+    if not isinstance(rdb, RDBStorage) or rdb.get_heartbeat_interval() is None:
+        return []
+    grace = rdb.grace_period if rdb.grace_period is not None else 2 * rdb.heartbeat_interval
+    study_id = study._study_id
+    with rdb.engine.connect() as conn:
+        beatless = conn.execute(
+            sqlalchemy.text(
+                "SELECT t.trial_id FROM trials t LEFT JOIN trial_heartbeats h ON h.trial_id = t.trial_id "
+                "WHERE t.study_id = :study_id AND t.state = 'RUNNING' AND h.trial_id IS NULL"
+            ),
+            {"study_id": study_id},
+        ).scalars().all()
+        uptime = None
+        if rdb.engine.dialect.name == "postgresql":
+            uptime = conn.execute(
+                sqlalchemy.text("SELECT EXTRACT(EPOCH FROM (now() - pg_postmaster_start_time()))")
+            ).scalar()
+    for trial_id in beatless:
+        storage.record_heartbeat(trial_id)
+    if uptime is not None and float(uptime) < grace:
+        return []
+    failed = []
+    for trial_id in storage._get_stale_trial_ids(study_id):
+        if fail_with_retry(study, trial_id):
+            failed.append(storage.get_trial(trial_id).number)
+    return failed
+
+
+def fail_with_retry(study: optuna.Study, trial_id: int) -> bool:
+    """Fail an unfinished trial and queue its retry (``RetryHeartbeatStaleTrialCallback``: at
+    most MAX_RETRY in a chain); False if the trial had finished already. Call it holding
+    ``exclusive(url, study_name)``.
+
+    The retry is queued first, and only if the trial has none yet: running this again after
+    it failed half-way neither loses the retry nor queues a second one. If the trial's worker
+    finishes it in the meantime, its result stands and the retry is closed as not needed.
+    """
+    storage = study._storage
+    trial = storage.get_trial(trial_id)
+    if trial.state.is_finished():
+        return False
+    callback = storage.get_heartbeat_stale_trial_callback()
+    if callback is not None and trial.number not in _retries(study):
+        callback(study, copy.deepcopy(trial))
+    try:
+        if storage.set_trial_state_values(trial_id, state=TrialState.FAIL):
+            return True
+    except optuna.exceptions.UpdateFinishedTrialError:
+        pass
+    retry_id = _retries(study).get(trial.number)
+    if retry_id is not None and storage.get_trial(retry_id).state == TrialState.WAITING:
+        storage.set_trial_user_attr(retry_id, "reason", f"{NOT_NEEDED}: trial {trial.number} finished after all")
+        storage.set_trial_state_values(retry_id, state=TrialState.FAIL)
+    return False
+
+
+def _retries(study: optuna.Study) -> dict[int, int]:
+    """{number of a trial: id of the trial queued as its retry} in one query."""
+    rdb = getattr(study._storage, "_backend", study._storage)
+    query = sqlalchemy.text(
+        "SELECT a.trial_id, a.value_json FROM trial_system_attributes a "
+        "JOIN trials t ON t.trial_id = a.trial_id WHERE t.study_id = :study_id AND a.key = 'retry_history'"
+    )
+    with rdb.engine.connect() as conn:
+        rows = conn.execute(query, {"study_id": study._study_id}).all()
+    retries = {}
+    for retry_id, value in rows:
+        history = json.loads(value)
+        if history:
+            retries[int(history[-1])] = int(retry_id)
+    return retries
 
 
 @contextlib.contextmanager

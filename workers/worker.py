@@ -1,17 +1,22 @@
 """The worker process: attach to a campaign (or one stage study), take trials, train, report.
 
-Loop: under a lock shared by every worker of the database, fail stale trials (their retry is
-queued once), count the stage's trials, and either take a trial (sampling every parameter in
-one ``study.ask`` call) or wait; train it with a heartbeat running; store its result. When the
+Loop: under a lock shared by every worker of the database, fail stale trials (each retried
+once, see ``storage.backend.reap_stale_trials``), count the stage's trials, and either take a
+trial (sampling every parameter in one ``study.ask`` call, its first heartbeat recorded before
+the lock is released) or wait; train it with a heartbeat running; store its result. When the
 stage's budget is met, follow the campaign to its next stage; exit when the campaign is done.
+A worker started before the schema exists waits for it (and for its campaign) instead of
+failing.
 
 What can go wrong is treated as normal:
 
 * a diverged run ends PRUNED with the reason in its attrs, and the worker goes on;
 * SIGTERM / SIGINT stop the worker at the next epoch boundary: its trial is failed and queued
-  again (so nothing is left RUNNING), and the worker exits 0;
-* a database error is retried with backoff; the heartbeat thread survives errors (Optuna's own
-  dies at the first one);
+  again, under the lock (so nothing is left RUNNING), and the worker exits 0;
+* a database error is retried with backoff wherever it strikes: taking a trial, each report
+  and pruning check during training, storing the result (an attempt that committed but whose
+  answer was lost is recognised, not redone); the heartbeat thread survives errors (Optuna's
+  own dies at the first one);
 * a trial that another worker failed under us (our heartbeat was late) is dropped with a
   warning: its retry runs elsewhere.
 """
@@ -25,6 +30,7 @@ import socket
 import threading
 import time
 import warnings
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -35,8 +41,10 @@ from optuna.trial import TrialState
 from storage import backend, records
 from storage.errors import StorageError
 from storage.records import StagePlan
-from workers.objective import StopRequested, TrialOutcome, run_trial
-from workers.run import cached_dataset
+from storage.url import mask_url
+from storage.worker_storage import WorkerStorage
+from workers.objective import StopRequested, Trainer, TrialOutcome, run_trial
+from workers.run import cached_dataset, fit_and_score
 from workers.space import SearchSpace
 from workers.strategy import make_pruner, make_sampler
 
@@ -52,7 +60,7 @@ class WorkerOptions:
     campaign: str | None = None  # follow a campaign from stage to stage ...
     study: str | None = None  # ... or work on one stage study only
     worker_id: str = field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}")
-    seed: int = 0
+    seed: int | None = None  # None: from worker_id, so replicas of one command sample differently
     poll_seconds: float = 0.5
     wait_for_campaign_seconds: float = 60.0  # how long to wait for a campaign to appear
     max_trials: int | None = None  # stop after this many trials (None: until the campaign ends)
@@ -105,20 +113,46 @@ class Heartbeat:
         try:
             self._storage.record_heartbeat(trial_id)
         except Exception as e:  # noqa: BLE001 - a beat must never kill the thread
-            log.warning("heartbeat for trial id %d failed, will retry: %s", trial_id, _first_line(e))
+            log.warning("heartbeat for trial id %d failed, will retry: %s", trial_id, backend.driver_message(e))
 
 
 class Worker:
-    def __init__(self, options: WorkerOptions) -> None:
+    """One worker process's loop (see the module docstring). ``trainer`` trains a configuration
+    (``workers.run.fit_and_score``); a benchmark passes a stub to time everything else."""
+
+    def __init__(self, options: WorkerOptions, trainer: Trainer = fit_and_score) -> None:
         if not (options.campaign or options.study):
             raise ValueError("a worker needs a campaign or a study")
         self.options = options
-        self.storage = backend.open_storage(options.storage_url)
-        self._lock_engine = self.storage.engine
-        self.heartbeat = Heartbeat(self.storage, backend.HEARTBEAT_INTERVAL)
+        self.trainer = trainer
         self.summary = WorkerSummary()
         self._stop = threading.Event()
         self._studies: dict[str, tuple[optuna.Study, StagePlan, SearchSpace]] = {}
+        self._next_reap: dict[str, float] = {}  # study name -> when to look for stale trials again
+        self.storage: optuna.storages.RDBStorage | None = None  # opened by run(), once the schema exists
+        self.study_storage: WorkerStorage | None = None
+        self.heartbeat: Heartbeat | None = None
+
+    def _open(self) -> bool:
+        """Wait for the schema (``hpo init`` or the coordinator creates it), then open the storage."""
+        url = self.options.storage_url
+        deadline = time.monotonic() + self.options.wait_for_campaign_seconds
+        while not self._retrying(lambda: backend.schema_ready(url), "look for the schema"):
+            if self._stop.is_set():
+                return False
+            if time.monotonic() > deadline:
+                raise StorageError(
+                    f"no hpo schema in {mask_url(url)} after {self.options.wait_for_campaign_seconds:g}s: "
+                    "create it with `hpo init`"
+                )
+            self._stop.wait(self.options.poll_seconds)
+        self.storage = self._retrying(lambda: backend.open_storage(url), "open the storage")
+        self._lock_engine = self.storage.engine
+        # The studies run on a snapshot with batched writes (see storage.worker_storage);
+        # self.storage stays the plain RDBStorage for everything read fresh.
+        self.study_storage = WorkerStorage(self.storage, flush_seconds=min(5.0, backend.HEARTBEAT_INTERVAL))
+        self.heartbeat = Heartbeat(self.study_storage, backend.HEARTBEAT_INTERVAL)
+        return True
 
     # -- signals ---------------------------------------------------------------------------
     def request_stop(self, *_: Any) -> None:
@@ -135,6 +169,8 @@ class Worker:
 
     # -- main loop -------------------------------------------------------------------------
     def run(self) -> WorkerSummary:
+        if not self._open():
+            return self.summary
         trials_run = 0
         while not self._stop.is_set():
             if self.options.max_trials is not None and trials_run >= self.options.max_trials:
@@ -183,10 +219,11 @@ class Worker:
             raise StorageError(f"study {name!r} was not created by hpo (it has no stage plan)")
         space = SearchSpace.from_dict(plan.space)
         cached_dataset(plan.dataset, plan.seed)  # load once, before any trial's clock starts
-        seed = plan.seed * 10_007 + self.options.seed
+        worker_seed = self.options.seed if self.options.seed is not None else zlib.crc32(self.options.worker_id.encode())
+        seed = plan.seed * 10_007 + worker_seed
         study = optuna.load_study(
             study_name=name,
-            storage=self.storage,
+            storage=self.study_storage,
             sampler=make_sampler(plan.sampler, space, seed),
             pruner=make_pruner(plan.pruner, plan.epochs),
         )
@@ -230,10 +267,13 @@ class Worker:
         queued trial to two workers.
         """
         with backend.exclusive(self.options.storage_url, plan.study_name, self._lock_engine):
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # "Heartbeat ... used with Study.optimize"
-                optuna.storages.fail_stale_trials(study)
-            counts = records.count_states(self.storage, plan.study_name)
+            # Stale means no beat for HEARTBEAT_GRACE seconds: looking once per beat interval
+            # finds every stale trial as soon as looking each claim would, give or take a beat.
+            if time.monotonic() >= self._next_reap.get(plan.study_name, 0.0):
+                backend.reap_stale_trials(study)
+                self._next_reap[plan.study_name] = time.monotonic() + backend.HEARTBEAT_INTERVAL
+            self.study_storage.sync(study._study_id)  # what every other worker did, read once
+            counts = self.study_storage.count_states(study._study_id)
             finished = sum(counts.get(s, 0) for s in FINISHED)
             running = counts.get("RUNNING", 0)
             if finished + running >= plan.trials:
@@ -241,10 +281,13 @@ class Worker:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 trial = study.ask(fixed_distributions=space.to_distributions())
+            # The trial exists from here on: nothing below may fail the claim and make it ask again.
+            # Named at once, so `hpo health` can say who runs a RUNNING trial; its parameters are
+            # written before the lock is released, so the next worker's sampler sees them.
+            self.study_storage.set_trial_user_attr(trial._trial_id, "worker", self.options.worker_id)
+            self._retrying(lambda: self.study_storage.flush(trial._trial_id), "store the sampled trial")
             self.heartbeat.start(trial._trial_id)
-            # Named at once, so `hpo health` can say who runs a RUNNING trial.
-            self.storage.set_trial_user_attr(trial._trial_id, "worker", self.options.worker_id)
-            return trial
+        return trial
 
     def _run_one(
         self, study: optuna.Study, plan: StagePlan, space: SearchSpace, trial: optuna.Trial, started: float
@@ -256,7 +299,9 @@ class Worker:
         of the result cannot time itself and is left out.
         """
         try:
-            outcome = run_trial(trial, plan, space, stop_requested=self._stop.is_set)
+            outcome = run_trial(
+                _RetryingTrial(trial, self._retrying), plan, space, stop_requested=self._stop.is_set, trainer=self.trainer
+            )
         except StopRequested:
             self._requeue(study, trial)
             self.heartbeat.stop()
@@ -286,8 +331,11 @@ class Worker:
         log.info("trial %d of %s: %s %s", trial.number, plan.study_name, state, outcome.value)
 
     def _store(self, study: optuna.Study, trial: optuna.Trial, outcome: TrialOutcome) -> None:
-        frozen = self.storage.get_trial(trial._trial_id)
+        """Write the attrs, then the end state; safe to run again after a database error."""
+        frozen = self.study_storage.read_trial(trial._trial_id)
         if frozen.state.is_finished():
+            if self._stored_by_us(frozen, outcome):
+                return  # an earlier attempt committed; only its answer was lost
             raise optuna.exceptions.UpdateFinishedTrialError("finished under this worker")
         for key, value in outcome.attrs.items():
             trial.set_user_attr(key, value)
@@ -295,18 +343,24 @@ class Worker:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             study.tell(trial, values, state=outcome.state, skip_if_finished=True)
+        # A reaper may fail the trial between the check above and the tell, which then skips
+        # it: say so rather than count a result that was not stored.
+        if not self._stored_by_us(self.study_storage.read_trial(trial._trial_id), outcome):
+            raise optuna.exceptions.UpdateFinishedTrialError("finished under this worker")
+
+    def _stored_by_us(self, frozen: optuna.trial.FrozenTrial, outcome: TrialOutcome) -> bool:
+        if frozen.state != outcome.state or frozen.user_attrs.get("worker") != self.options.worker_id:
+            return False
+        return outcome.state != TrialState.COMPLETE or frozen.value == outcome.value
 
     def _requeue(self, study: optuna.Study, trial: optuna.Trial) -> None:
-        """Fail the interrupted trial and queue it once more, as a stale trial would be."""
+        """Fail the interrupted trial and queue it once more, as a stale trial would be, under
+        the lock the reapers hold (so a reaper looking at the same time cannot queue it twice)."""
 
         def fail_and_retry() -> None:
-            frozen = self.storage.get_trial(trial._trial_id)
-            if frozen.state.is_finished():
-                return
-            study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
-            callback = self.storage.get_heartbeat_stale_trial_callback()
-            if callback is not None:
-                callback(study, self.storage.get_trial(trial._trial_id))
+            with backend.exclusive(self.options.storage_url, study.study_name, self._lock_engine):
+                self.study_storage.release(trial._trial_id)  # write what it holds; read fresh from here
+                backend.fail_with_retry(study, trial._trial_id)
 
         self._retrying(fail_and_retry, "re-queue the interrupted trial")
         log.warning("trial %d interrupted: failed and queued again", trial.number)
@@ -321,18 +375,25 @@ class Worker:
 
     def _retrying(self, action: Callable[[], T], what: str) -> T:
         """Run ``action``; on a database error retry with backoff for up to db_retry_seconds."""
-        deadline = time.monotonic() + self.options.db_retry_seconds
-        delay = 0.2
-        while True:
-            try:
-                return action()
-            except backend.DB_ERRORS as e:
-                if time.monotonic() > deadline:
-                    raise StorageError(backend.describe_db_error(self.options.storage_url, e)) from None
-                log.warning("database error while trying to %s, retrying in %.1fs: %s", what, delay, _first_line(e))
-                time.sleep(delay)
-                delay = min(delay * 2, 5.0)
+        return backend.retrying(action, what, self.options.storage_url, seconds=self.options.db_retry_seconds, logger=log)
 
+
+class _RetryingTrial:
+    """The trial as a training run sees it: ``report`` and ``should_prune`` ride out database
+    errors (a retried report is written once). Everything else is the trial's own."""
+
+    def __init__(self, trial: optuna.Trial, retrying: Callable[[Callable[[], Any], str], Any]) -> None:
+        self._trial = trial
+        self._retrying = retrying
+
+    def report(self, value: float, step: int) -> None:
+        self._retrying(lambda: self._trial.report(value, step), f"report step {step} of trial {self._trial.number}")
+
+    def should_prune(self) -> bool:
+        return self._retrying(self._trial.should_prune, f"ask the pruner about trial {self._trial.number}")
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._trial, name)
 
 def _first_line(error: BaseException) -> str:
     text = str(getattr(error, "orig", None) or error).strip()
