@@ -20,8 +20,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import optuna
 import pytest
 import sqlalchemy
+from optuna.trial import TrialState
 
 from hpo import inspect
 from hpo.campaign import CampaignSpec
@@ -260,6 +262,7 @@ def test_stopped_workers_requeue_their_trials_and_exit_0_promptly(postgres_url, 
             output = assert_clean_exit(victim, 15)
             took = time.monotonic() - stopped_at
             assert took < 5, f"{sig.name}: stopped in {took:.1f}s"
+            print(f"\n{sig.name} -> worker exited 0 after {took:.2f}s, trial {targets[sig].number} re-queued")
             assert "interrupted: failed and queued again" in output
             # At once, not after a grace period: the trial is not RUNNING any more.
             assert trial_state(postgres_url, study, targets[sig].number) == "FAIL"
@@ -425,3 +428,94 @@ def test_fail_stale_and_the_workers_reaping_fail_and_retry_a_trial_once(postgres
     ledger = assert_nothing_lost_or_repeated(postgres_url, study)
     assert ledger.failed[study] == [target.number]
     assert target.number in ledger.retries[study]
+
+
+# -- the pieces the faults above rely on, failing at the worst moment ------------------------
+def _reaper_study(url: str, monkeypatch, *trials: TrialState):
+    """A study on a heartbeat storage (grace 2 s) holding trials in the given states."""
+    monkeypatch.setattr(backend, "HEARTBEAT_INTERVAL", 1)
+    monkeypatch.setattr(backend, "HEARTBEAT_GRACE", 2)
+    backend.ensure_schema(url)
+    storage = backend.open_storage(url)
+    study = optuna.create_study(storage=storage, study_name="reap", direction="maximize")
+    for state in trials:
+        study.add_trial(optuna.trial.create_trial(
+            state=state, params={"x": 0.5}, distributions={"x": optuna.distributions.FloatDistribution(0, 1)},
+            value=0.5 if state == TrialState.COMPLETE else None))
+    return storage, study
+
+
+def _backdate(storage, trial_id: int, seconds: int) -> None:
+    if storage.engine.dialect.name == "sqlite":
+        query = "UPDATE trial_heartbeats SET heartbeat = datetime(heartbeat, :shift) WHERE trial_id = :id"
+        params = {"shift": f"-{seconds} seconds", "id": trial_id}
+    else:
+        query = "UPDATE trial_heartbeats SET heartbeat = heartbeat - make_interval(secs => :s) WHERE trial_id = :id"
+        params = {"s": seconds, "id": trial_id}
+    with storage.engine.begin() as conn:
+        assert conn.execute(sqlalchemy.text(query), params).rowcount == 1
+
+
+def test_a_trial_whose_worker_died_before_its_first_beat_is_reaped(storage_url, monkeypatch):
+    """A RUNNING trial without any heartbeat (an `ask` whose answer was lost, a worker killed
+    before its first beat) is given one by the first reaper, so it goes stale like any other."""
+    storage, study = _reaper_study(storage_url, monkeypatch, TrialState.RUNNING)
+    try:
+        (trial,) = study.get_trials()
+        assert backend.reap_stale_trials(study) == []  # seen for the first time: a beat, not a failure
+        assert inspect.running_heartbeats(storage, study._study_id)[0]["age"] is not None
+        _backdate(storage, trial._trial_id, 10)
+        assert backend.reap_stale_trials(study) == [0]
+        assert [t.state.name for t in study.get_trials()] == ["FAIL", "WAITING"]
+    finally:
+        storage.engine.dispose()
+
+
+def test_a_reaper_that_died_after_queuing_the_retry_leaves_no_second_one(storage_url, monkeypatch):
+    storage, study = _reaper_study(storage_url, monkeypatch, TrialState.RUNNING)
+    try:
+        (trial,) = study.get_trials()
+        storage.record_heartbeat(trial._trial_id)
+        _backdate(storage, trial._trial_id, 10)
+        storage.get_heartbeat_stale_trial_callback()(study, trial)  # the retry was queued, then the reaper died
+        assert backend.reap_stale_trials(study) == [0]
+        trials = study.get_trials()
+        assert [t.state.name for t in trials] == ["FAIL", "WAITING"]
+        assert trials[1].system_attrs["retry_history"] == [0]
+    finally:
+        storage.engine.dispose()
+
+
+def test_a_trial_its_worker_finishes_while_it_is_reaped_keeps_its_result(storage_url, monkeypatch):
+    storage, study = _reaper_study(storage_url, monkeypatch, TrialState.RUNNING)
+    try:
+        (trial,) = study.get_trials()
+        storage.record_heartbeat(trial._trial_id)
+        _backdate(storage, trial._trial_id, 10)
+        callback = storage.get_heartbeat_stale_trial_callback()
+
+        def retry_then_the_worker_finishes(study_, frozen):
+            callback(study_, frozen)
+            storage.set_trial_state_values(trial._trial_id, TrialState.COMPLETE, [0.9])  # the late worker wins
+
+        monkeypatch.setattr(storage, "get_heartbeat_stale_trial_callback", lambda: retry_then_the_worker_finishes)
+        assert backend.reap_stale_trials(study) == []
+        done, retry = study.get_trials()
+        assert (done.state.name, done.value) == ("COMPLETE", 0.9)
+        assert retry.state.name == "FAIL" and retry.user_attrs["reason"].startswith(backend.NOT_NEEDED)
+    finally:
+        storage.engine.dispose()
+
+
+def test_the_claim_lock_survives_a_restart_inside_it(pg_cluster):  # noqa: F811
+    """The server restarts while the lock is held: the lock went with the session, and leaving
+    the block must not turn the work done inside into an error (a retry would redo it)."""
+    url = pg_cluster.create_database()
+    engine = sqlalchemy.create_engine(url, pool_pre_ping=True)
+    try:
+        with backend.exclusive(url, "stage", engine):
+            pg_cluster.restart()
+        with backend.exclusive(url, "stage", engine):  # and it can be taken again at once
+            pass
+    finally:
+        engine.dispose()
