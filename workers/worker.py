@@ -137,7 +137,12 @@ class Worker:
         """Wait for the schema (``hpo init`` or the coordinator creates it), then open the storage."""
         url = self.options.storage_url
         deadline = time.monotonic() + self.options.wait_for_campaign_seconds
-        while not self._retrying(lambda: backend.schema_ready(url), "look for the schema"):
+
+        def schema_ready() -> bool:  # an unreachable server counts against the same wait
+            return backend.retrying(lambda: backend.schema_ready(url), "look for the schema", url,
+                                    seconds=max(0.0, deadline - time.monotonic()), logger=log)
+
+        while not schema_ready():
             if self._stop.is_set():
                 return False
             if time.monotonic() > deadline:
