@@ -84,7 +84,7 @@ SHAPES = (
     # CIFAR-10 sized input; 10,000 examples as in the issue.
     Shape("cifar", 3072, 200, 10_000, 0.9, 3.0, block=2, blocks=8, quick_samples=600, quick_blocks=1),
     # digits: the 60% training split of scikit-learn's 1797 images.
-    Shape("digits", 64, 64, 1_078, 0.5, 3.0, block=5, blocks=40, quick_samples=1_078, quick_blocks=1),
+    Shape("digits", 64, 64, 1_079, 0.5, 3.0, block=5, blocks=40, quick_samples=1_079, quick_blocks=1),
     # MNIST-1D: 4000 training examples, 20% of them kept for validation.
     Shape("mnist1d", 40, 128, 3_200, 0.5, 3.0, block=5, blocks=25, quick_samples=3_200, quick_blocks=1),
 )
