@@ -177,6 +177,25 @@ class SklearnMLP:
         return elapsed
 
 
+class OursWithoutBatchNorm:
+    """Our engine on MLPClassifier's network (no batch norm; biases instead), for an
+    apples-to-apples figure against it.  One block is a fresh ``train`` run of k epochs;
+    its epoch times as ``train`` reports them.  Measured at one thread only: run inside
+    the main run's epoch callback, it would find BLAS already taken over."""
+
+    def __init__(self, X: np.ndarray, y: np.ndarray, batch_size: int, seed: int) -> None:
+        self.X, self.y, self.batch_size, self.seed = X, y, batch_size, seed
+
+    def block(self, epochs: int) -> float:
+        config = TrainConfig(
+            hidden_sizes=HIDDEN, activation="relu", initializer="he", batch_norm=False,
+            optimizer="adam", learning_rate=LEARNING_RATE, weight_decay=0.0, lr_decay=1.0,
+            epochs=epochs, batch_size=self.batch_size, dtype="float32", seed=self.seed,
+        )
+        result = train(config, self.X, self.y, self.X[:0], self.y[:0], num_classes=NUM_CLASSES)
+        return sum(result.epoch_seconds)
+
+
 def _torch_available() -> str | None:
     """None if PyTorch can be imported, else the reason it cannot."""
     try:
@@ -194,10 +213,13 @@ def _spread(values: list[float]) -> dict[str, Any]:
     return {"median": statistics.median(values), "min": min(values), "max": max(values)}
 
 
-def measure_shape(shape: Shape, *, quick: bool, torch_adam: str | None, seed: int = 0) -> dict[str, Any]:
+def measure_shape(
+    shape: Shape, *, quick: bool, torch_adam: str | None, threads: int = 1, seed: int = 0
+) -> dict[str, Any]:
     """Interleaved blocks of epochs of the three libraries on one shape -> figures and ratios.
 
     torch_adam: the PyTorch Adam variant (a key of TORCH_ADAM), or None to leave PyTorch out.
+    At one thread, our engine without batch norm is timed too ("ours_no_bn").
     """
     samples = shape.quick_samples if quick else shape.samples
     blocks = shape.quick_blocks if quick else shape.blocks
@@ -207,6 +229,8 @@ def measure_shape(shape: Shape, *, quick: bool, torch_adam: str | None, seed: in
     if torch_adam is not None:
         baselines["torch"] = TorchMLP(X, y, shape.batch_size, seed, torch_adam)
     baselines["sklearn"] = SklearnMLP(X, y, shape.batch_size, seed, k)
+    if threads == 1:
+        baselines["ours_no_bn"] = OursWithoutBatchNorm(X, y, shape.batch_size, seed)
     per_epoch: dict[str, list[float]] = {"ours": [], **{name: [] for name in baselines}}
     extras: list[float] = []
     ours_block: list[float] = []
@@ -229,7 +253,7 @@ def measure_shape(shape: Shape, *, quick: bool, torch_adam: str | None, seed: in
     config = TrainConfig(
         hidden_sizes=HIDDEN, activation="relu", initializer="he", batch_norm=True,
         optimizer="adam", learning_rate=LEARNING_RATE, weight_decay=0.0,
-        epochs=k * (1 + blocks), batch_size=shape.batch_size, dtype="float32", seed=seed,
+        lr_decay=1.0, epochs=k * (1 + blocks), batch_size=shape.batch_size, dtype="float32", seed=seed,
     )
     train(config, X, y, X[:0], y[:0], on_epoch=after_our_epoch, num_classes=NUM_CLASSES)
 
@@ -265,6 +289,10 @@ def measure_shape(shape: Shape, *, quick: bool, torch_adam: str | None, seed: in
     result["vs_sklearn_blocks"] = _spread(paired)
     result["vs_sklearn_with_extras"] = medians["sklearn"] / (ours + extra) if extra is not None else None
     result["vs_sklearn_pass"] = result["vs_sklearn"] >= shape.min_vs_sklearn
+    # the same network as MLPClassifier's: ours without batch norm (one thread only)
+    result["vs_sklearn_no_bn"] = (
+        medians["sklearn"] / medians["ours_no_bn"] if "ours_no_bn" in medians else None
+    )
     return result
 
 
@@ -322,7 +350,7 @@ def run(threads: int, quick: bool, shapes: list[str] | None = None, torch_adam: 
             if shapes and shape.name not in shapes:
                 continue
             results[shape.name] = measure_shape(
-                shape, quick=quick, torch_adam=torch_adam if torch_missing is None else None
+                shape, quick=quick, torch_adam=torch_adam if torch_missing is None else None, threads=threads
             )
     return {"benchmark": "train_speed", "quick": quick, "environment": env, "shapes": results}
 
@@ -345,7 +373,7 @@ def print_report(report: dict[str, Any]) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    console = Console(width=max(100, Console().width))
+    console = Console(width=max(110, Console().width))
     env = report["environment"]
     console.print(
         f"Python {env['python']}, numpy {env['numpy']}, scikit-learn {env['sklearn']}, "
@@ -367,7 +395,8 @@ def print_report(report: dict[str, Any]) -> None:
         console.print("[yellow]--quick: few epochs, less data; the figures are rough[/yellow]")
 
     table = Table(title="Milliseconds per epoch (median over timed blocks)")
-    for column in ("shape", "batch", "N", "ours", "+diag", "torch", "sklearn", "ours/torch", "sklearn/ours"):
+    for column in ("shape", "batch", "N", "ours", "+diag", "torch", "sklearn", "noBN",
+                   "ours/torch", "sk/ours", "sk/noBN"):
         table.add_column(column, justify="left" if column == "shape" else "right")
     for name, r in report["shapes"].items():
         secs = r["seconds_per_epoch"]
@@ -375,13 +404,15 @@ def print_report(report: dict[str, Any]) -> None:
         extra = r["ours_extras_seconds_per_epoch"]
         table.add_row(
             name, str(r["batch_size"]), str(r["samples"]), ms("ours"),
-            "-" if extra is None else f"{1e3 * extra:.1f}", ms("torch"), ms("sklearn"),
+            "-" if extra is None else f"{1e3 * extra:.1f}", ms("torch"), ms("sklearn"), ms("ours_no_bn"),
             "-" if r["vs_torch"] is None else f"{r['vs_torch']:.2f}", f"{r['vs_sklearn']:.2f}",
+            "-" if r["vs_sklearn_no_bn"] is None else f"{r['vs_sklearn_no_bn']:.2f}",
         )
     console.print(table)
     console.print(
         "Shapes D-100-100-10 with batch norm (cifar D=3072, digits 64, mnist1d 40); MLPClassifier "
-        f"has no batch norm. PyTorch Adam: {env['torch_adam'] or '-'}. +diag: our diagnostics pass "
+        "has no batch norm; noBN is our engine on its network (one thread only), sk/noBN its ratio. "
+        f"PyTorch Adam: {env['torch_adam'] or '-'}. +diag: our diagnostics pass "
         "after each epoch, outside 'ours' as in the epoch time train() reports. Ratios: median "
         "over median; \\[lowest, highest] ratio of a single block below."
     )

@@ -50,14 +50,15 @@ def test_train_speed_quick_json_has_every_figure_and_ratio(reports):
         assert key in env
     assert env["threads"] == 1
     assert set(report["shapes"]) == {"cifar", "digits", "mnist1d"}
-    libraries = {"ours", "sklearn"} | ({"torch"} if torch_installed() else set())
+    libraries = {"ours", "ours_no_bn", "sklearn"} | ({"torch"} if torch_installed() else set())
     for name, shape in report["shapes"].items():
         assert set(shape["seconds_per_epoch"]) == libraries, name
         for figures in shape["seconds_per_epoch"].values():
             assert figures["min"] <= figures["median"] <= figures["max"]
             assert len(figures["blocks"]) == shape["timed_blocks"]
         for key in ("vs_torch", "vs_torch_blocks", "vs_torch_pass", "vs_sklearn", "vs_sklearn_blocks",
-                    "vs_sklearn_pass", "vs_sklearn_with_extras", "ours_extras_seconds_per_epoch", "targets"):
+                    "vs_sklearn_pass", "vs_sklearn_with_extras", "vs_sklearn_no_bn",
+                    "ours_extras_seconds_per_epoch", "targets"):
             assert key in shape, (name, key)
         assert shape["vs_sklearn"] > 0
         assert (shape["vs_torch"] is not None) == torch_installed()
