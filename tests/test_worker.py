@@ -60,7 +60,8 @@ def test_diverged_runs_end_pruned_with_their_reason(sqlite_url):
 def test_a_stopped_worker_leaves_nothing_running_and_exits_0(sqlite_url, sig):
     # Long trials, so the signal lands in the middle of one.
     storage, plan = make_stage(sqlite_url, "stop", trials=3, epochs=400, params=["hidden_sizes=64", "batch_size=32"])
-    worker = start_worker(sqlite_url, "--study", plan.study_name)
+    # A fixed seed: a worker without one samples by its process id, and may draw a diverging first trial.
+    worker = start_worker(sqlite_url, "--study", plan.study_name, "--seed", "0")
     deadline = time.monotonic() + 60
     while states(sqlite_url, plan.study_name).get("RUNNING", 0) == 0:
         assert time.monotonic() < deadline and worker.poll() is None, "the worker never started a trial"
