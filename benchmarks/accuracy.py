@@ -213,6 +213,8 @@ def run(seeds: int, quick: bool) -> dict[str, Any]:
         torch.set_num_threads(1)
         methods["torch"] = lambda s: torch_mlp(s, epochs)
     per_seed: dict[str, list[dict[str, Any]]] = {name: [] for name in methods}
+    import sklearn.neural_network  # noqa: F401 - load SciPy's BLAS too before limiting threads
+
     with threadpool_limits(limits=1):
         for seed in range(seeds):
             for name, method in methods.items():

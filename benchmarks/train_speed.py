@@ -342,6 +342,10 @@ def run(threads: int, quick: bool, shapes: list[str] | None = None, torch_adam: 
         import torch
 
         torch.set_num_threads(threads)
+    # Load every BLAS before limiting threads: threadpool_limits only reaches libraries
+    # already loaded (scikit-learn brings SciPy's own OpenBLAS).
+    import sklearn.neural_network  # noqa: F401
+
     results: dict[str, Any] = {}
     with threadpool_limits(limits=threads):
         env = environment(threads, torch_missing)
