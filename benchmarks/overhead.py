@@ -87,18 +87,27 @@ TARGET_RATIO = 6.0
 # -- timing the training calls ---------------------------------------------------------------
 @dataclass
 class TrainClock:
-    """Wraps a trainer: when each call started, and how long it trained (outside callbacks)."""
+    """Wraps a trainer: when each call started, how long it trained (outside its callbacks),
+    and how many SQL statements had been sent by then. Runs are timed in blocks; the time
+    between blocks (a loop starting, stopping) is not a trial's."""
 
-    starts: list[float] = field(default_factory=list)
-    train: list[float] = field(default_factory=list)
-    statements_at_start: list[int] = field(default_factory=list)
-    counter: StatementCounter | None = None
+    counter: StatementCounter
+    blocks: list[dict[str, list]] = field(default_factory=list)
+
+    def begin(self) -> None:
+        self.blocks.append({"starts": [], "train": [], "statements": []})
+
+    def end(self) -> None:
+        """Close the block: its last trial runs until now."""
+        block = self.blocks[-1]
+        block["starts"].append(time.perf_counter())
+        block["statements"].append(self.counter.count)
 
     def trainer(self, config, dataset=None, *, cv=0, on_epoch=None, on_fold=None):
+        block = self.blocks[-1]
         started = time.perf_counter()
-        self.starts.append(started)
-        if self.counter is not None:
-            self.statements_at_start.append(self.counter.count)
+        block["starts"].append(started)
+        block["statements"].append(self.counter.count)
         in_callbacks = 0.0
 
         def timed(callback):
@@ -118,15 +127,19 @@ class TrainClock:
         try:
             return stub_trainer(config, dataset, cv=cv, on_epoch=timed(on_epoch), on_fold=timed(on_fold))
         finally:
-            self.train.append(time.perf_counter() - started - in_callbacks)
+            block["train"].append(time.perf_counter() - started - in_callbacks)
 
     def per_trial(self) -> list[float]:
-        """Seconds outside training per trial: start-to-start minus the first call's training."""
-        return [b - a - t for a, b, t in zip(self.starts, self.starts[1:], self.train)]
+        """Seconds outside training per trial: start to next start, minus the training."""
+        return [b - a - t for blk in self.blocks for a, b, t in zip(blk["starts"], blk["starts"][1:], blk["train"])]
+
+    def train(self) -> list[float]:
+        return [t for blk in self.blocks for t in blk["train"]]
 
     def statements(self) -> float | None:
-        s = self.statements_at_start
-        return (s[-1] - s[0]) / (len(s) - 1) if len(s) > 1 else None
+        sent = sum(blk["statements"][-1] - blk["statements"][0] for blk in self.blocks if blk["statements"])
+        trials = sum(len(blk["train"]) for blk in self.blocks)
+        return sent / trials if trials else None
 
 
 # -- the two loops -----------------------------------------------------------------------------
@@ -185,62 +198,109 @@ def history(kind: str, n: int, space: SearchSpace, seed: int = 1) -> list[optuna
     return study.get_trials(deepcopy=True)
 
 
-def measure_plain(url: str, past: list, space: SearchSpace, trials: int, profile: bool) -> dict[str, Any]:
-    study = optuna.create_study(storage=url, study_name="plain", direction="maximize")
-    study.add_trials(past)
-    study = optuna.load_study(study_name="plain", storage=url, sampler=make_sampler(SAMPLER, space, 7),
-                              pruner=make_pruner(PRUNER, EPOCHS))
-    clock = TrainClock()
-    with StatementCounter() as counter, _profiled(profile) as prof:
-        clock.counter = counter
-        study.optimize(plain_objective(space, EPOCHS, clock.trainer), n_trials=trials)
-        clock.statements_at_start.append(counter.count)  # close the last window at the end
-        clock.starts.append(time.perf_counter())
-    measured = study.get_trials(deepcopy=False)[len(past):]
-    study._storage._backend.engine.dispose()
-    return _figures(clock, measured, prof)
+class PlainLoop:
+    """``study.optimize`` on a storage URL, as a user of Optuna would run it."""
+
+    name = "plain"
+
+    def __init__(self, url: str, past: list, space: SearchSpace) -> None:
+        study = optuna.create_study(storage=url, study_name="plain", direction="maximize")
+        study.add_trials(past)
+        self.study = optuna.load_study(study_name="plain", storage=url, sampler=make_sampler(SAMPLER, space, 7),
+                                       pruner=make_pruner(PRUNER, EPOCHS))
+        self.space, self.history = space, len(past)
+
+    def run(self, trials: int, clock: TrainClock) -> None:
+        self.study.optimize(plain_objective(self.space, EPOCHS, clock.trainer), n_trials=trials)
+
+    def measured(self) -> list[optuna.trial.FrozenTrial]:
+        return self.study.get_trials(deepcopy=False)[self.history:]
+
+    def close(self) -> None:
+        self.study._storage.remove_session()
+        self.study._storage._backend.engine.dispose()
 
 
-def measure_ours(url: str, past: list, space: SearchSpace, trials: int, profile: bool) -> dict[str, Any]:
-    backend.ensure_schema(url)
-    storage = backend.open_storage(url)
-    plan = stage_plan("bench", space, len(past) + trials + 10)
-    study = records.create_stage(storage, plan)
-    study.add_trials(past)
-    storage.engine.dispose()
-    clock = TrainClock()
-    worker = Worker(WorkerOptions(storage_url=url, study=plan.study_name, max_trials=trials, seed=7),
-                    trainer=clock.trainer)
-    try:
-        with StatementCounter() as counter, _profiled(profile) as prof:
-            clock.counter = counter
+class OurLoop:
+    """This project's worker loop (``Worker.run``) on a stage study, in this process."""
+
+    name = "ours"
+
+    def __init__(self, url: str, past: list, space: SearchSpace, budget: int) -> None:
+        backend.ensure_schema(url)
+        storage = backend.open_storage(url)
+        self.plan = stage_plan("bench", space, len(past) + budget + 10)
+        records.create_stage(storage, self.plan).add_trials(past)
+        storage.engine.dispose()
+        self.url, self.history, self.runs = url, len(past), 0
+
+    def run(self, trials: int, clock: TrainClock) -> None:
+        self.runs += 1
+        worker = Worker(WorkerOptions(storage_url=self.url, study=self.plan.study_name, max_trials=trials,
+                                      seed=7 + self.runs), trainer=clock.trainer)
+        try:
             worker.run()
-            clock.statements_at_start.append(counter.count)
-            clock.starts.append(time.perf_counter())
-        measured = optuna.load_study(study_name=plan.study_name, storage=worker.storage).get_trials()[len(past):]
-    finally:
-        if worker.heartbeat is not None:
-            worker.heartbeat.stop()
-        if worker.storage is not None:
-            worker.storage.engine.dispose()
-    figures = _figures(clock, measured, prof)
-    recorded = [t.user_attrs["timings"]["overhead_seconds"] for t in measured if "timings" in t.user_attrs]
-    figures["recorded_overhead_ms"] = _ms(median(recorded))
-    return figures
+        finally:
+            if worker.heartbeat is not None:
+                worker.heartbeat.stop()
+            if worker.storage is not None:
+                worker.storage.engine.dispose()
+
+    def measured(self) -> list[optuna.trial.FrozenTrial]:
+        storage = backend.open_storage(self.url)
+        try:
+            return optuna.load_study(study_name=self.plan.study_name, storage=storage).get_trials()[self.history:]
+        finally:
+            storage.engine.dispose()
+
+    def close(self) -> None:
+        pass
+
+
+def measure(loops: list, trials: int, block: int, profile: bool) -> dict[str, dict[str, Any]]:
+    """Run the loops in turn, ``block`` trials at a time, until each has run ``trials``: load
+    from other processes on a shared machine then falls on all of them alike."""
+    clocks = {}
+    profiles = {loop.name: cProfile.Profile() if profile else None for loop in loops}
+    with StatementCounter() as counter:
+        clocks = {loop.name: TrainClock(counter) for loop in loops}
+        done = 0
+        while done < trials:
+            n = min(block, trials - done)
+            for loop in loops:
+                clock = clocks[loop.name]
+                clock.begin()
+                prof = profiles[loop.name]
+                if prof is not None:
+                    prof.enable()
+                try:
+                    loop.run(n, clock)
+                finally:
+                    if prof is not None:
+                        prof.disable()
+                clock.end()
+            done += n
+    results = {}
+    for loop in loops:
+        results[loop.name] = _figures(clocks[loop.name], loop.measured(), profiles[loop.name])
+    return results
 
 
 def _figures(clock: TrainClock, measured: list, prof: cProfile.Profile | None) -> dict[str, Any]:
     per_trial = clock.per_trial()
     states = [t.state.name for t in measured]
+    recorded = [t.user_attrs["timings"]["overhead_seconds"] for t in measured
+                if isinstance(t.user_attrs.get("timings"), dict)]
     figures = {
         "trials": len(measured),
         "median_ms": _ms(median(per_trial)),
         "p90_ms": _ms(percentile(per_trial, 90)),
         "mean_ms": _ms(sum(per_trial) / len(per_trial)) if per_trial else None,
-        "train_ms": _ms(median(clock.train)),
+        "train_ms": _ms(median(clock.train())),
         "statements_per_trial": round(clock.statements(), 1) if clock.statements() is not None else None,
         "pruned": states.count("PRUNED"),
         "complete": states.count("COMPLETE"),
+        "recorded_overhead_ms": _ms(median(recorded)),  # the worker's own timings attr (hpo health)
     }
     if prof is not None:
         text = io.StringIO()
@@ -277,7 +337,8 @@ def database(backend_name: str, folder: Path, name: str):
             yield url
 
 
-def run(backends: list[str], histories: list[int], trials: int, profile: bool, log=print) -> dict[str, Any]:
+def run(backends: list[str], histories: list[int], trials: int, profile: bool, block: int = 10,
+        log=print) -> dict[str, Any]:
     space = default_space()
     pasts = {}
     for kind in ("plain", "ours"):
@@ -290,9 +351,16 @@ def run(backends: list[str], histories: list[int], trials: int, profile: bool, l
         for backend_name in backends:
             for h in histories:
                 row: dict[str, Any] = {"backend": backend_name, "history": h}
-                for kind, measure in (("plain", measure_plain), ("ours", measure_ours)):
-                    with database(backend_name, Path(folder), f"{kind}-{h}") as url:
-                        row[kind] = measure(url, pasts[kind][h], space, trials, profile)
+                with database(backend_name, Path(folder), f"plain-{h}") as plain_url, \
+                        database(backend_name, Path(folder), f"ours-{h}") as ours_url:
+                    loops = [PlainLoop(plain_url, pasts["plain"][h], space),
+                             OurLoop(ours_url, pasts["ours"][h], space, trials)]
+                    try:
+                        row.update(measure(loops, trials, block, profile))
+                    finally:
+                        for loop in loops:
+                            loop.close()
+                for kind in ("plain", "ours"):
                     log(f"{backend_name} H={h} {kind}: {row[kind]['median_ms']} ms/trial, "
                         f"{row[kind]['statements_per_trial']} statements/trial")
                     if profile:
@@ -301,7 +369,7 @@ def run(backends: list[str], histories: list[int], trials: int, profile: bool, l
                 row["ratio"] = round(plain / ours, 2) if ours and plain else None
                 results.append(row)
     return {"benchmark": "overhead", "machine": machine(), "epochs": EPOCHS, "sampler": SAMPLER,
-            "pruner": PRUNER, "params": list(space), "measured_trials": trials, "results": results,
+            "pruner": PRUNER, "params": list(space), "measured_trials": trials, "block": block, "results": results,
             "targets": _targets(results)}
 
 

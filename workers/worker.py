@@ -1,12 +1,17 @@
 """The worker process: attach to a campaign (or one stage study), take trials, train, report.
 
 Loop: under a lock shared by every worker of the database, fail stale trials (each retried
-once, see ``storage.backend.reap_stale_trials``), count the stage's trials, and either take a
-trial (sampling every parameter in one ``study.ask`` call, its first heartbeat recorded before
-the lock is released) or wait; train it with a heartbeat running; store its result. When the
+once, see ``storage.backend.reap_stale_trials``; looked for at most once per heartbeat
+interval), count the stage's trials, and either take a trial (sampling every parameter in one
+``study.ask`` call, its parameters and first heartbeat written in one transaction before the
+lock is released) or wait; train it with a heartbeat running; store its result. When the
 stage's budget is met, follow the campaign to its next stage; exit when the campaign is done.
 A worker started before the schema exists waits for it (and for its campaign) instead of
 failing.
+
+The studies run on ``storage.worker_storage.WorkerStorage``: the study is read once per trial
+(samplers and pruners read that snapshot), and a trial's reports and attrs are written in
+batches, so a trial costs a few round trips to the database instead of dozens.
 
 What can go wrong is treated as normal:
 
@@ -92,8 +97,9 @@ class Heartbeat:
         self._thread = threading.Thread(target=self._run, name="hpo-heartbeat", daemon=True)
         self._thread.start()
 
-    def start(self, trial_id: int) -> None:
-        self._beat(trial_id)  # at once: a RUNNING trial without a beat is never seen as stale
+    def start(self, trial_id: int, *, beat: bool = True) -> None:
+        if beat:  # at once: a RUNNING trial without a beat is never seen as stale
+            self._beat(trial_id)
         with self._lock:
             self._trial_id = trial_id
 
@@ -277,21 +283,26 @@ class Worker:
             if time.monotonic() >= self._next_reap.get(plan.study_name, 0.0):
                 backend.reap_stale_trials(study)
                 self._next_reap[plan.study_name] = time.monotonic() + backend.HEARTBEAT_INTERVAL
-            self.study_storage.sync(study._study_id)  # what every other worker did, read once
-            counts = self.study_storage.count_states(study._study_id)
-            finished = sum(counts.get(s, 0) for s in FINISHED)
-            running = counts.get("RUNNING", 0)
-            if finished + running >= plan.trials:
-                return "wait" if running else "stage done"
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                trial = study.ask(fixed_distributions=space.to_distributions())
+            # One transaction from reading the study to the first heartbeat: a claim that fails
+            # half-way leaves nothing behind, and runs again from the start. Its commit does not
+            # wait for the disk: a server crash can undo a claim (then the trial is dropped as
+            # lost when its result is stored), never a result.
+            with self.study_storage.batch(durable=False):
+                self.study_storage.sync(study._study_id)  # what every other worker did, read once
+                counts = self.study_storage.count_states(study._study_id)
+                finished = sum(counts.get(s, 0) for s in FINISHED)
+                running = counts.get("RUNNING", 0)
+                if finished + running >= plan.trials:
+                    return "wait" if running else "stage done"
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    trial = study.ask(fixed_distributions=space.to_distributions())
+                # Named at once, so `hpo health` can say who runs a RUNNING trial; its parameters
+                # are written before the lock is released, so the next worker's sampler sees them.
+                self.study_storage.set_trial_user_attr(trial._trial_id, "worker", self.options.worker_id)
+                self.study_storage.flush(trial._trial_id, heartbeat=True)
             # The trial exists from here on: nothing below may fail the claim and make it ask again.
-            # Named at once, so `hpo health` can say who runs a RUNNING trial; its parameters are
-            # written before the lock is released, so the next worker's sampler sees them.
-            self.study_storage.set_trial_user_attr(trial._trial_id, "worker", self.options.worker_id)
-            self._retrying(lambda: self.study_storage.flush(trial._trial_id), "store the sampled trial")
-            self.heartbeat.start(trial._trial_id)
+            self.heartbeat.start(trial._trial_id, beat=False)  # its first beat was written above
         return trial
 
     def _run_one(
@@ -323,8 +334,15 @@ class Worker:
             "train_seconds": round(outcome.train_seconds, 4),
             "overhead_seconds": round(overhead, 4),
         }
+        attempts = 0
+
+        def store() -> None:
+            nonlocal attempts
+            attempts += 1
+            self._store(study, trial, outcome, retry=attempts > 1)
+
         try:
-            self._retrying(lambda: self._store(study, trial, outcome), "store the result")
+            self._retrying(store, "store the result")
         except optuna.exceptions.UpdateFinishedTrialError:
             self._lost(trial)
         finally:
@@ -335,22 +353,27 @@ class Worker:
         self.summary.overhead_seconds += overhead
         log.info("trial %d of %s: %s %s", trial.number, plan.study_name, state, outcome.value)
 
-    def _store(self, study: optuna.Study, trial: optuna.Trial, outcome: TrialOutcome) -> None:
-        """Write the attrs, then the end state; safe to run again after a database error."""
-        frozen = self.study_storage.read_trial(trial._trial_id)
-        if frozen.state.is_finished():
-            if self._stored_by_us(frozen, outcome):
-                return  # an earlier attempt committed; only its answer was lost
-            raise optuna.exceptions.UpdateFinishedTrialError("finished under this worker")
+    def _store(self, study: optuna.Study, trial: optuna.Trial, outcome: TrialOutcome, *, retry: bool = False) -> None:
+        """Write the attrs, then the end state; safe to run again after a database error
+        (``retry``: an earlier attempt failed, and may have committed all the same)."""
+        if retry:
+            frozen = self.study_storage.read_trial(trial._trial_id)
+            if frozen.state.is_finished():
+                if self._stored_by_us(frozen, outcome):
+                    return  # an earlier attempt committed; only its answer was lost
+                raise optuna.exceptions.UpdateFinishedTrialError("finished under this worker")
         for key, value in outcome.attrs.items():
             trial.set_user_attr(key, value)
         values = outcome.value if outcome.state == TrialState.COMPLETE else None
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             study.tell(trial, values, state=outcome.state, skip_if_finished=True)
-        # A reaper may fail the trial between the check above and the tell, which then skips
-        # it: say so rather than count a result that was not stored.
-        if not self._stored_by_us(self.study_storage.read_trial(trial._trial_id), outcome):
+        # The worker's storage writes the end state only over RUNNING, and raises
+        # UpdateFinishedTrialError otherwise. A tell that skipped the trial as finished did not
+        # write it: say so rather than count a result that was not stored.
+        if not self.study_storage.wrote_end_state(trial._trial_id) and not self._stored_by_us(
+            self.study_storage.read_trial(trial._trial_id), outcome
+        ):
             raise optuna.exceptions.UpdateFinishedTrialError("finished under this worker")
 
     def _stored_by_us(self, frozen: optuna.trial.FrozenTrial, outcome: TrialOutcome) -> bool:
