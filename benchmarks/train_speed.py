@@ -6,23 +6,26 @@ norm), Adam at lr 1e-3, no weight decay, softmax cross-entropy, float32 -- on th
 synthetic data (random float32 features, random labels; only the shapes matter for speed),
 with the same batch size and the same thread count, and prints the time per epoch.
 
-- **this engine**: ``workers.train.train``, the function every trial calls; its epoch time
-  is the one ``train`` itself measures and reports (shuffle, minibatch steps, divergence
-  check).  The diagnostics and validation pass ``train`` runs between epochs are outside
-  that figure; they are timed apart and printed as "extras".
+- **ours**: ``workers.train.train``, the function every trial calls; its epoch time is the
+  one ``train`` itself measures and reports (shuffle, minibatch steps, divergence check).
+  The diagnostics pass ``train`` runs after each epoch is outside that figure; it is
+  timed apart ("extras", ``ours_extras_seconds_per_epoch``).
 - **PyTorch**: ``Linear(bias=False) -> BatchNorm1d -> ReLU`` twice, then ``Linear``;
-  ``torch.optim.Adam``; ``CrossEntropyLoss``.  Each epoch indexes the data tensor with a
-  fresh permutation once, then walks it in slices (no DataLoader), reading every loss
-  with ``.item()`` as this engine reads its loss for the divergence check.
+  ``torch.optim.Adam`` (``--torch-adam``, default its fused implementation, the fastest
+  here); ``CrossEntropyLoss``.  Each epoch indexes the data tensor with a fresh
+  permutation once, then walks it in slices (no DataLoader), reading every loss with
+  ``.item()`` as this engine reads its loss for the divergence check.
 - **scikit-learn**: ``MLPClassifier(hidden_layer_sizes=(100, 100), solver="adam",
-  alpha=0, batch_size=B, max_iter=1)``; one ``partial_fit`` call is one epoch (with
-  ``max_iter=1``; it keeps the Adam state between calls, as training does).
+  alpha=0, batch_size=B)``, one ``fit`` call (warm start) per block of epochs, see
+  :class:`SklearnMLP`.
+- **ours_no_bn** (one thread only): our engine on MLPClassifier's network, without batch
+  norm, for a like-for-like ratio against it.
 
-The three run interleaved in one process -- an epoch of ours, then one of PyTorch, then
-one of scikit-learn, repeated -- after warm-up epochs, and the medians are compared, so
-that load from other processes on a shared machine hits all three alike.  Ratios:
-``vs_torch`` = our median epoch / PyTorch's (lower is better for us), ``vs_sklearn`` =
-MLPClassifier's median epoch / ours (how many times faster we are).
+They run interleaved in one process -- a block of epochs of ours, then of PyTorch, then
+of scikit-learn, repeated -- after one warm-up block, and the medians over the timed
+blocks are compared, so that load from other processes on a shared machine hits all
+alike.  Ratios: ``vs_torch`` = our median epoch / PyTorch's (lower is better for us),
+``vs_sklearn`` = MLPClassifier's median epoch / ours (how many times faster we are).
 
 Usage::
 
@@ -32,6 +35,9 @@ Usage::
     python benchmarks/train_speed.py --quick       # a short smoke run (figures are rough)
 
 PyTorch is optional (``pip install -e ".[bench]"``); without it its column is skipped.
+If OPENBLAS_CORETYPE or OPENBLAS_L2_SIZE is set, the report says so: they can select a
+slower OpenBLAS kernel; compare with both unset for the one command
+(``env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python benchmarks/train_speed.py``).
 """
 
 from __future__ import annotations
