@@ -62,7 +62,12 @@ def test_diverged_runs_end_pruned_with_their_reason(sqlite_url):
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_a_stopped_worker_leaves_nothing_running_and_exits_0(sqlite_url, sig):
     # Long trials, so the signal lands in the middle of one.
-    storage, plan = make_stage(sqlite_url, "stop", trials=3, epochs=400, params=["hidden_sizes=64", "batch_size=32"])
+    # Long trials of a configuration that neither diverges nor gets pruned, so the signal
+    # lands in the middle of the first one.
+    storage, plan = make_stage(
+        sqlite_url, "stop", trials=3, epochs=400,
+        params=["hidden_sizes=64", "batch_size=32", "lr=log:1e-3..1e-2", "activation=relu", "bn=true", "init=he"],
+    )
     # A fixed seed: a worker without one samples by its process id, and may draw a diverging first trial.
     worker = start_worker(sqlite_url, "--study", plan.study_name, "--seed", "0")
     deadline = time.monotonic() + 60
