@@ -14,6 +14,7 @@ by name resumes it where it stopped: nothing done is lost or redone.
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -185,11 +186,9 @@ def wait_for_stage(
         if stage_is_complete(counts, plan):
             return counts
         if workers is not None and workers.running() == 0:
-            failed = workers.failed()
-            detail = f"\n--- last lines of worker {failed[0].index}'s log ---\n{failed[0].log_tail()}" if failed else ""
             raise CampaignError(
-                f"all local workers exited before stage {plan.stage} met its budget "
-                f"({counts}){detail}"
+                f"all local workers exited before stage {plan.stage} met its budget ({counts}); "
+                f"their logs are in {workers.log_dir}"
             )
         time.sleep(poll_seconds)
 
@@ -302,5 +301,5 @@ def run_campaign(url: str, spec: CampaignSpec, progress: Progress, *, workers: i
         records.set_study_attr(storage, plans[-1].study_name, records.RESULT_ATTR, best.to_dict())
     finally:
         if local is not None:
-            local.stop()
+            local.stop(keep_logs=sys.exc_info()[0] is not None)  # a failed run keeps its logs
     return CampaignSummary(spec.name, summaries, best, time.monotonic() - started)

@@ -10,6 +10,7 @@ tail of it is shown if a worker fails.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -81,8 +82,11 @@ class LocalWorkers:
             time.sleep(0.1)
         return not self.running()
 
-    def stop(self, grace: float = 10.0) -> None:
-        """SIGTERM (a worker re-queues its trial and exits), then SIGKILL after ``grace``."""
+    def stop(self, grace: float = 10.0, keep_logs: bool = False) -> None:
+        """SIGTERM (a worker re-queues its trial and exits), then SIGKILL after ``grace``.
+
+        The logs are removed when every worker ended well and the caller needs none of them.
+        """
         for w in self.workers:
             if w.process.poll() is None:
                 w.process.send_signal(signal.SIGTERM)
@@ -91,3 +95,5 @@ class LocalWorkers:
                 if w.process.poll() is None:
                     w.process.kill()
             self.wait(5)
+        if not (keep_logs or self.failed()):
+            shutil.rmtree(self.log_dir, ignore_errors=True)

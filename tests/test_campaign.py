@@ -85,7 +85,12 @@ def test_final_retrain_falls_back_when_the_best_configuration_diverges(sqlite_ur
 
 
 def test_launch_runs_n_local_workers_to_the_end_of_a_stage(sqlite_url):
-    storage, plan = make_stage(sqlite_url, "launch", trials=8, epochs=1)
+    # Trials long enough (and sane enough not to diverge) that the later of the two processes
+    # to start still finds work.
+    storage, plan = make_stage(
+        sqlite_url, "launch", trials=8, epochs=20,
+        params=["hidden_sizes=32", "lr=log:1e-3..1e-2", "activation=relu", "bn=true", "init=he"],
+    )
     process = subprocess.run(
         [sys.executable, "-m", "hpo", "launch", "-n", "2", "--study", plan.study_name],
         env=worker_env(sqlite_url), capture_output=True, text=True, timeout=300,
