@@ -1,0 +1,392 @@
+"""Worker scaling: trials finished per minute with 1 and 2 local workers, and 16 / 32 workers
+with a stub trainer on one PostgreSQL.
+
+**Digits, 1 vs 2 workers.** The default first stage of ``hpo search`` (the default search
+space, 2 epochs per trial, TPE, median pruner, digits) run by ``hpo.local.LocalWorkers`` --
+real ``hpo worker`` processes with one BLAS thread each, as ``hpo search`` starts them -- on a
+fresh SQLite file (``--backend postgres`` for PostgreSQL). Throughput is the stage's trials
+over the time from the first trial's start to the last one's end (process start-up, once per
+worker, is not per trial and is left out). Runs alternate (1 worker, 2 workers, 1, 2, ...)
+so that load from other jobs on a shared machine falls on both; the figure is the median of
+each. ``ratio`` = 2-worker throughput / 1-worker throughput; the issue's target is >= 1.8 on
+2 cores, which needs 2 cores free of other work.
+
+**16 and 32 workers, stub trainer, one PostgreSQL.** Worker processes (this script run with
+``--stub-worker``) run the real worker loop with ``benchmarks.common.stub_trainer`` sleeping
+``--stub-epoch-seconds`` per epoch (10 epochs; pruned trials stop early). All of them start and
+wait for the campaign; the stage (``--trials-per-worker`` x N trials) is created once every
+one is up, so they all start together. Reported: trials per minute, errors in the workers'
+logs (connection errors, retried database errors), exit codes, duplicate trial numbers, the
+most connections open at once, and the latency of each storage operation as the workers
+timed it: ``claim`` (taking a trial: waiting for the lock, reaping when due, the transaction,
+releasing the lock), ``transaction`` (reading the study, sampling, writing the trial and its
+first beat: one transaction), ``store`` (the result: one transaction), ``heartbeat``, median
+and p99 over all workers.
+
+Usage::
+
+    python benchmarks/scaling.py                 # both parts (~4-6 min on 2 busy cores)
+    python benchmarks/scaling.py --quick         # a smoke run: one round, 8 and 16 stub workers
+    python benchmarks/scaling.py --part digits   # or --part stub
+    python benchmarks/scaling.py --json          # one JSON object with every figure
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import logging
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+import warnings
+from pathlib import Path
+from typing import Any
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks.common import (  # noqa: E402
+    dump_json,
+    machine,
+    median,
+    percentile,
+    postgres_available,
+    postgres_database,
+    print_table,
+    sqlite_database,
+)
+
+ROOT = Path(__file__).resolve().parent.parent
+TARGET_RATIO = 1.8
+STUB_EPOCHS = 10
+ERROR_MARKERS = ("too many clients", "connection", "OperationalError", "StorageError", "Traceback")
+
+
+# -- part 1: digits, 1 and 2 workers ------------------------------------------------------------
+def digits_run(url: str, workers: int, name: str, timeout: float) -> dict[str, Any]:
+    """One default first stage with ``workers`` local workers; its throughput."""
+    import optuna
+
+    from hpo.campaign import CampaignSpec
+    from hpo.local import LocalWorkers
+    from storage import backend, records
+    from workers.space import default_space
+
+    backend.ensure_schema(url)
+    storage = backend.open_storage(url)
+    spec = CampaignSpec(name=name, space=default_space(), stages=1)  # stage 1 of `hpo search`
+    plan = spec.plan(1, spec.space)
+    records.create_stage(storage, plan)
+    local = LocalWorkers(url, workers, study=plan.study_name, seed=0, blas_threads=1)
+    try:
+        deadline = time.monotonic() + timeout
+        while local.running() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        failed = [w.log_tail() for w in local.failed()]
+    finally:
+        local.stop()
+    trials = optuna.load_study(study_name=plan.study_name, storage=storage).get_trials(deepcopy=False)
+    storage.engine.dispose()
+    done = [t for t in trials if t.state.name in ("COMPLETE", "PRUNED")]
+    if not done:
+        return {"workers": workers, "trials": 0, "failed": failed}
+    first = min(t.datetime_start for t in done)
+    last = max(t.datetime_complete for t in done)
+    seconds = (last - first).total_seconds()
+    train = [t.user_attrs.get("timings", {}).get("train_seconds", 0.0) for t in done]
+    overhead = [t.user_attrs.get("timings", {}).get("overhead_seconds", 0.0) for t in done]
+    return {
+        "workers": workers,
+        "trials": len(done),
+        "pruned": sum(t.state.name == "PRUNED" for t in done),
+        "seconds": round(seconds, 3),
+        "trials_per_minute": round(60 * len(done) / seconds, 1) if seconds > 0 else None,
+        "median_train_ms": round(1000 * median(train), 2),
+        "median_overhead_ms": round(1000 * median(overhead), 2),
+        "failed": failed,
+    }
+
+
+def digits_part(backend_name: str, rounds: int, log) -> dict[str, Any]:
+    runs: dict[int, list[dict[str, Any]]] = {1: [], 2: []}
+    with tempfile.TemporaryDirectory(prefix="hpo-scaling-") as folder:
+        for r in range(rounds):
+            for n in (1, 2):
+                name = f"scale{n}-{r}"
+                with _database(backend_name, Path(folder), name) as url:
+                    result = digits_run(url, n, name, timeout=600)
+                runs[n].append(result)
+                log(f"digits, {n} worker(s), round {r + 1}: {result.get('trials_per_minute')} trials/min "
+                    f"({result['trials']} trials in {result.get('seconds')} s)")
+    one = median([r["trials_per_minute"] for r in runs[1] if r.get("trials_per_minute")])
+    two = median([r["trials_per_minute"] for r in runs[2] if r.get("trials_per_minute")])
+    return {
+        "backend": backend_name,
+        "rounds": rounds,
+        "runs": runs,
+        "one_worker_trials_per_minute": one,
+        "two_workers_trials_per_minute": two,
+        "ratio": round(two / one, 2) if one and two else None,
+        "target_ratio": TARGET_RATIO,
+        "met": bool(one and two and two / one >= TARGET_RATIO),
+    }
+
+
+# -- part 2: many stub workers on PostgreSQL ----------------------------------------------------
+def stub_worker_main(args: argparse.Namespace) -> int:
+    """A worker process with the stub trainer; its operations timed into ``args.timings``."""
+    import functools
+
+    import optuna
+
+    from benchmarks.common import stub_trainer
+    from workers.worker import Worker, WorkerOptions
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    timings: dict[str, list[float]] = {"claim": [], "transaction": [], "store": [], "heartbeat": []}
+
+    def timed(op: str, function):
+        def call(*a, **k):
+            t = time.perf_counter()
+            try:
+                return function(*a, **k)
+            finally:
+                timings[op].append(time.perf_counter() - t)
+
+        return call
+
+    class TimedWorker(Worker):
+        """The worker loop, timing its storage operations (nothing else differs)."""
+
+        def _open(self) -> bool:
+            opened = super()._open()
+            if opened:
+                storage = self.study_storage
+                batch = storage.batch
+
+                @contextlib.contextmanager
+                def timed_batch(*a, **k):
+                    t = time.perf_counter()
+                    with batch(*a, **k):
+                        yield
+                    timings["transaction"].append(time.perf_counter() - t)
+
+                storage.batch = timed_batch
+                storage.record_heartbeat = timed("heartbeat", storage.record_heartbeat)
+            return opened
+
+        def _claim_trial(self, *a, **k):
+            return timed("claim", super()._claim_trial)(*a, **k)
+
+        def _store(self, *a, **k):
+            return timed("store", super()._store)(*a, **k)
+
+    trainer = functools.partial(stub_trainer, sleep=args.stub_epoch_seconds)
+    worker = TimedWorker(WorkerOptions(storage_url=os.environ["HPO_STORAGE"], campaign=args.campaign,
+                                       seed=args.seed, wait_for_campaign_seconds=300), trainer=trainer)
+    worker.install_signal_handlers()
+    print("ready", flush=True)
+    summary = worker.run()
+    Path(args.timings).write_text(json.dumps({"timings": timings, "trials": summary.trials}))
+    return 0
+
+
+def stub_run(workers: int, per_worker: int, epoch_seconds: float, log) -> dict[str, Any]:
+    import optuna
+    import sqlalchemy
+
+    from hpo.campaign import CampaignSpec
+    from storage import backend, records
+    from workers.space import default_space
+
+    campaign = f"stub{workers}-{uuid.uuid4().hex[:6]}"
+    with postgres_database("hpo_bench_scaling") as url, tempfile.TemporaryDirectory(prefix="hpo-stub-") as folder:
+        backend.ensure_schema(url)
+        env = dict(os.environ, HPO_STORAGE=url, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", MKL_NUM_THREADS="1")
+        env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
+        procs = []
+        try:
+            for i in range(workers):
+                out = open(Path(folder) / f"w{i}.log", "wb")
+                procs.append((subprocess.Popen(
+                    [sys.executable, str(Path(__file__).resolve()), "--stub-worker", "--campaign", campaign,
+                     "--seed", str(i), "--timings", str(Path(folder) / f"w{i}.json"),
+                     "--stub-epoch-seconds", str(epoch_seconds)],
+                    env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=ROOT), out))
+            deadline = time.monotonic() + 240
+            while time.monotonic() < deadline:  # every worker up before the stage opens
+                ready = sum("ready" in (Path(folder) / f"w{i}.log").read_text(errors="replace") for i in range(workers))
+                if ready == workers or any(p.poll() is not None for p, _ in procs):
+                    break
+                time.sleep(0.5)
+            log(f"{workers} stub workers up ({ready} ready)")
+            storage = backend.open_storage(url)
+            spec = CampaignSpec(name=campaign, space=default_space(), stages=1, trials=[workers * per_worker],
+                                epochs=[STUB_EPOCHS])
+            plan = spec.plan(1, spec.space)
+            opened = time.monotonic()
+            records.create_stage(storage, plan)
+            peak = _watch_connections(url, procs)
+            for p, _ in procs:
+                p.wait(timeout=max(10.0, 600 - (time.monotonic() - opened)))
+        finally:
+            for p, out in procs:
+                if p.poll() is None:
+                    p.kill()
+                    p.wait(timeout=10)
+                out.close()
+        logs = [(Path(folder) / f"w{i}.log").read_text(errors="replace") for i in range(workers)]
+        timings: dict[str, list[float]] = {}
+        for i in range(workers):
+            path = Path(folder) / f"w{i}.json"
+            if path.exists():
+                for op, values in json.loads(path.read_text())["timings"].items():
+                    timings.setdefault(op, []).extend(values)
+        trials = optuna.load_study(study_name=plan.study_name, storage=storage).get_trials(deepcopy=False)
+        with storage.engine.connect() as conn:
+            duplicates = conn.execute(sqlalchemy.text(
+                "SELECT COUNT(*) FROM (SELECT study_id, number FROM trials GROUP BY study_id, number "
+                "HAVING COUNT(*) > 1) d")).scalar()
+        storage.engine.dispose()
+    done = [t for t in trials if t.state.name in ("COMPLETE", "PRUNED")]
+    seconds = (max(t.datetime_complete for t in done) - min(t.datetime_start for t in done)).total_seconds() if done else 0
+    error_lines = [line for text in logs for line in text.splitlines() if any(m in line for m in ERROR_MARKERS)]
+    return {
+        "workers": workers,
+        "budget": workers * per_worker,
+        "finished": len(done),
+        "states": {s: sum(t.state.name == s for t in trials) for s in ("COMPLETE", "PRUNED", "FAIL", "RUNNING", "WAITING")},
+        "trials_per_minute": round(60 * len(done) / seconds, 1) if seconds else None,
+        "exit_codes": sorted({p.returncode for p, _ in procs}),
+        "duplicate_numbers": int(duplicates),
+        "error_lines": len(error_lines),
+        "error_examples": error_lines[:3],
+        "retried_db_errors": sum(text.count("database error while trying to") for text in logs),
+        "peak_connections": peak,
+        "latency_ms": {
+            op: {"n": len(v), "median": _ms(median(v)), "p99": _ms(percentile(v, 99))} for op, v in timings.items()
+        },
+    }
+
+
+def _watch_connections(url: str, procs: list) -> int:
+    """Sample the database's open connections until every worker has exited; the most seen."""
+    import sqlalchemy
+
+    engine = sqlalchemy.create_engine(url, pool_size=1, max_overflow=0)
+    peak = 0
+    try:
+        deadline = time.monotonic() + 600
+        while any(p.poll() is None for p, _ in procs) and time.monotonic() < deadline:
+            with engine.connect() as conn:
+                n = conn.execute(sqlalchemy.text(
+                    "SELECT COUNT(*) FROM pg_stat_activity WHERE datname = current_database()")).scalar()
+            peak = max(peak, int(n) - 1)  # not this one
+            time.sleep(0.25)
+    finally:
+        engine.dispose()
+    return peak
+
+
+def _ms(seconds: float | None) -> float | None:
+    return None if seconds is None else round(1000 * seconds, 2)
+
+
+@contextlib.contextmanager
+def _database(backend_name: str, folder: Path, name: str):
+    if backend_name == "postgres":
+        with postgres_database("hpo_bench_scaling") as url:
+            yield url
+    else:
+        with sqlite_database(folder, name) as url:
+            yield url
+
+
+# -- the run -----------------------------------------------------------------------------------
+def print_report(report: dict[str, Any]) -> None:
+    m = report["machine"]
+    print(f"{m['date']}, {m['cpu']}, {m['cores']} cores, Python {m['python']}, Optuna {m['optuna']}\n")
+    if "digits" in report:
+        d = report["digits"]
+        rows = [{"workers": n, "round": i + 1, "trials": r["trials"], "pruned": r.get("pruned"),
+                 "seconds": r.get("seconds"), "trials/min": r.get("trials_per_minute"),
+                 "train ms": r.get("median_train_ms"), "outside training ms": r.get("median_overhead_ms")}
+                for n in (1, 2) for i, r in enumerate(d["runs"][n])]
+        print_table(rows, list(rows[0]), title=f"digits, default first stage, {d['backend']}")
+        print(f"median trials/min: 1 worker {d['one_worker_trials_per_minute']}, 2 workers "
+              f"{d['two_workers_trials_per_minute']}; ratio {d['ratio']} (target >= {d['target_ratio']}) -> "
+              f"{'PASS' if d['met'] else 'MISS'}\n")
+    if "stub" in report:
+        rows = []
+        for r in report["stub"]:
+            lat = r["latency_ms"]
+            rows.append({
+                "workers": r["workers"], "finished/budget": f"{r['finished']}/{r['budget']}",
+                "trials/min": r["trials_per_minute"], "exit codes": r["exit_codes"],
+                "dup numbers": r["duplicate_numbers"], "error lines": r["error_lines"],
+                "db retries": r["retried_db_errors"], "peak conns": r["peak_connections"],
+                **{f"{op} med/p99 ms": f"{lat[op]['median']}/{lat[op]['p99']}" for op in ("claim", "transaction", "store", "heartbeat") if op in lat},
+            })
+        print_table(rows, list(rows[0]), title=f"stub trainer ({report['stub_epoch_seconds']} s per epoch, {STUB_EPOCHS} epochs), one PostgreSQL")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--part", choices=["digits", "stub", "both"], default="both")
+    parser.add_argument("--backend", choices=["sqlite", "postgres"], default="sqlite", help="for the digits part")
+    parser.add_argument("--rounds", type=int, default=None, help="digits runs per worker count (default 3)")
+    parser.add_argument("--stub-workers", default=None, help="comma-separated worker counts (default 16,32)")
+    parser.add_argument("--trials-per-worker", type=int, default=8)
+    parser.add_argument("--stub-epoch-seconds", type=float, default=0.05)
+    parser.add_argument("--quick", action="store_true", help="a smoke run: 1 round, 8 and 16 stub workers")
+    parser.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
+    parser.add_argument("--stub-worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--campaign", help=argparse.SUPPRESS)
+    parser.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)
+    parser.add_argument("--timings", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.stub_worker:
+        return stub_worker_main(args)
+    warnings.simplefilter("ignore")
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+    def log(text: str) -> None:
+        print(text, file=sys.stderr, flush=True)
+
+    report: dict[str, Any] = {"benchmark": "scaling", "machine": machine()}
+    if args.part in ("digits", "both"):
+        rounds = args.rounds or (1 if args.quick else 3)
+        backend_name = args.backend
+        if backend_name == "postgres" and not postgres_available():
+            log("PostgreSQL is not reachable: the digits part runs on SQLite")
+            backend_name = "sqlite"
+        report["digits"] = digits_part(backend_name, rounds, log)
+    if args.part in ("stub", "both"):
+        if not postgres_available():
+            log("PostgreSQL is not reachable: skipping the stub-worker part")
+        else:
+            counts = [int(n) for n in (args.stub_workers or ("8,16" if args.quick else "16,32")).split(",")]
+            report["stub_epoch_seconds"] = args.stub_epoch_seconds
+            report["stub"] = []
+            for n in counts:
+                result = stub_run(n, args.trials_per_worker, args.stub_epoch_seconds, log)
+                log(f"{n} stub workers: {result['finished']}/{result['budget']} trials, "
+                    f"{result['trials_per_minute']} trials/min, peak {result['peak_connections']} connections")
+                report["stub"].append(result)
+    if args.json:
+        dump_json(report)
+    else:
+        print_report(report)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,234 @@
+"""Search quality per unit of compute: coarse-to-fine against random search and one TPE stage.
+
+On digits, for each seed (the data split, the samplers and the trial seeds follow it):
+
+- **c2f**: the coarse-to-fine campaign ``hpo search`` runs by default: 3 stages of 60 / 30 / 15
+  trials at 2 / 8 / 30 epochs, TPE with the median pruner in each, the ranges narrowed between
+  stages, the parent's best configuration queued first in the next stage;
+- **c2f-half**: the same campaign with half the trials per stage (30 / 15 / 8);
+- **random**: one stage of random search over the default space at 30 epochs per trial,
+  without pruning (the lecture's random search);
+- **tpe**: one TPE stage over the default space at 30 epochs per trial, with the median
+  pruner (the stage default).
+
+The budget is training epochs actually run: per trial the epochs its learning curve holds
+(plus the one a diverged run broke off in), summed over the search. The campaign runs first,
+and what it spent is the budget random search and TPE get: they take trials until the next
+one could overrun it. c2f-half spends what it spends (about half). Every method ends as
+``hpo search`` does: the best configuration (from the last stage) is retrained on train +
+validation for 30 epochs and tested once; that retrain is the same for all and is not counted.
+
+Reported per method, median over the seeds: the best validation accuracy (the value of the
+trial retrained) and the test accuracy of the retrained model, with the epochs spent.
+Targets (issue): c2f >= the best of random and tpe at the same budget; c2f-half (at most half
+the budget) >= their final accuracy. Each worker runs in this process, one at a time, so a
+seed gives the same search every time.
+
+Usage::
+
+    python benchmarks/search_quality.py            # 5 seeds (~3-6 min on 2 busy cores)
+    python benchmarks/search_quality.py --seeds 3  # fewer seeds
+    python benchmarks/search_quality.py --quick    # a smoke run: 1 seed, a small schedule
+    python benchmarks/search_quality.py --json     # one JSON object with every figure
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import tempfile
+import threading
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import optuna  # noqa: E402
+
+from benchmarks.common import dump_json, machine, median, print_table, sqlite_database  # noqa: E402
+from hpo.campaign import CampaignSpec, final_evaluation, run_campaign  # noqa: E402
+from storage import backend, records  # noqa: E402
+from workers.space import default_space  # noqa: E402
+from workers.worker import Worker, WorkerOptions  # noqa: E402
+
+FINAL_EPOCHS = 30
+METHODS = ("c2f", "c2f-half", "random", "tpe")
+
+
+class Quiet:
+    """A campaign Progress that shows nothing."""
+
+    def stage_started(self, plan, resumed): ...
+    def stage_progress(self, plan, counts, best): ...
+    def stage_narrowed(self, parent, child, result): ...
+    def message(self, text): ...
+
+
+def epochs_spent(storage, study_names: list[str]) -> int:
+    """Training epochs the trials of these studies ran (a diverged run counts the epoch it broke off in)."""
+    total = 0
+    for name in study_names:
+        for t in optuna.load_study(study_name=name, storage=storage).get_trials(deepcopy=False):
+            curve = t.user_attrs.get("curve") or {}
+            total += len(curve.get("epoch", []))
+            if str(t.user_attrs.get("reason", "")).startswith("diverged"):
+                total += 1
+    return total
+
+
+def campaign(url: str, name: str, seed: int, trials: list[int], epochs: list[int]) -> dict[str, Any]:
+    """A coarse-to-fine campaign, its coordinator and one worker in this process."""
+    spec = CampaignSpec(name=name, space=default_space(), stages=len(trials), trials=trials, epochs=epochs, seed=seed)
+    backend.ensure_schema(url)
+    worker = Worker(WorkerOptions(storage_url=url, campaign=name, seed=seed, poll_seconds=0.05))
+    thread = threading.Thread(target=worker.run, name="worker", daemon=True)
+    thread.start()
+    try:
+        summary = run_campaign(url, spec, Quiet(), workers=0)
+    finally:
+        thread.join(timeout=30)  # the worker leaves by itself once the last stage is done
+        if thread.is_alive():
+            worker.request_stop()
+            thread.join(timeout=60)
+        if worker.heartbeat is not None:
+            worker.heartbeat.stop()
+        if worker.storage is not None:
+            worker.storage.engine.dispose()
+    storage = backend.open_storage(url)
+    try:
+        spent = epochs_spent(storage, [s["study"] for s in summary.stages])
+    finally:
+        storage.engine.dispose()
+    best = summary.best
+    return {"epochs": spent, "val_accuracy": best.val_accuracy, "test_accuracy": best.test_accuracy,
+            "trials": sum(sum(s["counts"].get(k, 0) for k in ("COMPLETE", "PRUNED")) for s in summary.stages)}
+
+
+def single_stage(url: str, name: str, seed: int, sampler: str, pruner: str, budget: int) -> dict[str, Any]:
+    """One stage at FINAL_EPOCHS per trial, trials taken until the next could overrun ``budget``."""
+    space = default_space()
+    spec = CampaignSpec(name=name, space=space, stages=1, trials=[100_000], epochs=[FINAL_EPOCHS],
+                        sampler=sampler, pruner=pruner, seed=seed)
+    plan = spec.plan(1, space)
+    backend.ensure_schema(url)
+    storage = backend.open_storage(url)
+    try:
+        records.create_stage(storage, plan)
+        spent, runs = 0, 0
+        while budget - spent >= FINAL_EPOCHS:
+            # A run takes as many trials as surely fit; one sampler per run, seeded per run.
+            runs += 1
+            worker = Worker(WorkerOptions(storage_url=url, study=plan.study_name, seed=seed * 1000 + runs,
+                                          max_trials=(budget - spent) // FINAL_EPOCHS))
+            try:
+                worker.run()
+            finally:
+                if worker.heartbeat is not None:
+                    worker.heartbeat.stop()
+                if worker.storage is not None:
+                    worker.storage.engine.dispose()
+            spent = epochs_spent(storage, [plan.study_name])
+        best = final_evaluation(storage, [plan], Quiet())
+        trials = len(optuna.load_study(study_name=plan.study_name, storage=storage).get_trials(deepcopy=False))
+    finally:
+        storage.engine.dispose()
+    return {"epochs": spent, "val_accuracy": best.val_accuracy, "test_accuracy": best.test_accuracy,
+            "trials": trials, "worker_runs": runs}
+
+
+def run(seeds: list[int], trials: list[int], epochs: list[int], log) -> dict[str, Any]:
+    per_seed = []
+    half = [max(2, (n + 1) // 2) for n in trials]
+    with tempfile.TemporaryDirectory(prefix="hpo-quality-") as folder:
+        for seed in seeds:
+            row: dict[str, Any] = {"seed": seed}
+            started = time.monotonic()
+            with sqlite_database(Path(folder), f"c2f-{seed}") as url:
+                row["c2f"] = campaign(url, f"c2f{seed}", seed, trials, epochs)
+            with sqlite_database(Path(folder), f"half-{seed}") as url:
+                row["c2f-half"] = campaign(url, f"half{seed}", seed, half, epochs)
+            budget = row["c2f"]["epochs"]
+            with sqlite_database(Path(folder), f"random-{seed}") as url:
+                row["random"] = single_stage(url, f"random{seed}", seed, "random", "none", budget)
+            with sqlite_database(Path(folder), f"tpe-{seed}") as url:
+                row["tpe"] = single_stage(url, f"tpe{seed}", seed, "tpe", "median", budget)
+            row["seconds"] = round(time.monotonic() - started, 1)
+            log(f"seed {seed} ({row['seconds']} s): " + ", ".join(
+                f"{m} val {row[m]['val_accuracy']:.4f} test {row[m]['test_accuracy']:.4f} ({row[m]['epochs']} epochs)"
+                for m in METHODS))
+            per_seed.append(row)
+    medians = {
+        m: {k: median([r[m][k] for r in per_seed]) for k in ("val_accuracy", "test_accuracy", "epochs", "trials")}
+        for m in METHODS
+    }
+    others_val = max(medians["random"]["val_accuracy"], medians["tpe"]["val_accuracy"])
+    others_test = max(medians["random"]["test_accuracy"], medians["tpe"]["test_accuracy"])
+    targets = {
+        "c2f_at_least_as_good_val": medians["c2f"]["val_accuracy"] >= others_val,
+        "c2f_at_least_as_good_test": medians["c2f"]["test_accuracy"] >= others_test,
+        "half_budget_fraction": round(medians["c2f-half"]["epochs"] / medians["c2f"]["epochs"], 3),
+        "half_reaches_others_test": medians["c2f-half"]["test_accuracy"] >= others_test,
+        "half_reaches_others_val": medians["c2f-half"]["val_accuracy"] >= others_val,
+    }
+    return {"benchmark": "search_quality", "machine": machine(), "dataset": "digits", "seeds": seeds,
+            "schedule": {"trials": trials, "epochs": epochs, "half_trials": half, "single_stage_epochs": FINAL_EPOCHS},
+            "per_seed": per_seed, "medians": medians, "targets": targets}
+
+
+def print_report(report: dict[str, Any]) -> None:
+    m = report["machine"]
+    sched = report["schedule"]
+    print(f"{m['date']}, {m['cpu']}, {m['cores']} cores, Python {m['python']}, Optuna {m['optuna']}")
+    print(f"digits, seeds {report['seeds']}; c2f trials {sched['trials']} at epochs {sched['epochs']}, "
+          f"c2f-half trials {sched['half_trials']}; random / tpe at {sched['single_stage_epochs']} epochs per trial\n")
+    rows = []
+    for r in report["per_seed"]:
+        for method in METHODS:
+            x = r[method]
+            rows.append({"seed": r["seed"], "method": method, "epochs": x["epochs"], "trials": x["trials"],
+                         "best val": round(x["val_accuracy"], 4), "test (retrained)": round(x["test_accuracy"], 4)})
+    print_table(rows, list(rows[0]))
+    med = report["medians"]
+    print_table([{"method": k, "median epochs": v["epochs"], "median best val": round(v["val_accuracy"], 4),
+                  "median test": round(v["test_accuracy"], 4)} for k, v in med.items()],
+                ["method", "median epochs", "median best val", "median test"], title="medians over seeds")
+    t = report["targets"]
+    print(f"c2f >= best of random / tpe at the same budget: val {'PASS' if t['c2f_at_least_as_good_val'] else 'MISS'}, "
+          f"test {'PASS' if t['c2f_at_least_as_good_test'] else 'MISS'}")
+    print(f"c2f-half spends {t['half_budget_fraction']:.0%} of c2f's epochs; reaches the others' test accuracy: "
+          f"{'PASS' if t['half_reaches_others_test'] and t['half_budget_fraction'] <= 0.5 else 'MISS'} "
+          f"(val: {'PASS' if t['half_reaches_others_val'] else 'MISS'})")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seeds", type=int, default=None, help="how many seeds, 0..N-1 (default 5)")
+    parser.add_argument("--quick", action="store_true", help="a smoke run: 1 seed, trials 12/6/3 at 2/4/8 epochs")
+    parser.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
+    args = parser.parse_args(argv)
+    warnings.simplefilter("ignore")
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    logging.getLogger("hpo.worker").setLevel(logging.ERROR)
+    global FINAL_EPOCHS
+    if args.quick:
+        seeds, trials, epochs = list(range(args.seeds or 1)), [12, 6, 3], [2, 4, 8]
+        FINAL_EPOCHS = 8
+    else:
+        from hpo.campaign import DEFAULT_EPOCHS, DEFAULT_TRIALS
+
+        seeds, trials, epochs = list(range(args.seeds or 5)), list(DEFAULT_TRIALS), list(DEFAULT_EPOCHS)
+        FINAL_EPOCHS = epochs[-1]
+    report = run(seeds, trials, epochs, log=lambda s: print(s, file=sys.stderr, flush=True))
+    if args.json:
+        dump_json(report)
+    else:
+        print_report(report)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
