@@ -179,6 +179,12 @@ def schema_lock(url: str, engine: sqlalchemy.Engine) -> Iterator[None]:
         yield
 
 
+def lock_key(name: str) -> int:
+    """The PostgreSQL advisory-lock key of :func:`exclusive` (a transaction may take the same
+    lock with ``pg_advisory_xact_lock``: both wait for each other)."""
+    return int.from_bytes(hashlib.sha1(name.encode()).digest()[:8], "big", signed=True)
+
+
 @contextlib.contextmanager
 def exclusive(url: str, name: str, engine: sqlalchemy.Engine) -> Iterator[None]:
     """A lock across processes and machines sharing the database of ``url``.
@@ -198,7 +204,7 @@ def exclusive(url: str, name: str, engine: sqlalchemy.Engine) -> Iterator[None]:
             finally:
                 fcntl.flock(lock_file, fcntl.LOCK_UN)
         return
-    key = int.from_bytes(hashlib.sha1(name.encode()).digest()[:8], "big", signed=True)
+    key = lock_key(name)
     with engine.connect() as conn:
         conn.execute(sqlalchemy.text("SELECT pg_advisory_lock(:k)"), {"k": key})
         conn.commit()

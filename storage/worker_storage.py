@@ -32,11 +32,13 @@ engine, so helpers written for either keep working.
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import copy
 import datetime
 import functools
 import json
+import operator
 import threading
 import time
 from collections.abc import Container, Iterator, Sequence
@@ -129,10 +131,15 @@ class _Statements:
             self._cache[key] = sqlalchemy.text(f"WITH {', '.join(ctes)} {tail}")
         return self._cache[key]
 
-    def text(self, sql: str) -> sqlalchemy.TextClause:
-        if sql not in self._cache:
-            self._cache[sql] = sqlalchemy.text(sql)
-        return self._cache[sql]
+    def text(self, sql: str, expanding: tuple[str, ...] = ()) -> sqlalchemy.TextClause:
+        """``sqlalchemy.text(sql)``, made once (``expanding``: binds that take a list)."""
+        key = (sql, expanding)
+        if key not in self._cache:
+            clause = sqlalchemy.text(sql)
+            if expanding:
+                clause = clause.bindparams(*(sqlalchemy.bindparam(name, expanding=True) for name in expanding))
+            self._cache[key] = clause
+        return self._cache[key]
 
 
 @functools.lru_cache(maxsize=256)
@@ -161,8 +168,46 @@ class _Snapshot:
     last_id: int = -1  # the highest trial id read so far
     synced_at: float = 0.0
     distributions: dict[str, distributions.BaseDistribution] = field(default_factory=dict)
-    ordered: list[FrozenTrial] | None = None  # by_id's trials by number, until by_id changes
+    ordered: list[FrozenTrial] | None = None  # by_id's trials by number (built when first asked)
     filtered: dict[frozenset, list[FrozenTrial]] = field(default_factory=dict)  # ordered, per set of states
+    rescanned_at: float = 0.0  # when every unfinished trial of the study was last looked for
+    unfinished: set[int] = field(default_factory=set)  # ids of by_id's trials not finished
+    counts: dict[TrialState, int] = field(default_factory=dict)  # by_id's trials per state
+
+    def put(self, trial: FrozenTrial) -> None:
+        """Add or replace a trial, keeping the ordered and filtered lists in order."""
+        old = self.by_id.get(trial._trial_id)
+        self.by_id[trial._trial_id] = trial
+        if old is not None:
+            self.counts[old.state] -= 1
+        self.counts[trial.state] = self.counts.get(trial.state, 0) + 1
+        if trial.state.is_finished():
+            self.unfinished.discard(trial._trial_id)
+        else:
+            self.unfinished.add(trial._trial_id)
+        for name, dist in trial.distributions.items():
+            self.distributions.setdefault(name, dist)
+        if self.ordered is not None:
+            _place(self.ordered, trial, True)
+        for states, trials in self.filtered.items():
+            if trial.state in states or (old is not None and old.state in states):
+                _place(trials, trial, trial.state in states)
+
+
+def _place(trials: list[FrozenTrial], trial: FrozenTrial, keep: bool) -> None:
+    """Put ``trial`` in its place in ``trials`` (sorted by number; numbers are unique in a
+    study), replacing the one with its number; or take that one out if not ``keep``."""
+    i = bisect.bisect_left(trials, trial.number, key=_NUMBER)
+    here = i < len(trials) and trials[i].number == trial.number
+    if keep and here:
+        trials[i] = trial
+    elif keep:
+        trials.insert(i, trial)
+    elif here:
+        del trials[i]
+
+
+_NUMBER = operator.attrgetter("number")
 
 
 @dataclass
@@ -189,12 +234,14 @@ class WorkerStorage(BaseStorage, BaseHeartbeat):
     memory, and how stale the snapshot may get while a trial trains.
     """
 
-    def __init__(self, backend: RDBStorage, *, flush_seconds: float = 5.0) -> None:
+    def __init__(self, backend: RDBStorage, *, flush_seconds: float = 5.0, rescan_seconds: float = 10.0) -> None:
         self._backend = backend
         self.engine: sqlalchemy.Engine = backend.engine
         self.flush_seconds = flush_seconds
+        self.rescan_seconds = rescan_seconds
         self._lock = threading.RLock()
-        self._local = threading.local()  # the connection of a batch, per thread
+        self._local = threading.local()  # per thread: its kept connection, the batch's connection
+        self._held: list[sqlalchemy.Connection] = []
         self._snapshots: dict[int, _Snapshot] = {}
         self._own: dict[int, _Own] = {}
         self._ended: set[int] = set()  # trials whose end state this storage wrote
@@ -206,12 +253,20 @@ class WorkerStorage(BaseStorage, BaseHeartbeat):
         self._sql = _Statements(dialect)
 
     # -- transactions ----------------------------------------------------------------------------
+    @property
+    def postgres(self) -> bool:
+        return self._sql.postgres
+
     @contextlib.contextmanager
-    def batch(self, *, durable: bool = True) -> Iterator[None]:
+    def batch(self, *, durable: bool = True, lock: int | None = None) -> Iterator[None]:
         """Run every call this thread makes in the block in one transaction on one connection.
 
         The worker claims a trial in one batch (sync, create, sample, write, first beat): one
         commit instead of one per call, and a claim that fails half-way leaves nothing behind.
+
+        ``lock`` (PostgreSQL): an advisory-lock key this transaction takes first and holds until
+        it ends (``pg_advisory_xact_lock``; it waits for, and is waited for by, the session lock
+        of ``storage.backend.exclusive`` on the same key).
 
         ``durable=False`` (PostgreSQL): the commit returns before its WAL record is on disk
         (``synchronous_commit = off``, for this transaction only). It is visible to every other
@@ -224,9 +279,14 @@ class WorkerStorage(BaseStorage, BaseHeartbeat):
             yield
             return
         touched: list[int] = []
-        with self.engine.begin() as conn:
-            if not durable and self._sql.postgres:
-                conn.execute(self._sql.text("SET LOCAL synchronous_commit TO OFF"))
+        with self._transaction() as conn:
+            if self._sql.postgres and (lock is not None or not durable):
+                first = []
+                if lock is not None:
+                    first.append("pg_advisory_xact_lock(:k)")
+                if not durable:
+                    first.append("set_config('synchronous_commit', 'off', true)")
+                conn.execute(self._sql.text(f"SELECT {', '.join(first)}"), {"k": lock})
             self._local.conn, self._local.touched = conn, touched
             try:
                 yield
@@ -245,8 +305,35 @@ class WorkerStorage(BaseStorage, BaseHeartbeat):
         if conn is not None:
             yield conn
             return
-        with self.engine.begin() as conn:
+        with self._transaction() as conn:
             yield conn
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[sqlalchemy.Connection]:
+        """A transaction on this thread's own connection, kept between transactions: taking one
+        from the pool costs a round trip (``pool_pre_ping``) each time. A connection the driver
+        reports broken is dropped, and the next transaction opens another."""
+        conn = getattr(self._local, "held", None)
+        if conn is None or conn.closed or conn.invalidated:
+            conn = self.engine.connect()
+            self._local.held = conn
+            with self._lock:
+                self._held.append(conn)
+        try:
+            with conn.begin():
+                yield conn
+        except sqlalchemy.exc.DBAPIError as e:
+            if e.connection_invalidated or conn.invalidated:
+                self._local.held = None
+            raise
+
+    def close(self) -> None:
+        """Return the connections this storage kept (every thread's) to the pool."""
+        with self._lock:
+            held, self._held = self._held, []
+        for conn in held:
+            with contextlib.suppress(Exception):
+                conn.close()
 
     def _touch(self, trial_id: int) -> None:
         touched = getattr(self._local, "touched", None)
@@ -256,22 +343,33 @@ class WorkerStorage(BaseStorage, BaseHeartbeat):
     # -- the snapshot ------------------------------------------------------------------------
     def sync(self, study_id: int) -> None:
         """Read the trials created, started or finished since the last sync (all of them the
-        first time): two queries, plus none when nothing changed."""
+        first time): two queries, plus none when nothing changed.
+
+        New trials are those above the highest trial id read so far, and the unfinished ones
+        read before are read again. Every ``rescan_seconds`` the study's every RUNNING and
+        WAITING trial is looked for as well, in case one committed after a higher id was read
+        (an ``enqueue_trial`` racing a claim): a query that reads the whole study's index.
+        """
         with self._lock:
             snap = self._snapshots.setdefault(study_id, _Snapshot())
-            unfinished = [tid for tid, t in snap.by_id.items() if not t.state.is_finished()]
+            unfinished = sorted(snap.unfinished)
             last_id = snap.last_id
-        condition = "trial_id > :last OR state IN ('RUNNING', 'WAITING')"
+            rescan = last_id < 0 or time.monotonic() - snap.rescanned_at >= self.rescan_seconds
+        columns = "trial_id, number, state, datetime_start, datetime_complete"
         params: dict[str, Any] = {"study_id": study_id, "last": last_id}
+        if rescan:
+            condition = "trial_id > :last OR state IN ('RUNNING', 'WAITING')"
+            if unfinished:
+                condition += " OR trial_id IN :unfinished"
+            sql = f"SELECT {columns} FROM trials WHERE study_id = :study_id AND ({condition}) ORDER BY trial_id"
+        else:
+            sql = f"SELECT {columns} FROM trials WHERE study_id = :study_id AND trial_id > :last"
+            if unfinished:
+                sql += f" UNION ALL SELECT {columns} FROM trials WHERE trial_id IN :unfinished"
+            sql += " ORDER BY trial_id"
+        query = self._sql.text(sql, expanding=("unfinished",) if unfinished else ())
         if unfinished:
-            condition += " OR trial_id IN :unfinished"
             params["unfinished"] = unfinished
-        query = sqlalchemy.text(
-            "SELECT trial_id, number, state, datetime_start, datetime_complete FROM trials "
-            f"WHERE study_id = :study_id AND ({condition}) ORDER BY trial_id"
-        )
-        if unfinished:
-            query = query.bindparams(sqlalchemy.bindparam("unfinished", expanding=True))
         with self._connection() as conn:
             rows = conn.execute(query, params).all()
             with self._lock:
@@ -285,21 +383,17 @@ class WorkerStorage(BaseStorage, BaseHeartbeat):
         trials = [self._frozen(r, details.get(r[0])) for r in changed]
         with self._lock:
             for trial in trials:
-                snap.by_id[trial._trial_id] = trial
-                snap.ordered = None
-                for name, dist in trial.distributions.items():
-                    snap.distributions.setdefault(name, dist)
+                snap.put(trial)
             if rows:
                 snap.last_id = max(snap.last_id, rows[-1][0])
             snap.synced_at = time.monotonic()
+            if rescan:
+                snap.rescanned_at = snap.synced_at
 
     def count_states(self, study_id: int) -> dict[str, int]:
         """Trials per state as of the last :meth:`sync` (``{"COMPLETE": 12, ...}``)."""
-        counts: dict[str, int] = {}
         with self._lock:
-            for trial in self._snapshot(study_id).by_id.values():
-                counts[trial.state.name] = counts.get(trial.state.name, 0) + 1
-        return counts
+            return {state.name: n for state, n in self._snapshot(study_id).counts.items() if n}
 
     def read_trial(self, trial_id: int) -> FrozenTrial:
         """One trial as it is in the database now (two queries), whatever this worker holds."""
@@ -324,11 +418,9 @@ class WorkerStorage(BaseStorage, BaseHeartbeat):
         rows: list = []
         if whole_study is not None and len(trial_ids) > _MAX_IDS:
             where = "trial_id IN (SELECT trial_id FROM trials WHERE study_id = :study_id)"
-            rows = conn.execute(sqlalchemy.text(_DETAILS.format(where=where)), {"study_id": whole_study}).all()
+            rows = conn.execute(self._sql.text(_DETAILS.format(where=where)), {"study_id": whole_study}).all()
         else:
-            query = sqlalchemy.text(_DETAILS.format(where="trial_id IN :ids")).bindparams(
-                sqlalchemy.bindparam("ids", expanding=True)
-            )
+            query = self._sql.text(_DETAILS.format(where="trial_id IN :ids"), expanding=("ids",))
             for start in range(0, len(trial_ids), _MAX_IDS):
                 rows += conn.execute(query, {"ids": trial_ids[start : start + _MAX_IDS]}).all()
         by_trial: dict[int, list] = {}
@@ -541,8 +633,7 @@ class WorkerStorage(BaseStorage, BaseHeartbeat):
             trial.datetime_complete = completed
             snap = self._snapshots.get(own.study_id)
             if snap is not None:  # the next sync need not read it back
-                snap.by_id[trial_id] = trial
-                snap.ordered = None
+                snap.put(trial)
 
     # -- BaseStorage: trials -------------------------------------------------------------------
     def set_trial_param(self, trial_id: int, param_name: str, param_value_internal: float,
@@ -578,7 +669,7 @@ class WorkerStorage(BaseStorage, BaseHeartbeat):
             own = self._own.get(trial_id)
             if own is not None:
                 own.user_attrs[key] = json.dumps(value)
-                own.trial.user_attrs[key] = copy.deepcopy(value)
+                own.trial.user_attrs[key] = value  # as Optuna's storages keep it: not copied
                 return
         self._backend.set_trial_user_attr(trial_id, key, value)
 
@@ -587,7 +678,7 @@ class WorkerStorage(BaseStorage, BaseHeartbeat):
             own = self._own.get(trial_id)
             if own is not None:
                 own.system_attrs[key] = json.dumps(value)
-                own.trial.system_attrs[key] = copy.deepcopy(value)
+                own.trial.system_attrs[key] = value
                 return
         self._backend.set_trial_system_attr(trial_id, key, value)
 
@@ -611,7 +702,7 @@ class WorkerStorage(BaseStorage, BaseHeartbeat):
         with self._lock:
             own = self._own.get(trial_id)
             if own is not None:
-                return copy.deepcopy(own.trial)
+                return _copy(own.trial)
             for snap in self._snapshots.values():
                 trial = snap.by_id.get(trial_id)
                 if trial is not None and trial.state.is_finished():
@@ -622,8 +713,8 @@ class WorkerStorage(BaseStorage, BaseHeartbeat):
                        states: Container[TrialState] | None = None) -> list[FrozenTrial]:
         with self._lock:
             snap = self._snapshot(study_id)
-            if snap.ordered is None:  # samplers expect trial-number order; sorted once per change
-                snap.ordered = sorted(snap.by_id.values(), key=lambda t: t.number)
+            if snap.ordered is None:  # samplers expect trial-number order: sorted once, kept so
+                snap.ordered = sorted(snap.by_id.values(), key=_NUMBER)
                 snap.filtered = {}
             if states is None:
                 trials = list(snap.ordered)
@@ -684,8 +775,12 @@ class WorkerStorage(BaseStorage, BaseHeartbeat):
 
     # -- heartbeats ------------------------------------------------------------------------------
     def record_heartbeat(self, trial_id: int) -> None:
-        """One upsert (``RDBStorage`` reads, then writes, through the ORM)."""
-        with self._connection() as conn:
+        """One upsert (``RDBStorage`` reads, then writes, through the ORM). The heartbeat
+        thread's beats take a pooled connection: only the worker's own thread keeps one."""
+        if getattr(self._local, "conn", None) is not None:  # in a batch: part of it
+            self._local.conn.execute(self._sql.text(self._sql.beat("")), {"trial_id": trial_id})
+            return
+        with self.engine.begin() as conn:
             conn.execute(self._sql.text(self._sql.beat("")), {"trial_id": trial_id})
 
     def _get_stale_trial_ids(self, study_id: int) -> list[int]:
@@ -696,6 +791,18 @@ class WorkerStorage(BaseStorage, BaseHeartbeat):
 
     def get_heartbeat_stale_trial_callback(self):
         return self._backend.get_heartbeat_stale_trial_callback()
+
+
+def _copy(trial: FrozenTrial) -> FrozenTrial:
+    """A copy whose dicts can be changed without changing the original (their values are
+    shared: the storage contract leaves changing those undefined, and nothing does)."""
+    twin = copy.copy(trial)
+    twin.params = dict(trial.params)
+    twin.distributions = dict(trial.distributions)
+    twin.user_attrs = dict(trial.user_attrs)
+    twin.system_attrs = dict(trial.system_attrs)
+    twin.intermediate_values = dict(trial.intermediate_values)
+    return twin
 
 
 def _state_name(state: Any) -> str:

@@ -28,6 +28,7 @@ What can go wrong is treated as normal:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -277,32 +278,38 @@ class Worker:
         many workers, and keeps SQLite (which ignores SELECT ... FOR UPDATE) from handing one
         queued trial to two workers.
         """
-        with backend.exclusive(self.options.storage_url, plan.study_name, self._lock_engine):
+        # One transaction from reading the study to the first heartbeat: a claim that fails
+        # half-way leaves nothing behind, and runs again from the start. Its commit does not
+        # wait for the disk: a server crash can undo a claim (then the trial is dropped as lost
+        # when its result is stored), never a result. On PostgreSQL the transaction itself takes
+        # the lock (the key backend.exclusive locks) and its commit releases it.
+        if self.study_storage.postgres:
+            lock = contextlib.nullcontext()
+            claim = self.study_storage.batch(durable=False, lock=backend.lock_key(plan.study_name))
+        else:
+            lock = backend.exclusive(self.options.storage_url, plan.study_name, self._lock_engine)
+            claim = self.study_storage.batch()
+        with lock, claim:
             # Stale means no beat for HEARTBEAT_GRACE seconds: looking once per beat interval
             # finds every stale trial as soon as looking each claim would, give or take a beat.
             if time.monotonic() >= self._next_reap.get(plan.study_name, 0.0):
                 backend.reap_stale_trials(study)
                 self._next_reap[plan.study_name] = time.monotonic() + backend.HEARTBEAT_INTERVAL
-            # One transaction from reading the study to the first heartbeat: a claim that fails
-            # half-way leaves nothing behind, and runs again from the start. Its commit does not
-            # wait for the disk: a server crash can undo a claim (then the trial is dropped as
-            # lost when its result is stored), never a result.
-            with self.study_storage.batch(durable=False):
-                self.study_storage.sync(study._study_id)  # what every other worker did, read once
-                counts = self.study_storage.count_states(study._study_id)
-                finished = sum(counts.get(s, 0) for s in FINISHED)
-                running = counts.get("RUNNING", 0)
-                if finished + running >= plan.trials:
-                    return "wait" if running else "stage done"
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore")
-                    trial = study.ask(fixed_distributions=space.to_distributions())
-                # Named at once, so `hpo health` can say who runs a RUNNING trial; its parameters
-                # are written before the lock is released, so the next worker's sampler sees them.
-                self.study_storage.set_trial_user_attr(trial._trial_id, "worker", self.options.worker_id)
-                self.study_storage.flush(trial._trial_id, heartbeat=True)
-            # The trial exists from here on: nothing below may fail the claim and make it ask again.
-            self.heartbeat.start(trial._trial_id, beat=False)  # its first beat was written above
+            self.study_storage.sync(study._study_id)  # what every other worker did, read once
+            counts = self.study_storage.count_states(study._study_id)
+            finished = sum(counts.get(s, 0) for s in FINISHED)
+            running = counts.get("RUNNING", 0)
+            if finished + running >= plan.trials:
+                return "wait" if running else "stage done"
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                trial = study.ask(fixed_distributions=space.to_distributions())
+            # Named at once, so `hpo health` can say who runs a RUNNING trial; its parameters are
+            # written before the lock is released, so the next worker's sampler sees them.
+            self.study_storage.set_trial_user_attr(trial._trial_id, "worker", self.options.worker_id)
+            self.study_storage.flush(trial._trial_id, heartbeat=True)
+        # The trial exists from here on: nothing below may fail the claim and make it ask again.
+        self.heartbeat.start(trial._trial_id, beat=False)  # its first beat was written above
         return trial
 
     def _run_one(
