@@ -5,7 +5,10 @@ On digits, for each seed (the data split, the samplers and the trial seeds follo
 - **c2f**: the coarse-to-fine campaign ``hpo search`` runs by default: 3 stages of 60 / 30 / 15
   trials at 2 / 8 / 30 epochs, TPE with the median pruner in each, the ranges narrowed between
   stages, the parent's best configuration queued first in the next stage;
-- **c2f-half**: the same campaign with half the trials per stage (30 / 15 / 8);
+- **c2f-half**: the same campaign with half the trials per stage (30 / 15 / 8), held to half
+  the epochs c2f spent: if it spends more, its result is what it would have ended with had it
+  been stopped at that point (its trials in the order they ran, those within the budget kept,
+  the pick made and retrained as ``hpo search`` makes it);
 - **random**: one stage of random search over the default space at 30 epochs per trial,
   without pruning (the lecture's random search);
 - **tpe**: one TPE stage over the default space at 30 epochs per trial, with the median
@@ -14,7 +17,7 @@ On digits, for each seed (the data split, the samplers and the trial seeds follo
 The budget is training epochs actually run: per trial the epochs its learning curve holds
 (plus the one a diverged run broke off in), summed over the search. The campaign runs first,
 and what it spent is the budget random search and TPE get: they take trials until the next
-one could overrun it. c2f-half spends what it spends (about half). Every method ends as
+one could overrun it; c2f-half gets half of it. Every method ends as
 ``hpo search`` does: the best configuration (from the last stage) is retrained on train +
 validation for 30 epochs and tested once; that retrain is the same for all and is not counted.
 
@@ -68,20 +71,66 @@ class Quiet:
     def message(self, text): ...
 
 
+def trial_epochs(trial: optuna.trial.FrozenTrial) -> int:
+    """Epochs a trial trained: its curve, plus the epoch a diverged run broke off in."""
+    curve = trial.user_attrs.get("curve") or {}
+    return len(curve.get("epoch", [])) + (1 if str(trial.user_attrs.get("reason", "")).startswith("diverged") else 0)
+
+
 def epochs_spent(storage, study_names: list[str]) -> int:
-    """Training epochs the trials of these studies ran (a diverged run counts the epoch it broke off in)."""
-    total = 0
-    for name in study_names:
-        for t in optuna.load_study(study_name=name, storage=storage).get_trials(deepcopy=False):
-            curve = t.user_attrs.get("curve") or {}
-            total += len(curve.get("epoch", []))
-            if str(t.user_attrs.get("reason", "")).startswith("diverged"):
-                total += 1
-    return total
+    """Training epochs the trials of these studies ran."""
+    return sum(
+        trial_epochs(t)
+        for name in study_names
+        for t in optuna.load_study(study_name=name, storage=storage).get_trials(deepcopy=False)
+    )
 
 
-def campaign(url: str, name: str, seed: int, trials: list[int], epochs: list[int]) -> dict[str, Any]:
-    """A coarse-to-fine campaign, its coordinator and one worker in this process."""
+def stopped_at(storage, plans: list, budget: int) -> dict[str, Any]:
+    """What a campaign would have ended with had it been stopped once it spent ``budget``
+    epochs: its trials in the order they finished (one worker: the order they ran), those
+    within the budget kept; the pick as ``final_evaluation`` picks (the latest stage with a
+    complete trial, best value first, the next one if a retrain diverges), retrained the same
+    way (train + validation, the last stage's epochs) and tested once."""
+    from hpo.campaign import FINAL_CANDIDATES
+    from workers.objective import config_for
+    from workers.run import cached_dataset, train_and_test
+    from workers.space import SearchSpace
+    from workers.train import TrainingDiverged
+
+    trials = []
+    for plan in plans:
+        for t in optuna.load_study(study_name=plan.study_name, storage=storage).get_trials(deepcopy=False):
+            if t.datetime_complete is not None:
+                trials.append((t.datetime_complete, plan, t))
+    trials.sort(key=lambda x: x[0])
+    spent, kept = 0, []
+    for _, plan, t in trials:
+        if spent + trial_epochs(t) > budget:
+            break
+        spent += trial_epochs(t)
+        kept.append((plan, t))
+    candidates = []
+    for plan in reversed(plans):
+        done = sorted((t for p, t in kept if p is plan and t.state.name == "COMPLETE"), key=lambda t: -t.value)
+        candidates += [(plan, t) for t in done]
+    last = plans[-1]
+    dataset = cached_dataset(last.dataset, last.seed)
+    for plan, t in candidates[:FINAL_CANDIDATES]:
+        config = config_for(last, SearchSpace.from_dict(plan.space), t.params, t.user_attrs.get("seed", last.seed))
+        try:
+            evaluation = train_and_test(config, dataset, merge_val=True)
+        except TrainingDiverged:
+            continue
+        return {"epochs": spent, "val_accuracy": float(t.value), "test_accuracy": evaluation.test_accuracy,
+                "trials": len(kept), "picked_from_stage": plan.stage}
+    raise RuntimeError("nothing completed within the budget")
+
+
+def campaign(url: str, name: str, seed: int, trials: list[int], epochs: list[int],
+             budget: int | None = None) -> dict[str, Any]:
+    """A coarse-to-fine campaign, its coordinator and one worker in this process (``budget``:
+    the result as if it had been stopped once it spent that many epochs, see stopped_at)."""
     spec = CampaignSpec(name=name, space=default_space(), stages=len(trials), trials=trials, epochs=epochs, seed=seed)
     backend.ensure_schema(url)
     worker = Worker(WorkerOptions(storage_url=url, campaign=name, seed=seed, poll_seconds=0.05))
@@ -101,6 +150,9 @@ def campaign(url: str, name: str, seed: int, trials: list[int], epochs: list[int
     storage = backend.open_storage(url)
     try:
         spent = epochs_spent(storage, [s["study"] for s in summary.stages])
+        if budget is not None and spent > budget:
+            plans = records.campaign_stages(storage, name)
+            return {**stopped_at(storage, plans, budget), "epochs_unstopped": spent}
     finally:
         storage.engine.dispose()
     best = summary.best
@@ -149,9 +201,9 @@ def run(seeds: list[int], trials: list[int], epochs: list[int], log) -> dict[str
             started = time.monotonic()
             with sqlite_database(Path(folder), f"c2f-{seed}") as url:
                 row["c2f"] = campaign(url, f"c2f{seed}", seed, trials, epochs)
-            with sqlite_database(Path(folder), f"half-{seed}") as url:
-                row["c2f-half"] = campaign(url, f"half{seed}", seed, half, epochs)
             budget = row["c2f"]["epochs"]
+            with sqlite_database(Path(folder), f"half-{seed}") as url:
+                row["c2f-half"] = campaign(url, f"half{seed}", seed, half, epochs, budget=budget // 2)
             with sqlite_database(Path(folder), f"random-{seed}") as url:
                 row["random"] = single_stage(url, f"random{seed}", seed, "random", "none", budget)
             with sqlite_database(Path(folder), f"tpe-{seed}") as url:
@@ -206,7 +258,8 @@ def print_report(report: dict[str, Any]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--seeds", type=int, default=None, help="how many seeds, 0..N-1 (default 5)")
+    parser.add_argument("--seeds", type=int, default=None, help="how many seeds (default 5)")
+    parser.add_argument("--first-seed", type=int, default=0, help="seeds first-seed .. first-seed + seeds - 1")
     parser.add_argument("--quick", action="store_true", help="a smoke run: 1 seed, trials 12/6/3 at 2/4/8 epochs")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
     args = parser.parse_args(argv)
@@ -215,12 +268,13 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("hpo.worker").setLevel(logging.ERROR)
     global FINAL_EPOCHS
     if args.quick:
-        seeds, trials, epochs = list(range(args.seeds or 1)), [12, 6, 3], [2, 4, 8]
+        seeds, trials, epochs = list(range(args.first_seed, args.first_seed + (args.seeds or 1))), [12, 6, 3], [2, 4, 8]
         FINAL_EPOCHS = 8
     else:
         from hpo.campaign import DEFAULT_EPOCHS, DEFAULT_TRIALS
 
-        seeds, trials, epochs = list(range(args.seeds or 5)), list(DEFAULT_TRIALS), list(DEFAULT_EPOCHS)
+        seeds = list(range(args.first_seed, args.first_seed + (args.seeds or 5)))
+        trials, epochs = list(DEFAULT_TRIALS), list(DEFAULT_EPOCHS)
         FINAL_EPOCHS = epochs[-1]
     report = run(seeds, trials, epochs, log=lambda s: print(s, file=sys.stderr, flush=True))
     if args.json:
