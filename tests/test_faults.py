@@ -184,8 +184,11 @@ class FreshTrial:
     def __call__(self) -> Running | None:
         mine = [r for r in running(self.url, self.study) if r.worker in self.workers]
         before, self.before = self.before, {r.number for r in mine}
-        fresh = [r for r in mine if before is not None and r.number not in before]
+        fresh = [r for r in mine if before is not None and r.number not in before
+                 and r.number not in self.skip]
         return fresh[0] if fresh else None
+
+    skip: frozenset[int] = frozenset()  # trial numbers not to catch (e.g. queued retries)
 
 
 def assert_clean_exit(proc: Proc, timeout: float) -> str:
@@ -241,6 +244,14 @@ def retry_taken(url: str, study: str, number: int) -> bool:
     return any(json.loads(h)[-1] == number and str(state).removeprefix("TrialState.") != "WAITING" for h, state in rows)
 
 
+def retry_numbers(url: str, study: str) -> list[int]:
+    """Numbers of the trials queued as retries of others (by any reaper or a stopped worker)."""
+    rows = sql(url, "SELECT t.number FROM trial_system_attributes a JOIN trials t ON t.trial_id = a.trial_id "
+                    "JOIN studies s ON s.study_id = t.study_id WHERE s.study_name = :name AND a.key = 'retry_history'",
+               name=study)
+    return [number for (number,) in rows]
+
+
 def records_trials(storage, study: str):
     import optuna
 
@@ -255,7 +266,12 @@ def test_stopped_workers_requeue_their_trials_and_exit_0_promptly(postgres_url, 
                    signal.SIGINT: procs.worker("sigint", "--study", study)}
         targets = {}
         for sig, victim in victims.items():
-            targets[sig] = wait_until(FreshTrial(postgres_url, study, victim), 90,
+            # The second victim may first take the retry the first one queued; catch it in a
+            # trial of its own (a retry stopped again would not be queued a third time:
+            # max_retry is 1).
+            fresh = FreshTrial(postgres_url, study, victim)
+            fresh.skip = frozenset(retry_numbers(postgres_url, study))
+            targets[sig] = wait_until(fresh, 90,
                                       f"the {sig.name} victim in the middle of a trial", list(victims.values()))
             victim.popen.send_signal(sig)
             stopped_at = time.monotonic()
