@@ -246,6 +246,8 @@ class OurLoop:
         finally:
             if worker.heartbeat is not None:
                 worker.heartbeat.stop()
+            if worker.study_storage is not None:
+                worker.study_storage.close()
             if worker.storage is not None:
                 worker.storage.engine.dispose()
 

@@ -145,6 +145,8 @@ def campaign(url: str, name: str, seed: int, trials: list[int], epochs: list[int
             thread.join(timeout=60)
         if worker.heartbeat is not None:
             worker.heartbeat.stop()
+        if worker.study_storage is not None:
+            worker.study_storage.close()
         if worker.storage is not None:
             worker.storage.engine.dispose()
     storage = backend.open_storage(url)
@@ -181,6 +183,8 @@ def single_stage(url: str, name: str, seed: int, sampler: str, pruner: str, budg
             finally:
                 if worker.heartbeat is not None:
                     worker.heartbeat.stop()
+                if worker.study_storage is not None:
+                    worker.study_storage.close()
                 if worker.storage is not None:
                     worker.storage.engine.dispose()
             spent = epochs_spent(storage, [plan.study_name])

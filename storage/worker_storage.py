@@ -9,21 +9,25 @@ Optuna and optuna-dashboard read what it writes as if Optuna had written it) and
 *when* it talks to the database, not what it stores:
 
 * **a snapshot of the study**, read by :meth:`WorkerStorage.sync` in two queries: the trials
-  that are new or unfinished since the last sync, then all their params, attrs, values and
-  intermediate values in one ``UNION ALL``. Samplers and pruners read the snapshot
+  created since the last sync and those it left unfinished, then all their params, attrs,
+  values and intermediate values in one ``UNION ALL``. Samplers and pruners read the snapshot
   (``get_all_trials``) without touching the database. The worker syncs once per trial, under
   the lock it claims trials under, so counting the budget and sampling see every trial
   another worker finished or started; while a trial trains, the snapshot is refreshed at most
   every ``flush_seconds`` (so a long trial is pruned against the trials finished meanwhile);
 * **the worker's own RUNNING trial is written in batches**: its parameters and the sampler's
-  attrs in one transaction when the trial has been sampled (:meth:`WorkerStorage.flush`, under
-  the claim lock, so constant-liar TPE in other workers sees them), its intermediate values and
-  attrs whenever ``flush_seconds`` have passed, and everything left together with its end state
-  in one transaction. Every write is an upsert, so a transaction retried after its answer was
-  lost writes the same rows once. The end state is written only if the trial is still RUNNING;
-  a trial failed under the worker raises ``UpdateFinishedTrialError`` as ``RDBStorage`` does;
-* **trials are created** in one transaction (the study row locked as ``RDBStorage`` locks it,
-  the number counted in the INSERT), and a heartbeat is one upsert.
+  attrs when the trial has been sampled (:meth:`WorkerStorage.flush`, under the claim lock, so
+  constant-liar TPE in other workers sees them), its intermediate values and attrs whenever
+  ``flush_seconds`` have passed, and everything left together with its end state. Each batch
+  is one statement on PostgreSQL (data-modifying CTEs). Every write is an upsert, so a
+  transaction retried after its answer was lost writes the same rows once. The end state is
+  written only if the trial is still RUNNING; a trial failed under the worker raises
+  ``UpdateFinishedTrialError`` as ``RDBStorage`` does;
+* **trials are created** in two statements (the study row locked as ``RDBStorage`` locks it,
+  the number counted in the INSERT), and a heartbeat is one upsert;
+* **a claim is one transaction** (:meth:`WorkerStorage.batch`): on PostgreSQL it can take the
+  workers' lock itself and need not wait for the disk to commit; the worker's thread keeps
+  its connection between transactions (no pool check-out, no ping, per transaction).
 
 Everything else (studies, other trials, stale-trial detection) goes to the wrapped storage.
 The wrapped ``RDBStorage`` is ``_backend`` (as in Optuna's own cache), and ``engine`` is its

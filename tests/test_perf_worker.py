@@ -44,6 +44,8 @@ def _run(url: str, plan, **options) -> Worker:
     finally:
         if worker.heartbeat is not None:
             worker.heartbeat.stop()
+        if worker.study_storage is not None:
+            worker.study_storage.close()
         if worker.storage is not None:
             worker.storage.engine.dispose()
     return worker
