@@ -151,6 +151,11 @@ def _distribution(text: str) -> distributions.BaseDistribution:
     return distributions.json_to_distribution(text)
 
 
+@functools.lru_cache(maxsize=256)
+def _distribution_json(dist: distributions.BaseDistribution) -> str:
+    return distributions.distribution_to_json(dist)
+
+
 def _local(utc: datetime.datetime | str | None) -> datetime.datetime | None:
     """A naive UTC timestamp as stored by Optuna -> naive local time, as Optuna returns it."""
     if utc is None:
@@ -484,6 +489,8 @@ class WorkerStorage(BaseStorage, BaseHeartbeat):
         )
         with self._connection() as conn:
             # The lock RDBStorage takes to number trials, so numbers stay unique with any writer.
+            # Taken here, not when a claim starts: a reaper in the claim queues retries through
+            # RDBStorage on another connection, which takes this lock too.
             if conn.execute(self._sql.text(lock), {"study_id": study_id}).first() is None:
                 raise KeyError(f"No study with study_id {study_id} exists.")
             trial_id, number_ = conn.execute(
@@ -649,7 +656,7 @@ class WorkerStorage(BaseStorage, BaseHeartbeat):
                 known = snap.distributions.get(param_name) if snap else None
                 if known is not None:
                     distributions.check_distribution_compatibility(known, distribution)
-                own.params[param_name] = (param_value_internal, distributions.distribution_to_json(distribution))
+                own.params[param_name] = (param_value_internal, _distribution_json(distribution))
                 own.trial.params[param_name] = distribution.to_external_repr(param_value_internal)
                 own.trial.distributions[param_name] = distribution
                 return
