@@ -220,3 +220,30 @@ def test_a_trial_costs_a_few_statements_whatever_the_epochs(storage_url):
         _run(storage_url, plan, max_trials=20)
     startup = 30  # opening the storage, loading the study, reading it whole, the last claim
     assert (counter.count - startup) / 20 <= 12, counter.count
+
+
+def test_a_claim_reaps_a_stale_trial_and_runs_its_retry(storage_url):
+    """Reaping runs inside the claim (on PostgreSQL inside its transaction, which holds the lock):
+    the stale trial is failed, its retry queued through Optuna's storage on another connection,
+    and the same claim takes that retry -- without waiting on itself."""
+    import threading
+
+    storage, plan, study = _stage(storage_url, "reap", trials=5, epochs=3)
+    params = {"learning_rate": 3e-3, "activation": "relu", "initializer": "he", "batch_norm": True}
+    study.enqueue_trial(params)
+    stale = study.ask()  # RUNNING, as if its worker had died long ago
+    storage.record_heartbeat(stale._trial_id)
+    with storage.engine.begin() as conn:
+        conn.execute(sqlalchemy.text("UPDATE trial_heartbeats SET heartbeat = heartbeat - INTERVAL '1 hour'")
+                     if storage.engine.dialect.name == "postgresql" else
+                     sqlalchemy.text("UPDATE trial_heartbeats SET heartbeat = datetime(heartbeat, '-1 hour')"))
+    done = threading.Event()
+    thread = threading.Thread(target=lambda: (_run(storage_url, plan, max_trials=1), done.set()), daemon=True)
+    thread.start()
+    thread.join(timeout=60)
+    assert done.is_set(), "the claim waited on itself"
+    failed, retry = optuna.load_study(study_name=plan.study_name, storage=storage_url).trials
+    assert failed.state == TrialState.FAIL
+    assert retry.system_attrs["failed_trial"] == failed.number and retry.params == params
+    assert retry.state in (TrialState.COMPLETE, TrialState.PRUNED)
+    storage.engine.dispose()
