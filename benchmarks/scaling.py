@@ -7,10 +7,19 @@ real ``hpo worker`` processes with one BLAS thread each, as ``hpo search`` start
 fresh SQLite file (``--backend postgres`` for PostgreSQL). Throughput is the trials finished
 per minute in the window where every worker was taking trials (from the last worker's first
 trial to the first worker's last): process start-up happens once per worker, not per trial,
-and one worker starting later than the other is not counted against scaling. Runs alternate
-(1 worker, 2 workers, 1, 2, ...) so that load from other jobs on a shared machine falls on
-both; the figure is the median of each. ``ratio`` = 2-worker throughput / 1-worker
-throughput; the issue's target is >= 1.8 on 2 cores, which needs 2 cores free of other work.
+and one worker starting later than the other is not counted against scaling. Round ``r``
+seeds its runs' workers ``1000 r``, ``1000 r + 1``. Runs alternate (1 worker, 2 workers, 1,
+2, ...) so that load from other jobs on a shared machine falls on both; the figure is the
+median of each. ``ratio`` = 2-worker throughput / 1-worker throughput; the issue's target is
+>= 1.8 on 2 cores, which needs 2 cores free of other work.
+
+Two workers do not train the same trials as one: they sample in parallel, and the median
+pruner, which prunes nothing until 5 trials have completed, has twice as many trials under
+way by then, so fewer are pruned after their first epoch and a trial trains longer on
+average. The ratio in training epochs per minute is printed beside it, and a second
+measurement takes that difference away: **same work**, the stage's budget of configurations
+(drawn once, the same in every run) queued, pruning off, so both runs train exactly the same
+trials and the ratio is the workers' parallel efficiency alone.
 
 **16 and 32 workers, stub trainer, one PostgreSQL.** Worker processes (this script run with
 ``--stub-worker``) run the real worker loop with ``benchmarks.common.stub_trainer`` sleeping
@@ -65,13 +74,19 @@ from benchmarks.common import (  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 TARGET_RATIO = 1.8
+# "stage": the default first stage as `hpo search` runs it (each run samples and prunes its own
+# trials); "same work": the same configurations queued, no pruning, so both runs train the same.
+MODES = ("stage", "same work")
 STUB_EPOCHS = 10
 ERROR_MARKERS = ("too many clients", "connection", "OperationalError", "StorageError", "Traceback")
 
 
 # -- part 1: digits, 1 and 2 workers ------------------------------------------------------------
-def digits_run(url: str, workers: int, name: str, timeout: float, trials: int | None = None) -> dict[str, Any]:
-    """One default first stage (``trials``: another budget) with ``workers`` local workers."""
+def digits_run(url: str, workers: int, name: str, timeout: float, trials: int | None = None,
+               seed: int = 0, same_work: bool = False) -> dict[str, Any]:
+    """One default first stage (``trials``: another budget) with ``workers`` local workers,
+    seeded ``seed``, ``seed + 1``, ...; ``same_work``: its budget of fixed configurations
+    queued, no pruning (every run trains exactly the same trials)."""
     import optuna
 
     from hpo.campaign import CampaignSpec
@@ -84,9 +99,15 @@ def digits_run(url: str, workers: int, name: str, timeout: float, trials: int | 
     spec = CampaignSpec(name=name, space=default_space(), stages=1)  # stage 1 of `hpo search`
     if trials:
         spec.trials = [trials]
+    if same_work:
+        spec.pruner = "none"
     plan = spec.plan(1, spec.space)
     records.create_stage(storage, plan)
-    local = LocalWorkers(url, workers, study=plan.study_name, seed=0, blas_threads=1)
+    if same_work:
+        study = optuna.load_study(study_name=plan.study_name, storage=storage)
+        for params in fixed_configurations(spec.space, plan.trials):
+            study.enqueue_trial(params)
+    local = LocalWorkers(url, workers, study=plan.study_name, seed=seed, blas_threads=1)
     try:
         deadline = time.monotonic() + timeout
         while local.running() and time.monotonic() < deadline:
@@ -128,33 +149,43 @@ def digits_run(url: str, workers: int, name: str, timeout: float, trials: int | 
     }
 
 
+def fixed_configurations(space, n: int) -> list[dict[str, Any]]:
+    """``n`` configurations drawn at random from ``space``, the same in every run."""
+    import optuna
+
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=12345))
+    return [study.ask(space.to_distributions()).params for _ in range(n)]
+
+
 def digits_part(backend_name: str, rounds: int, log, trials: int | None = None) -> dict[str, Any]:
-    runs: dict[int, list[dict[str, Any]]] = {1: [], 2: []}
+    runs: dict[str, dict[int, list[dict[str, Any]]]] = {mode: {1: [], 2: []} for mode in MODES}
     with tempfile.TemporaryDirectory(prefix="hpo-scaling-") as folder:
         for r in range(rounds):
-            for n in (1, 2):
-                name = f"scale{n}-{r}"
-                with _database(backend_name, Path(folder), name) as url:
-                    result = digits_run(url, n, name, timeout=600, trials=trials)
-                runs[n].append(result)
-                log(f"digits, {n} worker(s), round {r + 1}: {result.get('trials_per_minute')} trials/min "
-                    f"({result.get('finished_in_window')} of {result['trials']} trials in a "
-                    f"{result.get('window_seconds')} s window)")
-    one = median([r["trials_per_minute"] for r in runs[1] if r.get("trials_per_minute")])
-    two = median([r["trials_per_minute"] for r in runs[2] if r.get("trials_per_minute")])
-    one_e = median([r["epochs_per_minute"] for r in runs[1] if r.get("epochs_per_minute")])
-    two_e = median([r["epochs_per_minute"] for r in runs[2] if r.get("epochs_per_minute")])
-    return {
-        "backend": backend_name,
-        "rounds": rounds,
-        "runs": runs,
-        "one_worker_trials_per_minute": one,
-        "two_workers_trials_per_minute": two,
-        "ratio": round(two / one, 2) if one and two else None,
-        "epochs_ratio": round(two_e / one_e, 2) if one_e and two_e else None,
-        "target_ratio": TARGET_RATIO,
-        "met": bool(one and two and two / one >= TARGET_RATIO),
-    }
+            for mode in MODES:
+                for n in (1, 2):
+                    name = f"scale-{mode}{n}-{r}"
+                    with _database(backend_name, Path(folder), name) as url:
+                        result = digits_run(url, n, name, timeout=600, trials=trials, seed=1000 * r,
+                                            same_work=mode == "same work")
+                    runs[mode][n].append(result)
+                    log(f"digits ({mode}), {n} worker(s), round {r + 1}: {result.get('trials_per_minute')} "
+                        f"trials/min ({result.get('finished_in_window')} of {result['trials']} trials in a "
+                        f"{result.get('window_seconds')} s window)")
+    report: dict[str, Any] = {"backend": backend_name, "rounds": rounds, "target_ratio": TARGET_RATIO}
+    for mode in MODES:
+        one = median([r["trials_per_minute"] for r in runs[mode][1] if r.get("trials_per_minute")])
+        two = median([r["trials_per_minute"] for r in runs[mode][2] if r.get("trials_per_minute")])
+        one_e = median([r["epochs_per_minute"] for r in runs[mode][1] if r.get("epochs_per_minute")])
+        two_e = median([r["epochs_per_minute"] for r in runs[mode][2] if r.get("epochs_per_minute")])
+        report[mode.replace(" ", "_")] = {
+            "runs": runs[mode],
+            "one_worker_trials_per_minute": one,
+            "two_workers_trials_per_minute": two,
+            "ratio": round(two / one, 2) if one and two else None,
+            "epochs_ratio": round(two_e / one_e, 2) if one_e and two_e else None,
+            "met": bool(one and two and two / one >= TARGET_RATIO),
+        }
+    return report
 
 
 # -- part 2: many stub workers on PostgreSQL ----------------------------------------------------
@@ -363,15 +394,19 @@ def print_report(report: dict[str, Any]) -> None:
     print(f"{m['date']}, {m['cpu']}, {m['cores']} cores, Python {m['python']}, Optuna {m['optuna']}\n")
     if "digits" in report:
         d = report["digits"]
-        rows = [{"workers": n, "round": i + 1, "trials": r["trials"], "pruned": r.get("pruned"),
-                 "window s": r.get("window_seconds"), "in window": r.get("finished_in_window"),
-                 "trials/min": r.get("trials_per_minute"), "epochs/min": r.get("epochs_per_minute"),
-                 "train ms": r.get("median_train_ms"), "outside training ms": r.get("median_overhead_ms")}
-                for n in (1, 2) for i, r in enumerate(d["runs"][n])]
-        print_table(rows, list(rows[0]), title=f"digits, default first stage, {d['backend']}")
-        print(f"median trials/min: 1 worker {d['one_worker_trials_per_minute']}, 2 workers "
-              f"{d['two_workers_trials_per_minute']}; ratio {d['ratio']} (target >= {d['target_ratio']}) -> "
-              f"{'PASS' if d['met'] else 'MISS'}; in training epochs per minute: ratio {d['epochs_ratio']}\n")
+        for mode in MODES:
+            part = d[mode.replace(" ", "_")]
+            rows = [{"workers": n, "round": i + 1, "trials": r["trials"], "pruned": r.get("pruned"),
+                     "window s": r.get("window_seconds"), "in window": r.get("finished_in_window"),
+                     "trials/min": r.get("trials_per_minute"), "epochs/min": r.get("epochs_per_minute"),
+                     "train ms": r.get("median_train_ms"), "outside training ms": r.get("median_overhead_ms")}
+                    for n in (1, 2) for i, r in enumerate(part["runs"][n])]
+            title = ("digits, default first stage" if mode == "stage"
+                     else "digits, the same configurations queued, no pruning")
+            print_table(rows, list(rows[0]), title=f"{title}, {d['backend']}")
+            print(f"median trials/min: 1 worker {part['one_worker_trials_per_minute']}, 2 workers "
+                  f"{part['two_workers_trials_per_minute']}; ratio {part['ratio']} (target >= {d['target_ratio']}) -> "
+                  f"{'PASS' if part['met'] else 'MISS'}; in training epochs per minute: ratio {part['epochs_ratio']}\n")
     if "stub" in report:
         rows = []
         for r in report["stub"]:

@@ -282,7 +282,8 @@ class WorkerStorage(BaseStorage, BaseHeartbeat):
         session at once, and on disk with the next synchronous commit of anyone or within a
         fraction of a second; only a crash of the server in between loses it (never a clean
         restart), and then as if the transaction had not run: a trial claimed so is then gone,
-        and writing to it raises ``UpdateFinishedTrialError`` ("no longer exists").
+        and writing to it raises ``UpdateFinishedTrialError`` ("no longer exists"). On SQLite
+        every commit of the worker's own connection is like that (see :meth:`_kept_connection`).
         """
         if getattr(self._local, "conn", None) is not None:
             yield
@@ -322,12 +323,7 @@ class WorkerStorage(BaseStorage, BaseHeartbeat):
         """A transaction on this thread's own connection, kept between transactions: taking one
         from the pool costs a round trip (``pool_pre_ping``) each time. A connection the driver
         reports broken is dropped, and the next transaction opens another."""
-        conn = getattr(self._local, "held", None)
-        if conn is None or conn.closed or conn.invalidated:
-            conn = self.engine.connect()
-            self._local.held = conn
-            with self._lock:
-                self._held.append(conn)
+        conn = self._kept_connection()
         try:
             with conn.begin():
                 yield conn
@@ -335,6 +331,23 @@ class WorkerStorage(BaseStorage, BaseHeartbeat):
             if e.connection_invalidated or conn.invalidated:
                 self._local.held = None
             raise
+
+    def _kept_connection(self) -> sqlalchemy.Connection:
+        """This thread's connection. On SQLite it commits with ``synchronous = NORMAL`` (WAL
+        mode): a commit does not wait for the disk, which the next checkpoint syncs. A crash of
+        a process loses nothing; a crash of the machine can undo the last commits, and then the
+        trials they claimed or finished are RUNNING without a heartbeat (or gone), so they are
+        failed as stale and run again, or their budget taken by new trials."""
+        conn = getattr(self._local, "held", None)
+        if conn is None or conn.closed or conn.invalidated:
+            conn = self.engine.connect()
+            if not self._sql.postgres:
+                conn.exec_driver_sql("PRAGMA synchronous = NORMAL")
+                conn.commit()  # ends SQLAlchemy's autobegun block (the driver began no transaction)
+            self._local.held = conn
+            with self._lock:
+                self._held.append(conn)
+        return conn
 
     def close(self) -> None:
         """Return the connections this storage kept (every thread's) to the pool."""
@@ -382,10 +395,12 @@ class WorkerStorage(BaseStorage, BaseHeartbeat):
         with self._connection() as conn:
             rows = conn.execute(query, params).all()
             with self._lock:
+                # A trial's record changes only while it runs (reports, attrs) and when its state
+                # does: a queued (WAITING) trial is written whole when it is queued.
                 changed = [
                     r for r in rows
                     if (old := snap.by_id.get(r[0])) is None
-                    or not old.state.is_finished()
+                    or old.state == TrialState.RUNNING
                     or old.state.name != _state_name(r[2])
                 ]
             details = self._details(conn, [r[0] for r in changed], study_id if last_id < 0 else None)
@@ -700,14 +715,39 @@ class WorkerStorage(BaseStorage, BaseHeartbeat):
         if own is not None and state.is_finished():
             self._finish(trial_id, own, state, values)
             return True
-        updated = self._backend.set_trial_state_values(trial_id, state, values)
-        if updated and state == TrialState.RUNNING:  # a queued trial this worker now runs
-            frozen = self._backend.get_trial(trial_id)
+        if own is None and state == TrialState.RUNNING and values is None:
+            return self._start_queued(trial_id)
+        return self._backend.set_trial_state_values(trial_id, state, values)
+
+    def _start_queued(self, trial_id: int) -> bool:
+        """WAITING -> RUNNING (a queued trial this worker takes): one guarded UPDATE, as
+        ``RDBStorage`` does it (False if another worker took it first); the trial's record is
+        the snapshot's, read in the same claim."""
+        started = datetime.datetime.now()
+        waiting = self._sql._cast("trials", "state", "'WAITING'")
+        running = self._sql._cast("trials", "state", "'RUNNING'")
+        update = self._sql.text(f"UPDATE trials SET state = {running}, datetime_start = :start "
+                                f"WHERE trial_id = :id AND state = {waiting} RETURNING trial_id")
+        with self._connection() as conn:
+            if conn.execute(update, {"id": trial_id, "start": self._timestamp(started)}).first() is None:
+                state = conn.execute(self._sql.text("SELECT state FROM trials WHERE trial_id = :id"),
+                                     {"id": trial_id}).scalar()
+                if state is None:
+                    raise KeyError(f"No trial with trial_id {trial_id} exists.")
+                if TrialState[_state_name(state)].is_finished():
+                    raise optuna.exceptions.UpdateFinishedTrialError(
+                        f"Trial#{trial_id} has already finished and can not be updated.")
+                return False
+        with self._lock:
+            study_id = next((s for s, snap in self._snapshots.items() if trial_id in snap.by_id), None)
+            known = self._snapshots[study_id].by_id[trial_id] if study_id is not None else None
+        trial = _copy(known) if known is not None else self.read_trial(trial_id)
+        trial.state, trial.datetime_start = TrialState.RUNNING, started
+        if study_id is not None:
             with self._lock:
-                study_id = next((s for s, snap in self._snapshots.items() if trial_id in snap.by_id), None)
-                if study_id is not None:
-                    self._own[trial_id] = _Own(study_id, frozen)
-        return updated
+                self._own[trial_id] = _Own(study_id, trial)
+        self._touch(trial_id)
+        return True
 
     def get_trial(self, trial_id: int) -> FrozenTrial:
         with self._lock:

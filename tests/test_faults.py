@@ -260,7 +260,9 @@ def records_trials(storage, study: str):
 
 # -- 2. SIGTERM / SIGINT -----------------------------------------------------------------------
 def test_stopped_workers_requeue_their_trials_and_exit_0_promptly(postgres_url, tmp_path):
-    study = make_plan(postgres_url, "stop", trials=4, epochs=EPOCHS)
+    # A budget the second victim cannot finish while the first one stops (its trials take
+    # about 0.4 s), so a trial of its own is left to catch it in.
+    study = make_plan(postgres_url, "stop", trials=10, epochs=EPOCHS)
     with Procs(tmp_path, postgres_url) as procs:
         victims = {signal.SIGTERM: procs.worker("sigterm", "--study", study),
                    signal.SIGINT: procs.worker("sigint", "--study", study)}

@@ -2,9 +2,9 @@
 
 Loop: under a lock shared by every worker of the database, fail stale trials (each retried
 once, see ``storage.backend.reap_stale_trials``; looked for at most once per heartbeat
-interval), count the stage's trials, and either take a trial (sampling every parameter in one
-``study.ask`` call, its parameters and first heartbeat written in one transaction before the
-lock is released) or wait; train it with a heartbeat running; store its result. When the
+interval), count the stage's trials, and either take a trial (a queued one or a new one, its
+first heartbeat written in the same transaction) or wait; sample every parameter once the lock
+is released; train it with a heartbeat running; store its result. When the
 stage's budget is met, follow the campaign to its next stage; exit when the campaign is done.
 A worker started before the schema exists waits for it (and for its campaign) instead of
 failing.
@@ -280,8 +280,9 @@ class Worker:
         """
         # One transaction from reading the study to the first heartbeat: a claim that fails
         # half-way leaves nothing behind, and runs again from the start. Its commit does not
-        # wait for the disk: a server crash can undo a claim (then the trial is dropped as lost
-        # when its result is stored), never a result. On PostgreSQL the transaction itself takes
+        # wait for the disk: a crash of the database server can undo a claim (then the trial is
+        # dropped as lost when its result is stored), never a result. (On SQLite no commit of the
+        # worker waits for the disk: see WorkerStorage._kept_connection.) On PostgreSQL the transaction itself takes
         # the lock (the key backend.exclusive locks) and its commit releases it.
         if self.study_storage.postgres:
             lock = contextlib.nullcontext()
@@ -301,15 +302,25 @@ class Worker:
             running = counts.get("RUNNING", 0)
             if finished + running >= plan.trials:
                 return "wait" if running else "stage done"
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                trial = study.ask(fixed_distributions=space.to_distributions())
-            # Named at once, so `hpo health` can say who runs a RUNNING trial; its parameters are
-            # written before the lock is released, so the next worker's sampler sees them.
+            trial = _open_trial(study)
+            # Named at once, so `hpo health` can say who runs a RUNNING trial.
             self.study_storage.set_trial_user_attr(trial._trial_id, "worker", self.options.worker_id)
             self.study_storage.flush(trial._trial_id, heartbeat=True)
         # The trial exists from here on: nothing below may fail the claim and make it ask again.
         self.heartbeat.start(trial._trial_id, beat=False)  # its first beat was written above
+        # Sampling (a millisecond or more of TPE) runs after the lock is released, so other
+        # workers claim meanwhile: holding the lock for it was most of what kept two workers
+        # from finishing twice the trials of one. The sample reads the snapshot synced under
+        # the lock; what another worker samples at the same moment it misses, as any sampler
+        # running in parallel does. The parameters are written at once, for other workers'
+        # constant-liar TPE and for `hpo trials`; if that write fails they go with the next one.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            for name, distribution in space.to_distributions().items():
+                trial._suggest(name, distribution)
+        with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError, *backend.DB_ERRORS):
+            with self.study_storage.batch(durable=False):  # as durable as the claim itself
+                self.study_storage.flush(trial._trial_id)  # failed under us: the first report says so
         return trial
 
     def _run_one(
@@ -429,6 +440,17 @@ class _RetryingTrial:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._trial, name)
+
+def _open_trial(study: optuna.Study) -> optuna.Trial:
+    """``study.ask()`` without its sampling: pop a queued trial or create one, and run the
+    sampler's ``before_trial`` (where GridSampler assigns the grid point, so that stays under
+    the claim lock). TPE and random sampling happen at the first ``trial._suggest``."""
+    study._thread_local.cached_all_trials = None  # as ask does: read the trials afresh
+    trial_id = study._pop_waiting_trial_id()
+    if trial_id is None:
+        trial_id = study._storage.create_new_trial(study._study_id)
+    return optuna.Trial(study, trial_id)
+
 
 def _first_line(error: BaseException) -> str:
     text = str(getattr(error, "orig", None) or error).strip()
