@@ -247,3 +247,39 @@ def test_a_claim_reaps_a_stale_trial_and_runs_its_retry(storage_url):
     assert retry.system_attrs["failed_trial"] == failed.number and retry.params == params
     assert retry.state in (TrialState.COMPLETE, TrialState.PRUNED)
     storage.engine.dispose()
+
+
+def test_a_queued_trial_goes_to_one_worker_with_its_record(storage_url):
+    """Two workers' storages reach for the same queued trial: one takes it (RUNNING, with the
+    parameters and attrs it was queued with), the other is told no, and once it has finished
+    nobody can take it again."""
+    storage, plan, study = _stage(storage_url, "queued", trials=5, epochs=3)
+    params = {"learning_rate": 3e-3, "activation": "tanh", "initializer": "xavier", "batch_norm": False}
+    study.enqueue_trial(params, user_attrs={"why": "the parent's best"})
+    first, second = WorkerStorage(storage), WorkerStorage(storage)
+    mine = optuna.load_study(study_name=plan.study_name, storage=first)
+    theirs = optuna.load_study(study_name=plan.study_name, storage=second)
+    for ws, s in ((first, mine), (second, theirs)):
+        ws.sync(s._study_id)
+    (queued,) = study.trials
+
+    with first.batch():
+        assert first.set_trial_state_values(queued._trial_id, TrialState.RUNNING) is True
+    with second.batch():
+        assert second.set_trial_state_values(queued._trial_id, TrialState.RUNNING) is False
+    taken = storage.get_trial(queued._trial_id)
+    assert taken.state == TrialState.RUNNING and queued.datetime_start is None and taken.datetime_start is not None
+    trial = optuna.Trial(mine, queued._trial_id)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for name, dist in SPACE.to_distributions().items():
+            trial._suggest(name, dist)
+        mine.tell(trial, 0.9)
+    done = storage.get_trial(queued._trial_id)
+    assert done.state == TrialState.COMPLETE and done.params == params
+    assert done.user_attrs == {"why": "the parent's best"} and done.datetime_start == taken.datetime_start
+    with second.batch(), pytest.raises(optuna.exceptions.UpdateFinishedTrialError):
+        second.set_trial_state_values(queued._trial_id, TrialState.RUNNING)
+    for ws in (first, second):
+        ws.close()
+    storage.engine.dispose()
