@@ -1,7 +1,10 @@
-"""The training benchmarks run end to end (``--quick --json``) and print every figure they promise.
+"""The benchmarks run end to end (``--quick --json``) and print every figure they promise.
 
 No timing or accuracy is asserted: the quick runs are too short to mean anything, and
-benchmarks report figures rather than pass tests (see docs/benchmarks.md).
+benchmarks report figures rather than pass tests (see docs/benchmarks.md). What a quick run
+does check is what must hold at any speed: the worker loop's pruning works, many workers on
+one PostgreSQL finish their budget without errors or duplicate trial numbers, and the
+search-quality budgets are kept.
 """
 
 import json
@@ -11,6 +14,8 @@ from pathlib import Path
 
 
 import pytest
+
+from benchmarks.common import postgres_available
 
 BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 SCRIPTS = ("train_speed.py", "accuracy.py")
@@ -76,3 +81,56 @@ def test_accuracy_quick_json_has_per_seed_and_summary_figures(reports):
         assert 0 <= summary["min"] <= summary["median"] <= summary["max"] <= 1
     for key in ("ours_config", "ours_minus_sklearn_median", "target_pass", "test_size", "versions"):
         assert key in report
+
+
+def _quick(script: str, *args: str, timeout: float = 600) -> dict:
+    process = subprocess.run([sys.executable, str(BENCHMARKS / script), "--quick", "--json", *args],
+                             capture_output=True, text=True, timeout=timeout)
+    assert process.returncode == 0, process.stderr[-3000:]
+    return json.loads(process.stdout)
+
+
+def test_overhead_quick_json_compares_both_loops_with_pruning_working():
+    report = _quick("overhead.py")
+    backends = {"sqlite", "postgres"} if postgres_available() else {"sqlite"}
+    assert {r["backend"] for r in report["results"]} == backends
+    for r in report["results"]:
+        ours, plain = r["ours"], r["plain"]
+        assert ours["trials"] == plain["trials"] == report["measured_trials"]
+        assert ours["pruned"] > 0 and plain["pruned"] > 0, r  # the median pruner prunes in both loops
+        assert ours["statements_per_trial"] < plain["statements_per_trial"], r
+        assert ours["median_ms"] > 0 and plain["median_ms"] > 0 and r["ratio"] > 0
+        assert ours["recorded_overhead_ms"] is not None and plain["recorded_overhead_ms"] is None
+    assert "targets" in report
+
+
+def test_scaling_quick_json_many_workers_finish_their_budget_cleanly():
+    report = _quick("scaling.py")
+    for mode in ("stage", "same_work"):
+        part = report["digits"][mode]
+        for n in ("1", "2"):
+            (run,) = part["runs"][n]
+            assert run["trials"] == 60 and run["workers_seen"] == int(n) and not run["failed"], run
+        assert part["ratio"] > 0 and part["epochs_ratio"] > 0
+    if not postgres_available():
+        assert "stub" not in report
+        return
+    assert [r["workers"] for r in report["stub"]] == [8, 16]
+    for r in report["stub"]:
+        assert r["finished"] == r["budget"], r
+        assert r["duplicate_numbers"] == 0 and r["error_lines"] == 0 and r["exit_codes"] == [0], r
+        assert r["states"]["RUNNING"] == r["states"]["WAITING"] == 0, r
+        for op in ("claim", "store"):
+            assert r["latency_ms"][op]["median"] <= r["latency_ms"][op]["p99"]
+
+
+def test_search_quality_quick_json_keeps_every_budget():
+    report = _quick("search_quality.py")
+    (row,) = report["per_seed"]
+    budget = row["c2f"]["epochs"]
+    assert row["c2f-half"]["epochs"] <= budget // 2
+    for method in ("random", "tpe"):
+        assert budget - report["schedule"]["single_stage_epochs"] < row[method]["epochs"] <= budget, row
+    for method in ("c2f", "c2f-half", "random", "tpe"):
+        assert 0 < row[method]["val_accuracy"] <= 1 and 0 < row[method]["test_accuracy"] <= 1
+    assert set(report["targets"]) >= {"c2f_at_least_as_good_val", "half_budget_fraction", "half_reaches_others_test"}

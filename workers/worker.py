@@ -319,8 +319,7 @@ class Worker:
             for name, distribution in space.to_distributions().items():
                 trial._suggest(name, distribution)
         with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError, *backend.DB_ERRORS):
-            with self.study_storage.batch(durable=False):  # as durable as the claim itself
-                self.study_storage.flush(trial._trial_id)  # failed under us: the first report says so
+            self.study_storage.flush_alone(trial._trial_id)  # failed under us: the first report says so
         return trial
 
     def _run_one(
