@@ -761,13 +761,11 @@ class WorkerStorage(BaseStorage, BaseHeartbeat):
                     raise optuna.exceptions.UpdateFinishedTrialError(
                         f"Trial#{trial_id} has already finished and can not be updated.")
                 return False
-        with self._lock:
+        with self._lock:  # owned from here on (a trial no snapshot holds is written through)
             study_id = next((s for s, snap in self._snapshots.items() if trial_id in snap.by_id), None)
-            known = self._snapshots[study_id].by_id[trial_id] if study_id is not None else None
-        trial = _copy(known) if known is not None else self.read_trial(trial_id)
-        trial.state, trial.datetime_start = TrialState.RUNNING, started
-        if study_id is not None:
-            with self._lock:
+            if study_id is not None:
+                trial = _copy(self._snapshots[study_id].by_id[trial_id])
+                trial.state, trial.datetime_start = TrialState.RUNNING, started
                 self._own[trial_id] = _Own(study_id, trial)
         self._touch(trial_id)
         return True

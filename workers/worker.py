@@ -274,16 +274,17 @@ class Worker:
     def _claim_trial(self, study: optuna.Study, plan: StagePlan, space: SearchSpace):
         """Under the database-wide lock: reap stale trials, then take a trial, or say why not.
 
-        Counting and asking under one lock is what makes a stage finish its budget exactly with
-        many workers, and keeps SQLite (which ignores SELECT ... FOR UPDATE) from handing one
-        queued trial to two workers.
+        Counting and opening the trial under one lock is what makes a stage finish its budget
+        exactly with many workers, and keeps SQLite (which ignores SELECT ... FOR UPDATE) from
+        handing one queued trial to two workers. The parameters are sampled after the lock.
         """
         # One transaction from reading the study to the first heartbeat: a claim that fails
         # half-way leaves nothing behind, and runs again from the start. Its commit does not
         # wait for the disk: a crash of the database server can undo a claim (then the trial is
-        # dropped as lost when its result is stored), never a result. (On SQLite no commit of the
-        # worker waits for the disk: see WorkerStorage._kept_connection.) On PostgreSQL the transaction itself takes
-        # the lock (the key backend.exclusive locks) and its commit releases it.
+        # dropped as lost when its result is stored), never a result (on SQLite no commit of the
+        # worker waits for the disk: see WorkerStorage._kept_connection). On PostgreSQL the
+        # transaction itself takes the lock (the key backend.exclusive locks) and its commit
+        # releases it.
         if self.study_storage.postgres:
             lock = contextlib.nullcontext()
             claim = self.study_storage.batch(durable=False, lock=backend.lock_key(plan.study_name))
@@ -307,7 +308,6 @@ class Worker:
             self.study_storage.set_trial_user_attr(trial._trial_id, "worker", self.options.worker_id)
             self.study_storage.flush(trial._trial_id, heartbeat=True)
         # The trial exists from here on: nothing below may fail the claim and make it ask again.
-        self.heartbeat.start(trial._trial_id, beat=False)  # its first beat was written above
         # Sampling (a millisecond or more of TPE) runs after the lock is released, so other
         # workers claim meanwhile: holding the lock for it was most of what kept two workers
         # from finishing twice the trials of one. The sample reads the snapshot synced under
@@ -320,6 +320,7 @@ class Worker:
                 trial._suggest(name, distribution)
         with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError, *backend.DB_ERRORS):
             self.study_storage.flush_alone(trial._trial_id)  # failed under us: the first report says so
+        self.heartbeat.start(trial._trial_id, beat=False)  # its first beat was written in the claim
         return trial
 
     def _run_one(
@@ -439,6 +440,7 @@ class _RetryingTrial:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._trial, name)
+
 
 def _open_trial(study: optuna.Study) -> optuna.Trial:
     """``study.ask()`` without its sampling: pop a queued trial or create one, and run the
