@@ -332,3 +332,29 @@ def test_large_init_saturates_tanh(data):
                     X_train, y_train, X_val, y_val).diagnostics["layers"]
     assert min(layer["saturation_fraction"] for layer in saturated) > 0.5
     assert max(layer["saturation_fraction"] for layer in healthy) < 0.2
+
+
+def test_trials_on_the_same_data_share_one_fit_of_the_preprocessing(monkeypatch):
+    """A worker fits a stage's preprocessing once per dataset and kind, not once per trial, and
+    a trial scores exactly what it scores with a fit of its own."""
+    import workers.run as run
+    from workers.data.datasets import load_dataset
+
+    dataset = load_dataset("digits", seed=3)
+    fits = []
+    real_fit = run.fit_preprocessor
+    monkeypatch.setattr(run, "fit_preprocessor", lambda *a, **k: fits.append(a[0]) or real_fit(*a, **k))
+    run._preprocessed_holdout.cache_clear()
+    configs = [TrainConfig(epochs=2, seed=s, preprocessing="pca_whiten", pca_components=0.99) for s in (0, 1)]
+    scores = [run.fit_and_score(c, dataset).value for c in configs]
+    assert fits == ["pca_whiten"]  # the second trial reused the first one's fit
+    run.fit_and_score(TrainConfig(epochs=2, preprocessing="center"), dataset)
+    assert fits == ["pca_whiten", "center"]
+
+    X_train, X_val = run._preprocessed_holdout(dataset, "pca_whiten", 0.99, "float32")
+    assert not X_train.flags.writeable and not X_val.flags.writeable
+    for config, score in zip(configs, scores):  # as if each trial had fitted its own
+        own_train, own_val = run.preprocess(config, dataset.X_train, dataset.X_val)
+        result = train(config, own_train, dataset.y_train, own_val, dataset.y_val)
+        assert result.val_accuracy == score
+    run._preprocessed_holdout.cache_clear()
