@@ -36,7 +36,7 @@ the snapshot refresh; ``sql: create trial``; ``sql: write trial`` a batch of the
 
 Usage::
 
-    python benchmarks/scaling.py                 # both parts (~4-6 min on 2 busy cores)
+    python benchmarks/scaling.py                 # both parts (~3 min on 2 cores)
     python benchmarks/scaling.py --quick         # a smoke run: one round, 8 and 16 stub workers
     python benchmarks/scaling.py --part digits   # or --part stub
     python benchmarks/scaling.py --json          # one JSON object with every figure

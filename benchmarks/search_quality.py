@@ -29,7 +29,7 @@ seed gives the same search every time.
 
 Usage::
 
-    python benchmarks/search_quality.py            # 5 seeds (~3-6 min on 2 busy cores)
+    python benchmarks/search_quality.py            # 5 seeds (~1-2 min on 2 cores)
     python benchmarks/search_quality.py --seeds 3  # fewer seeds
     python benchmarks/search_quality.py --quick    # a smoke run: 1 seed, a small schedule
     python benchmarks/search_quality.py --json     # one JSON object with every figure
