@@ -163,7 +163,7 @@ def digits_part(backend_name: str, rounds: int, log, trials: int | None = None) 
         for r in range(rounds):
             for mode in MODES:
                 for n in (1, 2):
-                    name = f"scale-{mode}{n}-{r}"
+                    name = f"scale-{mode.replace(' ', '-')}{n}-{r}"
                     with _database(backend_name, Path(folder), name) as url:
                         result = digits_run(url, n, name, timeout=600, trials=trials, seed=1000 * r,
                                             same_work=mode == "same work")
