@@ -410,7 +410,6 @@ def print_report(report: dict[str, Any]) -> None:
     if "stub" in report:
         rows = []
         for r in report["stub"]:
-            lat = r["latency_ms"]
             rows.append({
                 "workers": r["workers"], "finished/budget": f"{r['finished']}/{r['budget']}",
                 "trials/min": r["trials_per_minute"], "exit codes": r["exit_codes"],

@@ -287,7 +287,7 @@ def run_campaign(url: str, spec: CampaignSpec, progress: Progress, *, workers: i
             plan = plans[-1]
             progress.stage_started(plan, resumed)
             status = records.study_attrs(storage, plan.study_name).get(records.STATUS_ATTR)
-            counts = wait_for_stage(storage, url, plan, progress, local)
+            wait_for_stage(storage, url, plan, progress, local)
             if status != "done":
                 close_stage(storage, plan)
             summaries = [stage_summary(storage, p) for p in plans]

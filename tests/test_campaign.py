@@ -10,7 +10,7 @@ import optuna
 import pytest
 
 from hpo.campaign import CampaignSpec, final_evaluation, run_campaign
-from storage import backend, records
+from storage import backend
 from tests.helpers import duplicate_trial_numbers, make_stage, states, worker_env
 from workers.space import SearchSpace, build_space
 
