@@ -12,12 +12,15 @@ Optuna and optuna-dashboard read what it writes as if Optuna had written it) and
   created since the last sync and those it left unfinished, then all their params, attrs,
   values and intermediate values in one ``UNION ALL``. Samplers and pruners read the snapshot
   (``get_all_trials``) without touching the database. The worker syncs once per trial, under
-  the lock it claims trials under, so counting the budget and sampling see every trial
-  another worker finished or started; while a trial trains, the snapshot is refreshed at most
-  every ``flush_seconds`` (so a long trial is pruned against the trials finished meanwhile);
-* **the worker's own RUNNING trial is written in batches**: its parameters and the sampler's
-  attrs when the trial has been sampled (:meth:`WorkerStorage.flush`, under the claim lock, so
-  constant-liar TPE in other workers sees them), its intermediate values and attrs whenever
+  the lock it claims trials under, so counting the budget and the sampling right after see
+  every trial another worker finished or started (a queued trial, written whole when it was
+  queued, is not read again while it waits); while a trial trains, the snapshot is
+  refreshed at most every ``flush_seconds`` (so a long trial is pruned against the trials
+  finished meanwhile);
+* **the worker's own RUNNING trial is written in batches**: the sampler's attrs with the
+  claim, its parameters as soon as they are sampled, after the claim lock is released
+  (:meth:`WorkerStorage.flush_alone`: one autocommit statement on PostgreSQL), so that
+  constant-liar TPE in other workers sees them; its intermediate values and attrs whenever
   ``flush_seconds`` have passed, and everything left together with its end state. Each batch
   is one statement on PostgreSQL (data-modifying CTEs). Every write is an upsert, so a
   transaction retried after its answer was lost writes the same rows once. The end state is
@@ -25,9 +28,12 @@ Optuna and optuna-dashboard read what it writes as if Optuna had written it) and
   ``UpdateFinishedTrialError`` as ``RDBStorage`` does;
 * **trials are created** in two statements (the study row locked as ``RDBStorage`` locks it,
   the number counted in the INSERT), and a heartbeat is one upsert;
+* **a queued trial is taken** with one guarded ``UPDATE`` (WAITING -> RUNNING), its record
+  taken from the snapshot;
 * **a claim is one transaction** (:meth:`WorkerStorage.batch`): on PostgreSQL it can take the
   workers' lock itself and need not wait for the disk to commit; the worker's thread keeps
-  its connection between transactions (no pool check-out, no ping, per transaction).
+  its connection between transactions (no pool check-out, no ping, per transaction). On
+  SQLite that connection commits without waiting for the disk (see ``_kept_connection``).
 
 Everything else (studies, other trials, stale-trial detection) goes to the wrapped storage.
 The wrapped ``RDBStorage`` is ``_backend`` (as in Optuna's own cache), and ``engine`` is its

@@ -18,8 +18,9 @@ are read from the registries (``ACTIVATIONS``, ``INITIALIZERS``, ``OPTIMIZERS``,
 ``PREPROCESSING``), so the space can never offer a name the trainer does not know.
 
 A worker turns the whole space into Optuna distributions at once
-(``space.to_distributions()``) and samples them in one ``study.ask(fixed_distributions=...)``
-call, then ``space.to_train_kwargs(trial.params)`` gives the ``TrainConfig`` keyword
+(``space.to_distributions()``) and suggests each of them on a new trial, as
+``study.ask(fixed_distributions=...)`` does (the first suggestion samples them all in one
+relative-sampling call), then ``space.to_train_kwargs(trial.params)`` gives the ``TrainConfig`` keyword
 arguments. ``epochs`` and ``seed`` are not search parameters: each stage of a campaign
 trains for a fixed number of epochs, and each trial's seed comes from the stage seed.
 
@@ -632,7 +633,7 @@ class SearchSpace(Mapping[str, ParamSpec]):
 
     # for workers -----------------------------------------------------------------
     def to_distributions(self) -> dict[str, BaseDistribution]:
-        """One Optuna distribution per parameter, for ``study.ask(fixed_distributions=...)``."""
+        """One Optuna distribution per parameter, as ``study.ask(fixed_distributions=...)`` takes them."""
         return {name: spec.to_distribution() for name, spec in self.items()}
 
     def contains(self, params: Mapping[str, Any]) -> bool:
