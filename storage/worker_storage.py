@@ -130,14 +130,19 @@ class _Statements:
                   if finish else f"state = {running}")
         return f"UPDATE trials SET {change} WHERE trial_id = :g_trial_id AND state = {running} RETURNING trial_id"
 
-    def combined(self, parts: list[str], guard: str | None) -> sqlalchemy.TextClause:
-        """One statement of data-modifying CTEs (PostgreSQL): the guard's row count, else 1."""
-        key = ("combined", tuple(parts), guard)
+    def combined(self, parts: list[str], guard: str | None, *, alone: bool = False) -> sqlalchemy.TextClause:
+        """One statement of data-modifying CTEs (PostgreSQL): the guard's row count, else 1.
+
+        ``alone``: the statement is its own transaction (autocommit), so no rollback can take
+        back its writes when the guard matched nothing: then it divides by zero instead, and
+        the error undoes the whole statement.
+        """
+        key = ("combined", tuple(parts), guard, alone)
         if key not in self._cache:
             ctes = [f"w{i} AS ({sql})" for i, sql in enumerate(parts)]
             if guard is not None:
                 ctes.append(f"g AS ({guard})")
-            tail = "SELECT COUNT(*) FROM g" if guard is not None else "SELECT 1"
+            tail = "SELECT 1" if guard is None else "SELECT 1 / COUNT(*) FROM g" if alone else "SELECT COUNT(*) FROM g"
             self._cache[key] = sqlalchemy.text(f"WITH {', '.join(ctes)} {tail}")
         return self._cache[key]
 
@@ -530,7 +535,8 @@ class WorkerStorage(BaseStorage, BaseHeartbeat):
     def flush_alone(self, trial_id: int) -> None:
         """:meth:`flush` outside a batch, in as few round trips as the database allows: on
         PostgreSQL the flush is one statement, run as its own transaction (autocommit), so
-        no BEGIN and COMMIT go to the server apart from it."""
+        no BEGIN and COMMIT go to the server apart from it. A trial failed under the worker
+        meanwhile gets none of it, as in a transaction (``UpdateFinishedTrialError``)."""
         if not self._sql.postgres or getattr(self._local, "conn", None) is not None:
             self.flush(trial_id)
             return
@@ -538,7 +544,7 @@ class WorkerStorage(BaseStorage, BaseHeartbeat):
         conn.execution_options(isolation_level="AUTOCOMMIT")
         self._local.conn = conn
         try:
-            self.flush(trial_id)
+            self.flush(trial_id, _alone=True)
         finally:
             self._local.conn = None
             try:
@@ -550,7 +556,7 @@ class WorkerStorage(BaseStorage, BaseHeartbeat):
                 with contextlib.suppress(sqlalchemy.exc.SQLAlchemyError):
                     conn.invalidate()
 
-    def flush(self, trial_id: int, *, heartbeat: bool = False) -> None:
+    def flush(self, trial_id: int, *, heartbeat: bool = False, _alone: bool = False) -> None:
         """Write what the trial holds unwritten (and a heartbeat) in one transaction."""
         with self._lock:
             own = self._own.get(trial_id)
@@ -567,7 +573,7 @@ class WorkerStorage(BaseStorage, BaseHeartbeat):
             # A trial created by this claim cannot have been finished by anyone: every reaper
             # holds the claim lock. Any other may have been (this worker's beat was late).
             guard = None if own.fresh else (self._sql.guard(False), {"g_trial_id": trial_id})
-            if self._run(conn, writes, guard) == 0:
+            if self._run(conn, writes, guard, alone=_alone) == 0:
                 self._refuse(conn, trial_id)  # raising rolls the transaction back
         own.fresh = False
         self._written(own, pending)
@@ -644,11 +650,13 @@ class WorkerStorage(BaseStorage, BaseHeartbeat):
             own.written_at = time.monotonic()
 
     def _run(self, conn: sqlalchemy.Connection, writes: list[tuple[str, dict[str, Any]]],
-             guard: tuple[str, dict[str, Any]] | None = None) -> int | None:
+             guard: tuple[str, dict[str, Any]] | None = None, *, alone: bool = False) -> int | None:
         """Execute ``writes`` and ``guard`` (an UPDATE ... RETURNING; its row count is returned).
 
         On PostgreSQL they go as one statement (data-modifying CTEs): one round trip, all or
         nothing. SQLite runs them in turn (in-process, a round trip costs nothing there).
+        ``alone`` (PostgreSQL, outside a transaction): a guard that matches nothing writes
+        nothing either (see :meth:`_Statements.combined`), and 0 is returned.
         """
         if self._sql.postgres and len(writes) + (guard is not None) > 1:
             binds: dict[str, Any] = {}
@@ -656,8 +664,13 @@ class WorkerStorage(BaseStorage, BaseHeartbeat):
                 binds.update(b)
             if guard is not None:
                 binds.update(guard[1])
-            statement = self._sql.combined([sql for sql, _ in writes], guard[0] if guard else None)
-            count = conn.execute(statement, binds).scalar()
+            statement = self._sql.combined([sql for sql, _ in writes], guard[0] if guard else None, alone=alone)
+            try:
+                count = conn.execute(statement, binds).scalar()
+            except sqlalchemy.exc.DataError as e:
+                if alone and getattr(e.orig, "sqlstate", None) == "22012":  # division_by_zero: the guard's 1 / 0
+                    return 0
+                raise
             return count if guard is not None else None
         count = len(conn.execute(self._sql.text(guard[0]), guard[1]).all()) if guard is not None else None
         for sql, b in writes:

@@ -283,3 +283,31 @@ def test_a_queued_trial_goes_to_one_worker_with_its_record(storage_url):
     for ws in (first, second):
         ws.close()
     storage.engine.dispose()
+
+
+def test_parameters_sampled_for_a_trial_failed_meanwhile_are_not_written(storage_url):
+    """The parameters go out after the claim, on PostgreSQL as one autocommit statement: if the
+    trial was failed in between (a reaper, its worker frozen), none of them land on it."""
+    storage, plan, _ = _stage(storage_url, "alone", trials=5, epochs=3)
+    ours = WorkerStorage(storage)
+    study = optuna.load_study(study_name=plan.study_name, storage=ours)
+    with ours.batch():
+        ours.sync(study._study_id)
+        trial = optuna.Trial(study, study._storage.create_new_trial(study._study_id))
+        ours.flush(trial._trial_id, heartbeat=True)
+    storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)  # a reaper, say
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for name, dist in SPACE.to_distributions().items():
+            trial._suggest(name, dist)
+    with pytest.raises(optuna.exceptions.UpdateFinishedTrialError):
+        ours.flush_alone(trial._trial_id)
+    failed = storage.get_trial(trial._trial_id)
+    assert failed.state == TrialState.FAIL and failed.params == {}
+    ours.flush_alone(trial._trial_id)  # no longer its own: nothing left to write, no error
+    fresh = optuna.Trial(study, study._storage.create_new_trial(study._study_id))  # the connection still works
+    fresh.suggest_float("learning_rate", 1e-4, 1e-1, log=True)
+    ours.flush_alone(fresh._trial_id)
+    assert set(storage.get_trial(fresh._trial_id).params) == {"learning_rate"}
+    ours.close()
+    storage.engine.dispose()
