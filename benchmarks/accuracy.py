@@ -45,12 +45,12 @@ from typing import Any
 
 import numpy as np
 
-try:  # allow `python benchmarks/accuracy.py` from a checkout that is not installed
-    import workers  # noqa: F401
-except ImportError:  # pragma: no cover
+if __package__ in (None, ""):  # run as a script: the checkout's root holds benchmarks/ and workers/
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from threadpoolctl import threadpool_limits  # noqa: E402
+
+from benchmarks.common import torch_missing  # noqa: E402
 
 from workers.data.datasets import load_dataset  # noqa: E402
 from workers.run import fit_and_score, preprocess, train_and_test  # noqa: E402
@@ -187,14 +187,6 @@ def torch_mlp(seed: int, epochs: int | None = None) -> dict[str, Any]:
 # The benchmark and the search behind the defaults
 # ---------------------------------------------------------------------------------------
 
-def _torch_missing() -> str | None:
-    try:
-        import torch  # noqa: F401
-    except Exception as e:  # noqa: BLE001 - any import failure means "no torch column"
-        return f"{type(e).__name__}: {e}"
-    return None
-
-
 def _spread(values: list[float]) -> dict[str, float]:
     return {"median": statistics.median(values), "min": min(values), "max": max(values),
             "mean": statistics.fmean(values)}
@@ -204,10 +196,10 @@ def run(seeds: int, quick: bool) -> dict[str, Any]:
     """Every method on every seed -> one JSON-ready dict."""
     import sklearn
 
-    torch_missing = _torch_missing()
+    no_torch = torch_missing()
     epochs = 3 if quick else None
     methods = {"ours": lambda s: ours(s, epochs), "sklearn": lambda s: sklearn_mlp(s, epochs)}
-    if torch_missing is None:
+    if no_torch is None:
         import torch
 
         torch.set_num_threads(1)
@@ -234,9 +226,9 @@ def run(seeds: int, quick: bool) -> dict[str, Any]:
         "cli_defaults_match": not mismatches,
         "cli_default_mismatches": mismatches,
         "versions": {"numpy": np.__version__, "sklearn": sklearn.__version__,
-                     "torch": None if torch_missing else __import__("torch").__version__,
+                     "torch": None if no_torch else __import__("torch").__version__,
                      "python": ".".join(map(str, sys.version_info[:3]))},
-        "torch_missing": torch_missing,
+        "torch_missing": no_torch,
         "per_seed": per_seed,
         "test_accuracy": summary,
         "ours_minus_sklearn_median": summary["ours"]["median"] - summary["sklearn"]["median"],

@@ -157,6 +157,32 @@ def sqlite_database(folder: Path, name: str) -> Iterator[str]:
 
 
 # -- counting SQL statements -----------------------------------------------------------------
+@contextlib.contextmanager
+def database(backend_name: str, folder: Path, name: str, prefix: str = "hpo_bench") -> Iterator[str]:
+    """A fresh database: ``postgres`` (a throwaway one, see :func:`postgres_database`) or a
+    SQLite file ``name`` in ``folder``."""
+    if backend_name == "postgres":
+        with postgres_database(prefix) as url:
+            yield url
+    else:
+        with sqlite_database(folder, name) as url:
+            yield url
+
+
+def ms(seconds: float | None) -> float | None:
+    """Seconds -> milliseconds, rounded for a table (None stays None)."""
+    return None if seconds is None else round(1000 * seconds, 2)
+
+
+def torch_missing() -> str | None:
+    """None if PyTorch can be imported, else the reason it cannot (its column is left out)."""
+    try:
+        import torch  # noqa: F401
+    except Exception as e:  # noqa: BLE001 - any import failure means "no torch column"
+        return f"{type(e).__name__}: {e}"
+    return None
+
+
 class StatementCounter:
     """Counts the SQL statements every engine of this process sends while it is installed."""
 

@@ -43,7 +43,6 @@ Targets (issue): ours <= 15 ms median on PostgreSQL at H = 1000, and >= 6x less 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import cProfile
 import io
 import logging
@@ -64,14 +63,14 @@ import optuna  # noqa: E402
 
 from benchmarks.common import (  # noqa: E402
     StatementCounter,
+    database,
     dump_json,
     machine,
     median,
+    ms,
     percentile,
     postgres_available,
-    postgres_database,
     print_table,
-    sqlite_database,
     stub_trainer,
 )
 from hpo.campaign import CampaignSpec  # noqa: E402
@@ -350,14 +349,14 @@ def _figures(clock: TrainClock, measured: list, prof: cProfile.Profile | None) -
     figures = {
         "trials": len(measured),
         "timed": len(per_trial),
-        "median_ms": _ms(median(per_trial)),
-        "p90_ms": _ms(percentile(per_trial, 90)),
-        "mean_ms": _ms(sum(per_trial) / len(per_trial)) if per_trial else None,
-        "train_ms": _ms(median(clock.train)),
+        "median_ms": ms(median(per_trial)),
+        "p90_ms": ms(percentile(per_trial, 90)),
+        "mean_ms": ms(sum(per_trial) / len(per_trial)) if per_trial else None,
+        "train_ms": ms(median(clock.train)),
         "statements_per_trial": round(clock.statements(), 1) if clock.statements() is not None else None,
         "pruned": states.count("PRUNED"),
         "complete": states.count("COMPLETE"),
-        "recorded_overhead_ms": _ms(median(recorded)),  # the worker's own timings attr (hpo health)
+        "recorded_overhead_ms": ms(median(recorded)),  # the worker's own timings attr (hpo health)
     }
     if prof is not None:
         text = io.StringIO()
@@ -366,21 +365,7 @@ def _figures(clock: TrainClock, measured: list, prof: cProfile.Profile | None) -
     return figures
 
 
-def _ms(seconds: float | None) -> float | None:
-    return None if seconds is None else round(1000 * seconds, 2)
-
-
 # -- the run -----------------------------------------------------------------------------------
-@contextlib.contextmanager
-def database(backend_name: str, folder: Path, name: str):
-    if backend_name == "postgres":
-        with postgres_database("hpo_bench_overhead") as url:
-            yield url
-    else:
-        with sqlite_database(folder, name) as url:
-            yield url
-
-
 def run(backends: list[str], histories: list[int], trials: int, profile: bool, block: int = 10,
         log=print) -> dict[str, Any]:
     space = default_space()
@@ -395,8 +380,8 @@ def run(backends: list[str], histories: list[int], trials: int, profile: bool, b
         for backend_name in backends:
             for h in histories:
                 row: dict[str, Any] = {"backend": backend_name, "history": h}
-                with database(backend_name, Path(folder), f"plain-{h}") as plain_url, \
-                        database(backend_name, Path(folder), f"ours-{h}") as ours_url:
+                with database(backend_name, Path(folder), f"plain-{h}", "hpo_bench_overhead") as plain_url, \
+                        database(backend_name, Path(folder), f"ours-{h}", "hpo_bench_overhead") as ours_url:
                     loops = [PlainLoop(plain_url, pasts["plain"][h], space),
                              OurLoop(ours_url, pasts["ours"][h], space, trials)]
                     try:

@@ -61,14 +61,15 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.common import (  # noqa: E402
+    database,
     dump_json,
     machine,
     median,
+    ms,
     percentile,
     postgres_available,
     postgres_database,
     print_table,
-    sqlite_database,
 )
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -163,7 +164,7 @@ def digits_part(backend_name: str, rounds: int, log, trials: int | None = None) 
             for mode in MODES:
                 for n in (1, 2):
                     name = f"scale-{mode.replace(' ', '-')}{n}-{r}"
-                    with _database(backend_name, Path(folder), name) as url:
+                    with database(backend_name, Path(folder), name, "hpo_bench_scaling") as url:
                         result = digits_run(url, n, name, timeout=600, trials=trials, seed=1000 * r,
                                             same_work=mode == "same work")
                     runs[mode][n].append(result)
@@ -349,7 +350,7 @@ def stub_run(workers: int, per_worker: int, epoch_seconds: float, log) -> dict[s
         "retried_db_errors": sum(text.count("database error while trying to") for text in logs),
         "peak_connections": peak,
         "latency_ms": {
-            op: {"n": len(v), "median": _ms(median(v)), "p99": _ms(percentile(v, 99))} for op, v in timings.items()
+            op: {"n": len(v), "median": ms(median(v)), "p99": ms(percentile(v, 99))} for op, v in timings.items()
         },
     }
 
@@ -371,20 +372,6 @@ def _watch_connections(url: str, procs: list) -> int:
     finally:
         engine.dispose()
     return peak
-
-
-def _ms(seconds: float | None) -> float | None:
-    return None if seconds is None else round(1000 * seconds, 2)
-
-
-@contextlib.contextmanager
-def _database(backend_name: str, folder: Path, name: str):
-    if backend_name == "postgres":
-        with postgres_database("hpo_bench_scaling") as url:
-            yield url
-    else:
-        with sqlite_database(folder, name) as url:
-            yield url
 
 
 # -- the run -----------------------------------------------------------------------------------

@@ -55,13 +55,12 @@ from typing import Any
 
 import numpy as np
 
-try:  # allow `python benchmarks/train_speed.py` from a checkout that is not installed
-    import workers  # noqa: F401
-except ImportError:  # pragma: no cover
+if __package__ in (None, ""):  # run as a script: the checkout's root holds benchmarks/ and workers/
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from threadpoolctl import threadpool_info, threadpool_limits  # noqa: E402
 
+from benchmarks.common import torch_missing  # noqa: E402
 from workers.train import TrainConfig, train  # noqa: E402
 
 HIDDEN = (100, 100)
@@ -202,15 +201,6 @@ class OursWithoutBatchNorm:
         return sum(result.epoch_seconds)
 
 
-def _torch_available() -> str | None:
-    """None if PyTorch can be imported, else the reason it cannot."""
-    try:
-        import torch  # noqa: F401
-    except Exception as e:  # noqa: BLE001 - any import failure means "no torch column"
-        return f"{type(e).__name__}: {e}"
-    return None
-
-
 # ---------------------------------------------------------------------------------------
 # Measuring
 # ---------------------------------------------------------------------------------------
@@ -343,8 +333,8 @@ def _cpu_name() -> str:
 
 def run(threads: int, quick: bool, shapes: list[str] | None = None, torch_adam: str = "fused") -> dict[str, Any]:
     """Every shape, with ``threads`` threads for all three libraries -> one JSON-ready dict."""
-    torch_missing = _torch_available()
-    if torch_missing is None:
+    no_torch = torch_missing()
+    if no_torch is None:
         import torch
 
         torch.set_num_threads(threads)
@@ -354,13 +344,13 @@ def run(threads: int, quick: bool, shapes: list[str] | None = None, torch_adam: 
 
     results: dict[str, Any] = {}
     with threadpool_limits(limits=threads):
-        env = environment(threads, torch_missing)
-        env["torch_adam"] = torch_adam if torch_missing is None else None
+        env = environment(threads, no_torch)
+        env["torch_adam"] = torch_adam if no_torch is None else None
         for shape in SHAPES:
             if shapes and shape.name not in shapes:
                 continue
             results[shape.name] = measure_shape(
-                shape, quick=quick, torch_adam=torch_adam if torch_missing is None else None, threads=threads
+                shape, quick=quick, torch_adam=torch_adam if no_torch is None else None, threads=threads
             )
     return {"benchmark": "train_speed", "quick": quick, "environment": env, "shapes": results}
 
