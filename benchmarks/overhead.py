@@ -278,12 +278,7 @@ class OurLoop:
         try:
             worker.run()
         finally:
-            if worker.heartbeat is not None:
-                worker.heartbeat.stop()
-            if worker.study_storage is not None:
-                worker.study_storage.close()
-            if worker.storage is not None:
-                worker.storage.engine.dispose()
+            worker.close()
 
     def measured(self) -> list[optuna.trial.FrozenTrial]:
         storage = backend.open_storage(self.url)

@@ -143,12 +143,7 @@ def campaign(url: str, name: str, seed: int, trials: list[int], epochs: list[int
         if thread.is_alive():
             worker.request_stop()
             thread.join(timeout=60)
-        if worker.heartbeat is not None:
-            worker.heartbeat.stop()
-        if worker.study_storage is not None:
-            worker.study_storage.close()
-        if worker.storage is not None:
-            worker.storage.engine.dispose()
+        worker.close()
     storage = backend.open_storage(url)
     try:
         spent = epochs_spent(storage, [s["study"] for s in summary.stages])
@@ -181,12 +176,7 @@ def single_stage(url: str, name: str, seed: int, sampler: str, pruner: str, budg
             try:
                 worker.run()
             finally:
-                if worker.heartbeat is not None:
-                    worker.heartbeat.stop()
-                if worker.study_storage is not None:
-                    worker.study_storage.close()
-                if worker.storage is not None:
-                    worker.storage.engine.dispose()
+                worker.close()
             spent = epochs_spent(storage, [plan.study_name])
         best = final_evaluation(storage, [plan], Quiet())
         trials = len(optuna.load_study(study_name=plan.study_name, storage=storage).get_trials(deepcopy=False))

@@ -42,12 +42,7 @@ def _run(url: str, plan, **options) -> Worker:
     try:
         worker.run()
     finally:
-        if worker.heartbeat is not None:
-            worker.heartbeat.stop()
-        if worker.study_storage is not None:
-            worker.study_storage.close()
-        if worker.storage is not None:
-            worker.storage.engine.dispose()
+        worker.close()
     return worker
 
 

@@ -209,6 +209,17 @@ class Worker:
             trials_run += 1
         return self.summary
 
+    def close(self) -> None:
+        """Let go of the database: the current trial's heartbeat, the kept connections and the
+        engine. A worker process simply exits; a worker run inside another process (a
+        benchmark, a test) is closed when it is done."""
+        if self.heartbeat is not None:
+            self.heartbeat.stop()
+        if self.study_storage is not None:
+            self.study_storage.close()
+        if self.storage is not None:
+            self.storage.engine.dispose()
+
     def _orphaned(self) -> bool:
         return self.options.parent_pid is not None and os.getppid() != self.options.parent_pid
 
