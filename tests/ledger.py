@@ -11,9 +11,14 @@ study and asserts what a user would check after a storm:
   a retry (one retry per trial); the only other failures are queued trials closed as "not
   needed" (the budget was met, or the trial they retried finished after all);
 * no trial has two retries;
-* each stage met its budget (finished = COMPLETE + PRUNED);
+* each stage met its budget (finished = COMPLETE + PRUNED), less the trials that
+  ``hpo narrow --force`` cancelled (study user attr ``hpo_cancelled``);
 * the ledger of finished trials, per worker (its ``worker`` attr, its parameters, its value),
   holds no configuration twice within a study: nothing was trained to completion twice.
+
+``campaign_problems(url, name, final_best)`` checks a finished campaign as a whole, the way
+the lifecycle test needs it: every problem it finds comes back as one line (a list, so a
+failing run shows all of them at once) rather than an assertion at the first.
 """
 
 from __future__ import annotations
@@ -101,9 +106,10 @@ def _check_study(storage: Any, study_name: str, ledger: Ledger, exact_budget: bo
     plan = records.read_plan(storage, study_name)
     if plan is not None:
         finished = counts.get("COMPLETE", 0) + counts.get("PRUNED", 0)
-        assert finished >= plan.trials, f"{study_name}: budget {plan.trials} not met: {dict(counts)}"
+        budget = plan.trials - cancelled_trials(study.user_attrs)
+        assert finished >= budget, f"{study_name}: budget {budget} not met: {dict(counts)}"
         if exact_budget:
-            assert finished == plan.trials, f"{study_name}: {finished} finished for a budget of {plan.trials}"
+            assert finished == budget, f"{study_name}: {finished} finished for a budget of {budget}"
 
     retries_of: dict[int, list[int]] = defaultdict(list)
     for t in trials:
@@ -149,3 +155,111 @@ def _check_study(storage: Any, study_name: str, ledger: Ledger, exact_budget: bo
 
 def _reason(trial: FrozenTrial) -> str:
     return str(trial.user_attrs.get("reason") or "")
+
+
+CANCELLED_ATTR = "hpo_cancelled"  # trials of a stage's budget that `hpo narrow --force` cancelled
+CAMPAIGN_ATTR = "hpo_campaign"  # stage 1: the whole campaign's plan
+
+
+def cancelled_trials(user_attrs: dict[str, Any]) -> int:
+    return int(user_attrs.get(CANCELLED_ATTR) or 0)
+
+
+def _normal(value: Any) -> Any:
+    """``value`` as it reads back from JSON (tuples become lists, keys strings)."""
+    return json.loads(json.dumps(value, sort_keys=True, default=str))
+
+
+def campaign_problems(url: str, name: str, final_best: dict[str, Any] | None = None) -> list[str]:
+    """What is wrong with the finished campaign ``name``, one line per problem (empty: nothing).
+
+    * no duplicate trial numbers (SQL);
+    * every stage study ``NAME/stage-K`` (K = 1, 2, ... without a gap) has its plan (user attr
+      ``hpo``) for stage K of campaign NAME, and stage K >= 2 a lineage whose parent is stage K-1;
+      stage 1 has the campaign plan; the last stage is the plan's last; every stage is "done";
+    * nothing RUNNING or WAITING;
+    * each stage's budget met exactly: COMPLETE + PRUNED == plan.trials - hpo_cancelled;
+    * no configuration finished (COMPLETE or PRUNED) twice in a stage, except a trial and the
+      one retry of it (system attr ``retry_history``);
+    * the final result stored once, on the last stage only, and equal to ``final_best`` (what
+      the final ``hpo search --json`` printed) when given.
+    """
+    problems: list[str] = []
+    duplicates = duplicate_trial_numbers(url)
+    if duplicates:
+        problems.append(f"duplicate trial numbers (study_id, number, count): {[tuple(d) for d in duplicates]}")
+    names = {r[0] for r in sql(url, "SELECT study_name FROM studies")}
+    stage_numbers = sorted(int(n.rsplit("-", 1)[1]) for n in names
+                           if n.startswith(f"{name}/stage-") and n.rsplit("-", 1)[1].isdigit())
+    if not stage_numbers:
+        return [*problems, f"no stage of campaign {name!r} in the storage"]
+    if stage_numbers != list(range(1, stage_numbers[-1] + 1)):
+        problems.append(f"stages {stage_numbers}: not 1..{stage_numbers[-1]} without a gap")
+    storage = backend.open_storage(url, heartbeat=False)
+    try:
+        plans = []
+        for stage in stage_numbers:
+            study_name = records.stage_study_name(name, stage)
+            study = optuna.load_study(study_name=study_name, storage=storage)
+            plans.append(_stage_problems(study, name, stage, problems))
+        results = {study_name: attrs[records.RESULT_ATTR] for study_name, attrs in
+                   ((records.stage_study_name(name, s), records.study_attrs(storage, records.stage_study_name(name, s)))
+                    for s in stage_numbers) if records.RESULT_ATTR in attrs}
+    finally:
+        storage.engine.dispose()
+    last = records.stage_study_name(name, stage_numbers[-1])
+    last_plan = plans[-1]
+    if last_plan is not None and last_plan.stage != last_plan.stages:
+        problems.append(f"{last}: the last stage is stage {last_plan.stage} of a plan of {last_plan.stages} stages")
+    if sorted(results) != [last]:
+        problems.append(f"the final result is stored on {sorted(results) or 'no stage'}, not on {last} alone")
+    elif final_best is not None and _normal(results[last]) != _normal(final_best):
+        problems.append(f"the stored result differs from what hpo search printed: stored {_normal(results[last])}, "
+                        f"printed {_normal(final_best)}")
+    return problems
+
+
+def _stage_problems(study: optuna.Study, campaign: str, stage: int, problems: list[str]) -> records.StagePlan | None:
+    """Add the problems of one stage study; return its plan (None if it has none)."""
+    name = study.study_name
+    attrs = study.user_attrs
+    plan = records.StagePlan.from_dict(attrs[records.PLAN_ATTR]) if records.PLAN_ATTR in attrs else None
+    if plan is None:
+        problems.append(f"{name}: no plan (user attr {records.PLAN_ATTR!r})")
+    elif (plan.campaign, plan.stage) != (campaign, stage):
+        problems.append(f"{name}: its plan is for {plan.campaign!r} stage {plan.stage}")
+    if plan is not None and stage >= 2 and plan.lineage.get("parent") != records.stage_study_name(campaign, stage - 1):
+        problems.append(f"{name}: lineage parent {plan.lineage.get('parent')!r}, not stage {stage - 1}")
+    if stage == 1 and CAMPAIGN_ATTR not in attrs:
+        problems.append(f"{name}: no campaign plan (user attr {CAMPAIGN_ATTR!r})")
+    if attrs.get(records.STATUS_ATTR) != "done":
+        problems.append(f"{name}: status {attrs.get(records.STATUS_ATTR)!r}, not 'done'")
+
+    trials = study.get_trials(deepcopy=False)
+    counts: dict[str, int] = defaultdict(int)
+    for t in trials:
+        counts[t.state.name] += 1
+    if counts.get("RUNNING") or counts.get("WAITING"):
+        problems.append(f"{name}: left RUNNING or WAITING: {dict(counts)}")
+    finished = [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+    if plan is not None:
+        cancelled = cancelled_trials(attrs)
+        if len(finished) != plan.trials - cancelled:
+            problems.append(f"{name}: {len(finished)} finished (COMPLETE + PRUNED) for a budget of {plan.trials}"
+                            f"{f' less {cancelled} cancelled' if cancelled else ''}: {dict(counts)}")
+
+    by_key: dict[str, list[FrozenTrial]] = defaultdict(list)
+    for t in finished:
+        by_key[params_key(t)].append(t)
+    for key, same in by_key.items():
+        if len(same) > 1 and not _a_trial_and_its_retry(same):
+            problems.append(f"{name}: configuration {key} trained to a result {len(same)} times: trials "
+                            f"{[t.number for t in same]} (workers {[t.user_attrs.get('worker') for t in same]})")
+    return plan
+
+
+def _a_trial_and_its_retry(same: list[FrozenTrial]) -> bool:
+    if len(same) != 2:
+        return False
+    first, second = sorted(same, key=lambda t: t.number)
+    return (second.system_attrs.get("retry_history") or [None])[-1] == first.number
