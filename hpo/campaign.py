@@ -10,15 +10,25 @@ to the same storage with `hpo worker --campaign NAME`). It waits for each stage'
 narrows, opens the next stage, and at the end retrains the best configuration on
 train + validation and evaluates it once on the held-out test split. Re-running a campaign
 by name resumes it where it stopped: nothing done is lost or redone.
+
+Every step of the coordinator is idempotent and its database writes are retried
+(``backend.retrying``): a crash, a Ctrl-C or a database outage between any two writes is
+finished by the next resume, which follows the plan stored when the campaign was created
+(:class:`CampaignSpec`, in the first stage's ``hpo_campaign`` attr), not today's defaults.
+Steps that others may take at the same moment (a second coordinator, `hpo narrow`) run under
+the campaign's lock: a stage is created once, the final result is stored once.
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import signal
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import optuna
 from optuna.trial import TrialState
@@ -26,6 +36,7 @@ from optuna.trial import TrialState
 from hpo.local import LocalWorkers
 from hpo.narrow import NarrowResult, TrialRecord, narrow
 from storage import backend, records
+from storage.errors import StudyNotFound
 from storage.records import StagePlan
 from workers.objective import config_for
 from workers.run import cached_dataset, train_and_test
@@ -36,10 +47,16 @@ from workers.train import TrainingDiverged
 DEFAULT_EPOCHS = (2, 8, 30)
 DEFAULT_TRIALS = (60, 30, 15)
 FINAL_CANDIDATES = 5  # how many top configurations the final retrain may fall back through
+T = TypeVar("T")
 
 
 class CampaignError(Exception):
-    """The campaign cannot go on (no workers left, nothing finished, a conflicting resume)."""
+    """The campaign cannot go on as asked (a conflicting resume, nothing to evaluate)."""
+
+
+class StageFailed(Exception):
+    """A stage was stopped by its failure budget, or cannot be narrowed: the campaign ends
+    here (exit status 1); the text says which stage and why."""
 
 
 def default_schedule(stages: int) -> tuple[list[int], list[int]]:
@@ -51,6 +68,10 @@ def default_schedule(stages: int) -> tuple[list[int], list[int]]:
 
 @dataclass
 class CampaignSpec:
+    """Everything a campaign was created with. Stored whole (``records.CAMPAIGN_ATTR``), so a
+    resume follows it; ``--replan`` changes the stages not yet started, recorded in
+    ``replans``."""
+
     name: str
     space: SearchSpace
     dataset: str = "digits"
@@ -64,6 +85,14 @@ class CampaignSpec:
     top_quantile: float = 0.25
     top_k: int | None = None
     seed_best: int = 1  # the parent's best configurations queued first in the next stage
+    max_failures_in_a_row: int = StagePlan.max_failures_in_a_row
+    max_failure_share: float = StagePlan.max_failure_share
+    replans: list[dict[str, Any]] = field(default_factory=list)
+
+    # What a resume may change with --replan (for the stages not yet started); the rest
+    # (dataset, seed, cross-validation, the first stage's space) defines the campaign.
+    REPLANNABLE = ("stages", "trials", "epochs", "sampler", "pruner", "top_quantile", "top_k",
+                   "seed_best", "max_failures_in_a_row", "max_failure_share")
 
     def plan(self, stage: int, space: SearchSpace, lineage: dict[str, Any] | None = None) -> StagePlan:
         return StagePlan(
@@ -79,7 +108,89 @@ class CampaignSpec:
             cv=self.cv,
             seed=self.seed,
             lineage=lineage or {},
+            max_failures_in_a_row=self.max_failures_in_a_row,
+            max_failure_share=self.max_failure_share,
         )
+
+    def to_dict(self) -> dict[str, Any]:
+        data = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        return {**data, "space": self.space.to_dict(), "trials": list(self.trials), "epochs": list(self.epochs)}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> CampaignSpec:
+        names = {f.name for f in dataclasses.fields(cls)}
+        kwargs = {k: v for k, v in data.items() if k in names}
+        return cls(**{**kwargs, "space": SearchSpace.from_dict(data["space"])})
+
+    @classmethod
+    def from_stages(cls, plans: Sequence[StagePlan]) -> CampaignSpec:
+        """The plan of a campaign created before plans were stored whole: what its stages say,
+        today's defaults for the stages not yet created."""
+        first, trials, epochs = plans[0], [p.trials for p in plans], [p.epochs for p in plans]
+        default_trials, default_epochs = default_schedule(first.stages)
+        return cls(
+            name=first.campaign, space=SearchSpace.from_dict(first.space), dataset=first.dataset,
+            stages=max(first.stages, len(plans)), sampler=first.sampler, pruner=first.pruner, cv=first.cv,
+            seed=first.seed, trials=trials + default_trials[len(plans):], epochs=epochs + default_epochs[len(plans):],
+        )
+
+
+def reconcile(stored: CampaignSpec, requested: dict[str, Any], started: int, *, replan: bool) -> CampaignSpec:
+    """The spec to resume with: ``stored``, changed by the settings the user gave explicitly
+    (``requested``, field -> value) only where they differ and ``replan`` allows it.
+
+    Raises CampaignError listing every difference when a setting conflicts with the stored
+    plan and ``replan`` is off, or when it cannot change at all (the dataset, the seed,
+    cross-validation, the space, a stage that has started).
+    """
+    current = stored.to_dict()
+    wanted = dict(requested)
+    if "stages" in wanted:  # lists follow a new stage count: kept where stored, defaults after
+        n = wanted["stages"]
+        default_trials, default_epochs = default_schedule(n)
+        for key, default in (("trials", default_trials), ("epochs", default_epochs)):
+            if key not in wanted:
+                kept = current[key][:n]
+                wanted[key] = kept + default[len(kept):]
+    if "space" in wanted:
+        wanted["space"] = wanted["space"].to_dict()
+    changes = {k: (current[k], v) for k, v in wanted.items() if _differs(current[k], v)}
+    if not changes:
+        return stored
+    listed = "; ".join(f"--{k.replace('_', '-')} {_show(new)} (stored: {_show(old)})" for k, (old, new) in changes.items())
+    fixed = [k for k in changes if k not in CampaignSpec.REPLANNABLE]
+    if fixed:
+        raise CampaignError(
+            f"campaign {stored.name!r} exists with other settings: {listed}; "
+            f"{', '.join(fixed)} cannot change: choose another --name for a new campaign"
+        )
+    if not replan:
+        raise CampaignError(
+            f"campaign {stored.name!r} exists with other settings: {listed}; "
+            "run it as stored (hpo search --name NAME), or pass --replan to change the stages not yet started"
+        )
+    for key in ("trials", "epochs"):
+        if key in changes and changes[key][0][:started] != changes[key][1][:started]:
+            raise CampaignError(f"--replan: stages 1-{started} have started; their --{key} cannot change")
+    if "stages" in changes and changes["stages"][1] < started:
+        raise CampaignError(f"--replan: {started} stages have started; --stages cannot be fewer")
+    record = {"from_stage": started + 1, "changes": {k: {"old": old, "new": new} for k, (old, new) in changes.items()}}
+    return CampaignSpec.from_dict({**current, **{k: new for k, (_, new) in changes.items()},
+                                   "replans": [*stored.replans, record]})
+
+
+def _differs(old: Any, new: Any) -> bool:
+    if isinstance(old, (int, float)) and isinstance(new, (int, float)) and not isinstance(old, bool):
+        return float(old) != float(new)
+    return old != new
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, list):
+        return ",".join(str(v) for v in value)
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k}: {_show(v)}" for k, v in value.items()) + "}"
+    return str(value)
 
 
 class Progress(Protocol):
@@ -105,27 +216,60 @@ class FinalResult:
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
 
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> FinalResult:
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in names})
+
 
 # -- stages --------------------------------------------------------------------------------
-def open_campaign(storage, spec: CampaignSpec) -> tuple[list[StagePlan], bool]:
-    """The campaign's stages, creating stage 1 for a new campaign. Returns (stages, resumed)."""
-    stages = records.campaign_stages(storage, spec.name)
-    if not stages:
-        plan = spec.plan(1, spec.space)
-        records.create_stage(storage, plan)
-        return [plan], False
-    first = stages[0]
-    if first.dataset != spec.dataset:
-        raise CampaignError(
-            f"campaign {spec.name!r} exists on dataset {first.dataset!r}, not {spec.dataset!r}: "
-            "choose another --name to start a new campaign"
-        )
-    return stages, True
+def retried(url: str) -> Callable[[Callable[[], T], str], T]:
+    """Run a coordinator step again after a database error, as the workers do (every step is
+    idempotent, so an attempt that committed but lost its answer is harmless to repeat)."""
+    return lambda action, what: backend.retrying(action, what, url)
 
 
-def stage_is_complete(counts: dict[str, int], plan: StagePlan) -> bool:
-    finished = counts.get("COMPLETE", 0) + counts.get("PRUNED", 0)
-    return finished >= plan.trials and counts.get("RUNNING", 0) == 0
+def campaign_lock(url: str, storage, name: str):
+    """The lock of a campaign's own writes: creating a stage, storing the final result."""
+    return backend.exclusive(url, f"{name}/campaign", storage.engine)
+
+
+def load_campaign(url: str, name: str) -> tuple[CampaignSpec, list[StagePlan]] | None:
+    """The stored plan of campaign ``name`` and its stages, or None if there is no such
+    campaign (nothing is created: a SQLite file that does not exist stays so)."""
+    if not backend.schema_ready(url):
+        return None
+    storage = backend.open_storage(url, heartbeat=False)
+    try:
+        plans = records.campaign_stages(storage, name)
+        if not plans:
+            return None
+        stored = records.study_attrs(storage, plans[0].study_name).get(records.CAMPAIGN_ATTR)
+        spec = CampaignSpec.from_dict(stored) if isinstance(stored, dict) else CampaignSpec.from_stages(plans)
+        return spec, plans
+    finally:
+        storage.engine.dispose()
+
+
+def open_campaign(url: str, storage, spec: CampaignSpec) -> tuple[list[StagePlan], bool]:
+    """The campaign's stages, creating stage 1 of a new campaign (or finishing its creation),
+    and storing ``spec`` (a replan changes it). Returns (stages, resumed)."""
+    with campaign_lock(url, storage, spec.name):
+        stages = records.campaign_stages(storage, spec.name)
+        if not stages:
+            plan, _ = records.ensure_stage(storage, spec.plan(1, spec.space), attrs={records.CAMPAIGN_ATTR: spec.to_dict()})
+            return [plan], False
+        if records.study_attrs(storage, stages[0].study_name).get(records.CAMPAIGN_ATTR) != spec.to_dict():
+            records.set_study_attr(storage, stages[0].study_name, records.CAMPAIGN_ATTR, spec.to_dict())
+        return stages, True
+
+
+def stage_is_complete(counts: dict[str, int], plan: StagePlan, attrs: dict[str, Any]) -> bool:
+    """The stage needs no more trials and none runs: its budget is met, or it was closed early
+    (`hpo narrow --force`)."""
+    if counts.get("RUNNING", 0):
+        return False
+    return attrs.get(records.STATUS_ATTR) == records.DONE or records.finished_count(counts) >= records.budget(plan, attrs)
 
 
 def trial_records(storage, study_name: str) -> list[TrialRecord]:
@@ -136,30 +280,51 @@ def trial_records(storage, study_name: str) -> list[TrialRecord]:
     ]
 
 
-def open_next_stage(storage, spec: CampaignSpec, parent: StagePlan) -> tuple[StagePlan, NarrowResult]:
-    """Narrow the finished ``parent`` stage into the next one and queue its best configurations."""
-    result = narrow(
-        SearchSpace.from_dict(parent.space),
-        trial_records(storage, parent.study_name),
-        top_k=spec.top_k,
-        top_quantile=spec.top_quantile,
-    )
-    lineage = {"parent": parent.study_name, **result.to_dict()}
-    child = spec.plan(parent.stage + 1, result.space, lineage)
-    study = records.create_stage(storage, child)
-    fitting = [p for p in result.top_params if result.space.contains(p)]
-    for params in fitting[: min(spec.seed_best, child.trials)]:
-        study.enqueue_trial(params, user_attrs={"seeded_from": parent.study_name}, skip_if_exists=True)
-    return child, result
+def narrow_from(storage, parent: StagePlan, *, top_k: int | None, top_quantile: float) -> NarrowResult:
+    """Narrow the space of a finished stage; StageFailed if it has no complete trial."""
+    trials = trial_records(storage, parent.study_name)
+    if not any(t.state == "COMPLETE" for t in trials):
+        counts: dict[str, int] = {}
+        for t in trials:
+            counts[t.state.lower()] = counts.get(t.state.lower(), 0) + 1
+        listed = ", ".join(f"{n} {state}" for state, n in sorted(counts.items())) or "no trials"
+        raise StageFailed(f"{parent.study_name} has no complete trial to narrow from ({listed})")
+    return narrow(SearchSpace.from_dict(parent.space), trials, top_k=top_k, top_quantile=top_quantile)
 
 
-def close_stage(storage, plan: StagePlan) -> None:
-    """Mark the stage done; a queued trial the budget no longer needs is failed, not left WAITING."""
-    study = optuna.load_study(study_name=plan.study_name, storage=storage)
-    for trial in study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
-        storage.set_trial_user_attr(trial._trial_id, "reason", "not needed: the stage budget was met")
-        storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL)
-    records.set_study_attr(storage, plan.study_name, records.STATUS_ATTR, "done")
+def seed_queue(result: NarrowResult, space: SearchSpace, parent: StagePlan, n: int) -> list[tuple[dict, dict]]:
+    """The parent's best configurations that fit ``space``, to queue first (params, user attrs)."""
+    fitting = [dict(p) for p in result.top_params if space.contains(p)]
+    return [(params, {"seeded_from": parent.study_name}) for params in fitting[:n]]
+
+
+def open_next_stage(url: str, storage, spec: CampaignSpec, parent: StagePlan) -> tuple[StagePlan, NarrowResult | None]:
+    """The stage after the finished ``parent``: created by narrowing it, with the parent's
+    best configurations queued first; or adopted, with None for the narrowing, when it exists
+    already (`hpo narrow` or another coordinator created it)."""
+    name = records.stage_study_name(spec.name, parent.stage + 1)
+    with campaign_lock(url, storage, spec.name):
+        with contextlib.suppress(StudyNotFound):
+            existing = records.read_plan(storage, name)
+            if existing is not None:
+                return existing, None
+        result = narrow_from(storage, parent, top_k=spec.top_k, top_quantile=spec.top_quantile)
+        lineage = {"parent": parent.study_name, **result.to_dict()}
+        replans = [r for r in spec.replans if r.get("from_stage") == parent.stage + 1]
+        if replans:
+            lineage["replans"] = replans
+        child = spec.plan(parent.stage + 1, result.space, lineage)
+        queue = seed_queue(result, result.space, parent, min(spec.seed_best, child.trials))
+        child, _ = records.ensure_stage(storage, child, queue=queue)
+        return child, result
+
+
+def close_stage(url: str, storage, plan: StagePlan, why: str = "the stage budget was met") -> None:
+    """Close a stage (idempotent): its queued trials, which nothing will run now, are failed as
+    not needed, and a stage closed before its budget was met records the rest as cancelled.
+    Runs under the stage's lock, so no worker claims a trial meanwhile."""
+    with backend.exclusive(url, plan.study_name, storage.engine):
+        records.close_stage(storage, plan, f"{backend.NOT_NEEDED}: {why}")
 
 
 def wait_for_stage(
@@ -170,20 +335,29 @@ def wait_for_stage(
     workers: LocalWorkers | None,
     poll_seconds: float = 0.5,
 ) -> dict[str, int]:
-    """Block until the stage's budget is met, reaping stale trials as the workers would (and
-    riding out database errors as they do)."""
+    """Block until the stage is complete, reaping stale trials as the workers would (and
+    riding out database errors as they do). Raises StageFailed when its failure budget is
+    spent (the first to see it, a worker or this, marks the stage failed)."""
     study = backend.retrying(lambda: optuna.load_study(study_name=plan.study_name, storage=storage), "load the stage", url)
 
-    def poll() -> tuple[dict[str, int], float | None]:
+    def poll() -> tuple[dict[str, int], dict[str, Any], float | None]:
         with backend.exclusive(url, plan.study_name, storage.engine):
             backend.reap_stale_trials(study)
             counts = records.count_states(storage, plan.study_name)
-        return counts, records.best_value(storage, plan.study_name)
+            attrs = records.study_attrs(storage, plan.study_name)
+            if attrs.get(records.STATUS_ATTR) != records.FAILED and counts.get("FAIL", 0):
+                why = records.failure_verdict(plan, records.stage_outcomes(storage, plan.study_name))
+                if why is not None:
+                    records.mark_stage_failed(storage, plan.study_name, why)
+                    attrs = records.study_attrs(storage, plan.study_name)
+        return counts, attrs, records.best_value(storage, plan.study_name)
 
     while True:
-        counts, best = backend.retrying(poll, f"watch stage {plan.stage}", url)
+        counts, attrs, best = backend.retrying(poll, f"watch stage {plan.stage}", url)
         progress.stage_progress(plan, counts, best)
-        if stage_is_complete(counts, plan):
+        if attrs.get(records.STATUS_ATTR) == records.FAILED:
+            raise StageFailed(f"stage {plan.study_name} stopped: {attrs.get(records.FAILURE_ATTR)}")
+        if stage_is_complete(counts, plan, attrs):
             return counts
         if workers is not None and workers.running() == 0:
             raise CampaignError(
@@ -207,18 +381,19 @@ def final_candidates(storage, plans: Sequence[StagePlan], n: int) -> list[tuple[
     return candidates[:n]
 
 
-def final_evaluation(storage, plans: Sequence[StagePlan], progress: Progress) -> FinalResult:
+def final_evaluation(
+    candidates: Sequence[tuple[StagePlan, optuna.trial.FrozenTrial]], last: StagePlan, progress: Progress
+) -> FinalResult:
     """Retrain the best configuration on train + validation; evaluate it once on test.
 
     A configuration picked from short runs can diverge when it trains longer on more data (a
     learning rate at the edge of its range does): that is said, and the next-best is tried.
+    Touches no database: the candidates were read before, the result is stored after.
     """
-    last = plans[-1]
     dataset = cached_dataset(last.dataset, last.seed)
     skipped: list[str] = []
-    candidates = final_candidates(storage, plans, FINAL_CANDIDATES)
     if not candidates:
-        raise CampaignError("no trial of the campaign completed: nothing to evaluate")
+        raise StageFailed("no trial of the campaign completed: nothing to evaluate")
     for plan, trial in candidates:
         space = SearchSpace.from_dict(plan.space)
         config = config_for(last, space, trial.params, trial.user_attrs.get("seed", last.seed))
@@ -239,7 +414,7 @@ def final_evaluation(storage, plans: Sequence[StagePlan], progress: Progress) ->
             test_accuracy=evaluation.test_accuracy,
             skipped=skipped,
         )
-    raise CampaignError(f"every one of the top {len(candidates)} configurations diverged on retrain")
+    raise StageFailed(f"every one of the top {len(candidates)} configurations diverged on retrain")
 
 
 # -- the whole campaign --------------------------------------------------------------------
@@ -273,33 +448,104 @@ def stage_summary(storage, plan: StagePlan, counts: dict[str, int] | None = None
     }
 
 
+def store_result(url: str, storage, spec: CampaignSpec, last: StagePlan, result: FinalResult) -> FinalResult:
+    """Store the final result on the last stage, once: if another run stored one first, that
+    one stands and is returned."""
+    with campaign_lock(url, storage, spec.name):
+        stored = records.study_attrs(storage, last.study_name).get(records.RESULT_ATTR)
+        if isinstance(stored, dict):
+            return FinalResult.from_dict(stored)
+        records.set_study_attr(storage, last.study_name, records.RESULT_ATTR, result.to_dict())
+        return result
+
+
+def stored_result(storage, last: StagePlan) -> FinalResult | None:
+    stored = records.study_attrs(storage, last.study_name).get(records.RESULT_ATTR)
+    return FinalResult.from_dict(stored) if isinstance(stored, dict) else None
+
+
 def run_campaign(url: str, spec: CampaignSpec, progress: Progress, *, workers: int, blas_threads: int = 1) -> CampaignSummary:
     """Run (or resume) the campaign ``spec`` to its end with ``workers`` local worker processes
-    (0: only coordinate, while workers attached elsewhere do the training)."""
+    (0: only coordinate, while workers attached elsewhere do the training).
+
+    Each step below is idempotent and retried on database errors: open (or adopt) the stage,
+    wait for its budget, close it, open the next one, ..., then retrain the best
+    configuration and store the result once. KeyboardInterrupt (Ctrl-C, or SIGTERM turned
+    into it by the CLI) stops the local workers, which queue their trials again, fails any
+    trial they could not queue, and propagates: nothing is left RUNNING.
+    """
     started = time.monotonic()
-    backend.ensure_schema(url)
-    storage = backend.open_storage(url)
-    plans, resumed = open_campaign(storage, spec)
-    local = LocalWorkers(url, workers, campaign=spec.name, seed=spec.seed * 1000, blas_threads=blas_threads) if workers else None
-    summaries: list[dict[str, Any]] = []
+    step = retried(url)
+    step(lambda: backend.ensure_schema(url), "create the schema")
+    storage = step(lambda: backend.open_storage(url), "open the storage")
+    plans, resumed = step(lambda: open_campaign(url, storage, spec), "open the campaign")
+    local = LocalWorkers(url, workers, campaign=spec.name, seed=0, blas_threads=blas_threads) if workers else None
     try:
         while True:
             plan = plans[-1]
             progress.stage_started(plan, resumed)
-            status = records.study_attrs(storage, plan.study_name).get(records.STATUS_ATTR)
+            for earlier in plans[:-1]:  # a resume finishes what a crash left of closing them
+                step(lambda earlier=earlier: close_stage(url, storage, earlier), f"close stage {earlier.stage}")
             wait_for_stage(storage, url, plan, progress, local)
-            if status != "done":
-                close_stage(storage, plan)
-            summaries = [stage_summary(storage, p) for p in plans]
-            if plan.stage >= spec.stages:
+            step(lambda: close_stage(url, storage, plan), f"close stage {plan.stage}")
+            next_exists = step(lambda: bool(records.campaign_stages(storage, spec.name)[plan.stage:]), "read the campaign")
+            if plan.stage >= max(spec.stages, plan.stages) and not next_exists:
                 break
-            child, result = open_next_stage(storage, spec, plan)
-            progress.stage_narrowed(plan, child, result)
+            child, result = step(lambda: open_next_stage(url, storage, spec, plan), f"open stage {plan.stage + 1}")
+            if result is not None:
+                progress.stage_narrowed(plan, child, result)
+            else:
+                progress.message(f"{child.study_name} exists already (created by hpo narrow or another coordinator): following it")
             plans.append(child)
             resumed = False
-        best = final_evaluation(storage, plans, progress)
-        records.set_study_attr(storage, plans[-1].study_name, records.RESULT_ATTR, best.to_dict())
-    finally:
-        if local is not None:
-            local.stop(keep_logs=sys.exc_info()[0] is not None)  # a failed run keeps its logs
+        summaries = step(lambda: [stage_summary(storage, p) for p in plans], "summarize the stages")
+        best = step(lambda: stored_result(storage, plans[-1]), "read the result")
+        if best is None:
+            candidates = step(lambda: final_candidates(storage, plans, FINAL_CANDIDATES), "read the best trials")
+            best = final_evaluation(candidates, plans[-1], progress)
+            best = step(lambda: store_result(url, storage, spec, plans[-1], best), "store the result")
+    except BaseException:
+        with _signals_held():
+            if local is not None:
+                local.stop(keep_logs=True)  # a failed or interrupted run keeps its logs
+                step(lambda: release_trials(url, storage, plans, local.worker_ids()), "release the workers' trials")
+        raise
+    if local is not None:
+        local.stop()
     return CampaignSummary(spec.name, summaries, best, time.monotonic() - started)
+
+
+def release_trials(url: str, storage, plans: Sequence[StagePlan], worker_ids: set[str]) -> list[int]:
+    """Fail, with a retry queued, every RUNNING trial of the given workers (stopped, so none of
+    them runs any more): a worker killed before it could queue its own trial again leaves it
+    RUNNING until the heartbeat grace runs out, and the campaign then stops with nothing
+    RUNNING. The numbers released."""
+    released = []
+    for plan in plans:
+        study = optuna.load_study(study_name=plan.study_name, storage=storage)
+        with backend.exclusive(url, plan.study_name, storage.engine):
+            for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+                if trial.user_attrs.get("worker") in worker_ids and backend.fail_with_retry(study, trial._trial_id):
+                    released.append(trial.number)
+    return released
+
+
+@contextlib.contextmanager
+def _signals_held() -> Iterator[None]:
+    """Ignore SIGINT and SIGTERM while the campaign cleans up after a stop: a second Ctrl-C
+    must not cut the cleanup short and leave trials RUNNING."""
+    if not _in_main_thread():
+        yield
+        return
+    previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _in_main_thread() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()

@@ -6,19 +6,24 @@ to stderr. Bad input gets one line and exit status 2, before anything is written
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import logging
 import os
+import signal
 import sys
 import time
 
 import click
 
 from hpo import campaign as campaign_mod
+from hpo.cli_types import TOP_FRACTION
+from hpo.narrow import NarrowError
 from hpo.output import UsageError, err, format_option, one_line, out, print_json, render_rows, storage_option
 from hpo.progress import RichProgress, narrowing_rows
 from storage import backend, records
-from storage.errors import StorageError
+from storage.errors import StorageError, StudyNotFound
+from storage.records import StagePlan
 from storage.url import mask_url
 from workers.data.datasets import DatasetError
 from workers.data.preprocess import PREPROCESSING
@@ -30,7 +35,7 @@ from workers.strategy import PRUNERS, SAMPLERS
 from workers.train import TrainConfig, TrainingDiverged
 
 # Errors that mean "the input is wrong": one line, exit 2.
-INPUT_ERRORS = (StorageError, SpaceError, DatasetError, campaign_mod.CampaignError)
+INPUT_ERRORS = (StorageError, SpaceError, DatasetError, campaign_mod.CampaignError, NarrowError)
 
 
 class HpoGroup(click.Group):
@@ -108,6 +113,7 @@ def train(dataset, hidden, split_seed, as_json, **knobs) -> None:
       hpo train --activation tanh --initializer xavier --no-batch-norm --lr 0.01 --optimizer momentum
       hpo train --dataset npz:data.npz --hidden 256,128 --preprocessing pca_whiten --json
     """
+    from workers.feasible import check_config
     from workers.run import cached_dataset, train_and_test
 
     pca = knobs.pop("pca_components")
@@ -118,6 +124,7 @@ def train(dataset, hidden, split_seed, as_json, **knobs) -> None:
     except ValueError as e:
         raise UsageError(one_line(e)) from None
     data = cached_dataset(dataset, split_seed)
+    check_config(config, data)  # what can never train (100 PCA directions of 64 features) is refused
 
     def show(epoch) -> None:
         val = "" if epoch.val_accuracy is None else f"  val {epoch.val_accuracy:.4f}"
@@ -170,8 +177,22 @@ def per_stage(values: list[int] | None, default: list[int], stages: int, option:
     return values
 
 
+SEED = click.IntRange(0, 2**32 - 1)  # NumPy's seed range: the split and every trial derive from it
+# search's options that define a campaign, and the CampaignSpec field each sets (a resume
+# compares the ones given on the command line with the stored plan)
+PLAN_OPTIONS = {"dataset": "dataset", "stages": "stages", "trials": "trials", "epochs": "epochs",
+                "sampler": "sampler", "pruner": "pruner", "cv": "cv", "seed": "seed",
+                "top_quantile": "top_quantile", "max_failures_in_a_row": "max_failures_in_a_row",
+                "max_failure_share": "max_failure_share"}
+
+
+def given_on_command_line(ctx: click.Context) -> set[str]:
+    sources = (click.core.ParameterSource.COMMANDLINE, click.core.ParameterSource.ENVIRONMENT)
+    return {name for name in ctx.params if ctx.get_parameter_source(name) in sources}
+
+
 @cli.command()
-@click.option("--name", help="Campaign name; an existing campaign of that name is resumed. Default: DATASET-DATE-TIME.")
+@click.option("--name", help="Campaign name; an existing campaign of that name is resumed as it was created. Default: DATASET-DATE-TIME.")
 @click.option("--dataset", default="digits", show_default=True, help="digits, mnist1d, cifar10:DIR or npz:PATH.")
 @click.option("--stages", type=click.IntRange(min=1, max=20), default=3, show_default=True)
 @click.option("--trials", callback=comma_ints, help="Trials per stage: one number or a comma list. [default: 60,30,15]")
@@ -182,12 +203,17 @@ def per_stage(values: list[int] | None, default: list[int], stages: int, option:
 @click.option("--cv", type=click.IntRange(min=0), default=0, show_default=True, help="K-fold cross-validation on the training split (0: held-out validation split).")
 @click.option("--space", "space_file", type=click.Path(dir_okay=False), help="Search space TOML file.")
 @click.option("--param", "params", multiple=True, metavar="NAME=SPEC", help="Override one parameter, e.g. lr=log:1e-5..1e-1 or activation=relu,tanh (repeatable).")
-@click.option("--top", "top_quantile", type=click.FloatRange(0, 1, min_open=True), default=0.25, show_default=True, help="Fraction of a stage's best trials the next stage's ranges come from.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the data split and of the samplers.")
+@click.option("--top", "top_quantile", type=TOP_FRACTION, default=0.25, show_default=True, help="Fraction of a stage's best trials the next stage's ranges come from.")
+@click.option("--seed", type=SEED, default=0, show_default=True, help="Seed of the data split, of every trial's training and of the samplers (see docs/cluster.md for what it reproduces).")
+@click.option("--max-failures-in-a-row", type=click.IntRange(min=1), default=StagePlan.max_failures_in_a_row, show_default=True, help="Stop a stage after this many trials in a row failed with an error.")
+@click.option("--max-failure-share", type=click.FloatRange(0, 1, min_open=True), default=StagePlan.max_failure_share, show_default=True, help="Stop a stage when trials failed with an error exceed this share of its budget.")
+@click.option("--replan", is_flag=True, help="Resuming: apply the schedule options given (--stages, --trials, --epochs, --sampler, ...) to the stages not yet started, and record the change.")
 @click.option("--blas-threads", type=click.IntRange(min=1), default=1, show_default=True, help="BLAS threads per local worker.")
 @click.option("--json", "as_json", is_flag=True, help="End with one JSON object: stages, ranges, counts, best configuration, accuracies.")
 @storage_option
-def search(name, dataset, stages, trials, epochs, workers, sampler, pruner, cv, space_file, params, top_quantile, seed, blas_threads, as_json, storage_url) -> None:
+@click.pass_context
+def search(ctx, name, dataset, stages, trials, epochs, workers, sampler, pruner, cv, space_file, params, top_quantile, seed,
+           max_failures_in_a_row, max_failure_share, replan, blas_threads, as_json, storage_url) -> None:
     """Run a coarse-to-fine search: stages that narrow the ranges and train longer.
 
     Each stage runs its trial budget on local workers (or on workers attached elsewhere with
@@ -195,44 +221,85 @@ def search(name, dataset, stages, trials, epochs, workers, sampler, pruner, cv, 
     trials. At the end the best configuration is retrained on train + validation and tested
     once on the held-out test split.
 
+    Re-running with the same --name resumes the campaign as it was created; options that
+    differ from its stored plan are refused unless --replan. Ctrl-C stops it (exit 130): the
+    workers queue their trials again and the next run with the same --name goes on. A stage
+    whose trials keep failing stops the campaign (exit 1) with the error they gave.
+
     \b
     Examples:
       hpo search
       hpo search --name lr-sweep --stages 2 --trials 40,20 --epochs 1,5 --param lr=log:1e-5..1
+      hpo search --name lr-sweep --stages 3 --trials 40,20,10 --epochs 1,5,20 --replan
       hpo search --name c1 --workers 0 --storage postgresql://hpo@db/hpo --json
     """
-    default_trials, default_epochs = campaign_mod.default_schedule(stages)
-    trials = per_stage(trials, default_trials, stages, "--trials")
-    epochs = per_stage(epochs, default_epochs, stages, "--epochs")
-    if cv == 1:
-        raise UsageError("--cv needs at least 2 folds (or 0 for the held-out validation split)")
-    space = build_space(None, space_file, list(params))
-    name = records.check_name(name or default_campaign_name(dataset))
+    from workers.feasible import check_feasible
     from workers.run import cached_dataset
 
-    cached_dataset(dataset, seed)  # a bad dataset fails here, before anything is written
-    spec = campaign_mod.CampaignSpec(
-        name=name, space=space, dataset=dataset, stages=stages, trials=trials, epochs=epochs,
-        sampler=sampler, pruner=pruner, cv=cv, seed=seed, top_quantile=top_quantile,
-    )
-    err.print(f"campaign [bold]{name}[/bold] on {mask_url(storage_url)}: {stages} stages, "
-              f"trials {trials}, epochs {epochs}, {workers} local workers")
+    if cv == 1:
+        raise UsageError("--cv needs at least 2 folds (or 0 for the held-out validation split)")
+    name = records.check_name(name if name is not None else default_campaign_name(dataset))
+    given = given_on_command_line(ctx)
+    stored = campaign_mod.load_campaign(storage_url, name)
+    if stored is None:
+        if replan:
+            raise UsageError(f"--replan: there is no campaign named {name!r} to change")
+        default_trials, default_epochs = campaign_mod.default_schedule(stages)
+        spec = campaign_mod.CampaignSpec(
+            name=name, space=build_space(None, space_file, list(params)), dataset=dataset, stages=stages,
+            trials=per_stage(trials, default_trials, stages, "--trials"),
+            epochs=per_stage(epochs, default_epochs, stages, "--epochs"),
+            sampler=sampler, pruner=pruner, cv=cv, seed=seed, top_quantile=top_quantile,
+            max_failures_in_a_row=max_failures_in_a_row, max_failure_share=max_failure_share,
+        )
+    else:
+        stored_spec, plans = stored
+        requested = {field: ctx.params[option] for option, field in PLAN_OPTIONS.items() if option in given}
+        n = requested.get("stages", stored_spec.stages)
+        for key in ("trials", "epochs"):
+            if key in requested:
+                requested[key] = per_stage(requested[key], [], n, f"--{key}")
+        if given & {"space_file", "params"}:
+            requested["space"] = build_space(None, space_file, list(params))
+        spec = campaign_mod.reconcile(stored_spec, requested, len(plans), replan=replan)
+    data = cached_dataset(spec.dataset, spec.seed)  # a bad dataset fails here, before anything is written
+    check_feasible(spec.space, data, spec.cv)
+    what = "resuming campaign" if stored else "campaign"
+    err.print(f"{what} {name} on {mask_url(storage_url)}: {spec.stages} stages, "
+              f"trials {spec.trials}, epochs {spec.epochs}, {workers} local workers")
     progress = RichProgress(err)
-    with progress:
-        summary = campaign_mod.run_campaign(storage_url, spec, progress, workers=workers, blas_threads=blas_threads)
+    _interrupt_on_sigterm()
+    try:
+        with progress:
+            summary = campaign_mod.run_campaign(storage_url, spec, progress, workers=workers, blas_threads=blas_threads)
+    except KeyboardInterrupt:
+        err.print(f"interrupted: nothing is left running; resume with: hpo search --name {name}")
+        sys.exit(130)
+    except campaign_mod.StageFailed as e:
+        err.print(f"Error: {one_line(e)}")
+        sys.exit(1)
     if as_json:
         print_json({**summary.to_dict(), "storage": mask_url(storage_url)})
         return
     progress.print_summary(out, summary)
 
 
+def _interrupt_on_sigterm() -> None:
+    """SIGTERM stops a search as Ctrl-C does (a supervisor, `docker stop`, a coordinator's
+    parent): the workers queue their trials again and the exit status is 130."""
+    def interrupt(*_: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)
+
+
 # -- worker / launch ---------------------------------------------------------------------------
 @cli.command()
 @click.option("--campaign", help="Follow this campaign from stage to stage until it ends.")
 @click.option("--study", help="Work on this one stage study until its budget is met.")
-@click.option("--seed", type=int, default=None, help="Worker seed. Default: from the host name and process id, so workers started by one command (replicas) sample differently.")
+@click.option("--seed", type=int, default=None, help="Mixed into the sampler seed. Each worker that joins a stage takes the next slot of it, and its sampler is seeded from the campaign's seed and that slot, so workers never sample alike, with or without --seed.")
 @click.option("--max-trials", type=click.IntRange(min=1), help="Exit after this many trials.")
-@click.option("--wait", "wait_seconds", type=float, default=60.0, show_default=True, help="Seconds to wait for the campaign to appear.")
+@click.option("--wait", "wait_seconds", type=click.FloatRange(min=0), default=60.0, show_default=True, help="Seconds to wait for the schema and the campaign to appear.")
 @click.option("--exit-with-parent", is_flag=True, hidden=True)
 @click.option("-v", "--verbose", is_flag=True, help="Log every trial.")
 @storage_option
@@ -240,7 +307,8 @@ def worker(campaign, study, seed, max_trials, wait_seconds, exit_with_parent, ve
     """Take trials from a campaign (or a study), train them, store the results.
 
     Stops on SIGTERM / SIGINT at the next epoch boundary; the trial in flight is failed and
-    queued again, and the worker exits 0.
+    queued again, and the worker exits 0. Exits 2 if the campaign does not appear within
+    --wait seconds, 1 if its stage was stopped because its trials kept failing.
 
     \b
     Examples:
@@ -262,17 +330,24 @@ def worker(campaign, study, seed, max_trials, wait_seconds, exit_with_parent, ve
     done = ", ".join(f"{n} {state.lower()}" for state, n in sorted(summary.trials.items())) or "no trials"
     err.print(f"worker {options.worker_id}: {done} in {time.monotonic() - started:.1f}s "
               f"({summary.overhead_seconds:.1f}s outside training)")
+    if summary.stage_failed:
+        err.print(f"Error: {summary.stage_failed}")
+        sys.exit(1)
 
 
 @cli.command()
 @click.option("-n", "--workers", "n", type=click.IntRange(min=1), default=os.cpu_count() or 1, show_default=True)
 @click.option("--campaign", help="Campaign to work on.")
 @click.option("--study", help="Stage study to work on.")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=int, default=None, help="Mixed into each worker's sampler seed (see hpo worker --help).")
+@click.option("--wait", "wait_seconds", type=click.FloatRange(min=0), default=60.0, show_default=True, help="Seconds to wait for the campaign to appear.")
 @click.option("--blas-threads", type=click.IntRange(min=1), default=1, show_default=True)
 @storage_option
-def launch(n, campaign, study, seed, blas_threads, storage_url) -> None:
+def launch(n, campaign, study, seed, wait_seconds, blas_threads, storage_url) -> None:
     """Start N local workers on a campaign (or study) and show their joint progress.
+
+    Started before the campaign exists (before its coordinator), it waits for it as
+    `hpo worker` does. Ctrl-C stops the workers: each queues its trial again.
 
     \b
     Example:
@@ -282,27 +357,54 @@ def launch(n, campaign, study, seed, blas_threads, storage_url) -> None:
 
     if bool(campaign) == bool(study):
         raise UsageError("give exactly one of --campaign NAME or --study NAME")
-    storage = backend.open_storage(storage_url, heartbeat=False)
-    plans = records.require_campaign(storage, campaign) if campaign else [records.read_plan(storage, study)]
-    if plans[0] is None:
-        raise UsageError(f"study {study!r} was not created by hpo")
+    current = _wait_for_target(storage_url, campaign, study, wait_seconds)
     local = LocalWorkers(storage_url, n, campaign=campaign, study=study, seed=seed, blas_threads=blas_threads)
     progress = RichProgress(err)
+    storage = backend.open_storage(storage_url, heartbeat=False)
+    _interrupt_on_sigterm()
+    interrupted = False
     try:
         with progress:
             while local.running():
-                current = records.campaign_stages(storage, campaign)[-1] if campaign else plans[0]
-                progress.stage_started(current, resumed=True)
-                progress.stage_progress(current, records.count_states(storage, current.study_name), records.best_value(storage, current.study_name))
+                with contextlib.suppress(*backend.DB_ERRORS):  # the workers ride out an outage; so does the display
+                    if campaign:
+                        current = records.campaign_stages(storage, campaign)[-1]
+                    progress.stage_started(current, resumed=True)
+                    progress.stage_progress(current, records.count_states(storage, current.study_name),
+                                            records.best_value(storage, current.study_name))
                 time.sleep(0.5)
     except KeyboardInterrupt:
-        err.print("stopping workers ...")
+        interrupted = True
+        err.print("stopping workers: each queues its trial again ...")
     finally:
         local.stop()
     for w in local.failed():
-        err.print(f"[red]worker {w.index} exited with {w.process.returncode}[/red]\n{w.log_tail()}")
+        err.print(f"worker {w.index} exited with {w.process.returncode}\n{w.log_tail()}")
     if local.failed():
         sys.exit(1)
+    if interrupted:
+        sys.exit(130)
+
+
+def _wait_for_target(url: str, campaign: str | None, study: str | None, seconds: float) -> StagePlan:
+    """The campaign's current stage (or the study's plan), waiting up to ``seconds`` for the
+    schema and the campaign to appear; one line and exit 2 if they do not."""
+    deadline = time.monotonic() + seconds
+    while True:
+        plan = None
+        with contextlib.suppress(*backend.DB_ERRORS, StudyNotFound):
+            if backend.schema_ready(url):
+                storage = backend.open_storage(url, heartbeat=False)
+                try:
+                    plan = (records.campaign_stages(storage, campaign) or [None])[-1] if campaign else records.read_plan(storage, study)
+                finally:
+                    storage.engine.dispose()
+        if plan is not None:
+            return plan
+        if time.monotonic() >= deadline:
+            what = f"no campaign named {campaign!r}" if campaign else f"no hpo stage study named {study!r}"
+            raise UsageError(f"{what} appeared in {seconds:g}s: check the name (hpo studies)")
+        time.sleep(0.5)
 
 
 # -- narrow ------------------------------------------------------------------------------------
@@ -311,16 +413,19 @@ def launch(n, campaign, study, seed, blas_threads, storage_url) -> None:
 @click.option("--into", "into", help="Name of the new stage study, CAMPAIGN/stage-K. Default: the next stage of STAGE's campaign.")
 @click.option("--space", "space_file", type=click.Path(dir_okay=False), help="TOML file overriding what the narrowing derived.")
 @click.option("--param", "params", multiple=True, metavar="NAME=SPEC", help="Override one derived parameter (repeatable).")
-@click.option("--top", "top_quantile", type=click.FloatRange(0, 1, min_open=True), default=0.25, show_default=True, help="Fraction of best trials the ranges come from.")
+@click.option("--top", "top_quantile", type=TOP_FRACTION, default=None, help="Fraction of best trials the ranges come from. [default: the campaign's, else 0.25]")
 @click.option("--top-k", type=click.IntRange(min=1), help="Use the K best trials instead of a fraction.")
 @click.option("--trials", type=click.IntRange(min=1), help="Budget of the new stage [default: the parent's / 2, at least 8].")
 @click.option("--epochs", type=click.IntRange(min=1), help="Epochs per trial of the new stage [default: 4x the parent's].")
 @click.option("--seed-best", type=click.IntRange(min=0), default=1, show_default=True, help="Queue the parent's K best configurations first.")
+@click.option("--force", is_flag=True, help="Narrow a stage that has not met its budget: close it first (its queued trials failed, the rest of its budget recorded as cancelled).")
 @click.option("--dry-run", is_flag=True, help="Show the new ranges without creating the stage.")
 @format_option
 @storage_option
-def narrow(stage, into, space_file, params, top_quantile, top_k, trials, epochs, seed_best, dry_run, fmt, storage_url) -> None:
+def narrow(stage, into, space_file, params, top_quantile, top_k, trials, epochs, seed_best, force, dry_run, fmt, storage_url) -> None:
     """Derive the next stage's search space from a finished stage (coarse to fine).
+
+    A stage that has not met its budget is refused (it says what is left) unless --force.
 
     Numeric ranges shrink to the best trials (in log space for log-scaled parameters) with a
     margin; a best value at the border of its range widens the range past that border instead;
@@ -332,14 +437,15 @@ def narrow(stage, into, space_file, params, top_quantile, top_k, trials, epochs,
       hpo narrow c1/stage-1
       hpo narrow c1/stage-1 --top-k 5 --epochs 10 --param activation=relu,elu
       hpo narrow c1/stage-1 --into c1-fine/stage-2 --dry-run --format json
+      hpo narrow c1/stage-1 --force      # stop stage 1 where it is and go on
     """
     from hpo.steps import narrow_stage
 
     storage = backend.open_storage(storage_url, heartbeat=False)
     parent, child, result = narrow_stage(
-        storage, stage, into=into, space_file=space_file, params=list(params),
+        storage_url, storage, stage, into=into, space_file=space_file, params=list(params),
         top_quantile=top_quantile, top_k=top_k, trials=trials, epochs=epochs,
-        seed_best=seed_best, dry_run=dry_run,
+        seed_best=seed_best, force=force, dry_run=dry_run,
     )
     rows = narrowing_rows(result, child)
     if fmt == "json":

@@ -5,12 +5,15 @@ from __future__ import annotations
 import dataclasses
 import re
 
-from hpo.campaign import CampaignError, trial_records
-from hpo.narrow import NarrowResult, narrow
+from hpo import campaign as campaign_mod
+from hpo.campaign import CampaignError
+from hpo.narrow import NarrowResult
 from storage import records
 from storage.errors import StorageError
 from storage.records import StagePlan
-from workers.space import SearchSpace, build_space
+from workers.feasible import check_feasible
+from workers.run import cached_dataset
+from workers.space import build_space
 
 _STAGE_NAME = re.compile(r"^(?P<campaign>.+)/stage-(?P<stage>[1-9][0-9]*)$")
 
@@ -23,47 +26,76 @@ def parse_stage_name(name: str) -> tuple[str, int]:
 
 
 def narrow_stage(
+    url: str,
     storage,
     stage: str,
     *,
     into: str | None = None,
     space_file: str | None = None,
     params: list[str] | None = None,
-    top_quantile: float = 0.25,
+    top_quantile: float | None = None,
     top_k: int | None = None,
     trials: int | None = None,
     epochs: int | None = None,
     seed_best: int = 1,
+    force: bool = False,
     dry_run: bool = False,
 ) -> tuple[StagePlan, StagePlan, NarrowResult]:
     """Derive the next stage from the finished ``stage``; create it unless ``dry_run``.
 
     The derived space can be overridden by a TOML file and ``--param`` specs (applied on top).
-    The new stage trains longer (4x the epochs by default), as the lecture advises.
+    The new stage's budget and epochs are the campaign's plan for it (as `hpo search` would
+    open it), else half the parent's trials (at least 8) at 4x its epochs, as the lecture
+    advises. A stage that has not met its budget is refused unless ``force``, which closes it
+    first: its queued trials are failed, the rest of its budget recorded as cancelled, so
+    nothing waits for it. The parent is closed in any case once the new stage exists.
     """
     parent = records.read_plan(storage, stage)
     if parent is None:
         raise StorageError(f"study {stage!r} was not created by hpo (it has no stage plan)")
     campaign, number = parse_stage_name(into) if into else (parent.campaign, parent.stage + 1)
-    result = narrow(
-        SearchSpace.from_dict(parent.space),
-        trial_records(storage, stage),
-        top_k=top_k,
-        top_quantile=top_quantile,
-    )
+    attrs = records.study_attrs(storage, stage)
+    counts = records.count_states(storage, stage)
+    if not campaign_mod.stage_is_complete(counts, parent, attrs) and not force:
+        running = f", {counts['RUNNING']} running" if counts.get("RUNNING") else ""
+        raise CampaignError(
+            f"{stage} is not finished: {records.finished_count(counts)} of {records.budget(parent, attrs)} "
+            f"trials done{running}; wait for it, or pass --force to close it and narrow from what is done"
+        )
+    spec = _campaign_spec(storage, campaign)
+    if top_quantile is None:
+        top_quantile = spec.top_quantile if spec else 0.25
+    planned = spec is not None and number <= len(spec.trials)
+    result = campaign_mod.narrow_from(storage, parent, top_k=top_k, top_quantile=top_quantile)
     space = build_space(result.space, space_file, list(params or []))
+    check_feasible(space, cached_dataset(parent.dataset, parent.seed), parent.cv)
     child = dataclasses.replace(
         parent,
         campaign=campaign,
         stage=number,
         stages=max(number, parent.stages if campaign == parent.campaign else number),
-        trials=trials or max(8, parent.trials // 2),
-        epochs=epochs or parent.epochs * 4,
+        trials=trials or (spec.trials[number - 1] if planned else max(8, parent.trials // 2)),
+        epochs=epochs or (spec.epochs[number - 1] if planned else parent.epochs * 4),
         space=space.to_dict(),
         lineage={"parent": parent.study_name, **result.to_dict()},
     )
-    if not dry_run:
-        study = records.create_stage(storage, child)
-        for best in [p for p in result.top_params if space.contains(p)][: min(seed_best, child.trials)]:
-            study.enqueue_trial(best, user_attrs={"seeded_from": parent.study_name}, skip_if_exists=True)
+    if dry_run:
+        return parent, child, result
+    if force:
+        campaign_mod.close_stage(url, storage, parent, "the stage was closed early by hpo narrow --force")
+    queue = campaign_mod.seed_queue(result, space, parent, min(seed_best, child.trials))
+    with campaign_mod.campaign_lock(url, storage, campaign):
+        _, created = records.ensure_stage(storage, child, queue=queue)
+    if not created:
+        raise StorageError(f"stage {child.study_name!r} exists already")
+    campaign_mod.close_stage(url, storage, parent)
     return parent, child, result
+
+
+def _campaign_spec(storage, campaign: str) -> campaign_mod.CampaignSpec | None:
+    """The stored plan of ``campaign`` (its first stage's), if it has one."""
+    try:
+        stored = records.study_attrs(storage, records.stage_study_name(campaign, 1)).get(records.CAMPAIGN_ATTR)
+    except StorageError:
+        return None
+    return campaign_mod.CampaignSpec.from_dict(stored) if isinstance(stored, dict) else None

@@ -9,7 +9,7 @@ import sys
 import optuna
 import pytest
 
-from hpo.campaign import CampaignSpec, final_evaluation, run_campaign
+from hpo.campaign import CampaignSpec, final_candidates, final_evaluation, run_campaign
 from storage import backend
 from tests.helpers import duplicate_trial_numbers, make_stage, states, worker_env
 from workers.space import SearchSpace, build_space
@@ -77,7 +77,7 @@ def test_final_retrain_falls_back_when_the_best_configuration_diverges(sqlite_ur
         trial.set_user_attr("seed", 1)
         study.tell(trial, value)
     recorder = Recorder()
-    result = final_evaluation(storage, [plan], recorder)
+    result = final_evaluation(final_candidates(storage, [plan], 5), plan, recorder)
     assert result.trial == 1 and result.params["learning_rate"] == pytest.approx(0.1)
     assert len(result.skipped) == 1 and "diverged" in result.skipped[0]
     assert any("trial 0" in m and "diverged" in m for m in recorder.messages)

@@ -7,6 +7,7 @@ Hyperband, or none. The names here are the single list the CLI offers.
 
 from __future__ import annotations
 
+import hashlib
 import warnings
 from collections.abc import Callable
 
@@ -67,6 +68,18 @@ PRUNERS: dict[str, Callable[[int], BasePruner]] = {
     "hyperband": _hyperband,
     "none": _none,
 }
+
+
+def sampler_seed(campaign_seed: int, slot: int, worker_seed: int | None = None) -> int:
+    """The sampler seed of the worker that took ``slot`` of a stage (``records.take_slot``).
+
+    Distinct slots give unrelated seeds, so workers on one stage, a resumed run and a second
+    `hpo launch` never sample the same sequence; one worker on a fresh storage always has
+    slot 0, so a campaign seed reproduces its trials. Any integers are accepted (hashed into
+    the 32 bits NumPy takes); ``worker_seed`` (`hpo worker --seed`) is mixed in.
+    """
+    digest = hashlib.sha256(f"{campaign_seed}/{slot}/{worker_seed or 0}".encode()).digest()
+    return int.from_bytes(digest[:4], "big")
 
 
 def make_sampler(name: str, space: SearchSpace, seed: int) -> BaseSampler:

@@ -17,7 +17,11 @@ What can go wrong is treated as normal:
 
 * a diverged run ends PRUNED with the reason in its attrs, and the worker goes on;
 * SIGTERM / SIGINT stop the worker at the next epoch boundary: its trial is failed and queued
-  again, under the lock (so nothing is left RUNNING), and the worker exits 0;
+  again, under the lock (so nothing is left RUNNING), and the worker exits 0; a second signal
+  (a terminal's Ctrl-C reaches the worker, then its coordinator's SIGTERM) changes nothing;
+* a stage whose trials keep failing with errors (``records.failure_verdict``) is stopped by
+  the first worker that sees it: its status becomes failed, no worker takes its trials, and
+  the workers exit with the reason;
 * a database error is retried with backoff wherever it strikes: taking a trial, each report
   and pruning check during training, storing the result (an attempt that committed but whose
   answer was lost is recognised, not redone); the heartbeat thread survives errors (Optuna's
@@ -29,6 +33,7 @@ What can go wrong is treated as normal:
 from __future__ import annotations
 
 import contextlib
+import datetime
 import logging
 import os
 import signal
@@ -36,7 +41,6 @@ import socket
 import threading
 import time
 import warnings
-import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -45,19 +49,17 @@ import optuna
 from optuna.trial import TrialState
 
 from storage import backend, records
-from storage.errors import StorageError
+from storage.errors import CampaignNotFound, StorageError
 from storage.records import StagePlan
 from storage.url import mask_url
 from storage.worker_storage import WorkerStorage
 from workers.objective import StopRequested, Trainer, TrialOutcome, run_trial
 from workers.run import cached_dataset, fit_and_score
 from workers.space import SearchSpace
-from workers.strategy import make_pruner, make_sampler
+from workers.strategy import make_pruner, make_sampler, sampler_seed
 
 log = logging.getLogger("hpo.worker")
 T = TypeVar("T")
-
-FINISHED = ("COMPLETE", "PRUNED")
 
 
 @dataclass
@@ -66,7 +68,7 @@ class WorkerOptions:
     campaign: str | None = None  # follow a campaign from stage to stage ...
     study: str | None = None  # ... or work on one stage study only
     worker_id: str = field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}")
-    seed: int | None = None  # None: from worker_id, so replicas of one command sample differently
+    seed: int | None = None  # mixed into the sampler seed (which the stage's slot makes unique)
     poll_seconds: float = 0.5
     wait_for_campaign_seconds: float = 60.0  # how long to wait for a campaign to appear
     max_trials: int | None = None  # stop after this many trials (None: until the campaign ends)
@@ -80,6 +82,7 @@ class WorkerSummary:
     train_seconds: float = 0.0
     overhead_seconds: float = 0.0
     stopped_by_signal: bool = False
+    stage_failed: str | None = None  # why the stage this worker worked on was stopped
 
 
 class Heartbeat:
@@ -168,8 +171,14 @@ class Worker:
 
     # -- signals ---------------------------------------------------------------------------
     def request_stop(self, *_: Any) -> None:
+        # A second signal is the usual case, not an emergency: a terminal's Ctrl-C reaches the
+        # whole process group, and the coordinator then stops its workers with SIGTERM.
+        # Stopping "harder" would skip the re-queue and leave the trial RUNNING until it is
+        # reaped; the worker stops at the next epoch boundary either way (SIGKILL, the last
+        # resort, leaves the trial to the reapers).
         if self._stop.is_set():
-            raise KeyboardInterrupt  # a second signal: stop now
+            log.warning("already stopping: the trial is queued again at the next epoch boundary")
+            return
         log.warning("stop requested: finishing at the next epoch boundary")
         self._stop.set()
         self.summary.stopped_by_signal = True
@@ -199,8 +208,15 @@ class Worker:
             if trial == "wait":
                 self._stop.wait(self.options.poll_seconds)
                 continue
+            if isinstance(trial, StageFailed):
+                if trial.why is not None:
+                    self._retrying(lambda: records.mark_stage_failed(self.storage, plan.study_name, trial.why),
+                                   "mark the stage failed")
+                self.summary.stage_failed = str(trial)
+                log.error("%s", trial)
+                break
             if trial == "stage done":
-                if self.options.study or plan.is_last:
+                if self.options.study or self._is_last(plan):
                     break
                 self._wait_for_next_stage(plan)
                 continue
@@ -242,8 +258,9 @@ class Worker:
             raise StorageError(f"study {name!r} was not created by hpo (it has no stage plan)")
         space = SearchSpace.from_dict(plan.space)
         cached_dataset(plan.dataset, plan.seed)  # load once, before any trial's clock starts
-        worker_seed = self.options.seed if self.options.seed is not None else zlib.crc32(self.options.worker_id.encode())
-        seed = plan.seed * 10_007 + worker_seed
+        slot = records.take_slot(self.storage, self.options.storage_url, name)
+        seed = sampler_seed(plan.seed, slot, self.options.seed)
+        log.info("joined %s as its worker %d (sampler seed %d)", name, slot, seed)
         study = optuna.load_study(
             study_name=name,
             storage=self.study_storage,
@@ -258,10 +275,13 @@ class Worker:
             stages = self._retrying(
                 lambda: records.campaign_stages(self.storage, self.options.campaign), "read the campaign"
             )
-            if stages or time.monotonic() > deadline or self._stop.is_set():
-                if not stages:
-                    log.warning("campaign %r did not appear; exiting", self.options.campaign)
+            if stages or self._stop.is_set():
                 return stages
+            if time.monotonic() > deadline:
+                raise CampaignNotFound(
+                    f"no campaign named {self.options.campaign!r} appeared in "
+                    f"{self.options.wait_for_campaign_seconds:g}s: check the name (hpo studies)"
+                )
             self._stop.wait(self.options.poll_seconds)
 
     def _wait_for_next_stage(self, plan: StagePlan) -> None:
@@ -273,14 +293,25 @@ class Worker:
             )
             if any(s.study_name == next_name for s in stages) or self._orphaned():
                 return
-            status = self._retrying(
-                lambda: records.study_attrs(self.storage, plan.study_name), "read the stage"
-            ).get(records.STATUS_ATTR)
-            if status in ("stopped", "failed"):
-                log.warning("campaign %r was %s; exiting", plan.campaign, status)
+            attrs = self._retrying(lambda: records.study_attrs(self.storage, plan.study_name), "read the stage")
+            if attrs.get(records.STATUS_ATTR) == records.FAILED:
+                self.summary.stage_failed = _stage_failure(plan, attrs)
+                log.error("%s", self.summary.stage_failed)
                 self._stop.set()
                 return
             self._stop.wait(self.options.poll_seconds)
+
+    def _is_last(self, plan: StagePlan) -> bool:
+        """Whether the campaign ends with this stage: its stage count is the stored campaign
+        plan's (which `hpo search --replan` may have raised since this stage was created)."""
+        def read() -> tuple[dict[str, Any], bool]:
+            first = records.study_attrs(self.storage, records.stage_study_name(plan.campaign, 1))
+            later = records.campaign_stages(self.storage, plan.campaign)[plan.stage:]
+            return first.get(records.CAMPAIGN_ATTR) or {}, bool(later)
+
+        campaign, later = self._retrying(read, "read the campaign")
+        stages = campaign.get("stages") if isinstance(campaign.get("stages"), int) else plan.stages
+        return not later and plan.stage >= max(stages, plan.stages)
 
     def _claim_trial(self, study: optuna.Study, plan: StagePlan, space: SearchSpace):
         """Under the database-wide lock: reap stale trials, then take a trial, or say why not.
@@ -310,10 +341,19 @@ class Worker:
                 self._next_reap[plan.study_name] = time.monotonic() + backend.HEARTBEAT_INTERVAL
             self.study_storage.sync(study._study_id)  # what every other worker did, read once
             counts = self.study_storage.count_states(study._study_id)
-            finished = sum(counts.get(s, 0) for s in FINISHED)
+            # Read under the lock, as the budget is: a stage closed or failed a moment ago
+            # takes no more trials (one indexed query per claim).
+            attrs = records.study_attrs(self.storage, plan.study_name)
+            if attrs.get(records.STATUS_ATTR) == records.FAILED:
+                return StageFailed(_stage_failure(plan, attrs))
+            if counts.get("FAIL", 0) and (why := self._failure_verdict(study, plan)):
+                # Marked once the claim's transaction is over (on SQLite a second connection
+                # could not write while this one may hold the write lock).
+                return StageFailed(_stage_failure(plan, {records.FAILURE_ATTR: why}), why=why)
+            finished = records.finished_count(counts)
             running = counts.get("RUNNING", 0)
-            if finished + running >= plan.trials:
-                return "wait" if running else "stage done"
+            if attrs.get(records.STATUS_ATTR) == records.DONE or finished + running >= records.budget(plan, attrs):
+                return "wait" if running and attrs.get(records.STATUS_ATTR) != records.DONE else "stage done"
             trial = _open_trial(study)
             # Named at once, so `hpo health` can say who runs a RUNNING trial.
             self.study_storage.set_trial_user_attr(trial._trial_id, "worker", self.options.worker_id)
@@ -333,6 +373,13 @@ class Worker:
             self.study_storage.flush_alone(trial._trial_id)  # failed under us: the first report says so
         self.heartbeat.start(trial._trial_id, beat=False)  # its first beat was written in the claim
         return trial
+
+    def _failure_verdict(self, study: optuna.Study, plan: StagePlan) -> str | None:
+        """``records.failure_verdict`` over the snapshot synced in this claim."""
+        done = [t for t in self.study_storage.get_all_trials(study._study_id, deepcopy=False)
+                if t.state.is_finished()]
+        done.sort(key=lambda t: (t.datetime_complete or datetime.datetime.min, t._trial_id))
+        return records.failure_verdict(plan, [(t.state.name, t.user_attrs.get("reason")) for t in done])
 
     def _run_one(
         self, study: optuna.Study, plan: StagePlan, space: SearchSpace, trial: optuna.Trial, started: float
@@ -418,6 +465,12 @@ class Worker:
             with backend.exclusive(self.options.storage_url, study.study_name, self._lock_engine):
                 self.study_storage.release(trial._trial_id)  # write what it holds; read fresh from here
                 backend.fail_with_retry(study, trial._trial_id)
+                attrs = records.study_attrs(self.storage, study.study_name)
+                if attrs.get(records.STATUS_ATTR) in (records.DONE, records.FAILED):
+                    # A closed stage runs no more trials: its retry is closed as not needed
+                    # (and counted as cancelled), or it would wait for ever.
+                    plan = self._studies[study.study_name][1]
+                    records.close_stage(self.storage, plan, f"{backend.NOT_NEEDED}: the stage was closed")
 
         self._retrying(fail_and_retry, "re-queue the interrupted trial")
         log.warning("trial %d interrupted: failed and queued again", trial.number)
@@ -462,6 +515,23 @@ def _open_trial(study: optuna.Study) -> optuna.Trial:
     if trial_id is None:
         trial_id = study._storage.create_new_trial(study._study_id)
     return optuna.Trial(study, trial_id)
+
+
+class StageFailed(str):
+    """A claim's answer: the stage was stopped by its failure budget (the text says why);
+    ``why`` is set when this claim found it and the stage is still to be marked failed."""
+
+    why: str | None
+
+    def __new__(cls, text: str, why: str | None = None) -> StageFailed:
+        self = super().__new__(cls, text)
+        self.why = why
+        return self
+
+
+def _stage_failure(plan: StagePlan, attrs: dict[str, Any]) -> str:
+    why = attrs.get(records.FAILURE_ATTR) or "its trials kept failing"
+    return f"stage {plan.study_name} stopped: {why}"
 
 
 def _first_line(error: BaseException) -> str:
