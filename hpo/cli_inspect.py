@@ -14,7 +14,7 @@ from optuna.storages import RDBStorage
 
 from hpo import inspect
 from hpo.cli import cli
-from hpo.output import UsageError, err, format_option, one_line, out, print_json, render_rows, storage_option
+from hpo.output import UsageError, err, format_option, literal, one_line, out, print_json, render_rows, storage_option
 from storage import backend
 from storage.errors import StorageError
 from storage.url import mask_url
@@ -46,7 +46,7 @@ def opened(storage_url: str, *, heartbeat: bool = False) -> Iterator[RDBStorage]
         raise UsageError(backend.describe_db_error(storage_url, e)) from None
 
 
-STUDY_COLUMNS = ["study", "stage", "status", "budget", "epochs", "complete", "pruned", "fail", "running", "waiting", "best", "test_accuracy"]
+STUDY_COLUMNS = ["study", "stage", "status", "budget", "epochs", "complete", "pruned", "diverged", "fail", "running", "waiting", "best", "test_accuracy"]
 
 
 @cli.command()
@@ -56,7 +56,8 @@ def studies(fmt, storage_url) -> None:
     """List campaigns, their stages and other studies.
 
     One row per study (plain Optuna studies too): its stage (K/N), status, trial budget, epochs per trial, trials per
-    state, the best value so far and, on a campaign's last stage, the final test accuracy.
+    state, the best value so far and, on a campaign's last stage, the final test accuracy. Trials whose training
+    diverged are counted as "diverged", apart from those the pruner stopped ("pruned"); Optuna stores both as PRUNED.
 
     \b
     Examples:
@@ -179,8 +180,9 @@ def best(study, top, fmt, storage_url) -> None:
 def health(study, fmt, storage_url) -> None:
     """Check on a running study: heartbeats, workers, time.
 
-    Trials per state, RUNNING trials with the age of their last heartbeat (stale ones
-    flagged), trials and mean times per worker, and the time spent outside training.
+    Trials per state (diverged trials apart from pruned ones), RUNNING trials with the age of
+    their last heartbeat (stale ones flagged), trials and mean times per worker, and the time
+    spent outside training.
 
     A RUNNING trial is stale when its heartbeat is older than the grace period
     ($HPO_HEARTBEAT_GRACE, default 30 s); the next worker fails and retries it, or run
@@ -197,7 +199,8 @@ def health(study, fmt, storage_url) -> None:
         print_json(report)
         return
     counts = report["counts"]
-    out.print(f"[bold]{report['study']}[/bold]: " + ", ".join(f"{n} {state.lower()}" for state, n in counts.items()))
+    shown = {outcome: n for outcome, n in counts.items() if n or outcome != "DIVERGED"}
+    out.print(literal(report["study"], style="bold"), literal(": " + ", ".join(f"{n} {outcome.lower()}" for outcome, n in shown.items())), sep="")
     if report["running"]:
         running = [
             {**r, "heartbeat_age": "no beat yet" if r["heartbeat_age"] is None else r["heartbeat_age"], "stale": "yes" if r["stale"] else "no"}
@@ -205,7 +208,7 @@ def health(study, fmt, storage_url) -> None:
         ]
         render_rows(running, ["number", "worker", "heartbeat_age", "stale"], "table", title=f"Running trials (stale after {report['grace_seconds']} s without a heartbeat)")
     if report["workers"]:
-        render_rows(report["workers"], ["worker", "trials", "complete", "pruned", "fail", "mean_train_seconds", "mean_overhead_seconds"], "table", title="Workers")
+        render_rows(report["workers"], ["worker", "trials", "complete", "pruned", "diverged", "fail", "mean_train_seconds", "mean_overhead_seconds"], "table", title="Workers")
     spent = report["time"]
     if spent["overhead_fraction"] is not None:
         out.print(f"time: {spent['train_seconds']:.1f} s training, {spent['overhead_seconds']:.1f} s outside training "
@@ -213,7 +216,8 @@ def health(study, fmt, storage_url) -> None:
     if report["retries"]:
         out.print(f"{report['retries']} trial(s) are retries of failed trials")
     if report["stale"]:
-        out.print(f"[red]stale: trial(s) {', '.join(map(str, report['stale']))}[/red] — run `hpo fail-stale {report['study']}` to fail and retry them now")
+        out.print(literal(f"stale: trial(s) {', '.join(map(str, report['stale']))}", style="red"),
+                  literal(f" — run `hpo fail-stale {report['study']}` to fail and retry them now"), sep="")
 
 
 @cli.command("fail-stale")

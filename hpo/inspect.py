@@ -35,11 +35,13 @@ from storage.errors import StorageError, StudyNotFound
 from storage.url import is_sqlite, mask_url, sqlite_path
 
 STATES = ("COMPLETE", "PRUNED", "FAIL", "RUNNING", "WAITING")
+# What the views count: the states, with diverged trials (stored PRUNED) apart from pruned ones.
+OUTCOMES = ("COMPLETE", "PRUNED", "DIVERGED", "FAIL", "RUNNING", "WAITING")
 
 # Keys of a row of `hpo studies`, in order.
 STUDY_KEYS = (
     "study", "campaign", "stage", "stages", "status", "budget", "epochs",
-    *(state.lower() for state in STATES), "best", "direction", "test_accuracy",
+    *(outcome.lower() for outcome in OUTCOMES), "best", "direction", "test_accuracy",
 )
 
 # Columns of `hpo trials`: shown by default (parameters go between "value" and "duration") ...
@@ -84,10 +86,12 @@ def list_studies(storage: RDBStorage) -> list[dict[str, Any]]:
     """One row per study: campaign stages first (by campaign, then stage), then plain studies.
 
     Keys: STUDY_KEYS; ``test_accuracy`` is the campaign's final test accuracy (on its last stage).
-    Plan keys are None for studies that hpo did not create. Counts and best values come from
-    two grouped queries, not from reading every trial.
+    Plan keys are None for studies that hpo did not create. ``pruned`` counts the trials the
+    pruner stopped, ``diverged`` those whose training diverged (Optuna stores both as PRUNED).
+    Counts and best values come from two grouped queries, not from reading every trial.
     """
-    counts, extremes = _study_aggregates(storage)
+    counts = records.count_outcomes_by_study(storage)
+    extremes = _study_extremes(storage)
     rows = []
     for study in storage.get_all_studies():
         attrs = study.user_attrs
@@ -102,7 +106,7 @@ def list_studies(storage: RDBStorage) -> list[dict[str, Any]]:
             "status": attrs.get(records.STATUS_ATTR),
             "budget": plan.trials if plan else None,
             "epochs": plan.epochs if plan else None,
-            **{state.lower(): study_counts.get(state, 0) for state in STATES},
+            **{outcome.lower(): study_counts.get(outcome, 0) for outcome in OUTCOMES},
             "best": _best_of(study.directions, extremes.get(study._study_id)),
             "direction": "/".join(d.name.lower() for d in study.directions),
             "test_accuracy": result.get("test_accuracy") if isinstance(result, dict) else None,
@@ -111,14 +115,9 @@ def list_studies(storage: RDBStorage) -> list[dict[str, Any]]:
     return rows
 
 
-def _study_aggregates(storage: RDBStorage) -> tuple[dict[int, dict[str, int]], dict[int, tuple[float, float]]]:
-    counts: dict[int, dict[str, int]] = {}
+def _study_extremes(storage: RDBStorage) -> dict[int, tuple[float, float]]:
     extremes: dict[int, tuple[float, float]] = {}
     with storage.engine.connect() as conn:
-        for study_id, state, n in conn.execute(
-            sqlalchemy.text("SELECT study_id, state, COUNT(*) FROM trials GROUP BY study_id, state")
-        ):
-            counts.setdefault(study_id, {})[_state_name(state)] = int(n)
         for study_id, high, low in conn.execute(sqlalchemy.text(
             "SELECT t.study_id, MAX(v.value), MIN(v.value) FROM trial_values v "
             "JOIN trials t ON t.trial_id = v.trial_id "
@@ -126,17 +125,13 @@ def _study_aggregates(storage: RDBStorage) -> tuple[dict[int, dict[str, int]], d
         )):
             if high is not None:
                 extremes[study_id] = (float(high), float(low))
-    return counts, extremes
+    return extremes
 
 
 def _best_of(directions: Sequence[StudyDirection], extremes: tuple[float, float] | None) -> float | None:
     if extremes is None or len(directions) != 1:
         return None
     return extremes[0] if directions[0] == StudyDirection.MAXIMIZE else extremes[1]
-
-
-def _state_name(state: Any) -> str:
-    return str(getattr(state, "name", state)).removeprefix("TrialState.")
 
 
 # -- hpo trials --------------------------------------------------------------------------------
@@ -492,10 +487,11 @@ def study_health(storage: RDBStorage, name: str, grace: float | None = None) -> 
     A RUNNING trial is stale when its last heartbeat is older than ``grace`` seconds (default:
     the workers' HEARTBEAT_GRACE); ``hpo fail-stale`` or the next worker fails it.
 
-    Keys: study, grace_seconds, counts {state: n}, running [{number, worker, heartbeat_age,
-    stale}], stale [numbers], workers [{worker, trials, complete, pruned, fail,
-    mean_train_seconds, mean_overhead_seconds}], time {train_seconds, overhead_seconds,
-    overhead_fraction}, retries (trials that are retries of failed ones).
+    Keys: study, grace_seconds, counts {outcome: n} (OUTCOMES: the states, with diverged trials
+    apart from pruned ones), running [{number, worker, heartbeat_age, stale}], stale [numbers],
+    workers [{worker, trials, complete, pruned, diverged, fail, mean_train_seconds,
+    mean_overhead_seconds}], time {train_seconds, overhead_seconds, overhead_fraction}, retries
+    (trials that are retries of failed ones).
     """
     grace = backend.HEARTBEAT_GRACE if grace is None else grace
     study_name, _ = resolve_study(storage, name)
@@ -503,9 +499,9 @@ def study_health(storage: RDBStorage, name: str, grace: float | None = None) -> 
     beats = running_heartbeats(storage, study_id)
     trials = storage.get_all_trials(study_id, deepcopy=False)
     by_number = {t.number: t for t in trials}
-    counts = dict.fromkeys(STATES, 0)
+    counts = dict.fromkeys(OUTCOMES, 0)
     for t in trials:
-        counts[t.state.name] = counts.get(t.state.name, 0) + 1
+        counts[_outcome(t)] = counts.get(_outcome(t), 0) + 1
     running = []
     for beat in beats:
         trial = by_number.get(beat["number"])
@@ -522,10 +518,10 @@ def study_health(storage: RDBStorage, name: str, grace: float | None = None) -> 
         if worker is None:
             continue
         timings = t.user_attrs.get("timings") if isinstance(t.user_attrs.get("timings"), dict) else {}
-        entry = workers.setdefault(str(worker), {"worker": str(worker), "trials": 0, "complete": 0, "pruned": 0, "fail": 0, "_train": [], "_overhead": []})
+        entry = workers.setdefault(str(worker), {"worker": str(worker), "trials": 0, "complete": 0, "pruned": 0, "diverged": 0, "fail": 0, "_train": [], "_overhead": []})
         entry["trials"] += 1
-        if t.state.name.lower() in ("complete", "pruned", "fail"):
-            entry[t.state.name.lower()] += 1
+        if _outcome(t).lower() in ("complete", "pruned", "diverged", "fail"):
+            entry[_outcome(t).lower()] += 1
         if _number(timings.get("train_seconds")) is not None:
             entry["_train"].append(float(timings["train_seconds"]))
             train_total += float(timings["train_seconds"])
@@ -553,6 +549,11 @@ def study_health(storage: RDBStorage, name: str, grace: float | None = None) -> 
         },
         "retries": sum(1 for t in trials if "failed_trial" in t.system_attrs),
     }
+
+
+def _outcome(trial: FrozenTrial) -> str:
+    """The trial's state name, or DIVERGED for a PRUNED trial whose training diverged."""
+    return "DIVERGED" if records.is_diverged(trial.state.name, trial.user_attrs) else trial.state.name
 
 
 # -- hpo fail-stale ----------------------------------------------------------------------------

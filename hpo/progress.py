@@ -1,4 +1,9 @@
-"""What a running search shows: a bar per stage, the narrowing between stages, a summary."""
+"""What a running search shows: a bar per stage, the narrowing between stages, a summary.
+
+Trials that diverged are counted apart from those the pruner stopped, although Optuna stores
+both as PRUNED: with ``--pruner none`` every "pruned" trial would be a diverged one. Names,
+parameter values and messages are printed literally (see :mod:`hpo.output`).
+"""
 
 from __future__ import annotations
 
@@ -9,6 +14,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from hpo.narrow import NarrowResult
+from hpo.output import literal
 from storage.records import StagePlan
 from workers.space import SearchSpace
 
@@ -27,10 +33,10 @@ class RichProgress:
     def __init__(self, console: Console) -> None:
         self.console = console
         self.bars = Progress(
-            TextColumn("{task.description}"),
+            TextColumn("{task.description}", markup=False),
             BarColumn(),
             MofNCompleteColumn(),
-            TextColumn("{task.fields[status]}"),
+            TextColumn("{task.fields[status]}", markup=False),
             TimeElapsedColumn(),
             console=console,
             transient=False,
@@ -53,49 +59,69 @@ class RichProgress:
         )
 
     def stage_progress(self, plan: StagePlan, counts: dict[str, int], best: float | None) -> None:
+        """``counts``: trials per state, as ``records.count_states`` or, with diverged trials
+        apart (``DIVERGED``), ``records.count_outcomes`` returns them."""
         self.stage_started(plan, resumed=True)
-        finished = counts.get("COMPLETE", 0) + counts.get("PRUNED", 0)
         parts = [f"best {best:.4f}" if best is not None else "best -"]
-        for state in ("RUNNING", "PRUNED", "FAIL"):
-            if counts.get(state):
-                parts.append(f"{counts[state]} {state.lower()}")
-        self.bars.update(self.tasks[plan.study_name], completed=finished, status=" · ".join(parts))
+        for outcome, n in (("running", counts.get("RUNNING", 0)), *outcome_counts(counts).items()):
+            if n and outcome != "complete":
+                parts.append(f"{n} {outcome}")
+        self.bars.update(self.tasks[plan.study_name], completed=finished(counts), status=" · ".join(parts))
 
     def stage_narrowed(self, parent: StagePlan, child: StagePlan, result: NarrowResult) -> None:
-        table = Table(title=f"{parent.study_name} -> {child.study_name}", title_justify="left")
+        table = Table(title=literal(f"{parent.study_name} -> {child.study_name}"), title_justify="left")
         for column in ("param", "old", "new", "reason"):
             table.add_column(column, overflow="fold")
         for row in narrowing_rows(result, child):
-            table.add_row(row["param"], row["old"], row["new"], row["reason"])
+            table.add_row(*(literal(str(row[key])) for key in ("param", "old", "new", "reason")))
         self.bars.console.print(table)
 
     def message(self, text: str) -> None:
-        self.bars.console.print(text)
+        """Print ``text`` as it is: no markup, control characters escaped."""
+        self.bars.console.print(literal(text))
 
     def print_summary(self, console: Console, summary: Any) -> None:
-        table = Table(title=f"campaign {summary.name}", title_justify="left")
-        for column in ("stage", "epochs", "trials", "pruned", "best val", "ranges"):
+        table = Table(title=literal(f"campaign {summary.name}"), title_justify="left")
+        for column in ("stage", "epochs", "trials", "pruned", "diverged", "best val", "ranges"):
             table.add_column(column, overflow="fold")
         for stage in summary.stages:
             counts = stage["counts"]
+            outcomes = outcome_counts(counts)
             table.add_row(
                 str(stage["stage"]),
                 str(stage["epochs"]),
-                f"{counts.get('COMPLETE', 0) + counts.get('PRUNED', 0)}/{stage['budget']}",
-                str(counts.get("PRUNED", 0)),
+                f"{finished(counts)}/{stage['budget']}",
+                str(outcomes["pruned"]),
+                str(outcomes["diverged"]),
                 "-" if stage["best_value"] is None else f"{stage['best_value']:.4f}",
-                "\n".join(f"{k} {v}" for k, v in stage["ranges"].items()),
+                literal("\n".join(f"{k} {v}" for k, v in stage["ranges"].items())),
             )
         console.print(table)
         best = summary.best
         params = ", ".join(f"{k}={_short(v)}" for k, v in best.params.items())
-        console.print(f"best: {best.study} trial {best.trial}: {params}")
+        console.print(literal(f"best: {best.study} trial {best.trial}: {params}"))
         for note in best.skipped:
-            console.print(f"  skipped: {note}")
+            console.print(literal(f"  skipped: {note}"))
         console.print(
             f"validation {best.val_accuracy:.4f}   retrained on train+val: "
             f"train {best.train_accuracy:.4f}   test {best.test_accuracy:.4f}   ({summary.seconds:.0f}s)"
         )
+
+
+def finished(counts: dict[str, int]) -> int:
+    """Trials that count toward the budget: COMPLETE and PRUNED (diverged ones included)."""
+    return counts.get("COMPLETE", 0) + counts.get("PRUNED", 0) + counts.get("DIVERGED", 0)
+
+
+def outcome_counts(counts: dict[str, int]) -> dict[str, int]:
+    """``{"complete", "pruned", "diverged", "fail"}`` from trials per state; without a DIVERGED
+    count, every PRUNED trial counts as pruned."""
+    return {
+        "complete": counts.get("COMPLETE", 0),
+        "pruned": counts.get("PRUNED", 0),
+        "diverged": counts.get("DIVERGED", 0),
+        "fail": counts.get("FAIL", 0),
+    }
 
 
 def _short(value: Any) -> str:

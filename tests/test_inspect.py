@@ -255,8 +255,8 @@ def test_studies_lists_stages_in_order_with_counts_budget_and_best(campaign_db):
     first, second, plain = rows
     assert all(tuple(r) == inspect.STUDY_KEYS for r in rows)
     assert (first["stage"], first["stages"], first["status"], first["complete"], first["best"]) == (1, 2, "done", 2, 0.80)
-    assert {k: second[k] for k in ("complete", "pruned", "fail", "running", "waiting")} == {
-        "complete": 3, "pruned": 1, "fail": 1, "running": 1, "waiting": 1}
+    assert {k: second[k] for k in ("complete", "pruned", "diverged", "fail", "running", "waiting")} == {
+        "complete": 3, "pruned": 0, "diverged": 1, "fail": 1, "running": 1, "waiting": 1}  # its PRUNED trial diverged
     assert (second["budget"], second["epochs"], second["best"], second["test_accuracy"]) == (6, 3, 0.95, 0.94)
     # A study hpo did not create is listed too, and its best respects its direction.
     assert plain["campaign"] is None and plain["budget"] is None and plain["direction"] == "minimize"
@@ -413,7 +413,7 @@ def test_health_reports_heartbeat_ages_workers_and_time(db):
     study, running = build_running(db)
     backdate_heartbeat(db.storage, running[1]._trial_id, 120)
     report = inspect.study_health(db.storage, study.study_name, grace=30)
-    assert report["counts"] == {"COMPLETE": 2, "PRUNED": 0, "FAIL": 0, "RUNNING": 2, "WAITING": 0}
+    assert report["counts"] == {"COMPLETE": 2, "PRUNED": 0, "DIVERGED": 0, "FAIL": 0, "RUNNING": 2, "WAITING": 0}
     fresh, old = report["running"]
     assert (fresh["number"], fresh["worker"], fresh["stale"]) == (2, "w1", False)
     assert 0 <= fresh["heartbeat_age"] < 10
