@@ -133,7 +133,7 @@ def train(dataset, hidden, split_seed, as_json, **knobs) -> None:
     try:
         evaluation = train_and_test(config, data, on_epoch=None if as_json else show)
     except TrainingDiverged as e:
-        err.print(f"[red]{e}[/red]")
+        err.print(str(e), style="red")
         sys.exit(1)
     result = evaluation.result
     summary = {
