@@ -12,7 +12,9 @@ Which trials count
     trials are left out even when Optuna gave them their last reported value: that value
     was measured after fewer epochs than a complete trial's and they were stopped for
     looking worse (or for diverging), so ranking them together would compare unlike
-    numbers. Failed, running and waiting trials have no value.
+    numbers. Failed, running and waiting trials have no value. A stage without any
+    trial that counts raises ``NothingToNarrow``, which says how many trials of each
+    kind it had.
 
 The top trials
     The finished trials sorted best first (ties: the lower trial number first); the top
@@ -28,7 +30,8 @@ A range (float or int; in log10 units when it is log-scaled, else linear units)
        a border, that side is extended beyond the old border by ``widen`` times the old
        width, and the other side takes step 1's bound (cut at the old border), which
        never cuts into the top trials. Domain limits hold: a side stops at an inclusive
-       limit (batch_size >= 1, lr_decay <= 1); before an exclusive limit it moves at
+       limit (batch_size >= 1, lr_decay <= 1, and a limit the data sets, passed as
+       ``limits``: pca_components <= the number of features); before an exclusive limit it moves at
        most half the way to it (momentum < 1: 0.99 -> 0.995), so repeated widening
        approaches the limit but never reaches it; a border already at the limit stays.
        A log-scaled range has no lower limit in log units, so it stays above 0.
@@ -52,6 +55,7 @@ seeded with them (``study.enqueue_trial(result.best_params)``).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections import Counter
 from collections.abc import Mapping, Sequence
@@ -69,6 +73,7 @@ __all__ = [
     "WIDEN",
     "NarrowError",
     "NarrowResult",
+    "NothingToNarrow",
     "ParamChange",
     "TrialRecord",
     "narrow",
@@ -84,17 +89,29 @@ class NarrowError(ValueError):
     """The stage cannot be narrowed (no usable trials, or a bad setting)."""
 
 
+class NothingToNarrow(NarrowError):
+    """No trial of the stage finished with a value to rank: all were pruned, diverged,
+    failed, are still running or lie outside the space. ``counts`` says how many of each."""
+
+    def __init__(self, message: str, counts: Mapping[str, int]):
+        super().__init__(message)
+        self.counts = dict(counts)
+
+
 @dataclass(frozen=True)
 class TrialRecord:
     """What narrowing needs of one trial: its number, sampled params, value and state.
 
-    ``state`` is an Optuna ``TrialState`` name ("COMPLETE", "PRUNED", "FAIL", ...).
+    ``state`` is an Optuna ``TrialState`` name ("COMPLETE", "PRUNED", "FAIL", ...);
+    ``reason`` the trial's stored reason, if any (a diverged run is PRUNED with a reason
+    beginning "diverged"), used only to say why nothing could be narrowed.
     """
 
     number: int
     params: Mapping[str, Any]
     value: float | None
     state: str = "COMPLETE"
+    reason: str | None = None
 
 
 @dataclass(frozen=True)
@@ -194,6 +211,8 @@ def narrow(
     widen: float = WIDEN,
     border_tolerance: float = BORDER_TOLERANCE,
     min_width: float = MIN_WIDTH,
+    limits: Mapping[str, int] | None = None,
+    stage: str | None = None,
 ) -> NarrowResult:
     """The next stage's search space from ``trials`` of a stage searched over ``space``.
 
@@ -212,14 +231,18 @@ def narrow(
             border", in [0, 0.5).
         min_width: the narrowest a range becomes, as a fraction of the old width, in
             (0, 1].
+        limits: upper limits the data sets on integer parameters, {name: largest
+            value} (pca_components: the number of features; see
+            ``workers.feasible.data_limits``): a range widened upward stops there.
+        stage: the stage's name, for the message of ``NothingToNarrow``.
 
     Raises:
-        NarrowError: a bad setting, or no COMPLETE trial with a finite value inside
-            ``space``.
+        NothingToNarrow: no COMPLETE trial with a finite value inside ``space``.
+        NarrowError: a bad setting.
     """
     direction = _direction(direction)
     _check_settings(top_k, top_quantile, margin, widen, border_tolerance, min_width)
-    ranked = _ranked(space, trials, direction)
+    ranked = _ranked(space, trials, direction, stage)
     n_top = min(len(ranked), top_k if top_k is not None else max(MIN_TOP, math.ceil(top_quantile * len(ranked))))
     top = ranked[:n_top]
     best = top[0]
@@ -234,6 +257,7 @@ def narrow(
             new, reason = _narrow_range(
                 name, old, values, best.params[name], n_top,
                 margin=margin, widen=widen, border_tolerance=border_tolerance, min_width=min_width,
+                limit=(limits or {}).get(name),
             )
         new_specs[name] = new
         changes.append(ParamChange(name, old, new, reason))
@@ -298,8 +322,10 @@ def _finite(value: Any) -> bool:
         return False
 
 
-def _ranked(space: SearchSpace, trials: Sequence[TrialRecord], direction: str) -> list[TrialRecord]:
-    """The usable trials, best first; NarrowError (with counts) when there is none."""
+def _ranked(
+    space: SearchSpace, trials: Sequence[TrialRecord], direction: str, stage: str | None
+) -> list[TrialRecord]:
+    """The usable trials, best first; NothingToNarrow (with counts) when there is none."""
     usable, outside = [], 0
     for t in trials:
         if _state_name(t.state) != "COMPLETE" or not _finite(t.value):
@@ -310,10 +336,19 @@ def _ranked(space: SearchSpace, trials: Sequence[TrialRecord], direction: str) -
         usable.append(t)
     if not usable:
         states = Counter(_state_name(t.state) for t in trials)
-        seen = ", ".join(f"{n} {s}" for s, n in sorted(states.items())) or "no trials at all"
+        diverged = sum(
+            1 for t in trials
+            if _state_name(t.state) == "PRUNED" and str(t.reason or "").startswith("diverged")
+        )
+        seen = ", ".join(
+            f"{n} {s}" + (f" ({diverged} diverged)" if s == "PRUNED" and diverged else "")
+            for s, n in sorted(states.items())
+        ) or "no trials at all"
         extra = f"; {outside} of the complete ones lie outside the space" if outside else ""
-        raise NarrowError(
-            f"nothing to narrow from: no COMPLETE trial with a finite value inside the space ({seen}{extra})"
+        raise NothingToNarrow(
+            f"{stage or 'the stage'} has nothing to narrow from: no COMPLETE trial with a finite value "
+            f"inside the space ({seen}{extra})",
+            {**states, "diverged": diverged, "outside": outside},
         )
     sign = -1.0 if direction == "maximize" else 1.0
     return sorted(usable, key=lambda t: (sign * float(t.value), t.number))
@@ -367,8 +402,11 @@ def _narrow_range(
     widen: float,
     border_tolerance: float,
     min_width: float,
+    limit: int | None = None,
 ) -> tuple[ParamSpec, str]:
     info = PARAMETERS[name].for_value(old)  # pca_components: a count or a fraction domain
+    if limit is not None and info.kind == "int" and (info.high is None or limit < info.high):
+        info = dataclasses.replace(info, high=limit, high_open=False)  # e.g. no more directions than features
     to_t = math.log10 if old.log else float  # the units the sampler is uniform in
 
     def from_t(u: float) -> float:

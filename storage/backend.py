@@ -24,7 +24,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from typing import TypeVar
 
 import optuna
@@ -41,9 +41,67 @@ T = TypeVar("T")
 
 # A worker beats every HEARTBEAT_INTERVAL seconds; a RUNNING trial whose last beat is older
 # than HEARTBEAT_GRACE seconds is failed by the next worker that looks, and retried once.
-HEARTBEAT_INTERVAL = int(os.environ.get("HPO_HEARTBEAT_INTERVAL", "10"))
-HEARTBEAT_GRACE = int(os.environ.get("HPO_HEARTBEAT_GRACE", "30"))
+HEARTBEAT_ENV = {"HPO_HEARTBEAT_INTERVAL": 10, "HPO_HEARTBEAT_GRACE": 30}  # variable: default seconds
 MAX_RETRY = 1
+
+
+def heartbeat_settings(environ: Mapping[str, str] | None = None) -> tuple[int, int]:
+    """(interval, grace) in seconds from HPO_HEARTBEAT_INTERVAL and HPO_HEARTBEAT_GRACE, or
+    StorageError naming the variable: each a whole number >= 1, the grace longer than the
+    interval (else a live trial looks stale between two of its beats)."""
+    environ = os.environ if environ is None else environ
+    values = []
+    for variable, default in HEARTBEAT_ENV.items():
+        text = environ.get(variable, "").strip()
+        try:
+            value = int(text) if text else default
+        except ValueError:
+            value = 0
+        if value < 1:
+            raise StorageError(f"{variable} must be a whole number of seconds >= 1, got {text!r}")
+        values.append(value)
+    interval, grace = values
+    if grace <= interval:
+        raise StorageError(
+            f"HPO_HEARTBEAT_GRACE ({grace}) must be longer than HPO_HEARTBEAT_INTERVAL ({interval}): "
+            "a trial would look stale between two of its heartbeats"
+        )
+    return interval, grace
+
+
+# Read once, at import; a bad value is reported by the first command that opens a storage
+# (check_heartbeat_settings), as one line rather than an import error in every command.
+try:
+    HEARTBEAT_INTERVAL, HEARTBEAT_GRACE = heartbeat_settings()
+    _HEARTBEAT_PROBLEM: str | None = None
+except StorageError as _e:
+    HEARTBEAT_INTERVAL = HEARTBEAT_GRACE = None  # type: ignore[assignment]
+    _HEARTBEAT_PROBLEM = str(_e)
+
+
+def check_heartbeat_settings() -> None:
+    """StorageError if HPO_HEARTBEAT_INTERVAL or HPO_HEARTBEAT_GRACE was unusable at import."""
+    if _HEARTBEAT_PROBLEM is not None:
+        raise StorageError(_HEARTBEAT_PROBLEM)
+
+
+def check_settings(url: str) -> None:
+    """Refuse what is wrong before any connection or file is made: the heartbeat settings and
+    the folder of a SQLite file. ``open_storage`` and ``ensure_schema`` call it; a command that
+    prints before either (``hpo search``) calls it first, so bad settings are its one line."""
+    check_heartbeat_settings()
+    check_sqlite_folder(url)
+
+
+def check_sqlite_folder(url: str) -> None:
+    """StorageError if ``url`` is a SQLite file in a folder that does not exist (SQLite would
+    say only "unable to open database file", and its lock file could not be made)."""
+    path = sqlite_path(url) if is_sqlite(url) else None
+    if path is None:
+        return
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise StorageError(f"no folder {folder} for the SQLite file {os.path.basename(path)}: create it first")
 
 SQLITE_BUSY_TIMEOUT_S = 60
 
@@ -106,6 +164,7 @@ def open_storage(url: str, *, heartbeat: bool = True) -> RDBStorage:
     With ``heartbeat``, stale RUNNING trials are failed and retried at most once
     (``RetryHeartbeatStaleTrialCallback``) when a worker calls ``fail_stale_trials``.
     """
+    check_settings(url)
     path = sqlite_path(url) if is_sqlite(url) else None
     if path is not None and not os.path.exists(path):
         raise StorageError(
@@ -131,6 +190,7 @@ def open_storage(url: str, *, heartbeat: bool = True) -> RDBStorage:
 
 def ensure_schema(url: str) -> None:
     """Create Optuna's tables, or upgrade them, exactly once even with many racing callers."""
+    check_settings(url)  # before anything is created (the workers will need the heartbeat settings)
     engine = _plain_engine(url)
     try:
         with schema_lock(url, engine):
@@ -197,7 +257,11 @@ def exclusive(url: str, name: str, engine: sqlalchemy.Engine) -> Iterator[None]:
         if path is None:  # in-memory: one process, nothing to lock against
             yield
             return
-        with open(os.path.abspath(path) + ".lock", "a+b") as lock_file:
+        try:
+            lock_file = open(os.path.abspath(path) + ".lock", "a+b")
+        except OSError as e:
+            raise StorageError(f"cannot create the lock file beside {path}: {e.strerror or e}") from None
+        with lock_file:
             fcntl.flock(lock_file, fcntl.LOCK_EX)
             try:
                 yield

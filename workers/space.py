@@ -941,6 +941,8 @@ def load_space_file(path: str | Path) -> SearchSpace:
         raise SpaceError(f"{path}: cannot read: {e.strerror or e}") from None
     except tomllib.TOMLDecodeError as e:
         raise SpaceError(f"{path}: not valid TOML: {e}") from None
+    except UnicodeDecodeError as e:  # TOML is UTF-8 text
+        raise SpaceError(f"{path}: not UTF-8 text (byte {e.object[e.start]:#04x} at offset {e.start})") from None
     unknown = [k for k in data if k != "params"]
     if unknown:
         raise SpaceError(f"{path}: unknown top-level key {unknown[0]!r}; a space file holds a [params] table")

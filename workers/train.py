@@ -33,6 +33,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from workers.data.preprocess import PREPROCESSING
 from workers.nn.activations import ACTIVATIONS, get_activation
 from workers.nn.initializers import INITIALIZERS
 from workers.nn.model import (
@@ -122,7 +123,7 @@ class TrainConfig:
             ("dtype", DTYPES),
         ):
             value = getattr(self, name)
-            if value not in allowed:
+            if not isinstance(value, str) or value not in allowed:  # a list is no key (and unhashable)
                 raise _bad(name, f"unknown value {value!r}; allowed: {', '.join(allowed)}")
         for name in ("epochs", "batch_size", "maxout_k"):
             value = getattr(self, name)
@@ -148,8 +149,8 @@ class TrainConfig:
         if not isinstance(self.batch_norm, (bool, np.bool_)):
             raise _bad("batch_norm", f"must be true or false, got {self.batch_norm!r}")
         object.__setattr__(self, "batch_norm", bool(self.batch_norm))
-        if not isinstance(self.preprocessing, str) or not self.preprocessing:
-            raise _bad("preprocessing", f"must be a preprocessing name, got {self.preprocessing!r}")
+        if not isinstance(self.preprocessing, str) or self.preprocessing not in PREPROCESSING:
+            raise _bad("preprocessing", f"unknown value {self.preprocessing!r}; allowed: {', '.join(PREPROCESSING)}")
         pca = self.pca_components
         if pca is not None:
             if isinstance(pca, bool) or not isinstance(pca, (int, float, np.integer, np.floating)):

@@ -10,7 +10,9 @@
   training images become validation. X rows are the raw 3072 bytes of an image as
   float64 (1024 red, then 1024 green, then 1024 blue values, each 32x32 row-major);
 - ``"npz:PATH"``: a NumPy archive holding X_train, y_train, X_val, y_val, X_test,
-  y_test, used as given.
+  y_test, used as given. Its labels may be any integers: the K distinct labels of the
+  three splits become classes 0..K-1 in increasing order ({3, 7, 10**9} is three
+  classes), and ``Dataset.class_labels`` keeps the original label of each class.
 
 Validation is always carved from training data, never from test data, with a
 stratified split that depends only on ``seed``.
@@ -70,6 +72,9 @@ class Dataset:
         X_train, X_val, X_test: (N_split, D) float64 features.
         y_train, y_val, y_test: (N_split,) int64 labels in [0, num_classes).
         num_classes: C, the number of classes the model must output.
+        class_labels: the label each class index stood for in the file it was loaded
+            from (an npz archive may label its classes 3, 7 and 10**9), or None when
+            the labels are the class indices themselves.
 
     The arrays are read-only views: loaders cache arrays between calls, so writing
     into one would silently change every later trial's data. Copy before modifying.
@@ -83,6 +88,7 @@ class Dataset:
     X_test: np.ndarray
     y_test: np.ndarray
     num_classes: int
+    class_labels: tuple[int, ...] | None = None
 
     def __post_init__(self) -> None:
         num_features = None
@@ -129,6 +135,7 @@ class Dataset:
             X_test=self.X_test,
             y_test=self.y_test,
             num_classes=self.num_classes,
+            class_labels=self.class_labels,
         )
 
 
@@ -414,14 +421,14 @@ def _read_cifar_batch(path: str) -> tuple[np.ndarray, np.ndarray]:
         ok = all(isinstance(v, int) and not isinstance(v, bool) for v in labels)
     if not ok:
         raise DatasetError(f"{path}: 'labels' must be a flat list of ints")
-    labels = np.asarray(labels, dtype=np.int64).reshape(-1)
-    if labels.shape[0] != data.shape[0]:
-        raise DatasetError(f"{path}: {labels.shape[0]} labels for {data.shape[0]} images")
-    if labels.min() < 0 or labels.max() >= CIFAR10_CLASSES:
-        raise DatasetError(
-            f"{path}: labels must be in 0..{CIFAR10_CLASSES - 1}, found {labels.min()}..{labels.max()}"
-        )
-    return data, labels
+    if len(labels) != data.shape[0]:
+        raise DatasetError(f"{path}: {len(labels)} labels for {data.shape[0]} images")
+    # The range is checked on the values as stored, before any cast: a label of 2**64
+    # (a Python int, or a uint64) cannot become an int64, and one cast would wrap it.
+    low, high = (int(labels.min()), int(labels.max())) if isinstance(labels, np.ndarray) else (min(labels), max(labels))
+    if low < 0 or high >= CIFAR10_CLASSES:
+        raise DatasetError(f"{path}: labels must be in 0..{CIFAR10_CLASSES - 1}, found {low}..{high}")
+    return data, np.asarray(labels, dtype=np.int64)
 
 
 def _batch_entry(batch: dict, key: str, path: str) -> Any:
@@ -441,6 +448,8 @@ def _batch_entry(batch: dict, key: str, path: str) -> Any:
 def _load_npz(spec: str, path: str) -> Dataset:
     arrays = _read_npz(path)
     num_features = arrays["X_train"].shape[1]
+    if num_features == 0:
+        raise DatasetError(f"{path}: X_train has no feature columns (shape {arrays['X_train'].shape})")
     for split in ("train", "val", "test"):
         X, y = arrays[f"X_{split}"], arrays[f"y_{split}"]
         if X.shape[0] != y.shape[0]:
@@ -449,8 +458,32 @@ def _load_npz(spec: str, path: str) -> Dataset:
             raise DatasetError(f"{path}: X_{split} has {X.shape[1]} features but X_train has {num_features}")
         if X.shape[0] == 0:
             raise DatasetError(f"{path}: X_{split} is empty")
-    num_classes = 1 + max(int(arrays[f"y_{s}"].max()) for s in ("train", "val", "test"))
-    return Dataset(spec, *(arrays[name] for name in NPZ_ARRAYS), num_classes=num_classes)
+    labels, classes = _class_indices(arrays[f"y_{s}"] for s in ("train", "val", "test"))
+    if len(classes) < 2:
+        raise DatasetError(f"{path}: every label is {classes[0]}; a classifier needs at least two classes")
+    y_train, y_val, y_test = labels
+    return Dataset(
+        spec, arrays["X_train"], y_train, arrays["X_val"], y_val, arrays["X_test"], y_test,
+        num_classes=len(classes),
+        class_labels=None if classes == tuple(range(len(classes))) else classes,
+    )
+
+
+def _class_indices(splits) -> tuple[list[np.ndarray], tuple[int, ...]]:
+    """Integer labels of any size -> (int64 class indices 0..K-1 per split, the K labels sorted).
+
+    Each split is reduced to its distinct values first and those are compared as Python
+    ints: concatenating a uint64 split with an int64 one would make them floats, and two
+    large labels could then fall together.
+    """
+    uniques = [np.unique(y, return_inverse=True) for y in splits]
+    classes = tuple(sorted({int(v) for values, _ in uniques for v in values.tolist()}))
+    index = {label: i for i, label in enumerate(classes)}
+    mapped = []
+    for values, inverse in uniques:
+        lookup = np.array([index[int(v)] for v in values.tolist()], dtype=np.int64)
+        mapped.append(lookup[inverse.reshape(-1)])
+    return mapped, classes
 
 
 def _read_npz(path: str) -> dict[str, np.ndarray]:
@@ -486,6 +519,8 @@ def _read_npz(path: str) -> dict[str, np.ndarray]:
                 raise DatasetError(f"{path}: {name} is unreadable ({exc})") from None
             except (OSError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
                 raise DatasetError(f"{path}: {name} is unreadable ({exc})") from None
+            except MemoryError:
+                raise DatasetError(f"{path}: {name} declares a shape too large for memory") from None
     for name, a in arrays.items():
         if name.startswith("X"):
             if a.ndim != 2:
@@ -499,8 +534,4 @@ def _read_npz(path: str) -> dict[str, np.ndarray]:
                 raise DatasetError(f"{path}: {name} must be 1-D (N,), got shape {a.shape}")
             if not np.issubdtype(a.dtype, np.integer):
                 raise DatasetError(f"{path}: {name} must hold integer class labels, got dtype {a.dtype}")
-            if a.size and a.min() < 0:
-                raise DatasetError(f"{path}: {name} has negative labels (min {a.min()})")
-            if a.size and a.max() > np.iinfo(np.int64).max:
-                raise DatasetError(f"{path}: {name} has labels too large for int64")
     return arrays
