@@ -99,7 +99,7 @@ def url_for_children(url: str, environ: Mapping[str, str] | None = None) -> str:
         return url
     if parsed.password != secret:
         return url
-    return parsed.set(password=None).render_as_string(hide_password=False)
+    return parsed._replace(password=None).render_as_string(hide_password=False)  # set() reads None as "keep it"
 
 
 def _read_secret(path: str, *, warn: bool = True) -> str:
