@@ -51,6 +51,18 @@ def _preprocessed_holdout(dataset: Dataset, kind: str, components: int | float |
     return arrays[0], arrays[1]
 
 
+# A run that blows up overflows long before it ends: training watches its own loss for
+# non-finite values (TrainingDiverged says so in one line), and NumPy's RuntimeWarnings would
+# only print lines of this package's source on the user's terminal or in a worker's log.
+def _quiet_floating_point(function):
+    @functools.wraps(function)
+    def quiet(*args, **kwargs):
+        with np.errstate(all="ignore"):  # a new one per call: an errstate cannot be entered twice
+            return function(*args, **kwargs)
+
+    return quiet
+
+
 @dataclass
 class Score:
     """The validation score of one configuration (mean over folds with cross-validation)."""
@@ -60,6 +72,7 @@ class Score:
     fold_values: list[float] = field(default_factory=list)
 
 
+@_quiet_floating_point
 def fit_and_score(
     config: TrainConfig,
     dataset: Dataset,
@@ -102,6 +115,7 @@ class Evaluation:
     test_accuracy: float
 
 
+@_quiet_floating_point
 def train_and_test(
     config: TrainConfig,
     dataset: Dataset,

@@ -943,6 +943,8 @@ def load_space_file(path: str | Path) -> SearchSpace:
         raise SpaceError(f"{path}: not valid TOML: {e}") from None
     except UnicodeDecodeError as e:  # TOML is UTF-8 text
         raise SpaceError(f"{path}: not UTF-8 text (byte {e.object[e.start]:#04x} at offset {e.start})") from None
+    except RecursionError:  # tomllib parses nested arrays and tables recursively
+        raise SpaceError(f"{path}: not a space file (arrays or tables nested too deeply)") from None
     unknown = [k for k in data if k != "params"]
     if unknown:
         raise SpaceError(f"{path}: unknown top-level key {unknown[0]!r}; a space file holds a [params] table")

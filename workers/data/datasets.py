@@ -496,8 +496,10 @@ def _read_npz(path: str) -> dict[str, np.ndarray]:
         raise DatasetError(f"{path}: is a directory, expected an .npz file") from None
     except (OSError, ValueError, EOFError, zipfile.BadZipFile, pickle.UnpicklingError) as exc:
         # np.load falls back to "is it a pickle?" for unknown content and then refuses
-        # because allow_pickle=False; either way the file is not an npz archive.
-        raise DatasetError(f"{path}: not a readable .npz archive ({exc})") from None
+        # because allow_pickle=False; either way the file is not an npz archive (and its
+        # advice to load it "unsafely" is not one to pass on).
+        reason = "neither a zip archive nor a .npy array" if "allow_pickle" in str(exc) else str(exc)
+        raise DatasetError(f"{path}: not a readable .npz archive ({reason})") from None
     if not isinstance(archive, np.lib.npyio.NpzFile):
         raise DatasetError(
             f"{path}: holds a single .npy array, expected an .npz archive with {', '.join(NPZ_ARRAYS)}"
