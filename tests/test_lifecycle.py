@@ -103,6 +103,7 @@ class Run:
     signals: list[tuple[float, str, bool]] = field(default_factory=list)  # (when, SIGNAME, to the group)
     descendants: dict[int, str] = field(default_factory=dict)  # pid -> start time (local workers)
     expect: set[int] | None = None  # decided when it ran (short commands)
+    starting_signals: set[str] = field(default_factory=set)  # signals that came before its handlers
 
     @property
     def code(self) -> int | None:
@@ -171,8 +172,18 @@ class Sequence:
         except sqlalchemy.exc.SQLAlchemyError:
             return None
 
-    def stage_state(self) -> tuple[bool, bool | None, bool] | None:
-        """(stage 1 has its plan, stage 1 met its budget, stage 2 exists); None if unreadable."""
+    def schema_missing(self) -> bool:
+        """Whether the database answers but holds no hpo schema yet (so no campaign either)."""
+        try:
+            return not sqlalchemy.inspect(self.engine).has_table("studies")
+        except sqlalchemy.exc.SQLAlchemyError:
+            return False
+
+    def stage_state(self) -> tuple[bool, bool | None, bool, bool | None] | None:
+        """(stage 1 has its plan, stage 1 met its budget, stage 2 exists, stage 1 has a COMPLETE
+        trial); None if unreadable (the server is down)."""
+        if self.schema_missing():
+            return False, None, False, None
         rows = self.query(
             "SELECT s.study_name, a.key, a.value_json FROM studies s LEFT JOIN study_user_attributes a "
             "ON a.study_id = s.study_id WHERE s.study_name IN (:s1, :s2)",
@@ -187,13 +198,16 @@ class Sequence:
         stage1 = attrs.get(records.stage_study_name(CAMPAIGN, 1), {})
         stage2_exists = records.stage_study_name(CAMPAIGN, 2) in attrs
         if records.PLAN_ATTR not in stage1:
-            return False, None, stage2_exists
+            return False, None, stage2_exists, None
         budget = stage1[records.PLAN_ATTR]["trials"] - int(stage1.get("hpo_cancelled") or 0)
         counts = self.query(
-            "SELECT COUNT(*) FROM trials t JOIN studies s ON s.study_id = t.study_id "
-            "WHERE s.study_name = :s1 AND t.state IN ('COMPLETE', 'PRUNED')", s1=records.stage_study_name(CAMPAIGN, 1))
-        met = None if counts is None else counts[0][0] >= budget
-        return True, met, stage2_exists
+            "SELECT t.state, COUNT(*) FROM trials t JOIN studies s ON s.study_id = t.study_id "
+            "WHERE s.study_name = :s1 GROUP BY t.state", s1=records.stage_study_name(CAMPAIGN, 1))
+        if counts is None:
+            return True, None, stage2_exists, None
+        by_state = {str(state).removeprefix("TrialState."): n for state, n in counts}
+        met = by_state.get("COMPLETE", 0) + by_state.get("PRUNED", 0) >= budget
+        return True, met, stage2_exists, by_state.get("COMPLETE", 0) > 0
 
     def campaign_exists(self) -> bool | None:
         state = self.stage_state()
@@ -207,7 +221,7 @@ class Sequence:
 
     def running_trials_of(self, pids: list[int]) -> list[str] | None:
         workers = [json.dumps(f"{self.hostname}-{pid}") for pid in pids]
-        if not workers:
+        if not workers or self.schema_missing():
             return []
         rows = self.query(
             "SELECT s.study_name, t.number, a.value_json FROM trials t JOIN studies s ON s.study_id = t.study_id "
@@ -252,6 +266,9 @@ class Sequence:
         if run.popen.poll() is not None:
             self.event(f"({sig.name} to {run.name}: it has exited already)")
             return
+        # A process that has not yet installed its SIGTERM handler is still starting up (loading
+        # its modules): SIGTERM then ends it at once, as for any program (exit -15).
+        starting = not _catches(run.popen.pid, signal.SIGTERM)
         try:
             if group:
                 os.killpg(run.popen.pid, sig)
@@ -261,7 +278,10 @@ class Sequence:
             self.event(f"({sig.name} to {run.name}: already gone)")
             return
         run.signals.append((self.now(), sig.name, group))
-        self.event(f"{sig.name} to {run.name}{' and its process group' if group else ''}")
+        if starting:
+            run.starting_signals.add(sig.name)
+        self.event(f"{sig.name} to {run.name}{' and its process group' if group else ''}"
+                   f"{' (still starting: no SIGTERM handler yet)' if starting else ''}")
 
     def kill_group(self, run: Run) -> None:
         with contextlib.suppress(ProcessLookupError, PermissionError):
@@ -351,19 +371,37 @@ class Sequence:
         actions = dict(self.ACTIONS)
         if self.cluster is None:
             actions.pop("outage")
-        names, weights = list(actions), list(actions.values())
-        n = self.rng.randint(4, 12)
-        self.event(f"sequence of {n} actions, seed {self.seed} on {self.backend_name}")
+        n = self.rng.randint(5, 14)
+        self.event(f"sequence of up to {n} actions, seed {self.seed} on {self.backend_name}")
         for _ in range(n):
-            action = self.rng.choices(names, weights)[0]
-            # Each action draws from its own generator, so what it finds (a process alive or
-            # not) does not shift the actions after it: a seed replays the same actions.
+            # The same draws whatever happens: the choice among the actions possible now, the
+            # action's own generator, the pause after it; a seed replays the same decisions.
+            choice = self.rng.random()
             arng = random.Random(self.rng.getrandbits(64))
             pause = 0.2 + 3.5 * self.rng.random() ** 2
             if self.now() > ACTION_SECONDS:
                 break
+            possible = {name: weight for name, weight in actions.items() if self.possible(name)}
+            action = _weighted(possible, choice)
             getattr(self, "do_" + action.replace("-", "_"))(arng)
             time.sleep(pause)
+
+    def possible(self, action: str) -> bool:
+        if action == "coordinator":
+            return len(self.alive("coordinator")) < 2
+        if action == "worker":
+            return len(self.alive("worker")) < 3
+        if action == "launch":
+            return not self.alive("launch")
+        if action == "stop-worker":
+            return bool(self.alive("worker"))
+        if action == "signal":
+            return bool(self.alive("coordinator", "worker", "launch"))
+        if action == "outage":
+            return self.outage_thread is None or not self.outage_thread.is_alive()
+        if action == "conflict":
+            return bool(self.campaign_exists())
+        return True
 
     def plan_flags(self, arng: random.Random) -> tuple[str, list[str]]:
         """The flags a coordinator is started with: the plan, nothing, or some of it (equal)."""
@@ -376,23 +414,14 @@ class Sequence:
     def do_coordinator(self, arng: random.Random) -> None:
         workers = arng.randint(0, 2)
         _, flags = self.plan_flags(arng)
-        if len(self.alive("coordinator")) >= 2:
-            self.event("(a third coordinator: skipped)")
-            return
         self.start("coordinator", ["search", "--name", CAMPAIGN, "--workers", str(workers), *flags, "--json"])
 
     def do_worker(self, arng: random.Random) -> None:
         wait = arng.choice([60, 60, 60, 5])
-        if len(self.alive("worker")) >= 3:
-            self.event("(a fourth worker: skipped)")
-            return
         self.start("worker", ["worker", "--campaign", CAMPAIGN, *(["--wait", str(wait)] if wait != 60 else [])],
                    wait=wait)
 
     def do_launch(self, arng: random.Random) -> None:
-        if self.alive("launch"):
-            self.event("(a second launch: skipped)")
-            return
         self.start("launch", ["launch", "-n", "1", "--campaign", CAMPAIGN])
 
     def do_stop_worker(self, arng: random.Random) -> None:
@@ -423,9 +452,6 @@ class Sequence:
 
     def do_outage(self, arng: random.Random) -> None:
         seconds = arng.uniform(0.5, 8.0)
-        if self.outage_thread is not None and self.outage_thread.is_alive():
-            self.event("(an outage during an outage: skipped)")
-            return
         self.outage(seconds)
 
     def do_conflict(self, arng: random.Random) -> None:
@@ -458,14 +484,14 @@ class Sequence:
         for state in (before, after):
             if state is None:
                 expect |= {0, 2}
+                continue
+            has_plan, met, stage2, has_complete = state
+            if not has_plan or stage2 or has_complete is False:  # nothing to narrow, or done already
+                expect.add(2)
+            elif met is None or has_complete is None:
+                expect |= {0, 2}
             else:
-                has_plan, met, stage2 = state
-                if not has_plan or stage2:
-                    expect.add(2)
-                elif met is None:
-                    expect |= {0, 2}
-                else:
-                    expect.add(0 if (met or force) else 2)
+                expect.add(0 if (met or force) else 2)
         if self.outage_during(run.started, run.ended):
             expect.add(2)
         run.expect = expect
@@ -552,11 +578,13 @@ class Sequence:
             return run.expect
         if run.killed():
             return {-signal.SIGKILL}
+        if "SIGTERM" in run.starting_signals:
+            return {-signal.SIGTERM}
         stop = run.first_stop_signal()
+        if run.kind in ("coordinator", "launch") and stop is not None:
+            return {130, 0}  # 0: the signal came as it was ending (it must not go on long after)
         if run.kind == "coordinator":
-            return {130, 0} if stop is not None else {0}
-        if run.kind == "launch" and stop is not None:
-            return {0, 130}
+            return {0}
         if run.kind == "worker" and stop is not None:
             return {0}
         # Not stopped: a worker or launch exits 0 when the campaign ends, 2 if it never appeared
@@ -584,7 +612,7 @@ class Sequence:
             bound = STOP_SECONDS[run.kind] + self.outage_during(stop, run.ended)
             if run.ended - stop > bound:
                 self.problem(f"{run.name} took {run.ended - stop:.1f}s to stop after {run.signals[0][1]} (bound {bound:.0f}s)")
-        if run.kind == "coordinator" and stop is not None and code == 0 and run.ended - stop > 5:
+        if run.kind in ("coordinator", "launch") and stop is not None and code == 0 and run.ended - stop > 5:
             self.problem(f"{run.name} went on for {run.ended - stop:.1f}s after {run.signals[0][1]} and exited 0")
 
     def _check_exits(self) -> None:
@@ -630,8 +658,28 @@ class Sequence:
         self.engine.dispose()
 
 
+def _weighted(weights: dict[str, float], u: float) -> str:
+    """The name whose share of the total weight holds ``u`` (0 <= u < 1)."""
+    total = sum(weights.values())
+    for name, weight in weights.items():
+        u -= weight / total
+        if u < 0:
+            return name
+    return name
+
+
 def _tail(text: str, lines: int) -> str:
     return " | ".join(line.strip() for line in text.strip().splitlines()[-lines:])
+
+
+def _catches(pid: int, sig: signal.Signals) -> bool:
+    """Whether process ``pid`` has a handler for ``sig`` (SigCgt in /proc/PID/status)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+    mask = next((int(line.split()[1], 16) for line in status.splitlines() if line.startswith("SigCgt:")), 0)
+    return bool(mask & (1 << (sig - 1)))
 
 
 def _start_time(pid: int) -> str | None:
