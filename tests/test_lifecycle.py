@@ -607,6 +607,11 @@ class Sequence:
                          f"stderr: {_tail(run.stderr(), 4)}")
         if code == 2 and run.kind in ("narrow", "fail-stale") and 0 in expected and 2 in expected and outage:
             self.notes.append(f"{run.name} exited 2 during an outage: {_tail(run.stderr(), 1)}")
+        lines = [line for line in run.stderr().splitlines() if line.strip()]
+        if code == 2 and run.kind in ("narrow", "fail-stale") and not outage and len(lines) != 1:
+            self.problem(f"{run.name} exited 2 with {len(lines)} lines of stderr, not one: {lines[:6]}")
+        if run.kind == "coordinator" and code == 130 and f"hpo search --name {CAMPAIGN}" not in run.stderr():
+            self.problem(f"{run.name} exited 130 without saying how to resume: {_tail(run.stderr(), 3)}")
         stop = run.first_stop_signal()
         if stop is not None and not run.killed() and run.ended is not None and run.kind in STOP_SECONDS:
             bound = STOP_SECONDS[run.kind] + self.outage_during(stop, run.ended)
