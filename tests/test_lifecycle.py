@@ -65,7 +65,7 @@ CONFLICTS = [["--trials", "11,5"], ["--epochs", "80,161"], ["--stages", "3"], ["
              ["--param", "activation=relu,tanh,elu"], ["--dataset", "mnist1d"]]
 HEARTBEAT = {"HPO_HEARTBEAT_INTERVAL": "1", "HPO_HEARTBEAT_GRACE": "3"}
 
-ACTION_SECONDS = 30  # no new action after this long into a sequence
+ACTION_SECONDS = 25  # no new action after this long into a sequence
 STOP_SECONDS = {"coordinator": 30, "worker": 15, "launch": 30}  # from SIGINT / SIGTERM to exit
 SHORT_COMMAND_SECONDS = 60  # narrow, fail-stale, a conflicting resume
 CONFLICT_SECONDS = 20  # "at once": a conflicting resume reads the plan and stops
