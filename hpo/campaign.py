@@ -36,7 +36,7 @@ from optuna.trial import TrialState
 from hpo.local import LocalWorkers
 from hpo.narrow import NarrowResult, TrialRecord, narrow
 from storage import backend, records
-from storage.errors import StudyNotFound
+from storage.errors import StorageError, StudyNotFound
 from storage.records import StagePlan
 from workers.objective import config_for
 from workers.run import cached_dataset, train_and_test
@@ -237,18 +237,25 @@ def campaign_lock(url: str, storage, name: str):
 def load_campaign(url: str, name: str) -> tuple[CampaignSpec, list[StagePlan]] | None:
     """The stored plan of campaign ``name`` and its stages, or None if there is no such
     campaign (nothing is created: a SQLite file that does not exist stays so)."""
-    if not backend.schema_ready(url):
-        return None
-    storage = backend.open_storage(url, heartbeat=False)
     try:
-        plans = records.campaign_stages(storage, name)
-        if not plans:
+        if not backend.schema_ready(url):
             return None
-        stored = records.study_attrs(storage, plans[0].study_name).get(records.CAMPAIGN_ATTR)
-        spec = CampaignSpec.from_dict(stored) if isinstance(stored, dict) else CampaignSpec.from_stages(plans)
-        return spec, plans
-    finally:
-        storage.engine.dispose()
+        storage = backend.open_storage(url, heartbeat=False)
+        try:
+            plans = records.campaign_stages(storage, name)
+            if not plans:
+                first = records.stage_study_name(name, 1)
+                with contextlib.suppress(StudyNotFound):
+                    if records.PLAN_ATTR in records.study_attrs(storage, first):  # and it holds no plan
+                        raise StorageError(f"study {first!r} exists and was not created by hpo: choose another --name")
+                return None
+            stored = records.study_attrs(storage, plans[0].study_name).get(records.CAMPAIGN_ATTR)
+            spec = CampaignSpec.from_dict(stored) if isinstance(stored, dict) else CampaignSpec.from_stages(plans)
+            return spec, plans
+        finally:
+            storage.engine.dispose()
+    except backend.DB_ERRORS as e:
+        raise StorageError(backend.describe_db_error(url, e)) from None
 
 
 def open_campaign(url: str, storage, spec: CampaignSpec) -> tuple[list[StagePlan], bool]:
@@ -350,11 +357,13 @@ def wait_for_stage(
                 if why is not None:
                     records.mark_stage_failed(storage, plan.study_name, why)
                     attrs = records.study_attrs(storage, plan.study_name)
-        return counts, attrs, records.best_value(storage, plan.study_name)
+        # The bars show diverged trials apart from pruned ones; the budget counts them together.
+        shown = records.count_outcomes(storage, plan.study_name)
+        return counts, attrs, records.best_value(storage, plan.study_name), shown
 
     while True:
-        counts, attrs, best = backend.retrying(poll, f"watch stage {plan.stage}", url)
-        progress.stage_progress(plan, counts, best)
+        counts, attrs, best, shown = backend.retrying(poll, f"watch stage {plan.stage}", url)
+        progress.stage_progress(plan, shown, best)
         if attrs.get(records.STATUS_ATTR) == records.FAILED:
             raise StageFailed(f"stage {plan.study_name} stopped: {attrs.get(records.FAILURE_ATTR)}")
         if stage_is_complete(counts, plan, attrs):
@@ -441,7 +450,7 @@ def stage_summary(storage, plan: StagePlan, counts: dict[str, int] | None = None
         "stage": plan.stage,
         "epochs": plan.epochs,
         "budget": plan.trials,
-        "counts": counts if counts is not None else records.count_states(storage, plan.study_name),
+        "counts": counts if counts is not None else records.count_outcomes(storage, plan.study_name),
         "best_value": records.best_value(storage, plan.study_name),
         "ranges": {name: spec.describe() for name, spec in space.items()},
         "space": plan.space,
@@ -504,11 +513,13 @@ def run_campaign(url: str, spec: CampaignSpec, progress: Progress, *, workers: i
             candidates = step(lambda: final_candidates(storage, plans, FINAL_CANDIDATES), "read the best trials")
             best = final_evaluation(candidates, plans[-1], progress)
             best = step(lambda: store_result(url, storage, spec, plans[-1], best), "store the result")
-    except BaseException:
+    except BaseException as e:
         with _signals_held():
             if local is not None:
-                local.stop(keep_logs=True)  # a failed or interrupted run keeps its logs
+                local.stop(keep_logs=not isinstance(e, KeyboardInterrupt))  # a failed run keeps its logs
                 step(lambda: release_trials(url, storage, plans, local.worker_ids()), "release the workers' trials")
+            if isinstance(e, StageFailed):  # nothing runs its queued trials now
+                step(lambda: close_stage(url, storage, plans[-1], "the stage failed"), "close the failed stage")
         raise
     if local is not None:
         local.stop()

@@ -273,10 +273,10 @@ def search(ctx, name, dataset, stages, trials, epochs, workers, sampler, pruner,
         with progress:
             summary = campaign_mod.run_campaign(storage_url, spec, progress, workers=workers, blas_threads=blas_threads)
     except KeyboardInterrupt:
-        err.print(f"interrupted: nothing is left running; resume with: hpo search --name {name}")
+        click.echo(f"interrupted: nothing is left running; resume with: hpo search --name {name}", err=True)
         sys.exit(130)
     except campaign_mod.StageFailed as e:
-        err.print(f"Error: {one_line(e)}")
+        click.echo(f"Error: {one_line(e)}", err=True)
         sys.exit(1)
     if as_json:
         print_json({**summary.to_dict(), "storage": mask_url(storage_url)})
@@ -331,7 +331,7 @@ def worker(campaign, study, seed, max_trials, wait_seconds, exit_with_parent, ve
     err.print(f"worker {options.worker_id}: {done} in {time.monotonic() - started:.1f}s "
               f"({summary.overhead_seconds:.1f}s outside training)")
     if summary.stage_failed:
-        err.print(f"Error: {summary.stage_failed}")
+        click.echo(f"Error: {summary.stage_failed}", err=True)
         sys.exit(1)
 
 
@@ -370,7 +370,7 @@ def launch(n, campaign, study, seed, wait_seconds, blas_threads, storage_url) ->
                     if campaign:
                         current = records.campaign_stages(storage, campaign)[-1]
                     progress.stage_started(current, resumed=True)
-                    progress.stage_progress(current, records.count_states(storage, current.study_name),
+                    progress.stage_progress(current, records.count_outcomes(storage, current.study_name),
                                             records.best_value(storage, current.study_name))
                 time.sleep(0.5)
     except KeyboardInterrupt:

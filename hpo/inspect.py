@@ -95,7 +95,7 @@ def list_studies(storage: RDBStorage) -> list[dict[str, Any]]:
     rows = []
     for study in storage.get_all_studies():
         attrs = study.user_attrs
-        plan = records.StagePlan.from_dict(attrs[records.PLAN_ATTR]) if isinstance(attrs.get(records.PLAN_ATTR), dict) else None
+        plan = records.plan_from_attr(attrs.get(records.PLAN_ATTR))
         result = attrs.get(records.RESULT_ATTR)
         study_counts = counts.get(study._study_id, {})
         rows.append({
