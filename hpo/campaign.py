@@ -334,6 +334,26 @@ def close_stage(url: str, storage, plan: StagePlan, why: str = "the stage budget
         records.close_stage(storage, plan, f"{backend.NOT_NEEDED}: {why}")
 
 
+def settle_stage(url: str, storage, plan: StagePlan, progress: Progress, poll_seconds: float = 0.5) -> None:
+    """Wait until a closed stage has no RUNNING trial, reaping stale ones, and tidy it: a stage
+    closed early (`hpo narrow --force`) may still have had trials running, and the campaign
+    ends with nothing RUNNING or WAITING anywhere."""
+    study = backend.retrying(lambda: optuna.load_study(study_name=plan.study_name, storage=storage), "load the stage", url)
+
+    def poll() -> int:
+        with backend.exclusive(url, plan.study_name, storage.engine):
+            backend.reap_stale_trials(study)
+            records.tidy_closed_stage(storage, plan)
+            return records.count_states(storage, plan.study_name).get("RUNNING", 0)
+
+    told = False
+    while (running := backend.retrying(poll, f"settle stage {plan.stage}", url)):
+        if not told:
+            progress.message(f"waiting for {running} trial(s) still running in {plan.study_name}, closed early")
+            told = True
+        time.sleep(poll_seconds)
+
+
 def wait_for_stage(
     storage,
     url: str,
@@ -507,6 +527,8 @@ def run_campaign(url: str, spec: CampaignSpec, progress: Progress, *, workers: i
                 progress.message(f"{child.study_name} exists already (created by hpo narrow or another coordinator): following it")
             plans.append(child)
             resumed = False
+        for earlier in plans[:-1]:
+            settle_stage(url, storage, earlier, progress)
         summaries = step(lambda: [stage_summary(storage, p) for p in plans], "summarize the stages")
         best = step(lambda: stored_result(storage, plans[-1]), "read the result")
         if best is None:

@@ -580,6 +580,8 @@ def fail_stale(storage: RDBStorage, url: str, name: str) -> dict[str, Any]:
         with backend.exclusive(url, study_name, storage.engine):
             running = running_heartbeats(storage, study_id)
             backend.reap_stale_trials(study)
+            if (plan := records.read_plan(storage, study_name)) is not None:
+                records.tidy_closed_stage(storage, plan)
             trials = storage.get_all_trials(study_id, deepcopy=False)
     by_number = {t.number: t for t in trials}
     retries = {_retried_from(t): t.number for t in trials if _retried_from(t) is not None}

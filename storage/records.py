@@ -403,3 +403,12 @@ def _outcomes(storage: BaseStorage, study_id: int | None) -> dict[int, dict[str,
     for sid, state, diverged, n in rows:
         add(int(sid), "DIVERGED" if diverged else str(getattr(state, "name", state)).removeprefix("TrialState."), int(n))
     return counts
+
+
+def tidy_closed_stage(storage: BaseStorage, plan: StagePlan) -> None:
+    """After a trial of a stage was failed and queued again (a stop, a reaper): if the stage is
+    closed already, nothing will run that retry, so close it as not needed (and count it as
+    cancelled) rather than leave it WAITING. Call it holding the stage's lock."""
+    status = storage.get_study_user_attrs(_study_id(storage, plan.study_name)).get(STATUS_ATTR)
+    if status in (DONE, FAILED):
+        close_stage(storage, plan, f"{backend.NOT_NEEDED}: the stage was closed")

@@ -465,12 +465,7 @@ class Worker:
             with backend.exclusive(self.options.storage_url, study.study_name, self._lock_engine):
                 self.study_storage.release(trial._trial_id)  # write what it holds; read fresh from here
                 backend.fail_with_retry(study, trial._trial_id)
-                attrs = records.study_attrs(self.storage, study.study_name)
-                if attrs.get(records.STATUS_ATTR) in (records.DONE, records.FAILED):
-                    # A closed stage runs no more trials: its retry is closed as not needed
-                    # (and counted as cancelled), or it would wait for ever.
-                    plan = self._studies[study.study_name][1]
-                    records.close_stage(self.storage, plan, f"{backend.NOT_NEEDED}: the stage was closed")
+                records.tidy_closed_stage(self.storage, self._studies[study.study_name][1])
 
         self._retrying(fail_and_retry, "re-queue the interrupted trial")
         log.warning("trial %d interrupted: failed and queued again", trial.number)
