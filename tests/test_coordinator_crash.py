@@ -6,7 +6,9 @@ in by ``tests/fault_inject/sitecustomize.py``, first on the PYTHONPATH of the co
 alone (the product carries no test seam): it counts the coordinator's writes (INSERT /
 UPDATE / DELETE) and at the K-th one
 
-* ``kill``: SIGKILL just before the write is sent; then a bare ``hpo search --name C`` resumes;
+* ``kill``: SIGKILL just before the write is sent; then a bare ``hpo search --name C`` resumes
+  (before stage 1's plan landed, nothing says what the campaign was to be: the same command
+  runs again);
 * ``kill-after``: SIGKILL just after the write's transaction committed; then the same resume;
 * ``cut``: the throwaway PostgreSQL cluster is stopped just before the write and started again
   a few seconds later (one outage longer than 25 s); the coordinator itself rides it out and
@@ -137,6 +139,7 @@ class Record:
     transactions: list[list[int]] = field(default_factory=list)  # the writes of each committed transaction
     fault: dict[str, Any] | None = None
     notes: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)  # statements that failed (the database was down)
 
     @classmethod
     def read(cls, path: Path) -> Record:
@@ -147,6 +150,8 @@ class Record:
             entry = json.loads(line)
             if "k" in entry:
                 record.writes[entry["k"]] = f"{entry['statement']}  {entry['params']}"
+            elif "error" in entry and "statement" in entry:
+                record.errors.append(f"{entry['error']} ({entry['statement']})")
             elif "committed" in entry:
                 record.transactions.append(sorted(entry["committed"]))
             elif "fault" in entry:
@@ -209,6 +214,20 @@ class Reference:
         seen = {k for g in self.transactions for k in g}
         groups.update({k: [k] for k in self.writes if k not in seen})
         return dict(sorted(groups.items()))
+
+    def first_plan_write(self) -> int | None:
+        """The write that stores stage 1's plan: the campaign exists for a resume once it landed."""
+        for k, write in sorted(self.writes.items()):
+            if "study_user_attributes" in write and f"'{records.PLAN_ATTR}'" in write and '"stage": 1,' in write:
+                return k
+        return None
+
+    def resume_command(self, mode: str, k: int) -> list[str]:
+        """A bare ``--name`` once the campaign exists; before that nothing says what it was to
+        be, and the user runs the command that was cut short again."""
+        plan_write = self.first_plan_write()
+        landed = plan_write is not None and (k > plan_write or (k == plan_write and mode == "kill-after"))
+        return ["search", "--name", CAMPAIGN, *([] if landed else PLAN), "--workers", "0", "--json"]
 
 
 def problems_with(url: str, best: dict[str, Any] | None, reference: Reference) -> list[str]:
@@ -324,13 +343,19 @@ def run_case(dbs: Databases, mode: str, k: int, folder: Path, reference: Referen
             if worker.popen.poll() is not None:  # it gave up waiting: the campaign is run by another
                 outcome.steps.append(f"worker exited {worker.popen.returncode}, another started")
                 worker = procs.worker("worker-2", "--campaign", CAMPAIGN, "--wait", str(RUN_SECONDS))
-            resume = procs.hpo("resume", "search", "--name", CAMPAIGN, "--workers", "0", "--json", stdout_apart=True)
+            command = reference.resume_command(mode, k)
+            resume = procs.hpo("resume", *command, stdout_apart=True)
             started = time.monotonic()
             code = finish(resume, RUN_SECONDS)
-            outcome.steps.append(f"resume {describe_exit(code, resume)} after {time.monotonic() - started:.0f}s")
+            how = "bare resume" if PLAN[0] not in command else "the same command again"
+            outcome.steps.append(f"{how} {describe_exit(code, resume)} after {time.monotonic() - started:.0f}s")
             best = printed_best(resume) if code == 0 else None
-        elif code != 0:
-            outcome.problems.append("the coordinator did not ride out the outage")
+        else:
+            if code != 0:
+                outcome.problems.append("the coordinator did not ride out the outage")
+            if record.fault is not None and not record.errors:  # else the case proved nothing
+                outcome.problems.append("no statement failed while the database was down")
+            outcome.steps.append(f"{len(record.errors)} statements failed")
         if code == 0:
             worker_code = finish(worker, WORKER_EXIT_SECONDS)
             if worker_code != 0:

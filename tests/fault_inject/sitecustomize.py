@@ -20,7 +20,8 @@ Environment:
   ``cut``: just before the K-th write, ask the test to stop the database server, wait until it
   says the server is down, then send the write (it fails: the coordinator must retry it).
 * HPO_FAULT_RECORD: a file of JSON lines: {"k", "statement", "params"} for each write counted,
-  {"committed": [k, ...]} or {"rolled_back": [k, ...]} as its transaction ends, and
+  {"committed": [k, ...]} or {"rolled_back": [k, ...]} as its transaction ends, {"error",
+  "statement"} for each statement that failed, and
   {"fault": K, ...} when the fault is injected, so the test names the write.
 * HPO_FAULT_CUT_REQUEST / HPO_FAULT_CUT_DONE: files of the ``cut`` handshake (this process
   creates the first; the test creates the second once the server is down).
@@ -114,6 +115,15 @@ def _install() -> None:
     def after(conn, cursor, statement, parameters, context, executemany):
         if conn._is_autocommit_isolation():  # no COMMIT follows: the statement itself was one
             committed(key(conn.connection))
+
+    @event.listens_for(Engine, "handle_error")
+    def failed(context):
+        pooled = getattr(context.connection, "_dbapi_connection", None)
+        if pooled is not None:  # a broken connection is dropped without a rollback
+            in_transaction.pop(key(pooled), None)
+        if is_coordinator():
+            lines = str(context.original_exception).strip().splitlines() or [type(context.original_exception).__name__]
+            record({"error": lines[0][:200], "statement": " ".join((context.statement or "").split())[:120]})
 
     plain_commit, plain_rollback = DefaultDialect.do_commit, DefaultDialect.do_rollback
 
