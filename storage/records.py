@@ -32,6 +32,7 @@ CANCELLED_ATTR = "hpo_cancelled"  # trials of the budget cancelled when the stag
 FAILURE_ATTR = "hpo_failure"  # why a FAILED stage stopped, one line
 
 RUNNING, DONE, FAILED = "running", "done", "failed"
+STAGE_STATE_ATTRS = (STATUS_ATTR, CANCELLED_ATTR, FAILURE_ATTR)  # what a claim reads of its stage
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
 
 

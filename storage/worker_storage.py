@@ -430,6 +430,17 @@ class WorkerStorage(BaseStorage, BaseHeartbeat):
         with self._lock:
             return {state.name: n for state, n in self._snapshot(study_id).counts.items() if n}
 
+    def read_study_attrs(self, study_id: int, keys: Sequence[str]) -> dict[str, Any]:
+        """The study's user attrs named ``keys``, as they are in the database now: one query,
+        inside the current batch (a claim reads the stage's status with its budget)."""
+        query = self._sql.text(
+            "SELECT key, value_json FROM study_user_attributes WHERE study_id = :id AND key IN :keys",
+            expanding=("keys",),
+        )
+        with self._connection() as conn:
+            rows = conn.execute(query, {"id": study_id, "keys": list(keys)}).all()
+        return {key: json.loads(value) for key, value in rows}
+
     def read_trial(self, trial_id: int) -> FrozenTrial:
         """One trial as it is in the database now (two queries), whatever this worker holds."""
         query = sqlalchemy.text(

@@ -213,8 +213,10 @@ def test_a_trial_costs_a_few_statements_whatever_the_epochs(storage_url):
     _run(storage_url, plan, max_trials=5)  # past the first claim's full read
     with StatementCounter() as counter:
         _run(storage_url, plan, max_trials=20)
-    startup = 30  # opening the storage, loading the study, reading it whole, the last claim
-    assert (counter.count - startup) / 20 <= 12, counter.count
+    startup = 30  # opening the storage, loading the study, taking a slot, reading it whole, the last claim
+    # 12, and the stage's status read under the claim lock (a stage closed or failed a moment
+    # ago takes no more trials): 13 measured on SQLite.
+    assert (counter.count - startup) / 20 <= 13, counter.count
 
 
 def test_a_claim_reaps_a_stale_trial_and_runs_its_retry(storage_url):

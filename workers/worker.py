@@ -343,7 +343,7 @@ class Worker:
             counts = self.study_storage.count_states(study._study_id)
             # Read under the lock, as the budget is: a stage closed or failed a moment ago
             # takes no more trials (one indexed query per claim).
-            attrs = records.study_attrs(self.storage, plan.study_name)
+            attrs = self.study_storage.read_study_attrs(study._study_id, records.STAGE_STATE_ATTRS)
             if attrs.get(records.STATUS_ATTR) == records.FAILED:
                 return StageFailed(_stage_failure(plan, attrs))
             if counts.get("FAIL", 0) and (why := self._failure_verdict(study, plan)):
