@@ -33,6 +33,7 @@ Two implementations of the same function:
 
 from __future__ import annotations
 
+import contextvars
 import ctypes
 import functools
 import math
@@ -702,7 +703,8 @@ class FastNetwork:
     def _matmul_split(self, a: np.ndarray, b: np.ndarray, out: np.ndarray) -> np.ndarray:
         """out = a @ b, the lower half of the rows on the helper thread."""
         half = a.shape[0] // 2
-        lower = self._pool.submit(np.matmul, a[half:], b, out=out[half:])
+        # In the caller's context: its np.errstate (a context variable) holds on the helper too.
+        lower = self._pool.submit(contextvars.copy_context().run, np.matmul, a[half:], b, out=out[half:])
         np.matmul(a[:half], b, out=out[:half])
         lower.result()
         return out
@@ -930,6 +932,6 @@ class FlatOptimizer:
             optimizer.step(grads)
             return
         (first, first_grads), (second, second_grads) = self.parts
-        pending = self._pool.submit(second.step, second_grads)
+        pending = self._pool.submit(contextvars.copy_context().run, second.step, second_grads)
         first.step(first_grads)
         pending.result()
