@@ -209,7 +209,10 @@ def ensure_schema(url: str) -> None:
 
 def schema_ready(url: str) -> bool:
     """Whether the schema at ``url`` is complete (Optuna stamps its version last); a SQLite
-    file that does not exist has none and is not created. Database errors propagate."""
+    file that does not exist has none and is not created. Database errors propagate; bad
+    settings (``check_settings``) are a StorageError here already, as this is the first look
+    most commands take at the storage."""
+    check_settings(url)
     if is_sqlite(url) and (path := sqlite_path(url)) is not None and not os.path.exists(path):
         return False
     engine = _plain_engine(url)

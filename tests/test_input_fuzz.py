@@ -45,7 +45,7 @@ from storage import backend
 from tests.helpers import make_stage
 from workers.data.datasets import DatasetError, load_dataset
 from workers.data.preprocess import PREPROCESSING
-from workers.feasible import check_config, check_feasible, training_bytes
+from workers.feasible import check_config, check_dataset, check_feasible, training_bytes
 from workers.nn.activations import ACTIVATIONS
 from workers.nn.initializers import INITIALIZERS
 from workers.nn.optimizers import OPTIMIZERS
@@ -429,6 +429,20 @@ def test_npz_archives(tmp_path, content, preprocessing, components):
     path = tmp_path / f"data-{uuid.uuid4().hex[:8]}.npz"  # a new name: loaded datasets are cached by name
     path.write_bytes(content)
     assert_clean(hpo(*train_args(f"npz:{path}", preprocessing, components)), may_diverge=True)
+    search_refuses_a_refused_dataset(f"npz:{path}", tmp_path)
+
+
+def search_refuses_a_refused_dataset(spec: str, tmp_path) -> None:
+    """A dataset the library refuses, hpo search refuses too, before its SQLite file exists."""
+    try:
+        check_dataset(load_dataset(spec))
+    except DatasetError:
+        db = tmp_path / f"search-{uuid.uuid4().hex[:8]}.db"
+        result = hpo("search", "--name", "d", f"--dataset={spec}", "--workers=1", "--stages=1", "--trials=1",
+                     "--epochs=1", f"--storage=sqlite:///{db}")
+        assert result.exit_code == 2, describe(result)
+        assert_clean(result)
+        assert not db.exists(), "hpo search wrote to storage before refusing the dataset"
 
 
 # -- CIFAR-10 batch files -----------------------------------------------------------------------------
@@ -518,6 +532,7 @@ def test_cifar_batch_files(tmp_path, files):
         if content is not None:
             (directory / name).write_bytes(content)
     assert_clean(hpo(*train_args(f"cifar10:{directory}", "standardize", None)), may_diverge=True)
+    search_refuses_a_refused_dataset(f"cifar10:{directory}", tmp_path)
 
 
 # -- hpo train's own options ---------------------------------------------------------------------------
