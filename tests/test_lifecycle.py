@@ -584,6 +584,10 @@ class Sequence:
         if run.kind in ("coordinator", "launch") and stop is not None:
             return {130, 0}  # 0: the signal came as it was ending (it must not go on long after)
         if run.kind == "coordinator":
+            # An unreachable database at the start is bad input (one line, exit 2); once the
+            # campaign is under way (its first line printed) every step rides out an outage.
+            if self.outage_during(run.started, run.ended) and f"campaign {CAMPAIGN} on " not in run.stderr():
+                return {0, 2}
             return {0}
         if run.kind == "worker" and stop is not None:
             return {0}
@@ -610,6 +614,10 @@ class Sequence:
         lines = [line for line in run.stderr().splitlines() if line.strip()]
         if code == 2 and run.kind in ("narrow", "fail-stale") and not outage and len(lines) != 1:
             self.problem(f"{run.name} exited 2 with {len(lines)} lines of stderr, not one: {lines[:6]}")
+        if code == 2 and run.kind == "coordinator" and code in expected:
+            if len(lines) != 1:
+                self.problem(f"{run.name} refused at its start with {len(lines)} lines of stderr, not one: {lines[:6]}")
+            self.notes.append(f"{run.name} refused at its start (the database was down): {_tail(run.stderr(), 1)}")
         if run.kind == "coordinator" and code == 130 and f"hpo search --name {CAMPAIGN}" not in run.stderr():
             self.problem(f"{run.name} exited 130 without saying how to resume: {_tail(run.stderr(), 3)}")
         stop = run.first_stop_signal()
