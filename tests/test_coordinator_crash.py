@@ -110,12 +110,13 @@ class Databases:
         with Procs(self.folder, url) as procs:
             init = procs.hpo("init", "init")
             assert init.wait(RUN_SECONDS) == 0, init.output()
-        self.template_url = url
 
     def fresh(self, label: str) -> str:
         if not self.admin_url:
             path = self.folder / f"{label}.db"
-            shutil.copyfile(self.folder / "template.db", path)
+            for suffix in ("", "-wal", "-shm"):  # a WAL file left behind holds part of the schema
+                if (self.folder / f"template.db{suffix}").exists():
+                    shutil.copyfile(self.folder / f"template.db{suffix}", f"{path}{suffix}")
             return f"sqlite:///{path}"
         name = self._new_name(label.replace("-", "_"))
         self._admin(f'CREATE DATABASE "{name}" TEMPLATE "{self.template}"')
