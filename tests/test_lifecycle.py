@@ -268,7 +268,7 @@ class Sequence:
             return
         # A process that has not yet installed its SIGTERM handler is still starting up (loading
         # its modules): SIGTERM then ends it at once, as for any program (exit -15).
-        starting = not _catches(run.popen.pid, signal.SIGTERM)
+        starting = not run.signals and _default_action(run.popen.pid, signal.SIGTERM)
         try:
             if group:
                 os.killpg(run.popen.pid, sig)
@@ -685,14 +685,17 @@ def _tail(text: str, lines: int) -> str:
     return " | ".join(line.strip() for line in text.strip().splitlines()[-lines:])
 
 
-def _catches(pid: int, sig: signal.Signals) -> bool:
-    """Whether process ``pid`` has a handler for ``sig`` (SigCgt in /proc/PID/status)."""
+def _default_action(pid: int, sig: signal.Signals) -> bool:
+    """Whether ``sig`` would take its default action in process ``pid``: neither caught by a
+    handler (SigCgt in /proc/PID/status) nor ignored (SigIgn, as while a coordinator cleans up)."""
     try:
         status = Path(f"/proc/{pid}/status").read_text()
     except OSError:
         return False
-    mask = next((int(line.split()[1], 16) for line in status.splitlines() if line.startswith("SigCgt:")), 0)
-    return bool(mask & (1 << (sig - 1)))
+    masks = {line.split(":")[0]: int(line.split()[1], 16) for line in status.splitlines()
+             if line.startswith(("SigCgt:", "SigIgn:"))}
+    bit = 1 << (sig - 1)
+    return not (masks.get("SigCgt", 0) & bit or masks.get("SigIgn", 0) & bit)
 
 
 def _start_time(pid: int) -> str | None:
