@@ -476,6 +476,15 @@ class Sequence:
 
     def do_narrow(self, arng: random.Random) -> None:
         force = arng.random() < 0.5
+        # "A little early": wait (a few seconds at most) for stage 1 to have a complete trial
+        # while its budget is not met yet, the moment such a narrowing has something to work on.
+        if arng.random() < 0.5:
+            deadline = time.monotonic() + 8
+            while time.monotonic() < deadline:
+                state = self.stage_state()
+                if state is not None and (state[2] or (state[3] and not state[1])):
+                    break
+                time.sleep(0.1)
         before = self.stage_state()
         run = self.run_short("narrow", ["narrow", f"{CAMPAIGN}/stage-1", *(["--force"] if force else [])],
                              SHORT_COMMAND_SECONDS)
