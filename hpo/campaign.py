@@ -24,9 +24,9 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import signal
-import sys
+import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
@@ -508,7 +508,7 @@ def run_campaign(url: str, spec: CampaignSpec, progress: Progress, *, workers: i
     step(lambda: backend.ensure_schema(url), "create the schema")
     storage = step(lambda: backend.open_storage(url), "open the storage")
     plans, resumed = step(lambda: open_campaign(url, storage, spec), "open the campaign")
-    local = LocalWorkers(url, workers, campaign=spec.name, seed=0, blas_threads=blas_threads) if workers else None
+    local = LocalWorkers(url, workers, campaign=spec.name, seed=None, blas_threads=blas_threads) if workers else None
     try:
         while True:
             plan = plans[-1]
@@ -548,7 +548,7 @@ def run_campaign(url: str, spec: CampaignSpec, progress: Progress, *, workers: i
     return CampaignSummary(spec.name, summaries, best, time.monotonic() - started)
 
 
-def release_trials(url: str, storage, plans: Sequence[StagePlan], worker_ids: set[str]) -> list[int]:
+def release_trials(url: str, storage, plans: Sequence[StagePlan], worker_ids: Collection[str]) -> list[int]:
     """Fail, with a retry queued, every RUNNING trial of the given workers (stopped, so none of
     them runs any more): a worker killed before it could queue its own trial again leaves it
     RUNNING until the heartbeat grace runs out, and the campaign then stops with nothing
@@ -560,6 +560,7 @@ def release_trials(url: str, storage, plans: Sequence[StagePlan], worker_ids: se
             for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
                 if trial.user_attrs.get("worker") in worker_ids and backend.fail_with_retry(study, trial._trial_id):
                     released.append(trial.number)
+            records.tidy_closed_stage(storage, plan)
     return released
 
 
@@ -567,7 +568,7 @@ def release_trials(url: str, storage, plans: Sequence[StagePlan], worker_ids: se
 def _signals_held() -> Iterator[None]:
     """Ignore SIGINT and SIGTERM while the campaign cleans up after a stop: a second Ctrl-C
     must not cut the cleanup short and leave trials RUNNING."""
-    if not _in_main_thread():
+    if threading.current_thread() is not threading.main_thread():
         yield
         return
     previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGTERM)}
@@ -576,9 +577,3 @@ def _signals_held() -> Iterator[None]:
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-
-
-def _in_main_thread() -> bool:
-    import threading
-
-    return threading.current_thread() is threading.main_thread()
