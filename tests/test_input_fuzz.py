@@ -43,7 +43,6 @@ from hypothesis import strategies as st
 
 from hpo import cli_inspect  # noqa: F401  (registers the inspection commands, as main() does)
 from hpo.cli import cli
-from storage import backend
 from tests.helpers import make_stage
 from workers.data.datasets import DatasetError, load_dataset
 from workers.data.preprocess import PREPROCESSING
@@ -251,7 +250,10 @@ def space_files(draw) -> bytes:
         return f"[params]\nlearning_rate = {'[' * depth}1{']' * depth}\n".encode()
     if form == "no-params":
         return f"[other]\na = {toml_value(draw(toml_values))}\n".encode()
-    params = draw(st.dictionaries(st.sampled_from(NAMES), toml_values, max_size=4))
+    params = draw(st.dictionaries(st.sampled_from(NAMES), toml_values, max_size=2))
+    for text in draw(st.lists(plausible_param(), max_size=3)):  # well-formed ones, mostly accepted
+        name, spec = text.split("=", 1)
+        params[name] = spec
     lines = ["[params]"] + [f"{json.dumps(name)} = {toml_value(value)}" for name, value in params.items()]
     text = "\n".join(lines) + "\n"
     return text.encode("latin-1", "replace") if form == "latin-1" else text.encode()
@@ -566,7 +568,7 @@ def test_train_options(options, hidden, choices):
 ]), min_size=1, max_size=4, unique=True))
 def test_accepted_spaces_search_to_the_end(digits, tmp_path, params):
     """What the library accepts, hpo search runs to its end (exit 0, one stage, 2 trials)."""
-    space, refusal = verdict(digits, params=params)
+    _, refusal = verdict(digits, params=params)
     assert refusal is None, refusal
     url = f"sqlite:///{tmp_path / uuid.uuid4().hex[:8]}.db"
     args = ["search", "--name", "ok", "--workers", "1", "--stages", "1", "--trials", "2", "--epochs", "1",
