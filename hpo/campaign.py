@@ -34,10 +34,11 @@ import optuna
 from optuna.trial import TrialState
 
 from hpo.local import LocalWorkers
-from hpo.narrow import NarrowResult, TrialRecord, narrow
+from hpo.narrow import NarrowResult, NothingToNarrow, TrialRecord, narrow
 from storage import backend, records
 from storage.errors import StorageError, StudyNotFound
 from storage.records import StagePlan
+from workers.feasible import data_limits
 from workers.objective import config_for
 from workers.run import cached_dataset, train_and_test
 from workers.space import SearchSpace
@@ -282,21 +283,18 @@ def stage_is_complete(counts: dict[str, int], plan: StagePlan, attrs: dict[str, 
 def trial_records(storage, study_name: str) -> list[TrialRecord]:
     study = optuna.load_study(study_name=study_name, storage=storage)
     return [
-        TrialRecord(number=t.number, params=dict(t.params), value=t.value, state=t.state.name)
+        TrialRecord(number=t.number, params=dict(t.params), value=t.value, state=t.state.name,
+                    reason=t.user_attrs.get("reason") if isinstance(t.user_attrs.get("reason"), str) else None)
         for t in study.get_trials(deepcopy=False)
     ]
 
 
 def narrow_from(storage, parent: StagePlan, *, top_k: int | None, top_quantile: float) -> NarrowResult:
-    """Narrow the space of a finished stage; StageFailed if it has no complete trial."""
-    trials = trial_records(storage, parent.study_name)
-    if not any(t.state == "COMPLETE" for t in trials):
-        counts: dict[str, int] = {}
-        for t in trials:
-            counts[t.state.lower()] = counts.get(t.state.lower(), 0) + 1
-        listed = ", ".join(f"{n} {state}" for state, n in sorted(counts.items())) or "no trials"
-        raise StageFailed(f"{parent.study_name} has no complete trial to narrow from ({listed})")
-    return narrow(SearchSpace.from_dict(parent.space), trials, top_k=top_k, top_quantile=top_quantile)
+    """Narrow the space of a finished stage; NothingToNarrow if it has no complete trial. A range
+    widened at its border stops where the data ends (no more PCA directions than features)."""
+    limits = data_limits(cached_dataset(parent.dataset, parent.seed))
+    return narrow(SearchSpace.from_dict(parent.space), trial_records(storage, parent.study_name),
+                  top_k=top_k, top_quantile=top_quantile, limits=limits, stage=parent.study_name)
 
 
 def seed_queue(result: NarrowResult, space: SearchSpace, parent: StagePlan, n: int) -> list[tuple[dict, dict]]:
@@ -315,7 +313,10 @@ def open_next_stage(url: str, storage, spec: CampaignSpec, parent: StagePlan) ->
             existing = records.read_plan(storage, name)
             if existing is not None:
                 return existing, None
-        result = narrow_from(storage, parent, top_k=spec.top_k, top_quantile=spec.top_quantile)
+        try:
+            result = narrow_from(storage, parent, top_k=spec.top_k, top_quantile=spec.top_quantile)
+        except NothingToNarrow as e:  # the campaign cannot go on: it ends here, naming the stage
+            raise StageFailed(str(e)) from None
         lineage = {"parent": parent.study_name, **result.to_dict()}
         replans = [r for r in spec.replans if r.get("from_stage") == parent.stage + 1]
         if replans:

@@ -4,6 +4,7 @@ space files, storage URLs, heartbeat settings, and a stage with nothing to narro
 
 from __future__ import annotations
 
+import json
 import os
 import pickle
 import subprocess
@@ -126,6 +127,23 @@ def test_narrowing_never_widens_pca_directions_past_the_features(digits):
     bounded = narrow(space, trials, limits=data_limits(digits))
     assert bounded.space["pca_components"].high == 64
     check_feasible(bounded.space, digits)
+
+
+def test_hpo_narrow_keeps_pca_directions_within_the_features(tmp_path):
+    """The best trial of stage 1 at 64 of digits' 64 features: stage 2 must not ask for more
+    (the border rule alone widens the range to 80, which no trial could train)."""
+    url = f"sqlite:///{tmp_path / 'x.db'}"
+    storage, plan = make_stage(url, "pc", trials=4, params=["hidden_sizes=16", "preprocessing=pca",
+                                                              "pca_components=32..64"])
+    study = optuna.load_study(study_name=plan.study_name, storage=storage)
+    space = SearchSpace.from_dict(plan.space)
+    for k, value in ((64, 0.9), (60, 0.8), (40, 0.5), (32, 0.4)):
+        study.enqueue_trial({"pca_components": k})
+        study.tell(study.ask(space.to_distributions()), value)
+    result = invoke("narrow", "pc/stage-1", "--dry-run", "--format", "json", "--storage", url)
+    assert result.exit_code == 0, result.output
+    change = next(c for c in json.loads(result.stdout)["changes"] if c["param"] == "pca_components")
+    assert change["new"].endswith(", 64]"), change
 
 
 # -- network size ---------------------------------------------------------------------------------
