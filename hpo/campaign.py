@@ -236,8 +236,9 @@ def campaign_lock(url: str, storage, name: str):
 
 
 def load_campaign(url: str, name: str) -> tuple[CampaignSpec, list[StagePlan]] | None:
-    """The stored plan of campaign ``name`` and its stages, or None if there is no such
-    campaign (nothing is created: a SQLite file that does not exist stays so)."""
+    """The stored plan of campaign ``name`` and its stages (none yet, when the creation of
+    stage 1 was cut short), or None if there is no such campaign (nothing is created: a SQLite
+    file that does not exist stays so)."""
     try:
         if not backend.schema_ready(url):
             return None
@@ -247,8 +248,13 @@ def load_campaign(url: str, name: str) -> tuple[CampaignSpec, list[StagePlan]] |
             if not plans:
                 first = records.stage_study_name(name, 1)
                 with contextlib.suppress(StudyNotFound):
-                    if records.PLAN_ATTR in records.study_attrs(storage, first):  # and it holds no plan
+                    attrs = records.study_attrs(storage, first)
+                    if records.PLAN_ATTR in attrs:  # and it holds no plan
                         raise StorageError(f"study {first!r} exists and was not created by hpo: choose another --name")
+                    if isinstance(attrs.get(records.CAMPAIGN_ATTR), dict):
+                        # Stage 1's creation was cut short after the campaign's plan was stored:
+                        # that plan, not today's options, is what the next run finishes.
+                        return CampaignSpec.from_dict(attrs[records.CAMPAIGN_ATTR]), []
                 return None
             stored = records.study_attrs(storage, plans[0].study_name).get(records.CAMPAIGN_ATTR)
             spec = CampaignSpec.from_dict(stored) if isinstance(stored, dict) else CampaignSpec.from_stages(plans)

@@ -369,3 +369,22 @@ def test_an_empty_campaign_name_is_refused(sqlite_url):
     line = one_error_line(hpo(sqlite_url, "search", "--name", "", *SMALL))
     assert "invalid campaign name ''" in line
     assert not os.path.exists(sqlite_url.removeprefix("sqlite:///"))
+
+
+def test_a_bare_resume_after_stage_1_was_cut_short_follows_the_stored_campaign_plan(sqlite_url):
+    # The coordinator died after storing the campaign's plan on stage 1, before stage 1's own
+    # plan: the next bare run must finish that campaign, not start one with today's defaults.
+    backend.ensure_schema(sqlite_url)
+    storage = backend.open_storage(sqlite_url, heartbeat=False)
+    try:
+        spec = CampaignSpec(name="cut2", space=build_space(None, None, ["hidden_sizes=32", "lr=log:1e-3..1e-1"]),
+                            stages=1, trials=[3], epochs=[1])
+        study = optuna.create_study(storage=storage, study_name="cut2/stage-1", direction="maximize")
+        study.set_user_attr(records.CAMPAIGN_ATTR, spec.to_dict())
+    finally:
+        storage.engine.dispose()
+    result = hpo(sqlite_url, "search", "--name", "cut2", "--workers", "1", "--json")
+    assert result.returncode == 0, result.stderr
+    assert "1 stages, trials [3], epochs [1]" in result.stderr
+    assert [s["budget"] for s in json.loads(result.stdout)["stages"]] == [3]
+    assert_nothing_lost_or_repeated(sqlite_url, "cut2")
