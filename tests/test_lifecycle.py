@@ -64,6 +64,10 @@ CONFLICTS = [["--trials", "11,5"], ["--epochs", "80,161"], ["--stages", "3"], ["
              ["--sampler", "random"], ["--seed", "7"], ["--pruner", "none"], ["--cv", "3"],
              ["--param", "activation=relu,tanh,elu"], ["--dataset", "mnist1d"]]
 HEARTBEAT = {"HPO_HEARTBEAT_INTERVAL": "1", "HPO_HEARTBEAT_GRACE": "3"}
+ACTIONS = {  # name -> weight
+    "coordinator": 3, "worker": 2.5, "launch": 1, "stop-worker": 1.5, "signal": 3,
+    "outage": 1.5, "conflict": 1, "narrow": 1.2, "fail-stale": 0.8,
+}
 
 ACTION_SECONDS = 25  # no new action after this long into a sequence
 STOP_SECONDS = {"coordinator": 30, "worker": 15, "launch": 30}  # from SIGINT / SIGTERM to exit
@@ -361,14 +365,9 @@ class Sequence:
         return total
 
     # -- the actions ------------------------------------------------------------------------
-    ACTIONS = {  # name -> weight
-        "coordinator": 3, "worker": 2.5, "launch": 1, "stop-worker": 1.5, "signal": 3,
-        "outage": 1.5, "conflict": 1, "narrow": 1.2, "fail-stale": 0.8,
-    }
-
     def play(self) -> None:
         self.monitor.start()
-        actions = dict(self.ACTIONS)
+        actions = dict(ACTIONS)
         if self.cluster is None:
             actions.pop("outage")
         n = self.rng.randint(5, 14)
@@ -651,8 +650,8 @@ class Sequence:
                     self.problem(f"a traceback in {path.relative_to(self.folder)}:\n{text[where:where + 2500]}")
 
     def report(self) -> str:
-        lines = [f"lifecycle sequence seed {self.seed} on {self.backend_name} failed "
-                 f"(replay: HPO_LIFECYCLE_SEED={self.seed} python -m pytest tests/test_lifecycle.py -k {self.backend_name})",
+        replay = f"HPO_LIFECYCLE_SEED={self.seed} python -m pytest tests/test_lifecycle.py -k {self.backend_name}"
+        lines = [f"lifecycle sequence seed {self.seed} on {self.backend_name} failed (replay: {replay})",
                  "", "actions:", *self.events, "", "processes:", *(r.describe() for r in self.runs),
                  "", f"problems ({len(self.problems)}):", *(f"- {p}" for p in self.problems)]
         if self.notes:
