@@ -151,8 +151,12 @@ class Sequence:
         (folder / "tmp").mkdir(exist_ok=True)
         self.env = {**os.environ, "HPO_STORAGE": url, "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1",
                     "TMPDIR": str(folder / "tmp"), "COLUMNS": "120", **HEARTBEAT}
-        self.engine = sqlalchemy.create_engine(
-            url, **({"connect_args": {"connect_timeout": 2}} if url.startswith("postgresql") else {}))
+        if url.startswith("sqlite"):  # read-only: the harness must not create the file itself
+            path = url.removeprefix("sqlite:///")
+            self.engine = sqlalchemy.create_engine(f"sqlite:///file:{path}?mode=ro&uri=true",
+                                                   connect_args={"timeout": 30})
+        else:
+            self.engine = sqlalchemy.create_engine(url, connect_args={"connect_timeout": 2})
         self.stop_monitor = threading.Event()
         self.monitor = threading.Thread(target=self._monitor, name="lifecycle-monitor", daemon=True)
 
@@ -178,6 +182,8 @@ class Sequence:
 
     def schema_missing(self) -> bool:
         """Whether the database answers but holds no hpo schema yet (so no campaign either)."""
+        if self.url.startswith("sqlite") and not os.path.exists(self.url.removeprefix("sqlite:///")):
+            return True
         try:
             return not sqlalchemy.inspect(self.engine).has_table("studies")
         except sqlalchemy.exc.SQLAlchemyError:
@@ -489,7 +495,11 @@ class Sequence:
                              SHORT_COMMAND_SECONDS)
         after = self.stage_state()
         expect: set[int] = set()
-        for state in (before, after):
+        # Stage 2 seen afterwards may be this command's own work: judge the state after it both
+        # with and without stage 2 (one seen before it is certain).
+        states = [before, after] if before is None or after is None else \
+            [before, after, (*after[:2], before[2], after[3])]
+        for state in states:
             if state is None:
                 expect |= {0, 2}
                 continue
