@@ -515,8 +515,10 @@ def run_campaign(url: str, spec: CampaignSpec, progress: Progress, *, workers: i
     step(lambda: backend.ensure_schema(url), "create the schema")
     storage = step(lambda: backend.open_storage(url), "open the storage")
     plans, resumed = step(lambda: open_campaign(url, storage, spec), "open the campaign")
-    local = LocalWorkers(url, workers, campaign=spec.name, seed=None, blas_threads=blas_threads) if workers else None
+    local = None
     try:
+        if workers:
+            local = LocalWorkers(url, workers, campaign=spec.name, seed=None, blas_threads=blas_threads)
         while True:
             plan = plans[-1]
             progress.stage_started(plan, resumed)

@@ -12,6 +12,7 @@ import logging
 import os
 import signal
 import sys
+import threading
 import time
 
 import click
@@ -22,7 +23,7 @@ from hpo.narrow import NarrowError
 from hpo.output import UsageError, err, format_option, one_line, out, print_json, render_rows, storage_option
 from hpo.progress import RichProgress, narrowing_rows
 from storage import backend, records
-from storage.errors import StorageError, StudyNotFound
+from storage.errors import DatabaseUnavailable, StorageError, StudyNotFound
 from storage.records import StagePlan
 from storage.url import mask_url
 from workers.data.datasets import DatasetError
@@ -44,6 +45,10 @@ class HpoGroup(click.Group):
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
+        except KeyboardInterrupt:  # Ctrl-C before a command took anything on: nothing to undo
+            ignore_stop_signals()
+            click.echo("interrupted", err=True)
+            sys.exit(130)
         except INPUT_ERRORS as e:
             raise UsageError(one_line(e)) from None
         except click.UsageError as e:  # click's own parse errors: one line too, no usage block
@@ -273,6 +278,7 @@ def search(ctx, name, dataset, stages, trials, epochs, workers, sampler, pruner,
         with progress:
             summary = campaign_mod.run_campaign(storage_url, spec, progress, workers=workers, blas_threads=blas_threads)
     except KeyboardInterrupt:
+        ignore_stop_signals()  # stopping already: a second Ctrl-C must not cut this short
         click.echo(f"interrupted: nothing is left running; resume with: hpo search --name {name}", err=True)
         sys.exit(130)
     except campaign_mod.StageFailed as e:
@@ -282,6 +288,14 @@ def search(ctx, name, dataset, stages, trials, epochs, workers, sampler, pruner,
         print_json({**summary.to_dict(), "storage": mask_url(storage_url)})
         return
     progress.print_summary(out, summary)
+
+
+def ignore_stop_signals() -> None:
+    """From here on SIGINT and SIGTERM are ignored: the process is stopping already, and a
+    second Ctrl-C (or its coordinator's SIGTERM on top of a terminal's SIGINT) must not turn a
+    clean stop into a traceback or another exit status."""
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_IGN)
 
 
 def _interrupt_on_sigterm() -> None:
@@ -315,10 +329,15 @@ def worker(campaign, study, seed, max_trials, wait_seconds, exit_with_parent, ve
       hpo worker --campaign digits-20261127-101500
       HPO_STORAGE=postgresql://hpo@db/hpo HPO_DB_PASSWORD_FILE=/run/secrets/db hpo worker --campaign c1
     """
-    from workers.worker import WorkerOptions, run_worker
-
     if bool(campaign) == bool(study):
         raise UsageError("give exactly one of --campaign NAME or --study NAME")
+    # A stop asked for while the worker is still loading (NumPy, Optuna: a second or so) is
+    # kept, and the worker then exits 0 without taking a trial.
+    stop_asked = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop_asked.set())
+    from workers.worker import WorkerOptions, run_worker
+
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     options = WorkerOptions(
         storage_url=storage_url, campaign=campaign, study=study, seed=seed,
@@ -326,7 +345,8 @@ def worker(campaign, study, seed, max_trials, wait_seconds, exit_with_parent, ve
         parent_pid=os.getppid() if exit_with_parent else None,
     )
     started = time.monotonic()
-    summary = run_worker(options)
+    summary = run_worker(options, stop_asked=stop_asked)
+    ignore_stop_signals()  # done: a signal now would only cut the summary short
     done = ", ".join(f"{n} {state.lower()}" for state, n in sorted(summary.trials.items())) or "no trials"
     err.print(f"worker {options.worker_id}: {done} in {time.monotonic() - started:.1f}s "
               f"({summary.overhead_seconds:.1f}s outside training)")
@@ -357,11 +377,11 @@ def launch(n, campaign, study, seed, wait_seconds, blas_threads, storage_url) ->
 
     if bool(campaign) == bool(study):
         raise UsageError("give exactly one of --campaign NAME or --study NAME")
+    _interrupt_on_sigterm()
     current = _wait_for_target(storage_url, campaign, study, wait_seconds)
+    storage = backend.retrying(lambda: backend.open_storage(storage_url, heartbeat=False), "open the storage", storage_url)
     local = LocalWorkers(storage_url, n, campaign=campaign, study=study, seed=seed, blas_threads=blas_threads)
     progress = RichProgress(err)
-    storage = backend.open_storage(storage_url, heartbeat=False)
-    _interrupt_on_sigterm()
     interrupted = False
     try:
         with progress:
@@ -374,6 +394,7 @@ def launch(n, campaign, study, seed, wait_seconds, blas_threads, storage_url) ->
                                             records.best_value(storage, current.study_name))
                 time.sleep(0.5)
     except KeyboardInterrupt:
+        ignore_stop_signals()
         interrupted = True
         err.print("stopping workers: each queues its trial again ...")
     finally:
@@ -392,7 +413,7 @@ def _wait_for_target(url: str, campaign: str | None, study: str | None, seconds:
     deadline = time.monotonic() + seconds
     while True:
         plan = None
-        with contextlib.suppress(*backend.DB_ERRORS, StudyNotFound):
+        with contextlib.suppress(*backend.DB_ERRORS, StudyNotFound, DatabaseUnavailable):
             if backend.schema_ready(url):
                 storage = backend.open_storage(url, heartbeat=False)
                 try:
@@ -475,10 +496,15 @@ def init_db(storage_url) -> None:
 
 
 def main() -> None:
-    # Import-time registration of the inspection commands keeps this module about running things.
-    from hpo import cli_inspect  # noqa: F401
+    try:
+        # Import-time registration of the inspection commands keeps this module about running things.
+        from hpo import cli_inspect  # noqa: F401
 
-    import optuna
+        import optuna
 
-    optuna.logging.set_verbosity(optuna.logging.WARNING)  # our own progress says what happens
-    cli(prog_name="hpo")
+        optuna.logging.set_verbosity(optuna.logging.WARNING)  # our own progress says what happens
+        cli(prog_name="hpo")
+    except KeyboardInterrupt:  # Ctrl-C while the modules load: nothing started yet
+        sys.exit(130)
+    finally:
+        ignore_stop_signals()  # a signal during the exit itself changes nothing now

@@ -33,7 +33,7 @@ from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 from sqlalchemy.exc import SQLAlchemyError
 
-from storage.errors import StorageError
+from storage.errors import DatabaseUnavailable, StorageError
 from storage.url import is_sqlite, mask_text, mask_url, sqlite_path
 
 log = logging.getLogger(__name__)
@@ -140,7 +140,9 @@ def retrying(
     action: Callable[[], T], what: str, url: str, *, seconds: float = 120.0, logger: logging.Logger = log
 ) -> T:
     """Run ``action``; on a database error run it again with backoff (0.2 s doubling up to 5 s)
-    for up to ``seconds``, then raise StorageError with one masked line.
+    for up to ``seconds``, then raise DatabaseUnavailable (a StorageError) with one masked
+    line. DatabaseUnavailable raised by ``action`` (``open_storage``, ``ensure_schema``) is
+    retried the same way.
 
     ``action`` must be safe to run again after it failed part-way (a server restart can break a
     connection after a commit was sent but before its answer came back).
@@ -150,9 +152,11 @@ def retrying(
     while True:
         try:
             return action()
-        except DB_ERRORS as e:
+        except (*DB_ERRORS, DatabaseUnavailable) as e:
             if time.monotonic() > deadline:
-                raise StorageError(describe_db_error(url, e)) from None
+                if isinstance(e, DatabaseUnavailable):
+                    raise
+                raise DatabaseUnavailable(describe_db_error(url, e)) from None
             logger.warning("database error while trying to %s, retrying in %.1fs: %s", what, delay, driver_message(e))
             time.sleep(delay)
             delay = min(delay * 2, 5.0)
@@ -183,7 +187,7 @@ def open_storage(url: str, *, heartbeat: bool = True) -> RDBStorage:
         with _quiet_experimental_warnings():
             return RDBStorage(url, engine_kwargs=engine_kwargs(url), skip_table_creation=True, **hb)
     except DB_ERRORS as e:
-        raise StorageError(describe_db_error(url, e)) from None
+        raise DatabaseUnavailable(describe_db_error(url, e)) from None
     except RuntimeError as e:  # Optuna's schema-version mismatch
         raise StorageError(f"{mask_url(url)}: {e}") from None
 
@@ -202,7 +206,7 @@ def ensure_schema(url: str) -> None:
                 storage.upgrade()
             storage.engine.dispose()
     except DB_ERRORS as e:
-        raise StorageError(describe_db_error(url, e)) from None
+        raise DatabaseUnavailable(describe_db_error(url, e)) from None
     finally:
         engine.dispose()
 

@@ -11,3 +11,8 @@ class StudyNotFound(StorageError):
 
 class CampaignNotFound(StorageError):
     """No campaign of that name exists in the storage."""
+
+
+class DatabaseUnavailable(StorageError):
+    """The database could not be reached or answered with an error: it may come back, so
+    ``backend.retrying`` tries again; past its deadline this is the one line a user sees."""

@@ -49,7 +49,7 @@ import optuna
 from optuna.trial import TrialState
 
 from storage import backend, records
-from storage.errors import CampaignNotFound, StorageError
+from storage.errors import CampaignNotFound, DatabaseUnavailable, StorageError
 from storage.records import StagePlan
 from storage.url import mask_url
 from storage.worker_storage import WorkerStorage
@@ -148,11 +148,23 @@ class Worker:
         url = self.options.storage_url
         deadline = time.monotonic() + self.options.wait_for_campaign_seconds
 
-        def schema_ready() -> bool:  # an unreachable server counts against the same wait
-            return backend.retrying(lambda: backend.schema_ready(url), "look for the schema", url,
-                                    seconds=max(0.0, deadline - time.monotonic()), logger=log)
+        def ready() -> bool:
+            """The schema is there and the storage open; an unreachable server counts against
+            the same wait, and a stop request ends it at once (no retry runs past one)."""
+            try:
+                if not backend.schema_ready(url):
+                    return False
+                self.storage = backend.open_storage(url)
+                return True
+            except (*backend.DB_ERRORS, DatabaseUnavailable) as e:
+                if time.monotonic() > deadline:
+                    if isinstance(e, DatabaseUnavailable):
+                        raise
+                    raise DatabaseUnavailable(backend.describe_db_error(url, e)) from None
+                log.warning("database error while looking for the schema: %s", backend.driver_message(e))
+                return False
 
-        while not schema_ready():
+        while not ready():
             if self._stop.is_set():
                 return False
             if time.monotonic() > deadline:
@@ -161,7 +173,6 @@ class Worker:
                     "create it with `hpo init`"
                 )
             self._stop.wait(self.options.poll_seconds)
-        self.storage = self._retrying(lambda: backend.open_storage(url), "open the storage")
         self._lock_engine = self.storage.engine
         # The studies run on a snapshot with batched writes (see storage.worker_storage);
         # self.storage stays the plain RDBStorage for everything read fresh.
@@ -534,9 +545,13 @@ def _first_line(error: BaseException) -> str:
     return (text.splitlines() or [type(error).__name__])[0]
 
 
-def run_worker(options: WorkerOptions) -> WorkerSummary:
-    """Run a worker in this process until its campaign or study is done, or it is stopped."""
+def run_worker(options: WorkerOptions, *, stop_asked: threading.Event | None = None) -> WorkerSummary:
+    """Run a worker in this process until its campaign or study is done, or it is stopped
+    (``stop_asked``: set by a signal that came while the process was starting; then the
+    worker takes no trial)."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     worker = Worker(options)
     worker.install_signal_handlers()
+    if stop_asked is not None and stop_asked.is_set():
+        worker.request_stop()
     return worker.run()
