@@ -7,5 +7,8 @@ def main() -> None:
     try:
         from hpo.cli import main as cli_main
     except KeyboardInterrupt:
+        import sys
+
+        print("interrupted", file=sys.stderr)
         raise SystemExit(130) from None
     cli_main()

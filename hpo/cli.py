@@ -244,50 +244,59 @@ def search(ctx, name, dataset, stages, trials, epochs, workers, sampler, pruner,
     if cv == 1:
         raise UsageError("--cv needs at least 2 folds (or 0 for the held-out validation split)")
     name = records.check_name(name if name is not None else default_campaign_name(dataset))
-    given = given_on_command_line(ctx)
-    stored = campaign_mod.load_campaign(storage_url, name)
-    if stored is None:
-        if replan:
-            raise UsageError(f"--replan: there is no campaign named {name!r} to change")
-        default_trials, default_epochs = campaign_mod.default_schedule(stages)
-        spec = campaign_mod.CampaignSpec(
-            name=name, space=build_space(None, space_file, list(params)), dataset=dataset, stages=stages,
-            trials=per_stage(trials, default_trials, stages, "--trials"),
-            epochs=per_stage(epochs, default_epochs, stages, "--epochs"),
-            sampler=sampler, pruner=pruner, cv=cv, seed=seed, top_quantile=top_quantile,
-            max_failures_in_a_row=max_failures_in_a_row, max_failure_share=max_failure_share,
-        )
-    else:
-        stored_spec, plans = stored
-        requested = {field: ctx.params[option] for option, field in PLAN_OPTIONS.items() if option in given}
-        n = requested.get("stages", stored_spec.stages)
-        for key in ("trials", "epochs"):
-            if key in requested:
-                requested[key] = per_stage(requested[key], [], n, f"--{key}")
-        if given & {"space_file", "params"}:
-            requested["space"] = build_space(None, space_file, list(params))
-        spec = campaign_mod.reconcile(stored_spec, requested, len(plans), replan=replan)
-    data = cached_dataset(spec.dataset, spec.seed)  # a bad dataset fails here, before anything is written
-    check_feasible(spec.space, data, spec.cv)
-    what = "resuming campaign" if stored else "campaign"
-    err.print(f"{what} {name} on {mask_url(storage_url)}: {spec.stages} stages, "
-              f"trials {spec.trials}, epochs {spec.epochs}, {workers} local workers")
-    progress = RichProgress(err)
     _interrupt_on_sigterm()
-    try:
-        with progress:
-            summary = campaign_mod.run_campaign(storage_url, spec, progress, workers=workers, blas_threads=blas_threads)
-    except KeyboardInterrupt:
-        ignore_stop_signals()  # stopping already: a second Ctrl-C must not cut this short
-        click.echo(f"interrupted: nothing is left running; resume with: hpo search --name {name}", err=True)
-        sys.exit(130)
-    except campaign_mod.StageFailed as e:
-        click.echo(f"Error: {one_line(e)}", err=True)
-        sys.exit(1)
+    with _stops_resumably(name):
+        given = given_on_command_line(ctx)
+        stored = campaign_mod.load_campaign(storage_url, name)
+        if stored is None:
+            if replan:
+                raise UsageError(f"--replan: there is no campaign named {name!r} to change")
+            default_trials, default_epochs = campaign_mod.default_schedule(stages)
+            spec = campaign_mod.CampaignSpec(
+                name=name, space=build_space(None, space_file, list(params)), dataset=dataset, stages=stages,
+                trials=per_stage(trials, default_trials, stages, "--trials"),
+                epochs=per_stage(epochs, default_epochs, stages, "--epochs"),
+                sampler=sampler, pruner=pruner, cv=cv, seed=seed, top_quantile=top_quantile,
+                max_failures_in_a_row=max_failures_in_a_row, max_failure_share=max_failure_share,
+            )
+        else:
+            stored_spec, plans = stored
+            requested = {field: ctx.params[option] for option, field in PLAN_OPTIONS.items() if option in given}
+            n = requested.get("stages", stored_spec.stages)
+            for key in ("trials", "epochs"):
+                if key in requested:
+                    requested[key] = per_stage(requested[key], [], n, f"--{key}")
+            if given & {"space_file", "params"}:
+                requested["space"] = build_space(None, space_file, list(params))
+            spec = campaign_mod.reconcile(stored_spec, requested, len(plans), replan=replan)
+        data = cached_dataset(spec.dataset, spec.seed)  # a bad dataset fails here, before anything is written
+        check_feasible(spec.space, data, spec.cv)
+        what = "resuming campaign" if stored else "campaign"
+        err.print(f"{what} {name} on {mask_url(storage_url)}: {spec.stages} stages, "
+                  f"trials {spec.trials}, epochs {spec.epochs}, {workers} local workers")
+        progress = RichProgress(err)
+        try:
+            with progress:
+                summary = campaign_mod.run_campaign(storage_url, spec, progress, workers=workers, blas_threads=blas_threads)
+        except campaign_mod.StageFailed as e:
+            click.echo(f"Error: {one_line(e)}", err=True)
+            sys.exit(1)
     if as_json:
         print_json({**summary.to_dict(), "storage": mask_url(storage_url)})
         return
     progress.print_summary(out, summary)
+
+
+@contextlib.contextmanager
+def _stops_resumably(name: str):
+    """Ctrl-C (or SIGTERM) anywhere in a search: exit 130 with the command that goes on; the
+    campaign has left nothing RUNNING by then (see campaign.run_campaign)."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        ignore_stop_signals()  # stopping already: a second Ctrl-C must not cut this short
+        click.echo(f"interrupted: nothing is left running; resume with: hpo search --name {name}", err=True)
+        sys.exit(130)
 
 
 def ignore_stop_signals() -> None:
@@ -505,6 +514,8 @@ def main() -> None:
         optuna.logging.set_verbosity(optuna.logging.WARNING)  # our own progress says what happens
         cli(prog_name="hpo")
     except KeyboardInterrupt:  # Ctrl-C while the modules load: nothing started yet
+        ignore_stop_signals()
+        click.echo("interrupted", err=True)
         sys.exit(130)
     finally:
         ignore_stop_signals()  # a signal during the exit itself changes nothing now

@@ -637,7 +637,9 @@ class Sequence:
                 self.problem(f"{run.name} refused at its start with {len(lines)} lines of stderr, not one: {lines[:6]}")
             self.notes.append(f"{run.name} refused at its start (the database was down): {_tail(run.stderr(), 1)}")
         if run.kind == "coordinator" and code == 130 and f"hpo search --name {CAMPAIGN}" not in run.stderr():
-            self.problem(f"{run.name} exited 130 without saying how to resume: {_tail(run.stderr(), 3)}")
+            # Stopped while its modules still loaded, it knows no campaign yet: "interrupted" is all.
+            if not (run.starting_signals and "interrupted" in run.stderr()):
+                self.problem(f"{run.name} exited 130 without saying how to resume: {_tail(run.stderr(), 3)}")
         stop = run.first_stop_signal()
         if stop is not None and not run.killed() and run.ended is not None and run.kind in STOP_SECONDS:
             bound = STOP_SECONDS[run.kind] + self.outage_during(stop, run.ended)
