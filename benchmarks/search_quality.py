@@ -53,7 +53,7 @@ if __package__ in (None, ""):
 import optuna  # noqa: E402
 
 from benchmarks.common import dump_json, machine, median, print_table, sqlite_database  # noqa: E402
-from hpo.campaign import CampaignSpec, final_evaluation, run_campaign  # noqa: E402
+from hpo.campaign import FINAL_CANDIDATES, CampaignSpec, final_candidates, final_evaluation, run_campaign  # noqa: E402
 from storage import backend, records  # noqa: E402
 from workers.space import default_space  # noqa: E402
 from workers.worker import Worker, WorkerOptions  # noqa: E402
@@ -92,7 +92,6 @@ def stopped_at(storage, plans: list, budget: int) -> dict[str, Any]:
     within the budget kept; the pick as ``final_evaluation`` picks (the latest stage with a
     complete trial, best value first, the next one if a retrain diverges), retrained the same
     way (train + validation, the last stage's epochs) and tested once."""
-    from hpo.campaign import FINAL_CANDIDATES
     from workers.objective import config_for
     from workers.run import cached_dataset, train_and_test
     from workers.space import SearchSpace
@@ -178,7 +177,7 @@ def single_stage(url: str, name: str, seed: int, sampler: str, pruner: str, budg
             finally:
                 worker.close()
             spent = epochs_spent(storage, [plan.study_name])
-        best = final_evaluation(storage, [plan], Quiet())
+        best = final_evaluation(final_candidates(storage, [plan], FINAL_CANDIDATES), plan, Quiet())
         trials = len(optuna.load_study(study_name=plan.study_name, storage=storage).get_trials(deepcopy=False))
     finally:
         storage.engine.dispose()
