@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import re
 
@@ -9,7 +10,7 @@ from hpo import campaign as campaign_mod
 from hpo.campaign import CampaignError
 from hpo.narrow import NarrowResult
 from storage import records
-from storage.errors import StorageError
+from storage.errors import StorageError, StudyNotFound
 from storage.records import StagePlan
 from workers.feasible import check_feasible
 from workers.run import cached_dataset
@@ -81,6 +82,9 @@ def narrow_stage(
     )
     if dry_run:
         return parent, child, result
+    with contextlib.suppress(StudyNotFound):  # before --force closes anything
+        if records.read_plan(storage, child.study_name) is not None:
+            raise StorageError(f"stage {child.study_name!r} exists already")
     if force:
         campaign_mod.close_stage(url, storage, parent, "the stage was closed early by hpo narrow --force")
     queue = campaign_mod.seed_queue(result, space, parent, min(seed_best, child.trials))
