@@ -18,6 +18,7 @@ import time
 import click
 
 from hpo import campaign as campaign_mod
+from hpo import exit_interrupted
 from hpo.cli_types import TOP_FRACTION
 from hpo.narrow import NarrowError
 from hpo.output import UsageError, err, format_option, one_line, out, print_json, render_rows, storage_option
@@ -47,8 +48,7 @@ class HpoGroup(click.Group):
             return super().invoke(ctx)
         except KeyboardInterrupt:  # Ctrl-C before a command took anything on: nothing to undo
             ignore_stop_signals()
-            click.echo("interrupted", err=True)
-            sys.exit(130)
+            exit_interrupted(ctx.invoked_subcommand)
         except INPUT_ERRORS as e:
             raise UsageError(one_line(e)) from None
         except click.UsageError as e:  # click's own parse errors: one line too, no usage block
@@ -515,7 +515,6 @@ def main() -> None:
         cli(prog_name="hpo")
     except KeyboardInterrupt:  # Ctrl-C while the modules load: nothing started yet
         ignore_stop_signals()
-        click.echo("interrupted", err=True)
-        sys.exit(130)
+        exit_interrupted(sys.argv[1] if len(sys.argv) > 1 else None)
     finally:
         ignore_stop_signals()  # a signal during the exit itself changes nothing now
