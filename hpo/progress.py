@@ -15,6 +15,7 @@ from rich.table import Table
 
 from hpo.narrow import NarrowResult
 from hpo.output import literal
+from storage import records
 from storage.records import StagePlan
 from workers.space import SearchSpace
 
@@ -108,9 +109,7 @@ class RichProgress:
         )
 
 
-def finished(counts: dict[str, int]) -> int:
-    """Trials that count toward the budget: COMPLETE and PRUNED (diverged ones included)."""
-    return counts.get("COMPLETE", 0) + counts.get("PRUNED", 0) + counts.get("DIVERGED", 0)
+finished = records.finished_count  # the budget's rule has one home
 
 
 def outcome_counts(counts: dict[str, int]) -> dict[str, int]:

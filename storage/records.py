@@ -105,8 +105,10 @@ def budget(plan: StagePlan, attrs: dict[str, Any]) -> int:
 
 
 def finished_count(counts: dict[str, int]) -> int:
-    """Trials that finished with a result (COMPLETE or PRUNED); only these count to a budget."""
-    return counts.get("COMPLETE", 0) + counts.get("PRUNED", 0)
+    """Trials that finished with a result (COMPLETE or PRUNED); only these count to a budget.
+    ``counts`` as :func:`count_states` gives them, or :func:`count_outcomes` (diverged trials,
+    PRUNED in Optuna, apart as DIVERGED)."""
+    return counts.get("COMPLETE", 0) + counts.get("PRUNED", 0) + counts.get("DIVERGED", 0)
 
 
 def is_error(state: str, reason: Any) -> bool:

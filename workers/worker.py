@@ -139,6 +139,7 @@ class Worker:
         self._stop = threading.Event()
         self._studies: dict[str, tuple[optuna.Study, StagePlan, SearchSpace]] = {}
         self._next_reap: dict[str, float] = {}  # study name -> when to look for stale trials again
+        self._fails_seen: dict[str, int] = {}  # study name -> FAIL trials when its claim last judged them
         self.storage: optuna.storages.RDBStorage | None = None  # opened by run(), once the schema exists
         self.study_storage: WorkerStorage | None = None
         self.heartbeat: Heartbeat | None = None
@@ -357,10 +358,13 @@ class Worker:
             attrs = self.study_storage.read_study_attrs(study._study_id, records.STAGE_STATE_ATTRS)
             if attrs.get(records.STATUS_ATTR) == records.FAILED:
                 return StageFailed(_stage_failure(plan, attrs))
-            if counts.get("FAIL", 0) and (why := self._failure_verdict(study, plan)):
+            # The verdict only changes when a trial failed since the last claim looked.
+            fails = counts.get("FAIL", 0)
+            if fails != self._fails_seen.get(plan.study_name, 0) and (why := self._failure_verdict(study, plan)):
                 # Marked once the claim's transaction is over (on SQLite a second connection
                 # could not write while this one may hold the write lock).
                 return StageFailed(_stage_failure(plan, {records.FAILURE_ATTR: why}), why=why)
+            self._fails_seen[plan.study_name] = fails
             finished = records.finished_count(counts)
             running = counts.get("RUNNING", 0)
             if attrs.get(records.STATUS_ATTR) == records.DONE or finished + running >= records.budget(plan, attrs):
