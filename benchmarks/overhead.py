@@ -34,15 +34,19 @@ Usage::
     python benchmarks/overhead.py --quick         # a smoke run: fewer trials, H = 100 only
     python benchmarks/overhead.py --json          # one JSON object with every figure
     python benchmarks/overhead.py --backends sqlite --history 1000 --profile
+    python benchmarks/overhead.py --history 1000 --stock-tpe   # and ours with Optuna's TPESampler
 
 PostgreSQL is taken from $HPO_BENCH_POSTGRES (an admin URL; default the local server as
 ``postgres``); a throwaway database is created for each measurement and dropped after.
-Targets (issue): ours <= 15 ms median on PostgreSQL at H = 1000, and >= 6x less than plain.
+``--stock-tpe`` runs a third loop in the same turns: ours with Optuna's own ``TPESampler`` in
+place of the stage default (``storage.optuna_tpe.CachedTPESampler``), to show what the copied
+sampler saves. Targets (issue): ours <= 15 ms median on PostgreSQL at H = 1000, and >= 6x less than plain.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import cProfile
 import io
 import logging
@@ -74,7 +78,8 @@ from benchmarks.common import (  # noqa: E402
     stub_trainer,
 )
 from hpo.campaign import CampaignSpec  # noqa: E402
-from storage import backend, records  # noqa: E402
+from storage import backend  # noqa: E402
+from workers import stageplan, strategy  # noqa: E402
 from workers.objective import run_trial, trial_seed  # noqa: E402
 from workers.space import SearchSpace, default_space  # noqa: E402
 from workers.strategy import make_pruner, make_sampler  # noqa: E402
@@ -84,6 +89,7 @@ from workers.worker import Worker, WorkerOptions  # noqa: E402
 EPOCHS = 10
 SAMPLER = "tpe"
 PRUNER = "median"
+STOCK_TPE = "ours, Optuna's TPE"  # the loop (and thread) name of --stock-tpe
 TARGET_MS = 15.0
 TARGET_RATIO = 6.0
 
@@ -262,13 +268,12 @@ class PlainLoop:
 class OurLoop:
     """This project's worker loop (``Worker.run``) on a stage study, in this process."""
 
-    name = "ours"
-
-    def __init__(self, url: str, past: list, space: SearchSpace, budget: int) -> None:
+    def __init__(self, url: str, past: list, space: SearchSpace, budget: int, name: str = "ours") -> None:
+        self.name = name
         backend.ensure_schema(url)
         storage = backend.open_storage(url)
         self.plan = stage_plan("bench", space, len(past) + budget + 10)
-        records.create_stage(storage, self.plan).add_trials(past)
+        stageplan.create_stage(storage, self.plan).add_trials(past)
         storage.engine.dispose()
         self.url, self.history = url, len(past)
 
@@ -362,7 +367,7 @@ def _figures(clock: TrainClock, measured: list, prof: cProfile.Profile | None) -
 
 # -- the run -----------------------------------------------------------------------------------
 def run(backends: list[str], histories: list[int], trials: int, profile: bool, block: int = 10,
-        log=print) -> dict[str, Any]:
+        log=print, stock_tpe: bool = False) -> dict[str, Any]:
     space = default_space()
     pasts = {}
     for kind in ("plain", "ours"):
@@ -379,18 +384,26 @@ def run(backends: list[str], histories: list[int], trials: int, profile: bool, b
                         database(backend_name, Path(folder), f"ours-{h}", "hpo_bench_overhead") as ours_url:
                     loops = [PlainLoop(plain_url, pasts["plain"][h], space),
                              OurLoop(ours_url, pasts["ours"][h], space, trials)]
-                    try:
-                        row.update(measure(loops, trials, block, profile))
-                    finally:
-                        for loop in loops:
-                            loop.close()
-                for kind in ("plain", "ours"):
+                    with contextlib.ExitStack() as stack:
+                        if stock_tpe:
+                            stock_url = stack.enter_context(database(backend_name, Path(folder), f"stock-{h}",
+                                                                     "hpo_bench_overhead"))
+                            loops.append(OurLoop(stock_url, pasts["ours"][h], space, trials, name=STOCK_TPE))
+                        try:
+                            row.update(measure(loops, trials, block, profile))
+                        finally:
+                            for loop in loops:
+                                loop.close()
+                for kind in [loop.name for loop in loops]:
                     log(f"{backend_name} H={h} {kind}: {row[kind]['median_ms']} ms/trial, "
                         f"{row[kind]['statements_per_trial']} statements/trial")
                     if profile:
                         log(row[kind].pop("profile"))
                 ours, plain = row["ours"]["median_ms"], row["plain"]["median_ms"]
                 row["ratio"] = round(plain / ours, 2) if ours and plain else None
+                if stock_tpe:
+                    stock = row[STOCK_TPE]["median_ms"]
+                    row["stock_tpe_ratio"] = round(stock / ours, 2) if ours and stock else None
                 results.append(row)
     return {"benchmark": "overhead", "machine": machine(), "epochs": EPOCHS, "sampler": SAMPLER,
             "pruner": PRUNER, "params": list(space), "measured_trials": trials, "block": block, "results": results,
@@ -429,6 +442,8 @@ def print_report(report: dict[str, Any]) -> None:
             "ours recorded ms": r["ours"]["recorded_overhead_ms"],
             "pruned plain/ours": f"{r['plain']['pruned']}/{r['plain']['trials']} {r['ours']['pruned']}/{r['ours']['trials']}",
         })
+        if STOCK_TPE in r:
+            rows[-1].update({"ours, Optuna TPE ms": r[STOCK_TPE]["median_ms"], "Optuna TPE / cached": r["stock_tpe_ratio"]})
     print_table(rows, list(rows[0]) if rows else [])
     t = report["targets"]
     if t:
@@ -447,7 +462,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="a smoke run: 12 trials, H = 100")
     parser.add_argument("--profile", action="store_true", help="print a cProfile of each measured loop")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
+    parser.add_argument("--stock-tpe", action="store_true",
+                        help="also run ours with Optuna's TPESampler, to measure what the cached sampler saves")
     args = parser.parse_args(argv)
+    if args.stock_tpe:
+        cached = strategy.SAMPLERS["tpe"]
+
+        def by_loop(space: SearchSpace, seed: int):  # the stock loop's worker samples in its own thread
+            if threading.current_thread().name == STOCK_TPE:
+                return optuna.samplers.TPESampler(seed=seed, n_startup_trials=10)
+            return cached(space, seed)
+
+        strategy.SAMPLERS["tpe"] = by_loop
     histories = [int(h) for h in (args.history or ("100" if args.quick else "100,1000")).split(",")]
     trials = args.trials or (12 if args.quick else 60)
     backends = [b.strip() for b in args.backends.split(",") if b.strip()]
@@ -457,7 +483,8 @@ def main(argv: list[str] | None = None) -> int:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     logging.getLogger("hpo.worker").setLevel(logging.WARNING)
     warnings.simplefilter("ignore")
-    report = run(backends, histories, trials, args.profile, block=args.block, log=lambda s: print(s, file=sys.stderr))
+    report = run(backends, histories, trials, args.profile, block=args.block, log=lambda s: print(s, file=sys.stderr),
+                 stock_tpe=args.stock_tpe)
     if args.json:
         dump_json(report)
     else:

@@ -91,7 +91,8 @@ def digits_run(url: str, workers: int, name: str, timeout: float, trials: int | 
 
     from hpo.campaign import CampaignSpec
     from hpo.local import LocalWorkers
-    from storage import backend, records
+    from storage import backend
+    from workers import stageplan
     from workers.space import default_space
 
     backend.ensure_schema(url)
@@ -102,7 +103,7 @@ def digits_run(url: str, workers: int, name: str, timeout: float, trials: int | 
     if same_work:
         spec.pruner = "none"
     plan = spec.plan(1, spec.space)
-    records.create_stage(storage, plan)
+    stageplan.create_stage(storage, plan)
     if same_work:
         study = optuna.load_study(study_name=plan.study_name, storage=storage)
         for params in fixed_configurations(spec.space, plan.trials):
@@ -282,7 +283,8 @@ def stub_run(workers: int, per_worker: int, epoch_seconds: float, log) -> dict[s
     import sqlalchemy
 
     from hpo.campaign import CampaignSpec
-    from storage import backend, records
+    from storage import backend
+    from workers import stageplan
     from workers.space import default_space
 
     campaign = f"stub{workers}-{uuid.uuid4().hex[:6]}"
@@ -311,7 +313,7 @@ def stub_run(workers: int, per_worker: int, epoch_seconds: float, log) -> dict[s
                                 epochs=[STUB_EPOCHS])
             plan = spec.plan(1, spec.space)
             opened = time.monotonic()
-            records.create_stage(storage, plan)
+            stageplan.create_stage(storage, plan)
             peak = _watch_connections(url, procs)
             for p, _ in procs:
                 p.wait(timeout=max(10.0, 600 - (time.monotonic() - opened)))

@@ -54,7 +54,8 @@ import optuna  # noqa: E402
 
 from benchmarks.common import dump_json, machine, median, print_table, sqlite_database  # noqa: E402
 from hpo.campaign import FINAL_CANDIDATES, CampaignSpec, final_candidates, final_evaluation, run_campaign  # noqa: E402
-from storage import backend, records  # noqa: E402
+from storage import backend  # noqa: E402
+from workers import stageplan  # noqa: E402
 from workers.space import default_space  # noqa: E402
 from workers.worker import Worker, WorkerOptions  # noqa: E402
 
@@ -147,7 +148,7 @@ def campaign(url: str, name: str, seed: int, trials: list[int], epochs: list[int
     try:
         spent = epochs_spent(storage, [s["study"] for s in summary.stages])
         if budget is not None and spent > budget:
-            plans = records.campaign_stages(storage, name)
+            plans = stageplan.campaign_stages(storage, name)
             return {**stopped_at(storage, plans, budget), "epochs_unstopped": spent}
     finally:
         storage.engine.dispose()
@@ -165,7 +166,7 @@ def single_stage(url: str, name: str, seed: int, sampler: str, pruner: str, budg
     backend.ensure_schema(url)
     storage = backend.open_storage(url)
     try:
-        records.create_stage(storage, plan)
+        stageplan.create_stage(storage, plan)
         spent, runs = 0, 0
         while budget - spent >= FINAL_EPOCHS:
             # A run takes as many trials as surely fit; one sampler per run, seeded per run.

@@ -35,18 +35,20 @@ from optuna.trial import TrialState
 
 from hpo.local import LocalWorkers
 from hpo.narrow import NarrowResult, NothingToNarrow, TrialRecord, narrow
-from storage import backend, records
+from storage import backend, optuna_access, records
 from storage.errors import StorageError, StudyNotFound
-from storage.records import StagePlan
+from workers import stageplan
 from workers.feasible import data_limits
 from workers.objective import config_for
 from workers.run import cached_dataset, train_and_test
 from workers.space import SearchSpace
+from workers.stageplan import StagePlan
 from workers.train import TrainingDiverged
 
 # The lecture: about 1 epoch, then a few, then many; fewer trials as each gets longer.
 DEFAULT_EPOCHS = (2, 8, 30)
 DEFAULT_TRIALS = (60, 30, 15)
+DEFAULT_TOP_QUANTILE = 0.25  # the share of a stage's best trials the next stage's ranges come from
 FINAL_CANDIDATES = 5  # how many top configurations the final retrain may fall back through
 T = TypeVar("T")
 
@@ -83,7 +85,7 @@ class CampaignSpec:
     pruner: str = "median"
     cv: int = 0
     seed: int = 0
-    top_quantile: float = 0.25
+    top_quantile: float = DEFAULT_TOP_QUANTILE
     top_k: int | None = None
     seed_best: int = 1  # the parent's best configurations queued first in the next stage
     max_failures_in_a_row: int = StagePlan.max_failures_in_a_row
@@ -244,9 +246,9 @@ def load_campaign(url: str, name: str) -> tuple[CampaignSpec, list[StagePlan]] |
             return None
         storage = backend.open_storage(url, heartbeat=False)
         try:
-            plans = records.campaign_stages(storage, name)
+            plans = stageplan.campaign_stages(storage, name)
             if not plans:
-                first = records.stage_study_name(name, 1)
+                first = stageplan.stage_study_name(name, 1)
                 with contextlib.suppress(StudyNotFound):
                     attrs = records.study_attrs(storage, first)
                     if records.PLAN_ATTR in attrs:  # and it holds no plan
@@ -269,9 +271,9 @@ def open_campaign(url: str, storage, spec: CampaignSpec) -> tuple[list[StagePlan
     """The campaign's stages, creating stage 1 of a new campaign (or finishing its creation),
     and storing ``spec`` (a replan changes it). Returns (stages, resumed)."""
     with campaign_lock(url, storage, spec.name):
-        stages = records.campaign_stages(storage, spec.name)
+        stages = stageplan.campaign_stages(storage, spec.name)
         if not stages:
-            plan, _ = records.ensure_stage(storage, spec.plan(1, spec.space), attrs={records.CAMPAIGN_ATTR: spec.to_dict()})
+            plan, _ = stageplan.ensure_stage(storage, spec.plan(1, spec.space), attrs={records.CAMPAIGN_ATTR: spec.to_dict()})
             return [plan], False
         if records.study_attrs(storage, stages[0].study_name).get(records.CAMPAIGN_ATTR) != spec.to_dict():
             records.set_study_attr(storage, stages[0].study_name, records.CAMPAIGN_ATTR, spec.to_dict())
@@ -283,7 +285,7 @@ def stage_is_complete(counts: dict[str, int], plan: StagePlan, attrs: dict[str, 
     (`hpo narrow --force`)."""
     if counts.get("RUNNING", 0):
         return False
-    return attrs.get(records.STATUS_ATTR) == records.DONE or records.finished_count(counts) >= records.budget(plan, attrs)
+    return attrs.get(records.STATUS_ATTR) == records.DONE or stageplan.finished_count(counts) >= stageplan.budget(plan, attrs)
 
 
 def trial_records(storage, study_name: str) -> list[TrialRecord]:
@@ -309,27 +311,65 @@ def seed_queue(result: NarrowResult, space: SearchSpace, parent: StagePlan, n: i
     return [(params, {"seeded_from": parent.study_name}) for params in fitting[:n]]
 
 
+def plan_next_stage(
+    parent: StagePlan,
+    spec: CampaignSpec | None,
+    result: NarrowResult,
+    space: SearchSpace,
+    *,
+    into: tuple[str, int] | None = None,
+    trials: int | None = None,
+    epochs: int | None = None,
+) -> StagePlan:
+    """The plan of the stage after ``parent``, one rule for `hpo search` and `hpo narrow`.
+
+    ``into`` (campaign, stage number) defaults to the next stage of the parent's campaign. A
+    stage the campaign's stored plan foresees is planned as the campaign says (its budget, its
+    epochs, replans included); any other takes the parent's settings with half its trials (at
+    least 8) at 4x its epochs, as the lecture advises. ``trials`` / ``epochs`` override both.
+    """
+    campaign, number = into or (parent.campaign, parent.stage + 1)
+    lineage = {"parent": parent.study_name, **result.to_dict()}
+    if spec is not None and campaign == spec.name and number <= spec.stages:
+        replans = [r for r in spec.replans if r.get("from_stage") == number]
+        if replans:
+            lineage["replans"] = replans
+        child = spec.plan(number, space, lineage)
+    else:
+        child = dataclasses.replace(
+            parent, campaign=campaign, stage=number,
+            stages=max(number, parent.stages if campaign == parent.campaign else number),
+            trials=max(8, parent.trials // 2), epochs=parent.epochs * 4,
+            space=space.to_dict(), lineage=lineage,
+        )
+    return dataclasses.replace(child, trials=trials or child.trials, epochs=epochs or child.epochs)
+
+
+def create_next_stage(storage, parent: StagePlan, child: StagePlan, result: NarrowResult,
+                      space: SearchSpace, seed_best: int) -> tuple[StagePlan, bool]:
+    """Create ``child`` with the parent's best configurations that fit ``space`` queued first;
+    (the stage as stored, created). An existing stage is adopted. Call it holding the
+    campaign's lock (:func:`campaign_lock`)."""
+    queue = seed_queue(result, space, parent, min(seed_best, child.trials))
+    return stageplan.ensure_stage(storage, child, queue=queue)
+
+
 def open_next_stage(url: str, storage, spec: CampaignSpec, parent: StagePlan) -> tuple[StagePlan, NarrowResult | None]:
     """The stage after the finished ``parent``: created by narrowing it, with the parent's
     best configurations queued first; or adopted, with None for the narrowing, when it exists
     already (`hpo narrow` or another coordinator created it)."""
-    name = records.stage_study_name(spec.name, parent.stage + 1)
+    name = stageplan.stage_study_name(spec.name, parent.stage + 1)
     with campaign_lock(url, storage, spec.name):
         with contextlib.suppress(StudyNotFound):
-            existing = records.read_plan(storage, name)
+            existing = stageplan.read_plan(storage, name)
             if existing is not None:
                 return existing, None
         try:
             result = narrow_from(storage, parent, top_k=spec.top_k, top_quantile=spec.top_quantile)
         except NothingToNarrow as e:  # the campaign cannot go on: it ends here, naming the stage
             raise StageFailed(str(e)) from None
-        lineage = {"parent": parent.study_name, **result.to_dict()}
-        replans = [r for r in spec.replans if r.get("from_stage") == parent.stage + 1]
-        if replans:
-            lineage["replans"] = replans
-        child = spec.plan(parent.stage + 1, result.space, lineage)
-        queue = seed_queue(result, result.space, parent, min(spec.seed_best, child.trials))
-        child, _ = records.ensure_stage(storage, child, queue=queue)
+        child = plan_next_stage(parent, spec, result, result.space)
+        child, _ = create_next_stage(storage, parent, child, result, result.space, spec.seed_best)
         return child, result
 
 
@@ -338,7 +378,7 @@ def close_stage(url: str, storage, plan: StagePlan, why: str = "the stage budget
     not needed, and a stage closed before its budget was met records the rest as cancelled.
     Runs under the stage's lock, so no worker claims a trial meanwhile."""
     with backend.exclusive(url, plan.study_name, storage.engine):
-        records.close_stage(storage, plan, f"{backend.NOT_NEEDED}: {why}")
+        stageplan.close_stage(storage, plan, f"{backend.NOT_NEEDED}: {why}")
 
 
 def settle_stage(url: str, storage, plan: StagePlan, progress: Progress, poll_seconds: float = 0.5) -> None:
@@ -350,7 +390,7 @@ def settle_stage(url: str, storage, plan: StagePlan, progress: Progress, poll_se
     def poll() -> int:
         with backend.exclusive(url, plan.study_name, storage.engine):
             backend.reap_stale_trials(study)
-            records.tidy_closed_stage(storage, plan)
+            stageplan.tidy_closed_stage(storage, plan)
             return records.count_states(storage, plan.study_name).get("RUNNING", 0)
 
     told = False
@@ -380,7 +420,7 @@ def wait_for_stage(
             counts = records.count_states(storage, plan.study_name)
             attrs = records.study_attrs(storage, plan.study_name)
             if attrs.get(records.STATUS_ATTR) != records.FAILED and counts.get("FAIL", 0):
-                why = records.failure_verdict(plan, records.stage_outcomes(storage, plan.study_name))
+                why = stageplan.failure_verdict(plan, records.stage_outcomes(storage, plan.study_name))
                 if why is not None:
                     records.mark_stage_failed(storage, plan.study_name, why)
                     attrs = records.study_attrs(storage, plan.study_name)
@@ -526,7 +566,7 @@ def run_campaign(url: str, spec: CampaignSpec, progress: Progress, *, workers: i
                 step(lambda earlier=earlier: close_stage(url, storage, earlier), f"close stage {earlier.stage}")
             wait_for_stage(storage, url, plan, progress, local)
             step(lambda: close_stage(url, storage, plan), f"close stage {plan.stage}")
-            next_exists = step(lambda: bool(records.campaign_stages(storage, spec.name)[plan.stage:]), "read the campaign")
+            next_exists = step(lambda: bool(stageplan.campaign_stages(storage, spec.name)[plan.stage:]), "read the campaign")
             if plan.stage >= max(spec.stages, plan.stages) and not next_exists:
                 break
             child, result = step(lambda: open_next_stage(url, storage, spec, plan), f"open stage {plan.stage + 1}")
@@ -567,9 +607,9 @@ def release_trials(url: str, storage, plans: Sequence[StagePlan], worker_ids: Co
         study = optuna.load_study(study_name=plan.study_name, storage=storage)
         with backend.exclusive(url, plan.study_name, storage.engine):
             for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-                if trial.user_attrs.get("worker") in worker_ids and backend.fail_with_retry(study, trial._trial_id):
+                if trial.user_attrs.get("worker") in worker_ids and backend.fail_with_retry(study, optuna_access.trial_id(trial)):
                     released.append(trial.number)
-            records.tidy_closed_stage(storage, plan)
+            stageplan.tidy_closed_stage(storage, plan)
     return released
 
 

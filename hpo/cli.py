@@ -18,6 +18,7 @@ import time
 import click
 
 from hpo import campaign as campaign_mod
+from hpo import cli_inspect
 from hpo import exit_interrupted
 from hpo.cli_types import TOP_FRACTION
 from hpo.narrow import NarrowError
@@ -25,14 +26,15 @@ from hpo.output import UsageError, err, format_option, one_line, out, print_json
 from hpo.progress import RichProgress, narrowing_rows
 from storage import backend, records
 from storage.errors import DatabaseUnavailable, StorageError, StudyNotFound
-from storage.records import StagePlan
 from storage.url import mask_url
+from workers import stageplan
 from workers.data.datasets import DatasetError
 from workers.data.preprocess import PREPROCESSING
 from workers.nn.activations import ACTIVATIONS
 from workers.nn.initializers import INITIALIZERS
 from workers.nn.optimizers import OPTIMIZERS
 from workers.space import SpaceError, build_space
+from workers.stageplan import StagePlan
 from workers.strategy import PRUNERS, SAMPLERS
 from workers.train import TrainConfig, TrainingDiverged
 
@@ -208,7 +210,7 @@ def given_on_command_line(ctx: click.Context) -> set[str]:
 @click.option("--cv", type=click.IntRange(min=0), default=0, show_default=True, help="K-fold cross-validation on the training split (0: held-out validation split).")
 @click.option("--space", "space_file", type=click.Path(dir_okay=False), help="Search space TOML file.")
 @click.option("--param", "params", multiple=True, metavar="NAME=SPEC", help="Override one parameter, e.g. lr=log:1e-5..1e-1 or activation=relu,tanh (repeatable).")
-@click.option("--top", "top_quantile", type=TOP_FRACTION, default=0.25, show_default=True, help="Fraction of a stage's best trials the next stage's ranges come from.")
+@click.option("--top", "top_quantile", type=TOP_FRACTION, default=campaign_mod.DEFAULT_TOP_QUANTILE, show_default=True, help="Fraction of a stage's best trials the next stage's ranges come from.")
 @click.option("--seed", type=SEED, default=0, show_default=True, help="Seed of the data split, of every trial's training and of the samplers (see docs/cluster.md for what it reproduces).")
 @click.option("--max-failures-in-a-row", type=click.IntRange(min=1), default=StagePlan.max_failures_in_a_row, show_default=True, help="Stop a stage after this many trials in a row failed with an error.")
 @click.option("--max-failure-share", type=click.FloatRange(0, 1, min_open=True), default=StagePlan.max_failure_share, show_default=True, help="Stop a stage when trials failed with an error exceed this share of its budget.")
@@ -243,7 +245,7 @@ def search(ctx, name, dataset, stages, trials, epochs, workers, sampler, pruner,
 
     if cv == 1:
         raise UsageError("--cv needs at least 2 folds (or 0 for the held-out validation split)")
-    name = records.check_name(name if name is not None else default_campaign_name(dataset))
+    name = stageplan.check_name(name if name is not None else default_campaign_name(dataset))
     _interrupt_on_sigterm()
     with _stops_resumably(name):
         given = given_on_command_line(ctx)
@@ -397,7 +399,7 @@ def launch(n, campaign, study, seed, wait_seconds, blas_threads, storage_url) ->
             while local.running():
                 with contextlib.suppress(*backend.DB_ERRORS):  # the workers ride out an outage; so does the display
                     if campaign:
-                        current = records.campaign_stages(storage, campaign)[-1]
+                        current = stageplan.campaign_stages(storage, campaign)[-1]
                     progress.stage_started(current, resumed=True)
                     progress.stage_progress(current, records.count_outcomes(storage, current.study_name),
                                             records.best_value(storage, current.study_name))
@@ -426,7 +428,7 @@ def _wait_for_target(url: str, campaign: str | None, study: str | None, seconds:
             if backend.schema_ready(url):
                 storage = backend.open_storage(url, heartbeat=False)
                 try:
-                    plan = (records.campaign_stages(storage, campaign) or [None])[-1] if campaign else records.read_plan(storage, study)
+                    plan = (stageplan.campaign_stages(storage, campaign) or [None])[-1] if campaign else stageplan.read_plan(storage, study)
                 finally:
                     storage.engine.dispose()
         if plan is not None:
@@ -504,11 +506,14 @@ def init_db(storage_url) -> None:
     err.print(f"schema ready on {mask_url(storage_url)}")
 
 
+# Every command module is registered here, in one place: the running commands above, the
+# inspection commands of hpo/cli_inspect.py (which does not import this module).
+for _command in cli_inspect.COMMANDS:
+    cli.add_command(_command)
+
+
 def main() -> None:
     try:
-        # Import-time registration of the inspection commands keeps this module about running things.
-        from hpo import cli_inspect  # noqa: F401
-
         import optuna
 
         optuna.logging.set_verbosity(optuna.logging.WARNING)  # our own progress says what happens

@@ -13,7 +13,6 @@ import click
 from optuna.storages import RDBStorage
 
 from hpo import inspect
-from hpo.cli import cli
 from hpo.output import UsageError, err, format_option, literal, one_line, out, print_json, render_rows, storage_option
 from storage import backend
 from storage.errors import StorageError
@@ -49,7 +48,7 @@ def opened(storage_url: str, *, heartbeat: bool = False) -> Iterator[RDBStorage]
 STUDY_COLUMNS = ["study", "stage", "status", "budget", "epochs", "complete", "pruned", "diverged", "fail", "running", "waiting", "best", "test_accuracy"]
 
 
-@cli.command()
+@click.command()
 @format_option
 @storage_option
 def studies(fmt, storage_url) -> None:
@@ -76,7 +75,7 @@ def studies(fmt, storage_url) -> None:
     render_rows(shown, STUDY_COLUMNS, fmt, title=f"Studies in {mask_url(storage_url)}")
 
 
-@cli.command()
+@click.command()
 @click.argument("study")
 @click.option("--state", "states", metavar="STATES", help="Only these states, comma-separated: complete,pruned,fail,running,waiting.")
 @click.option("--where", "where", multiple=True, metavar="FILTER", help="Keep trials where COLUMN OP VALUE holds; OP is = != < <= > >= (repeatable; all must hold).")
@@ -105,7 +104,7 @@ def trials(study, states, where, sort, limit, columns, fmt, storage_url) -> None
     render_rows(selection.rows, selection.columns, fmt, title=title)
 
 
-@cli.command()
+@click.command()
 @click.argument("study")
 @click.argument("number", type=click.IntRange(min=0))
 @record_format_option
@@ -139,7 +138,7 @@ def trial(study, number, fmt, storage_url) -> None:
         render_rows(layers, inspect.row_columns(layers), "table", title="Per hidden layer, last epoch")
 
 
-@cli.command()
+@click.command()
 @click.argument("study")
 @click.option("--top", type=click.IntRange(min=1), default=5, show_default=True, help="How many trials to show.")
 @format_option
@@ -173,7 +172,7 @@ def best(study, top, fmt, storage_url) -> None:
         render_rows([{"field": k, "value": v} for k, v in shown.items()], ["field", "value"], "table", title=f"Final result of campaign {result['campaign']}")
 
 
-@cli.command()
+@click.command()
 @click.argument("study")
 @record_format_option
 @storage_option
@@ -220,7 +219,7 @@ def health(study, fmt, storage_url) -> None:
                   literal(f" — run `hpo fail-stale {report['study']}` to fail and retry them now"), sep="")
 
 
-@cli.command("fail-stale")
+@click.command("fail-stale")
 @click.argument("study")
 @record_format_option
 @storage_option
@@ -249,3 +248,7 @@ def fail_stale(study, fmt, storage_url) -> None:
         worker = f" of worker {f['worker']}" if f["worker"] else ""
         retry = f"queued its retry as trial {f['retry']}" if f["retry"] is not None else "no retry (it was retried already)"
         out.print(f"failed trial {f['number']}{worker} (last heartbeat {f['heartbeat_age']:.0f} s ago); {retry}")
+
+
+# The inspection commands; hpo/cli.py registers them on the `hpo` group.
+COMMANDS = (studies, trials, trial, best, health, fail_stale)

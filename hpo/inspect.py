@@ -25,14 +25,14 @@ from dataclasses import dataclass
 from typing import Any
 
 import optuna
-import sqlalchemy
 from optuna.storages import RDBStorage
 from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
-from storage import backend, records
+from storage import backend, optuna_access, records
 from storage.errors import StorageError, StudyNotFound
 from storage.url import is_sqlite, mask_url, sqlite_path
+from workers import stageplan
 
 STATES = ("COMPLETE", "PRUNED", "FAIL", "RUNNING", "WAITING")
 # What the views count: the states, with diverged trials (stored PRUNED) apart from pruned ones.
@@ -75,7 +75,7 @@ def resolve_study(storage: RDBStorage, name: str) -> tuple[str, str | None]:
         return name, None
     except KeyError:
         pass
-    stages = records.campaign_stages(storage, name)
+    stages = stageplan.campaign_stages(storage, name)
     if stages:
         return stages[-1].study_name, name
     raise StudyNotFound(f"no study named {name!r} in this storage")
@@ -91,13 +91,13 @@ def list_studies(storage: RDBStorage) -> list[dict[str, Any]]:
     Counts and best values come from two grouped queries, not from reading every trial.
     """
     counts = records.count_outcomes_by_study(storage)
-    extremes = _study_extremes(storage)
+    extremes = records.value_extremes_by_study(storage)
     rows = []
     for study in storage.get_all_studies():
         attrs = study.user_attrs
-        plan = records.plan_from_attr(attrs.get(records.PLAN_ATTR))
+        plan = stageplan.plan_from_attr(attrs.get(records.PLAN_ATTR))
         result = attrs.get(records.RESULT_ATTR)
-        study_counts = counts.get(study._study_id, {})
+        study_counts = counts.get(optuna_access.study_id(study), {})
         rows.append({
             "study": study.study_name,
             "campaign": plan.campaign if plan else None,
@@ -107,25 +107,12 @@ def list_studies(storage: RDBStorage) -> list[dict[str, Any]]:
             "budget": plan.trials if plan else None,
             "epochs": plan.epochs if plan else None,
             **{outcome.lower(): study_counts.get(outcome, 0) for outcome in OUTCOMES},
-            "best": _best_of(study.directions, extremes.get(study._study_id)),
+            "best": _best_of(study.directions, extremes.get(optuna_access.study_id(study))),
             "direction": "/".join(d.name.lower() for d in study.directions),
             "test_accuracy": result.get("test_accuracy") if isinstance(result, dict) else None,
         })
     rows.sort(key=lambda r: (r["campaign"] is None, r["campaign"] or "", r["stage"] or 0, r["study"]))
     return rows
-
-
-def _study_extremes(storage: RDBStorage) -> dict[int, tuple[float, float]]:
-    extremes: dict[int, tuple[float, float]] = {}
-    with storage.engine.connect() as conn:
-        for study_id, high, low in conn.execute(sqlalchemy.text(
-            "SELECT t.study_id, MAX(v.value), MIN(v.value) FROM trial_values v "
-            "JOIN trials t ON t.trial_id = v.trial_id "
-            "WHERE t.state = 'COMPLETE' AND v.objective = 0 GROUP BY t.study_id"
-        )):
-            if high is not None:
-                extremes[study_id] = (float(high), float(low))
-    return extremes
 
 
 def _best_of(directions: Sequence[StudyDirection], extremes: tuple[float, float] | None) -> float | None:
@@ -270,7 +257,7 @@ def _param_names(storage: RDBStorage, study_name: str, trials: Sequence[FrozenTr
 
     A parameter named like a fixed column (say "state") gets the column ``param:state``.
     """
-    plan = records.read_plan(storage, study_name)
+    plan = stageplan.read_plan(storage, study_name)
     names = dict.fromkeys(list((plan.space.get("params") or {}) if plan else ()))
     for trial in trials:
         names.update(dict.fromkeys(trial_params(trial)))
@@ -335,7 +322,7 @@ def trial_record(storage: RDBStorage, name: str, number: int) -> dict[str, Any]:
     trial = next((t for t in trials if t.number == number), None)
     if trial is None:
         raise QueryError(f"no trial {number} in {study_name!r} (it has {len(trials)} trials, numbered from 0)")
-    ages = {hb["number"]: hb["age"] for hb in running_heartbeats(storage, study_id)}
+    ages = {hb["number"]: hb["age"] for hb in records.running_heartbeats(storage, study_id)}
     return {
         "study": study_name,
         "number": trial.number,
@@ -461,26 +448,6 @@ def best_trials(storage: RDBStorage, name: str, top: int = 5) -> dict[str, Any]:
 
 
 # -- hpo health --------------------------------------------------------------------------------
-def running_heartbeats(storage: RDBStorage, study_id: int) -> list[dict[str, Any]]:
-    """The study's RUNNING trials with the age of their last heartbeat in seconds (None: no
-    beat yet), measured by the database clock in one query."""
-    dialect = storage.engine.dialect.name
-    if dialect == "sqlite":  # whole seconds, as the beats and Optuna's stale check use
-        age = "(julianday(CURRENT_TIMESTAMP) - julianday(h.heartbeat)) * 86400.0"
-    elif dialect == "postgresql":  # the heartbeat column holds the server's LOCALTIMESTAMP
-        age = "EXTRACT(EPOCH FROM (LOCALTIMESTAMP - h.heartbeat))"
-    else:
-        age = "NULL"
-    query = sqlalchemy.text(
-        f"SELECT t.number, {age} FROM trials t "  # only a constant chosen above is formatted in
-        "LEFT JOIN trial_heartbeats h ON h.trial_id = t.trial_id "
-        "WHERE t.study_id = :study_id AND t.state = 'RUNNING' ORDER BY t.number"
-    )
-    with storage.engine.connect() as conn:
-        rows = conn.execute(query, {"study_id": study_id}).all()
-    return [{"number": int(n), "age": None if a is None else round(float(a), 1)} for n, a in rows]
-
-
 def study_health(storage: RDBStorage, name: str, grace: float | None = None) -> dict[str, Any]:
     """How a study is doing: counts, RUNNING trials and their heartbeats, workers, time spent.
 
@@ -496,7 +463,7 @@ def study_health(storage: RDBStorage, name: str, grace: float | None = None) -> 
     grace = backend.HEARTBEAT_GRACE if grace is None else grace
     study_name, _ = resolve_study(storage, name)
     study_id = storage.get_study_id_from_name(study_name)
-    beats = running_heartbeats(storage, study_id)
+    beats = records.running_heartbeats(storage, study_id)
     trials = storage.get_all_trials(study_id, deepcopy=False)
     by_number = {t.number: t for t in trials}
     counts = dict.fromkeys(OUTCOMES, 0)
@@ -578,10 +545,10 @@ def fail_stale(storage: RDBStorage, url: str, name: str) -> dict[str, Any]:
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         study = optuna.load_study(study_name=study_name, storage=storage)
         with backend.exclusive(url, study_name, storage.engine):
-            running = running_heartbeats(storage, study_id)
+            running = records.running_heartbeats(storage, study_id)
             backend.reap_stale_trials(study)
-            if (plan := records.read_plan(storage, study_name)) is not None:
-                records.tidy_closed_stage(storage, plan)
+            if (plan := stageplan.read_plan(storage, study_name)) is not None:
+                stageplan.tidy_closed_stage(storage, plan)
             trials = storage.get_all_trials(study_id, deepcopy=False)
     by_number = {t.number: t for t in trials}
     retries = {_retried_from(t): t.number for t in trials if _retried_from(t) is not None}

@@ -64,6 +64,7 @@ from typing import Any
 
 import numpy as np
 
+from storage.records import state_name
 from workers.space import PARAMETERS, Choice, FloatRange, IntRange, ParamSpec, SearchSpace
 
 __all__ = [
@@ -310,11 +311,6 @@ def _check_settings(top_k, top_quantile, margin, widen, border_tolerance, min_wi
             raise NarrowError(f"{name} must be {domain}, got {value!r}")
 
 
-def _state_name(state: Any) -> str:
-    # "COMPLETE", "TrialState.COMPLETE" and TrialState.COMPLETE all name the same state.
-    return str(getattr(state, "name", state)).rsplit(".", 1)[-1].upper()
-
-
 def _finite(value: Any) -> bool:
     try:
         return value is not None and math.isfinite(float(value))
@@ -328,17 +324,17 @@ def _ranked(
     """The usable trials, best first; NothingToNarrow (with counts) when there is none."""
     usable, outside = [], 0
     for t in trials:
-        if _state_name(t.state) != "COMPLETE" or not _finite(t.value):
+        if state_name(t.state) != "COMPLETE" or not _finite(t.value):
             continue
         if not space.contains(t.params):
             outside += 1  # e.g. a trial of another space: its values say nothing here
             continue
         usable.append(t)
     if not usable:
-        states = Counter(_state_name(t.state) for t in trials)
+        states = Counter(state_name(t.state) for t in trials)
         diverged = sum(
             1 for t in trials
-            if _state_name(t.state) == "PRUNED" and str(t.reason or "").startswith("diverged")
+            if state_name(t.state) == "PRUNED" and str(t.reason or "").startswith("diverged")
         )
         seen = ", ".join(
             f"{n} {s}" + (f" ({diverged} diverged)" if s == "PRUNED" and diverged else "")

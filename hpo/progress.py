@@ -15,9 +15,9 @@ from rich.table import Table
 
 from hpo.narrow import NarrowResult
 from hpo.output import literal
-from storage import records
-from storage.records import StagePlan
+from workers import stageplan
 from workers.space import SearchSpace
+from workers.stageplan import StagePlan
 
 
 def narrowing_rows(result: NarrowResult, child: StagePlan) -> list[dict[str, Any]]:
@@ -109,7 +109,7 @@ class RichProgress:
         )
 
 
-finished = records.finished_count  # the budget's rule has one home
+finished = stageplan.finished_count  # the budget's rule has one home
 
 
 def outcome_counts(counts: dict[str, int]) -> dict[str, int]:

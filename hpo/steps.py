@@ -3,27 +3,26 @@
 from __future__ import annotations
 
 import contextlib
-import dataclasses
-import re
 
 from hpo import campaign as campaign_mod
 from hpo.campaign import CampaignError
 from hpo.narrow import NarrowResult
 from storage import records
 from storage.errors import StorageError, StudyNotFound
-from storage.records import StagePlan
+from workers import stageplan
 from workers.feasible import check_feasible
 from workers.run import cached_dataset
 from workers.space import build_space
-
-_STAGE_NAME = re.compile(r"^(?P<campaign>.+)/stage-(?P<stage>[1-9][0-9]*)$")
-
+from workers.stageplan import StagePlan
 
 def parse_stage_name(name: str) -> tuple[str, int]:
-    match = _STAGE_NAME.match(name)
-    if not match:
+    parsed = stageplan.parse_stage_name(name)
+    if parsed is None:
+        campaign, found, _ = name.rpartition("/stage-")
+        if found:
+            stageplan.check_name(campaign)  # a bad campaign name says so
         raise CampaignError(f"{name!r} is not a stage name: use CAMPAIGN/stage-K, e.g. c1/stage-2")
-    return records.check_name(match["campaign"]), int(match["stage"])
+    return parsed
 
 
 def narrow_stage(
@@ -45,13 +44,12 @@ def narrow_stage(
     """Derive the next stage from the finished ``stage``; create it unless ``dry_run``.
 
     The derived space can be overridden by a TOML file and ``--param`` specs (applied on top).
-    The new stage's budget and epochs are the campaign's plan for it (as `hpo search` would
-    open it), else half the parent's trials (at least 8) at 4x its epochs, as the lecture
-    advises. A stage that has not met its budget is refused unless ``force``, which closes it
-    first: its queued trials are failed, the rest of its budget recorded as cancelled, so
-    nothing waits for it. The parent is closed in any case once the new stage exists.
+    The new stage is planned as `hpo search` would open it (``campaign.plan_next_stage``). A
+    stage that has not met its budget is refused unless ``force``, which closes it first: its
+    queued trials are failed, the rest of its budget recorded as cancelled, so nothing waits
+    for it. The parent is closed in any case once the new stage exists.
     """
-    parent = records.read_plan(storage, stage)
+    parent = stageplan.read_plan(storage, stage)
     if parent is None:
         raise StorageError(f"study {stage!r} was not created by hpo (it has no stage plan)")
     campaign, number = parse_stage_name(into) if into else (parent.campaign, parent.stage + 1)
@@ -60,36 +58,26 @@ def narrow_stage(
     if not campaign_mod.stage_is_complete(counts, parent, attrs) and not force:
         running = f", {counts['RUNNING']} running" if counts.get("RUNNING") else ""
         raise CampaignError(
-            f"{stage} is not finished: {records.finished_count(counts)} of {records.budget(parent, attrs)} "
+            f"{stage} is not finished: {stageplan.finished_count(counts)} of {stageplan.budget(parent, attrs)} "
             f"trials done{running}; wait for it, or pass --force to close it and narrow from what is done"
         )
     spec = _campaign_spec(storage, campaign)
     if top_quantile is None:
-        top_quantile = spec.top_quantile if spec else 0.25
-    planned = spec is not None and number <= len(spec.trials)
+        top_quantile = spec.top_quantile if spec else campaign_mod.DEFAULT_TOP_QUANTILE
     result = campaign_mod.narrow_from(storage, parent, top_k=top_k, top_quantile=top_quantile)
     space = build_space(result.space, space_file, list(params or []))
     check_feasible(space, cached_dataset(parent.dataset, parent.seed), parent.cv)
-    child = dataclasses.replace(
-        parent,
-        campaign=campaign,
-        stage=number,
-        stages=max(number, parent.stages if campaign == parent.campaign else number),
-        trials=trials or (spec.trials[number - 1] if planned else max(8, parent.trials // 2)),
-        epochs=epochs or (spec.epochs[number - 1] if planned else parent.epochs * 4),
-        space=space.to_dict(),
-        lineage={"parent": parent.study_name, **result.to_dict()},
-    )
+    child = campaign_mod.plan_next_stage(parent, spec, result, space, into=(campaign, number),
+                                         trials=trials, epochs=epochs)
     if dry_run:
         return parent, child, result
     with contextlib.suppress(StudyNotFound):  # before --force closes anything
-        if records.read_plan(storage, child.study_name) is not None:
+        if stageplan.read_plan(storage, child.study_name) is not None:
             raise StorageError(f"stage {child.study_name!r} exists already")
     if force:
         campaign_mod.close_stage(url, storage, parent, "the stage was closed early by hpo narrow --force")
-    queue = campaign_mod.seed_queue(result, space, parent, min(seed_best, child.trials))
     with campaign_mod.campaign_lock(url, storage, campaign):
-        _, created = records.ensure_stage(storage, child, queue=queue)
+        _, created = campaign_mod.create_next_stage(storage, parent, child, result, space, seed_best)
     if not created:
         raise StorageError(f"stage {child.study_name!r} exists already")
     campaign_mod.close_stage(url, storage, parent)
@@ -99,7 +87,7 @@ def narrow_stage(
 def _campaign_spec(storage, campaign: str) -> campaign_mod.CampaignSpec | None:
     """The stored plan of ``campaign`` (its first stage's), if it has one."""
     try:
-        stored = records.study_attrs(storage, records.stage_study_name(campaign, 1)).get(records.CAMPAIGN_ATTR)
+        stored = records.study_attrs(storage, stageplan.stage_study_name(campaign, 1)).get(records.CAMPAIGN_ATTR)
     except StorageError:
         return None
     return campaign_mod.CampaignSpec.from_dict(stored) if isinstance(stored, dict) else None

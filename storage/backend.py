@@ -33,6 +33,7 @@ from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 from sqlalchemy.exc import SQLAlchemyError
 
+from storage import optuna_access
 from storage.errors import DatabaseUnavailable, StorageError
 from storage.url import is_sqlite, mask_text, mask_url, sqlite_path
 
@@ -314,12 +315,12 @@ def reap_stale_trials(study: optuna.Study) -> list[int]:
     * each trial goes through :func:`fail_with_retry` (retry first, then fail), so a reaper
       that dies in between never leaves a failed trial without its retry.
     """
-    storage = study._storage
-    rdb = getattr(storage, "_backend", storage)  # Optuna wraps RDBStorage in a cache
-    if not isinstance(rdb, RDBStorage) or rdb.get_heartbeat_interval() is None:
+    storage = optuna_access.study_storage(study)
+    rdb = optuna_access.rdb_storage(storage)
+    if rdb is None or rdb.get_heartbeat_interval() is None:
         return []
     grace = rdb.grace_period if rdb.grace_period is not None else 2 * rdb.heartbeat_interval
-    study_id = study._study_id
+    study_id = optuna_access.study_id(study)
     with rdb.engine.connect() as conn:
         beatless = conn.execute(
             sqlalchemy.text(
@@ -338,7 +339,7 @@ def reap_stale_trials(study: optuna.Study) -> list[int]:
     if uptime is not None and float(uptime) < grace:
         return []
     failed = []
-    for trial_id in storage._get_stale_trial_ids(study_id):
+    for trial_id in optuna_access.stale_trial_ids(storage, study_id):
         if fail_with_retry(study, trial_id):
             failed.append(storage.get_trial(trial_id).number)
     return failed
@@ -353,7 +354,7 @@ def fail_with_retry(study: optuna.Study, trial_id: int) -> bool:
     it failed half-way neither loses the retry nor queues a second one. If the trial's worker
     finishes it in the meantime, its result stands and the retry is closed as not needed.
     """
-    storage = study._storage
+    storage = optuna_access.study_storage(study)
     trial = storage.get_trial(trial_id)
     if trial.state.is_finished():
         return False
@@ -374,13 +375,13 @@ def fail_with_retry(study: optuna.Study, trial_id: int) -> bool:
 
 def _retries(study: optuna.Study) -> dict[int, int]:
     """{number of a trial: id of the trial queued as its retry} in one query."""
-    rdb = getattr(study._storage, "_backend", study._storage)
+    rdb = optuna_access.rdb_storage(optuna_access.study_storage(study))
     query = sqlalchemy.text(
         "SELECT a.trial_id, a.value_json FROM trial_system_attributes a "
         "JOIN trials t ON t.trial_id = a.trial_id WHERE t.study_id = :study_id AND a.key = 'retry_history'"
     )
     with rdb.engine.connect() as conn:
-        rows = conn.execute(query, {"study_id": study._study_id}).all()
+        rows = conn.execute(query, {"study_id": optuna_access.study_id(study)}).all()
     retries = {}
     for retry_id, value in rows:
         history = json.loads(value)

@@ -1,19 +1,16 @@
-"""Campaigns and stages as Optuna studies, so Optuna and optuna-dashboard read them as they are.
+"""Where a campaign's stages keep their state in Optuna studies, and the queries that read it.
 
-A campaign is a chain of stage studies named ``CAMPAIGN/stage-K`` (K = 1, 2, ...). Each stage
-study carries its plan in the user attr ``hpo``: the campaign, its position, the trial budget,
-the epochs per trial, the dataset, the search space (as ``workers.space.SearchSpace.to_dict``),
-the sampler and pruner, and the lineage (parent stage, narrowing rule, source trials, old and
-new ranges). The coordinator writes stages; workers only read them and add trials.
+A campaign is a chain of stage studies (named by ``workers.stage``); each carries its plan in
+the user attr ``hpo`` (``workers.stage.StagePlan``, written last: it publishes the stage), its
+status, and on the first stage the whole campaign's plan. This module stores and reads those
+attrs and counts trials in single queries; what a plan means, when a budget is met and when a
+stage has failed are decided in ``workers.stage``. Storage stores, it does not decide.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
-import re
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 import optuna
@@ -21,8 +18,8 @@ import sqlalchemy
 from optuna.storages import BaseStorage
 from optuna.trial import TrialState
 
-from storage import backend
-from storage.errors import CampaignNotFound, StorageError, StudyNotFound
+from storage import backend, optuna_access
+from storage.errors import StudyNotFound
 
 PLAN_ATTR = "hpo"  # a stage's plan; written last when a stage is created: it publishes the stage
 RESULT_ATTR = "hpo_result"  # on the last stage: the final retrain's result, written once
@@ -33,219 +30,60 @@ FAILURE_ATTR = "hpo_failure"  # why a FAILED stage stopped, one line
 
 RUNNING, DONE, FAILED = "running", "done", "failed"
 STAGE_STATE_ATTRS = (STATUS_ATTR, CANCELLED_ATTR, FAILURE_ATTR)  # what a claim reads of its stage
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
 
 
-@dataclass(frozen=True)
-class StagePlan:
-    """What a stage study is for; everything a worker needs to run its trials."""
-
-    campaign: str
-    stage: int  # 1-based position in the campaign
-    stages: int  # how many stages the campaign has
-    trials: int  # budget: trials that finish with a result (COMPLETE or PRUNED)
-    epochs: int
-    dataset: str
-    space: dict[str, Any]
-    sampler: str = "tpe"
-    pruner: str = "median"
-    cv: int = 0  # 0: the held-out validation split; K >= 2: K-fold CV on the training split
-    seed: int = 0
-    lineage: dict[str, Any] = field(default_factory=dict)
-    # The failure budget: the stage stops when this many trials in a row failed with an
-    # error, or when trials failed with an error exceed this share of the budget.
-    max_failures_in_a_row: int = 5
-    max_failure_share: float = 0.5
-
-    @property
-    def study_name(self) -> str:
-        return stage_study_name(self.campaign, self.stage)
-
-    @property
-    def is_last(self) -> bool:
-        return self.stage >= self.stages
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> StagePlan:
-        names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in names})
+def state_name(state: Any) -> str:
+    """A trial state's name: "COMPLETE" from TrialState.COMPLETE, or from a state column as a
+    database driver returns it ("COMPLETE", "TrialState.COMPLETE"), or from "complete"."""
+    return str(getattr(state, "name", state)).rsplit(".", 1)[-1].upper()
 
 
-def plan_from_attr(value: Any) -> StagePlan | None:
-    """The plan stored in a study's ``hpo`` attr, or None if it does not hold one: another
-    program's study may use the same attribute name for something else."""
-    if not isinstance(value, dict):
-        return None
-    try:
-        plan = StagePlan.from_dict(value)
-    except TypeError:  # a required field is missing
-        return None
-    ints = (plan.stage, plan.stages, plan.trials, plan.epochs, plan.cv, plan.seed, plan.max_failures_in_a_row)
-    well_formed = (
-        isinstance(plan.campaign, str) and _NAME.match(plan.campaign) is not None
-        and all(type(n) is int for n in ints)
-        and min(plan.stage, plan.stages, plan.trials, plan.epochs, plan.max_failures_in_a_row) >= 1
-        and isinstance(plan.dataset, str) and isinstance(plan.space, dict)
-        and isinstance(plan.sampler, str) and isinstance(plan.pruner, str)
-        and isinstance(plan.lineage, dict)
-        and isinstance(plan.max_failure_share, (int, float)) and 0 < plan.max_failure_share <= 1
-    )
-    return plan if well_formed else None
-
-
-# -- the stage's rules: when its budget is met, when it has failed ---------------------------
-def budget(plan: StagePlan, attrs: dict[str, Any]) -> int:
-    """The trials the stage must finish: its plan's budget less what was cancelled when it was
-    closed early (``hpo narrow --force``)."""
-    cancelled = attrs.get(CANCELLED_ATTR)
-    return plan.trials - (cancelled if type(cancelled) is int and 0 <= cancelled <= plan.trials else 0)
-
-
-def finished_count(counts: dict[str, int]) -> int:
-    """Trials that finished with a result (COMPLETE or PRUNED); only these count to a budget.
-    ``counts`` as :func:`count_states` gives them, or :func:`count_outcomes` (diverged trials,
-    PRUNED in Optuna, apart as DIVERGED)."""
-    return counts.get("COMPLETE", 0) + counts.get("PRUNED", 0) + counts.get("DIVERGED", 0)
-
-
-def is_error(state: str, reason: Any) -> bool:
-    """Whether a trial failed with an error of its own: a FAIL with a reason. Trials failed as
-    stale or interrupted carry no reason (they are retried); queued trials closed unrun carry
-    one that starts with ``backend.NOT_NEEDED``."""
-    return state == "FAIL" and bool(reason) and not str(reason).startswith(backend.NOT_NEEDED)
-
-
-def failure_verdict(plan: StagePlan, outcomes: list[tuple[str, Any]]) -> str | None:
-    """Why the stage must stop, or None. ``outcomes``: (state name, reason) of the stage's
-    finished trials in the order they finished (COMPLETE, PRUNED and FAIL)."""
-    errors = [reason for state, reason in outcomes if is_error(state, reason)]
-    if not errors:
-        return None
-    in_a_row = 0
-    for state, reason in reversed(outcomes):
-        if state == "FAIL" and not is_error(state, reason):
-            continue  # a stale or interrupted trial says nothing about the configuration
-        if not is_error(state, reason):
-            break
-        in_a_row += 1
-    last = str(errors[-1])
-    if in_a_row >= plan.max_failures_in_a_row:
-        return f"{in_a_row} trials in a row failed; the last one: {last}"
-    if len(errors) > plan.max_failure_share * plan.trials:
-        return (f"{len(errors)} trials failed, more than {plan.max_failure_share:g} of the budget of "
-                f"{plan.trials}; the last one: {last}")
-    return None
-
-
-def check_name(name: str) -> str:
-    """A campaign name: letters, digits, ``_ . -``; it becomes part of study names and files."""
-    if not _NAME.match(name):
-        raise StorageError(
-            f"invalid campaign name {name!r}: use 1-100 letters, digits, '_', '.' or '-', "
-            "starting with a letter or digit"
-        )
-    return name
-
-
-def stage_study_name(campaign: str, stage: int) -> str:
-    return f"{campaign}/stage-{stage}"
-
-
-def ensure_stage(
+def ensure_study(
     storage: BaseStorage,
-    plan: StagePlan,
+    study_name: str,
+    plan: dict[str, Any],
     *,
     queue: Sequence[tuple[dict[str, Any], dict[str, Any]]] = (),
     attrs: dict[str, Any] | None = None,
-) -> tuple[StagePlan, bool]:
-    """Create the study of one stage, or finish creating it; returns (its plan, created).
+) -> tuple[Any, bool]:
+    """Create a stage's study, or finish creating it; returns (the plan as stored, created).
 
     A stage is written in steps (the study, its queued trials, its attrs, its plan), and the
     plan goes last: a study without a plan is a stage whose creation was cut short, which
     workers do not see and the next call finishes; the queued trials (``queue``: parameters
-    and user attrs) are skipped where they exist already. A stage whose plan is written is
-    returned as it is stored (adopted: ``hpo narrow`` or another coordinator created it).
-    Call it holding the campaign's lock (``backend.exclusive``) when others may create the
-    same stage, and run it again after a database error.
+    and user attrs) are skipped where they exist already. A study whose plan is written is left
+    as it is, and its stored plan value returned (``workers.stage.ensure_stage`` checks it).
     """
     try:
-        study = optuna.create_study(storage=storage, study_name=plan.study_name, direction="maximize")
+        study = optuna.create_study(storage=storage, study_name=study_name, direction="maximize")
     except optuna.exceptions.DuplicatedStudyError:
-        study = optuna.load_study(study_name=plan.study_name, storage=storage)
+        study = optuna.load_study(study_name=study_name, storage=storage)
         stored = study.user_attrs
         if PLAN_ATTR in stored:
-            existing = plan_from_attr(stored[PLAN_ATTR])
-            if existing is None:
-                raise StorageError(f"study {plan.study_name!r} exists and was not created by hpo") from None
-            return existing, False
+            return stored[PLAN_ATTR], False
     for params, user_attrs in queue:
         study.enqueue_trial(params, user_attrs=user_attrs, skip_if_exists=True)
     for key, value in (attrs or {}).items():
         study.set_user_attr(key, value)
     study.set_user_attr(STATUS_ATTR, RUNNING)
-    study.set_user_attr(PLAN_ATTR, plan.to_dict())
+    study.set_user_attr(PLAN_ATTR, plan)
     return plan, True
 
 
-def create_stage(storage: BaseStorage, plan: StagePlan) -> optuna.Study:
-    """Create the study of one stage with its plan; refuse if it exists already."""
-    _, created = ensure_stage(storage, plan)
-    if not created:
-        raise StorageError(f"stage {plan.study_name!r} exists already")
-    return optuna.load_study(study_name=plan.study_name, storage=storage)
-
-
-def read_plan(storage: BaseStorage, study_name: str) -> StagePlan | None:
-    """The plan of a stage study, or None for a study that hpo did not create (or has not
-    finished creating)."""
-    study_id = _study_id(storage, study_name)
-    attrs = storage.get_study_user_attrs(study_id)
-    return plan_from_attr(attrs.get(PLAN_ATTR))
-
-
 def study_attrs(storage: BaseStorage, study_name: str) -> dict[str, Any]:
-    return storage.get_study_user_attrs(_study_id(storage, study_name))
+    return storage.get_study_user_attrs(find_study_id(storage, study_name))
 
 
 def set_study_attr(storage: BaseStorage, study_name: str, key: str, value: Any) -> None:
-    storage.set_study_user_attr(_study_id(storage, study_name), key, value)
+    storage.set_study_user_attr(find_study_id(storage, study_name), key, value)
 
 
-def list_campaigns(storage: BaseStorage) -> dict[str, list[StagePlan]]:
-    """Every campaign in the storage with its stages in order."""
-    campaigns: dict[str, list[StagePlan]] = {}
-    for study in storage.get_all_studies():
-        plan = plan_from_attr(study.user_attrs.get(PLAN_ATTR))
-        if plan is not None:
-            campaigns.setdefault(plan.campaign, []).append(plan)
-    return {name: sorted(plans, key=lambda p: p.stage) for name, plans in sorted(campaigns.items())}
+def all_study_user_attrs(storage: BaseStorage) -> list[tuple[str, dict[str, Any]]]:
+    """(name, user attrs) of every study in the storage, in one read."""
+    return [(study.study_name, study.user_attrs) for study in storage.get_all_studies()]
 
 
-def campaign_stages(storage: BaseStorage, campaign: str) -> list[StagePlan]:
-    """The stages created so far, in order (the last one is the current stage)."""
-    stages = []
-    for stage in range(1, 1000):
-        name = stage_study_name(campaign, stage)
-        try:
-            plan = read_plan(storage, name)
-        except StudyNotFound:
-            break
-        if plan is not None:
-            stages.append(plan)
-    return stages
-
-
-def require_campaign(storage: BaseStorage, campaign: str) -> list[StagePlan]:
-    stages = campaign_stages(storage, campaign)
-    if not stages:
-        raise CampaignNotFound(f"no campaign named {campaign!r} in this storage")
-    return stages
-
-
-def _study_id(storage: BaseStorage, study_name: str) -> int:
+def find_study_id(storage: BaseStorage, study_name: str) -> int:
     try:
         return storage.get_study_id_from_name(study_name)
     except KeyError:
@@ -257,7 +95,7 @@ def count_states(storage: BaseStorage, study_name: str) -> dict[str, int]:
 
     Reading every trial to count them would cost a worker more than its trial on a large study.
     """
-    study_id = _study_id(storage, study_name)
+    study_id = find_study_id(storage, study_name)
     engine = getattr(storage, "engine", None)
     if engine is None:  # not an RDB storage: count the slow way
         counts: dict[str, int] = {}
@@ -269,12 +107,12 @@ def count_states(storage: BaseStorage, study_name: str) -> dict[str, int]:
     )
     with engine.connect() as conn:
         rows = conn.execute(query, {"study_id": study_id}).all()
-    return {str(state).removeprefix("TrialState."): int(n) for state, n in rows}
+    return {state_name(state): int(n) for state, n in rows}
 
 
 def best_value(storage: BaseStorage, study_name: str) -> float | None:
     """The highest value among the study's COMPLETE trials, in one query (None if none)."""
-    study_id = _study_id(storage, study_name)
+    study_id = find_study_id(storage, study_name)
     engine = getattr(storage, "engine", None)
     if engine is None:
         values = [
@@ -292,6 +130,40 @@ def best_value(storage: BaseStorage, study_name: str) -> float | None:
     return None if value is None else float(value)
 
 
+def value_extremes_by_study(storage: BaseStorage) -> dict[int, tuple[float, float]]:
+    """{study id: (highest, lowest) value of its COMPLETE trials}, every study in one query."""
+    extremes: dict[int, tuple[float, float]] = {}
+    with storage.engine.connect() as conn:
+        for study_id, high, low in conn.execute(sqlalchemy.text(
+            "SELECT t.study_id, MAX(v.value), MIN(v.value) FROM trial_values v "
+            "JOIN trials t ON t.trial_id = v.trial_id "
+            "WHERE t.state = 'COMPLETE' AND v.objective = 0 GROUP BY t.study_id"
+        )):
+            if high is not None:
+                extremes[study_id] = (float(high), float(low))
+    return extremes
+
+
+def running_heartbeats(storage: BaseStorage, study_id: int) -> list[dict[str, Any]]:
+    """The study's RUNNING trials with the age of their last heartbeat in seconds (None: no
+    beat yet), measured by the database clock in one query."""
+    dialect = storage.engine.dialect.name
+    if dialect == "sqlite":  # whole seconds, as the beats and Optuna's stale check use
+        age = "(julianday(CURRENT_TIMESTAMP) - julianday(h.heartbeat)) * 86400.0"
+    elif dialect == "postgresql":  # the heartbeat column holds the server's LOCALTIMESTAMP
+        age = "EXTRACT(EPOCH FROM (LOCALTIMESTAMP - h.heartbeat))"
+    else:
+        age = "NULL"
+    query = sqlalchemy.text(
+        f"SELECT t.number, {age} FROM trials t "  # only a constant chosen above is formatted in
+        "LEFT JOIN trial_heartbeats h ON h.trial_id = t.trial_id "
+        "WHERE t.study_id = :study_id AND t.state = 'RUNNING' ORDER BY t.number"
+    )
+    with storage.engine.connect() as conn:
+        rows = conn.execute(query, {"study_id": study_id}).all()
+    return [{"number": int(n), "age": None if a is None else round(float(a), 1)} for n, a in rows]
+
+
 # -- the coordinator's and the workers' shared state of a stage --------------------------------
 SLOTS_ATTR = "hpo:slots"  # study system attr: how many workers have joined the stage
 
@@ -304,7 +176,7 @@ def take_slot(storage: BaseStorage, url: str, study_name: str) -> int:
     storage with one worker always gets slot 0 (and so reproduces its trials). A retry after a
     lost answer may skip a number; slots stay unique.
     """
-    study_id = _study_id(storage, study_name)
+    study_id = find_study_id(storage, study_name)
     with backend.exclusive(url, study_name, storage.engine):
         slot = storage.get_study_system_attrs(study_id).get(SLOTS_ATTR, 0)
         storage.set_study_system_attr(study_id, SLOTS_ATTR, int(slot) + 1)
@@ -314,7 +186,7 @@ def take_slot(storage: BaseStorage, url: str, study_name: str) -> int:
 def stage_outcomes(storage: BaseStorage, study_name: str) -> list[tuple[str, Any]]:
     """(state, reason) of the stage's finished trials in the order they finished, in one query
     (what :func:`failure_verdict` reads)."""
-    study_id = _study_id(storage, study_name)
+    study_id = find_study_id(storage, study_name)
     query = sqlalchemy.text(
         "SELECT t.state, a.value_json FROM trials t LEFT JOIN trial_user_attributes a "
         "ON a.trial_id = t.trial_id AND a.key = 'reason' "
@@ -323,33 +195,22 @@ def stage_outcomes(storage: BaseStorage, study_name: str) -> list[tuple[str, Any
     )
     with storage.engine.connect() as conn:
         rows = conn.execute(query, {"study_id": study_id}).all()
-    return [(str(state).removeprefix("TrialState."), None if reason is None else json.loads(reason))
+    return [(state_name(state), None if reason is None else json.loads(reason))
             for state, reason in rows]
 
 
 def mark_stage_failed(storage: BaseStorage, study_name: str, why: str) -> None:
     """Stop a stage for good: workers take none of its trials from here on (idempotent)."""
-    study_id = _study_id(storage, study_name)
+    study_id = find_study_id(storage, study_name)
     storage.set_study_user_attr(study_id, FAILURE_ATTR, why)
     storage.set_study_user_attr(study_id, STATUS_ATTR, FAILED)
 
 
-def close_stage(storage: BaseStorage, plan: StagePlan, reason: str) -> None:
-    """Close a stage (idempotent): fail its queued trials with ``reason`` (nothing will run
-    them), record as cancelled the part of its budget that neither finished nor runs (a stage
-    closed early), and mark it done unless it failed. Call it holding the stage's lock
-    (``backend.exclusive(url, plan.study_name)``), so no worker claims a trial meanwhile."""
-    study_id = _study_id(storage, plan.study_name)
-    for trial in storage.get_all_trials(study_id, deepcopy=False, states=(TrialState.WAITING,)):
-        storage.set_trial_user_attr(trial._trial_id, "reason", reason)
-        storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL)
-    counts = count_states(storage, plan.study_name)
-    cancelled = max(0, plan.trials - finished_count(counts) - counts.get("RUNNING", 0))
-    attrs = storage.get_study_user_attrs(study_id)
-    if attrs.get(CANCELLED_ATTR, 0) != cancelled:
-        storage.set_study_user_attr(study_id, CANCELLED_ATTR, cancelled)
-    if attrs.get(STATUS_ATTR) not in (DONE, FAILED):
-        storage.set_study_user_attr(study_id, STATUS_ATTR, DONE)
+def fail_waiting_trials(storage: BaseStorage, study_name: str, reason: str) -> None:
+    """Fail the study's queued (WAITING) trials with ``reason``: nothing will run them."""
+    for trial in storage.get_all_trials(find_study_id(storage, study_name), deepcopy=False, states=(TrialState.WAITING,)):
+        storage.set_trial_user_attr(optuna_access.trial_id(trial), "reason", reason)
+        storage.set_trial_state_values(optuna_access.trial_id(trial), state=TrialState.FAIL)
 
 
 # -- outcomes: diverged apart from pruned ----------------------------------------------------
@@ -371,7 +232,7 @@ def count_outcomes(storage: BaseStorage, study_name: str) -> dict[str, int]:
     ``DIVERGED`` and not as ``PRUNED``: ``{"COMPLETE": 12, "PRUNED": 3, "DIVERGED": 1, ...}``
     (states without trials left out). COMPLETE + PRUNED + DIVERGED trials meet the budget.
     """
-    study_id = _study_id(storage, study_name)
+    study_id = find_study_id(storage, study_name)
     return _outcomes(storage, study_id).get(study_id, {})
 
 
@@ -389,7 +250,7 @@ def _outcomes(storage: BaseStorage, study_id: int | None) -> dict[int, dict[str,
 
     engine = getattr(storage, "engine", None)
     if engine is None:  # not an RDB storage: count the slow way
-        for sid in [study_id] if study_id is not None else [s._study_id for s in storage.get_all_studies()]:
+        for sid in [study_id] if study_id is not None else [optuna_access.study_id(s) for s in storage.get_all_studies()]:
             for trial in storage.get_all_trials(sid, deepcopy=False):
                 add(sid, "DIVERGED" if is_diverged(trial.state.name, trial.user_attrs) else trial.state.name, 1)
         return counts
@@ -404,14 +265,5 @@ def _outcomes(storage: BaseStorage, study_id: int | None) -> dict[int, dict[str,
     with engine.connect() as conn:
         rows = conn.execute(query, {"reason": f'"{DIVERGED_REASON_PREFIX}%', "study_id": study_id}).all()
     for sid, state, diverged, n in rows:
-        add(int(sid), "DIVERGED" if diverged else str(getattr(state, "name", state)).removeprefix("TrialState."), int(n))
+        add(int(sid), "DIVERGED" if diverged else state_name(state), int(n))
     return counts
-
-
-def tidy_closed_stage(storage: BaseStorage, plan: StagePlan) -> None:
-    """After a trial of a stage was failed and queued again (a stop, a reaper): if the stage is
-    closed already, nothing will run that retry, so close it as not needed (and count it as
-    cancelled) rather than leave it WAITING. Call it holding the stage's lock."""
-    status = storage.get_study_user_attrs(_study_id(storage, plan.study_name)).get(STATUS_ATTR)
-    if status in (DONE, FAILED):
-        close_stage(storage, plan, f"{backend.NOT_NEEDED}: the stage was closed")

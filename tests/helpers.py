@@ -9,7 +9,8 @@ import sys
 import sqlalchemy
 
 from hpo.campaign import CampaignSpec
-from storage import backend, records
+from storage import backend
+from workers import stageplan
 from workers.space import build_space
 
 
@@ -20,7 +21,7 @@ def make_stage(url: str, name: str, *, trials: int = 6, epochs: int = 1, params:
     space = build_space(None, None, params or ["hidden_sizes=32", "batch_size=128"])
     spec = CampaignSpec(name=name, space=space, stages=stages, trials=[trials] * stages, epochs=[epochs] * stages)
     plan = spec.plan(1, space)
-    records.create_stage(storage, plan)
+    stageplan.create_stage(storage, plan)
     return storage, plan
 
 

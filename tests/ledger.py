@@ -33,6 +33,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from storage import backend, records
 from tests.helpers import duplicate_trial_numbers, sql
+from workers import stageplan
 
 
 @dataclass
@@ -58,7 +59,7 @@ def study_names(url: str, name: str) -> list[str]:
         return [name]
     stages = []
     for stage in range(1, 100):
-        study = records.stage_study_name(name, stage)
+        study = stageplan.stage_study_name(name, stage)
         if study not in names:
             break
         stages.append(study)
@@ -103,7 +104,7 @@ def _check_study(storage: Any, study_name: str, ledger: Ledger, exact_budget: bo
     ledger.counts[study_name] = dict(counts)
     assert counts.get("RUNNING", 0) == 0 and counts.get("WAITING", 0) == 0, f"{study_name}: left {dict(counts)}"
 
-    plan = records.read_plan(storage, study_name)
+    plan = stageplan.read_plan(storage, study_name)
     if plan is not None:
         finished = counts.get("COMPLETE", 0) + counts.get("PRUNED", 0)
         budget = plan.trials - cancelled_trials(study.user_attrs)
@@ -199,15 +200,15 @@ def campaign_problems(url: str, name: str, final_best: dict[str, Any] | None = N
     try:
         plans = []
         for stage in stage_numbers:
-            study_name = records.stage_study_name(name, stage)
+            study_name = stageplan.stage_study_name(name, stage)
             study = optuna.load_study(study_name=study_name, storage=storage)
             plans.append(_stage_problems(study, name, stage, problems))
         results = {study_name: attrs[records.RESULT_ATTR] for study_name, attrs in
-                   ((records.stage_study_name(name, s), records.study_attrs(storage, records.stage_study_name(name, s)))
+                   ((stageplan.stage_study_name(name, s), records.study_attrs(storage, stageplan.stage_study_name(name, s)))
                     for s in stage_numbers) if records.RESULT_ATTR in attrs}
     finally:
         storage.engine.dispose()
-    last = records.stage_study_name(name, stage_numbers[-1])
+    last = stageplan.stage_study_name(name, stage_numbers[-1])
     last_plan = plans[-1]
     if last_plan is not None and last_plan.stage != last_plan.stages:
         problems.append(f"{last}: the last stage is stage {last_plan.stage} of a plan of {last_plan.stages} stages")
@@ -219,16 +220,16 @@ def campaign_problems(url: str, name: str, final_best: dict[str, Any] | None = N
     return problems
 
 
-def _stage_problems(study: optuna.Study, campaign: str, stage: int, problems: list[str]) -> records.StagePlan | None:
+def _stage_problems(study: optuna.Study, campaign: str, stage: int, problems: list[str]) -> stageplan.StagePlan | None:
     """Add the problems of one stage study; return its plan (None if it has none)."""
     name = study.study_name
     attrs = study.user_attrs
-    plan = records.StagePlan.from_dict(attrs[records.PLAN_ATTR]) if records.PLAN_ATTR in attrs else None
+    plan = stageplan.StagePlan.from_dict(attrs[records.PLAN_ATTR]) if records.PLAN_ATTR in attrs else None
     if plan is None:
         problems.append(f"{name}: no plan (user attr {records.PLAN_ATTR!r})")
     elif (plan.campaign, plan.stage) != (campaign, stage):
         problems.append(f"{name}: its plan is for {plan.campaign!r} stage {plan.stage}")
-    if plan is not None and stage >= 2 and plan.lineage.get("parent") != records.stage_study_name(campaign, stage - 1):
+    if plan is not None and stage >= 2 and plan.lineage.get("parent") != stageplan.stage_study_name(campaign, stage - 1):
         problems.append(f"{name}: lineage parent {plan.lineage.get('parent')!r}, not stage {stage - 1}")
     if stage == 1 and CAMPAIGN_ATTR not in attrs:
         problems.append(f"{name}: no campaign plan (user attr {CAMPAIGN_ATTR!r})")

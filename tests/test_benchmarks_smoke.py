@@ -17,6 +17,8 @@ import pytest
 
 from benchmarks.common import postgres_available
 
+pytestmark = pytest.mark.slow  # each runs a benchmark end to end
+
 BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 SCRIPTS = ("train_speed.py", "accuracy.py")
 

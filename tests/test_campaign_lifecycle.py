@@ -24,6 +24,7 @@ from hpo.campaign import CampaignSpec
 from storage import backend, records
 from tests.helpers import duplicate_trial_numbers, make_stage, sql, states, worker_env
 from tests.ledger import assert_nothing_lost_or_repeated
+from workers import stageplan
 from workers.space import build_space
 from workers.worker import Worker, WorkerOptions
 
@@ -133,14 +134,14 @@ def test_a_stage_whose_trials_keep_failing_stops_and_the_coordinator_names_the_e
 
 
 def test_the_failure_budget_also_counts_a_share_of_the_trials():
-    plan = records.StagePlan(campaign="c", stage=1, stages=1, trials=10, epochs=1, dataset="digits", space={},
+    plan = stageplan.StagePlan(campaign="c", stage=1, stages=1, trials=10, epochs=1, dataset="digits", space={},
                              max_failures_in_a_row=5, max_failure_share=0.3)
     ok, boom, stale = ("COMPLETE", None), ("FAIL", "boom"), ("FAIL", None)
-    assert records.failure_verdict(plan, [ok, boom, ok, boom, ok, boom]) is None  # 3 of 10: not above 0.3
-    assert "4 trials failed, more than 0.3 of the budget of 10" in records.failure_verdict(plan, [boom, ok] * 4)
+    assert stageplan.failure_verdict(plan, [ok, boom, ok, boom, ok, boom]) is None  # 3 of 10: not above 0.3
+    assert "4 trials failed, more than 0.3 of the budget of 10" in stageplan.failure_verdict(plan, [boom, ok] * 4)
     # Stale or interrupted trials (no reason of their own) neither count nor break a run of errors.
-    assert records.failure_verdict(plan, [ok, boom, stale, boom, boom, stale, boom, boom]).startswith("5 trials in a row")
-    assert records.failure_verdict(plan, [boom] * 3 + [("FAIL", "not needed: the stage budget was met")] * 3) is None
+    assert stageplan.failure_verdict(plan, [ok, boom, stale, boom, boom, stale, boom, boom]).startswith("5 trials in a row")
+    assert stageplan.failure_verdict(plan, [boom] * 3 + [("FAIL", "not needed: the stage budget was met")] * 3) is None
 
 
 # -- 2. no configuration trained twice through resumes, re-launches, several machines ------------
@@ -199,7 +200,7 @@ def test_narrowing_an_unfinished_stage_is_refused_unless_forced_and_the_campaign
         refused = hpo(storage_url, "narrow", "early/stage-1")
         line = one_error_line(refused)
         assert "early/stage-1 is not finished:" in line and "of 40 trials done" in line and "--force" in line
-        assert records.stage_study_name("early", 2) not in {r[0] for r in sql(storage_url, "SELECT study_name FROM studies")}
+        assert stageplan.stage_study_name("early", 2) not in {r[0] for r in sql(storage_url, "SELECT study_name FROM studies")}
 
         forced = hpo(storage_url, "narrow", "early/stage-1", "--force")
         assert forced.returncode == 0, forced.stderr
@@ -225,10 +226,10 @@ def test_a_stage_whose_creation_was_cut_short_is_finished_not_refused(storage_ur
         spec = CampaignSpec(name="cut", space=build_space(None, None, ["hidden_sizes=32"]), stages=1, trials=[2], epochs=[1])
         plan = spec.plan(1, spec.space)
         optuna.create_study(storage=storage, study_name=plan.study_name, direction="maximize")  # ... and then a crash
-        assert records.campaign_stages(storage, "cut") == []  # workers do not see it yet
-        stored, created = records.ensure_stage(storage, plan, attrs={records.CAMPAIGN_ATTR: spec.to_dict()})
-        assert created and stored == plan and records.read_plan(storage, plan.study_name) == plan
-        again, created = records.ensure_stage(storage, plan)
+        assert stageplan.campaign_stages(storage, "cut") == []  # workers do not see it yet
+        stored, created = stageplan.ensure_stage(storage, plan, attrs={records.CAMPAIGN_ATTR: spec.to_dict()})
+        assert created and stored == plan and stageplan.read_plan(storage, plan.study_name) == plan
+        again, created = stageplan.ensure_stage(storage, plan)
         assert not created and again == plan
     finally:
         storage.engine.dispose()
@@ -314,7 +315,7 @@ def test_resume_follows_the_stored_plan_refuses_conflicts_and_replans_what_has_n
     assert replanned.returncode == 0, replanned.stderr
     summary = json.loads(replanned.stdout)
     assert [s["budget"] for s in summary["stages"]] == [4, 3, 2] and summary["best"]["study"] == "r3/stage-3"
-    lineage = records.plan_from_attr(attrs_of(sqlite_url, "r3/stage-3")[records.PLAN_ATTR]).lineage
+    lineage = stageplan.plan_from_attr(attrs_of(sqlite_url, "r3/stage-3")[records.PLAN_ATTR]).lineage
     assert lineage["parent"] == "r3/stage-2"
     assert lineage["replans"][0]["changes"]["stages"] == {"old": 2, "new": 3}
     assert attrs_of(sqlite_url, "r3/stage-1")[records.CAMPAIGN_ATTR]["trials"] == [4, 3, 2]

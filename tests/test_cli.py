@@ -12,11 +12,11 @@ import optuna
 import pytest
 from click.testing import CliRunner
 
-from hpo.cli import cli, main  # noqa: F401  (main registers the inspection commands)
-from hpo import cli_inspect  # noqa: F401
-from storage import backend, records
-from workers.space import SearchSpace
+from hpo.cli import cli, main  # noqa: F401
+from storage import backend
 from tests.helpers import duplicate_trial_numbers, make_stage, sql, states
+from workers import stageplan
+from workers.space import SearchSpace
 
 
 def run(*args: str, env: dict | None = None):
@@ -118,7 +118,8 @@ def test_search_runs_a_whole_campaign_and_ends_with_json(tmp_path):
     assert [s["study"] for s in summary["stages"]] == ["e2e/stage-1", "e2e/stage-2"]
     for stage, budget in zip(summary["stages"], (10, 6)):
         counts = stage["counts"]
-        assert counts.get("COMPLETE", 0) + counts.get("PRUNED", 0) == budget
+        # a diverged trial (lr up to 1) meets the budget too; the summary counts it apart
+        assert counts.get("COMPLETE", 0) + counts.get("PRUNED", 0) + counts.get("DIVERGED", 0) == budget
         assert counts.get("RUNNING", 0) == 0 and counts.get("WAITING", 0) == 0
         assert stage["best_value"] > 0.5
     assert summary["stages"][1]["epochs"] == 4
@@ -128,7 +129,7 @@ def test_search_runs_a_whole_campaign_and_ends_with_json(tmp_path):
     assert duplicate_trial_numbers(url) == []
     # The lineage a user can inspect: stage 2 knows its parent and what changed.
     storage = backend.open_storage(url, heartbeat=False)
-    lineage = records.read_plan(storage, "e2e/stage-2").lineage
+    lineage = stageplan.read_plan(storage, "e2e/stage-2").lineage
     assert lineage["parent"] == "e2e/stage-1" and lineage["source_trials"]
     # A finished campaign resumed by name does nothing again and reports the same stages.
     again = subprocess.run(
@@ -162,7 +163,7 @@ def test_narrow_creates_the_next_stage_and_explains_each_change(tmp_path):
     changes = {c["param"]: c for c in data["changes"]}
     assert changes["activation"]["new"] == "{relu}"
     assert changes["learning_rate"]["reason"]
-    child = records.read_plan(storage, "steps/stage-2")
+    child = stageplan.read_plan(storage, "steps/stage-2")
     assert child.lineage["parent"] == "steps/stage-1"
     # the parent's best configuration is queued first in the new stage
     assert states(url, "steps/stage-2") == {"WAITING": 1}

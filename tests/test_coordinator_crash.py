@@ -53,6 +53,7 @@ from tests.helpers import sql
 from tests.ledger import assert_nothing_lost_or_repeated
 from tests.pgcluster import PgCluster, pg_cluster  # noqa: F401 - a fixture
 from tests.test_faults import Proc, Procs
+from workers import stageplan
 
 pytestmark = pytest.mark.slow
 
@@ -61,7 +62,7 @@ CAMPAIGN = "crash"
 PLAN = ["--stages", "2", "--trials", "3,2", "--epochs", "1,1",
         "--param", "hidden_sizes=32", "--param", "lr=log:1e-3..1e-1"]
 BUDGETS = {1: 3, 2: 2}
-STAGES = [records.stage_study_name(CAMPAIGN, stage) for stage in BUDGETS]
+STAGES = [stageplan.stage_study_name(CAMPAIGN, stage) for stage in BUDGETS]
 RUN_SECONDS = 60  # one coordinator run or resume of this tiny campaign, outages aside
 WORKER_EXIT_SECONDS = 30  # a worker's exit once its campaign is finished
 OUTAGES = (2, 4, 6, 3, 5)  # seconds the cluster is down, by K; the write of the result gets LONG_OUTAGE

@@ -31,6 +31,7 @@ from storage import backend, records
 from tests.helpers import sql
 from tests.ledger import assert_nothing_lost_or_repeated
 from tests.pgcluster import pg_cluster  # noqa: F401 - a fixture
+from workers import stageplan
 from workers.space import build_space
 
 pytestmark = pytest.mark.slow
@@ -130,7 +131,7 @@ def make_plan(url: str, name: str, *, trials: int, epochs: int, params: list[str
         space = build_space(None, None, params)
         spec = CampaignSpec(name=name, space=space, stages=1, trials=[trials], epochs=[epochs], pruner="none")
         plan = spec.plan(1, space)
-        records.create_stage(storage, plan)
+        stageplan.create_stage(storage, plan)
     finally:
         storage.engine.dispose()
     return plan.study_name
@@ -322,7 +323,7 @@ def test_workers_and_coordinator_ride_out_postgres_restarts(pg_cluster, tmp_path
     secret.write_text(password + "\n")
     trials = 8
     name = "restarts"
-    study = records.stage_study_name(name, 1)
+    study = stageplan.stage_study_name(name, 1)
     with Procs(tmp_path, url, HPO_DB_PASSWORD_FILE=str(secret)) as procs:
         coordinator = procs.hpo("coordinator", "search", "--name", name, "--workers", "0", "--stages", "1",
                                 "--trials", str(trials), "--epochs", str(EPOCHS), "--pruner", "none",
@@ -481,7 +482,7 @@ def test_a_trial_whose_worker_died_before_its_first_beat_is_reaped(storage_url, 
     try:
         (trial,) = study.get_trials()
         assert backend.reap_stale_trials(study) == []  # seen for the first time: a beat, not a failure
-        assert inspect.running_heartbeats(storage, study._study_id)[0]["age"] is not None
+        assert records.running_heartbeats(storage, study._study_id)[0]["age"] is not None
         _backdate(storage, trial._trial_id, 10)
         assert backend.reap_stale_trials(study) == [0]
         assert [t.state.name for t in study.get_trials()] == ["FAIL", "WAITING"]

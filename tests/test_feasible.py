@@ -15,7 +15,6 @@ import optuna
 import pytest
 from click.testing import CliRunner
 
-from hpo import cli_inspect  # noqa: F401  (registers the inspection commands, as main() does)
 from hpo.cli import cli
 from hpo.narrow import NothingToNarrow, TrialRecord, narrow
 from storage import backend

@@ -28,7 +28,8 @@ from optuna.trial import TrialState
 from hpo import inspect
 from storage import backend, records
 from storage.errors import StorageError, StudyNotFound
-from storage.records import StagePlan
+from workers import stageplan
+from workers.stageplan import StagePlan
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 pytestmark = [
@@ -166,7 +167,7 @@ def add_trial(study: optuna.Study, params: dict, state: TrialState | None, value
 def make_stage(storage, campaign: str, stage: int = 1, stages: int = 2, budget: int = 12) -> optuna.Study:
     plan = StagePlan(campaign=campaign, stage=stage, stages=stages, trials=budget, epochs=3,
                      dataset="digits", space=SPACE, seed=3)
-    return records.create_stage(storage, plan)
+    return stageplan.create_stage(storage, plan)
 
 
 def build_campaign(storage, campaign: str) -> None:
@@ -245,7 +246,7 @@ def snapshot(storage, prefix: str) -> str:
 
 
 def stage2(db: Db) -> str:
-    return records.stage_study_name(db.name, 2)
+    return stageplan.stage_study_name(db.name, 2)
 
 
 # -- hpo studies ---------------------------------------------------------------------------

@@ -47,6 +47,7 @@ import sqlalchemy
 from storage import records
 from tests.ledger import campaign_problems
 from tests.pgcluster import pg_cluster  # noqa: F401 - a fixture
+from workers import stageplan
 
 pytestmark = pytest.mark.slow
 
@@ -197,7 +198,7 @@ class Sequence:
         rows = self.query(
             "SELECT s.study_name, a.key, a.value_json FROM studies s LEFT JOIN study_user_attributes a "
             "ON a.study_id = s.study_id WHERE s.study_name IN (:s1, :s2)",
-            s1=records.stage_study_name(CAMPAIGN, 1), s2=records.stage_study_name(CAMPAIGN, 2))
+            s1=stageplan.stage_study_name(CAMPAIGN, 1), s2=stageplan.stage_study_name(CAMPAIGN, 2))
         if rows is None:
             return None
         attrs: dict[str, dict[str, object]] = {}
@@ -205,14 +206,14 @@ class Sequence:
             attrs.setdefault(study, {})
             if key is not None:
                 attrs[study][key] = json.loads(value)
-        stage1 = attrs.get(records.stage_study_name(CAMPAIGN, 1), {})
-        stage2_exists = records.stage_study_name(CAMPAIGN, 2) in attrs
+        stage1 = attrs.get(stageplan.stage_study_name(CAMPAIGN, 1), {})
+        stage2_exists = stageplan.stage_study_name(CAMPAIGN, 2) in attrs
         if records.PLAN_ATTR not in stage1:
             return False, None, stage2_exists, None
         budget = stage1[records.PLAN_ATTR]["trials"] - int(stage1.get("hpo_cancelled") or 0)
         counts = self.query(
             "SELECT t.state, COUNT(*) FROM trials t JOIN studies s ON s.study_id = t.study_id "
-            "WHERE s.study_name = :s1 GROUP BY t.state", s1=records.stage_study_name(CAMPAIGN, 1))
+            "WHERE s.study_name = :s1 GROUP BY t.state", s1=stageplan.stage_study_name(CAMPAIGN, 1))
         if counts is None:
             return True, None, stage2_exists, None
         by_state = {str(state).removeprefix("TrialState."): n for state, n in counts}

@@ -20,12 +20,11 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution
 from optuna.trial import TrialState
 from rich.console import Console
 
-import hpo.cli_inspect  # noqa: F401 - registers the inspection commands
 from hpo import output
 from hpo.cli import cli
 from hpo.progress import RichProgress
 from storage import backend
-from storage.records import StagePlan
+from workers.stageplan import StagePlan
 
 pytestmark = [
     pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning"),

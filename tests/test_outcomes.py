@@ -18,7 +18,6 @@ from click.testing import CliRunner
 from optuna.distributions import FloatDistribution
 from optuna.trial import TrialState
 
-import hpo.cli_inspect  # noqa: F401 - registers the inspection commands
 from hpo import output
 from hpo.cli import cli
 from storage import backend, records

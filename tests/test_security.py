@@ -25,7 +25,6 @@ import pytest
 import sqlalchemy
 from click.testing import CliRunner
 
-from hpo import cli_inspect  # noqa: F401 - registers the inspection commands
 from hpo import inspect
 from hpo.cli import cli
 from storage import backend

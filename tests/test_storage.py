@@ -12,8 +12,9 @@ import sqlalchemy
 
 from storage import backend, records
 from storage.errors import StorageError
-from storage.records import StagePlan
 from storage.url import mask_url, resolve_url
+from workers import stageplan
+from workers.stageplan import StagePlan
 
 
 # -- URL, password file, masking ---------------------------------------------------------
@@ -115,7 +116,7 @@ def _plan(name: str, stage: int = 1, **kw) -> StagePlan:
 def test_stage_records_round_trip_and_counts(storage_url):
     backend.ensure_schema(storage_url)
     storage = backend.open_storage(storage_url, heartbeat=False)
-    study = records.create_stage(storage, _plan("camp"))
+    study = stageplan.create_stage(storage, _plan("camp"))
     for x in (0.2, 0.9, 0.5):
         trial = study.ask()
         study.tell(trial, x)
@@ -123,14 +124,14 @@ def test_stage_records_round_trip_and_counts(storage_url):
     study.ask()  # left RUNNING
     assert records.count_states(storage, "camp/stage-1") == {"COMPLETE": 3, "PRUNED": 1, "RUNNING": 1}
     assert records.best_value(storage, "camp/stage-1") == pytest.approx(0.9)
-    assert records.read_plan(storage, "camp/stage-1") == _plan("camp")
-    assert [p.stage for p in records.campaign_stages(storage, "camp")] == [1]
-    assert list(records.list_campaigns(storage)) == ["camp"]
+    assert stageplan.read_plan(storage, "camp/stage-1") == _plan("camp")
+    assert [p.stage for p in stageplan.campaign_stages(storage, "camp")] == [1]
+    assert list(stageplan.list_campaigns(storage)) == ["camp"]
     with pytest.raises(StorageError, match="exists already"):
-        records.create_stage(storage, _plan("camp"))
+        stageplan.create_stage(storage, _plan("camp"))
 
 
 @pytest.mark.parametrize("bad", ["", "a b", "../x", "x" * 101, "-lead"])
 def test_campaign_names_are_checked(bad):
     with pytest.raises(StorageError, match="invalid campaign name"):
-        records.check_name(bad)
+        stageplan.check_name(bad)

@@ -14,9 +14,9 @@ from typing import Any
 
 import optuna
 
-from storage.records import StagePlan
 from workers.run import Score, cached_dataset, fit_and_score
 from workers.space import SearchSpace
+from workers.stageplan import StagePlan
 from workers.train import EpochReport, TrainConfig, TrainingDiverged
 
 

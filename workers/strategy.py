@@ -16,7 +16,7 @@ from optuna.pruners import BasePruner
 from optuna.samplers import BaseSampler
 
 from workers.space import SearchSpace, grid_values
-from workers.tpe import CachedTPESampler
+from storage.optuna_tpe import CachedTPESampler
 
 
 def _tpe(space: SearchSpace, seed: int) -> BaseSampler:

@@ -19,7 +19,7 @@ What can go wrong is treated as normal:
 * SIGTERM / SIGINT stop the worker at the next epoch boundary: its trial is failed and queued
   again, under the lock (so nothing is left RUNNING), and the worker exits 0; a second signal
   (a terminal's Ctrl-C reaches the worker, then its coordinator's SIGTERM) changes nothing;
-* a stage whose trials keep failing with errors (``records.failure_verdict``) is stopped by
+* a stage whose trials keep failing with errors (``stageplan.failure_verdict``) is stopped by
   the first worker that sees it: its status becomes failed, no worker takes its trials, and
   the workers exit with the reason;
 * a database error is retried with backoff wherever it strikes: taking a trial, each report
@@ -46,16 +46,18 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import optuna
+from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import TrialState
 
-from storage import backend, records
+from storage import backend, optuna_access, records
 from storage.errors import CampaignNotFound, DatabaseUnavailable, StorageError
-from storage.records import StagePlan
 from storage.url import mask_url
 from storage.worker_storage import WorkerStorage
+from workers import stageplan
 from workers.objective import StopRequested, Trainer, TrialOutcome, run_trial
 from workers.run import cached_dataset, fit_and_score
 from workers.space import SearchSpace
+from workers.stageplan import StagePlan
 from workers.strategy import make_pruner, make_sampler, sampler_seed
 
 log = logging.getLogger("hpo.worker")
@@ -265,7 +267,7 @@ class Worker:
         return self._studies[name]
 
     def _load(self, name: str) -> tuple[optuna.Study, StagePlan, SearchSpace]:
-        plan = records.read_plan(self.storage, name)
+        plan = stageplan.read_plan(self.storage, name)
         if plan is None:
             raise StorageError(f"study {name!r} was not created by hpo (it has no stage plan)")
         space = SearchSpace.from_dict(plan.space)
@@ -285,7 +287,7 @@ class Worker:
         deadline = time.monotonic() + self.options.wait_for_campaign_seconds
         while True:
             stages = self._retrying(
-                lambda: records.campaign_stages(self.storage, self.options.campaign), "read the campaign"
+                lambda: stageplan.campaign_stages(self.storage, self.options.campaign), "read the campaign"
             )
             if stages or self._stop.is_set():
                 return stages
@@ -298,10 +300,10 @@ class Worker:
 
     def _wait_for_next_stage(self, plan: StagePlan) -> None:
         """The stage is full: wait until the coordinator opens the next one (or stops)."""
-        next_name = records.stage_study_name(plan.campaign, plan.stage + 1)
+        next_name = stageplan.stage_study_name(plan.campaign, plan.stage + 1)
         while not self._stop.is_set():
             stages = self._retrying(
-                lambda: records.campaign_stages(self.storage, plan.campaign), "read the campaign"
+                lambda: stageplan.campaign_stages(self.storage, plan.campaign), "read the campaign"
             )
             if any(s.study_name == next_name for s in stages) or self._orphaned():
                 return
@@ -317,8 +319,8 @@ class Worker:
         """Whether the campaign ends with this stage: its stage count is the stored campaign
         plan's (which `hpo search --replan` may have raised since this stage was created)."""
         def read() -> tuple[dict[str, Any], bool]:
-            first = records.study_attrs(self.storage, records.stage_study_name(plan.campaign, 1))
-            later = records.campaign_stages(self.storage, plan.campaign)[plan.stage:]
+            first = records.study_attrs(self.storage, stageplan.stage_study_name(plan.campaign, 1))
+            later = stageplan.campaign_stages(self.storage, plan.campaign)[plan.stage:]
             return first.get(records.CAMPAIGN_ATTR) or {}, bool(later)
 
         campaign, later = self._retrying(read, "read the campaign")
@@ -351,11 +353,11 @@ class Worker:
             if time.monotonic() >= self._next_reap.get(plan.study_name, 0.0):
                 backend.reap_stale_trials(study)
                 self._next_reap[plan.study_name] = time.monotonic() + backend.HEARTBEAT_INTERVAL
-            self.study_storage.sync(study._study_id)  # what every other worker did, read once
-            counts = self.study_storage.count_states(study._study_id)
+            self.study_storage.sync(optuna_access.study_id(study))  # what every other worker did, read once
+            counts = self.study_storage.count_states(optuna_access.study_id(study))
             # Read under the lock, as the budget is: a stage closed or failed a moment ago
             # takes no more trials (one indexed query per claim).
-            attrs = self.study_storage.read_study_attrs(study._study_id, records.STAGE_STATE_ATTRS)
+            attrs = self.study_storage.read_study_attrs(optuna_access.study_id(study), records.STAGE_STATE_ATTRS)
             if attrs.get(records.STATUS_ATTR) == records.FAILED:
                 return StageFailed(_stage_failure(plan, attrs))
             # The verdict only changes when a trial failed since the last claim looked.
@@ -365,14 +367,14 @@ class Worker:
                 # could not write while this one may hold the write lock).
                 return StageFailed(_stage_failure(plan, {records.FAILURE_ATTR: why}), why=why)
             self._fails_seen[plan.study_name] = fails
-            finished = records.finished_count(counts)
+            finished = stageplan.finished_count(counts)
             running = counts.get("RUNNING", 0)
-            if attrs.get(records.STATUS_ATTR) == records.DONE or finished + running >= records.budget(plan, attrs):
+            if attrs.get(records.STATUS_ATTR) == records.DONE or finished + running >= stageplan.budget(plan, attrs):
                 return "wait" if running and attrs.get(records.STATUS_ATTR) != records.DONE else "stage done"
-            trial = _open_trial(study)
+            trial = optuna_access.open_trial(study)
             # Named at once, so `hpo health` can say who runs a RUNNING trial.
-            self.study_storage.set_trial_user_attr(trial._trial_id, "worker", self.options.worker_id)
-            self.study_storage.flush(trial._trial_id, heartbeat=True)
+            self.study_storage.set_trial_user_attr(optuna_access.trial_id(trial), "worker", self.options.worker_id)
+            self.study_storage.flush(optuna_access.trial_id(trial), heartbeat=True)
         # The trial exists from here on: nothing below may fail the claim and make it ask again.
         # Sampling (a millisecond or more of TPE) runs after the lock is released, so other
         # workers claim meanwhile: holding the lock for it was most of what kept two workers
@@ -382,19 +384,18 @@ class Worker:
         # constant-liar TPE and for `hpo trials`; if that write fails they go with the next one.
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            for name, distribution in space.to_distributions().items():
-                trial._suggest(name, distribution)
+            suggest_all(trial, space.to_distributions())
         with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError, *backend.DB_ERRORS):
-            self.study_storage.flush_alone(trial._trial_id)  # failed under us: the first report says so
-        self.heartbeat.start(trial._trial_id, beat=False)  # its first beat was written in the claim
+            self.study_storage.flush_alone(optuna_access.trial_id(trial))  # failed under us: the first report says so
+        self.heartbeat.start(optuna_access.trial_id(trial), beat=False)  # its first beat was written in the claim
         return trial
 
     def _failure_verdict(self, study: optuna.Study, plan: StagePlan) -> str | None:
-        """``records.failure_verdict`` over the snapshot synced in this claim."""
-        done = [t for t in self.study_storage.get_all_trials(study._study_id, deepcopy=False)
+        """``stageplan.failure_verdict`` over the snapshot synced in this claim."""
+        done = [t for t in self.study_storage.get_all_trials(optuna_access.study_id(study), deepcopy=False)
                 if t.state.is_finished()]
-        done.sort(key=lambda t: (t.datetime_complete or datetime.datetime.min, t._trial_id))
-        return records.failure_verdict(plan, [(t.state.name, t.user_attrs.get("reason")) for t in done])
+        done.sort(key=lambda t: (t.datetime_complete or datetime.datetime.min, optuna_access.trial_id(t)))
+        return stageplan.failure_verdict(plan, [(t.state.name, t.user_attrs.get("reason")) for t in done])
 
     def _run_one(
         self, study: optuna.Study, plan: StagePlan, space: SearchSpace, trial: optuna.Trial, started: float
@@ -448,7 +449,7 @@ class Worker:
         """Write the attrs, then the end state; safe to run again after a database error
         (``retry``: an earlier attempt failed, and may have committed all the same)."""
         if retry:
-            frozen = self.study_storage.read_trial(trial._trial_id)
+            frozen = self.study_storage.read_trial(optuna_access.trial_id(trial))
             if frozen.state.is_finished():
                 if self._stored_by_us(frozen, outcome):
                     return  # an earlier attempt committed; only its answer was lost
@@ -462,8 +463,8 @@ class Worker:
         # The worker's storage writes the end state only over RUNNING, and raises
         # UpdateFinishedTrialError otherwise. A tell that skipped the trial as finished did not
         # write it: say so rather than count a result that was not stored.
-        if not self.study_storage.wrote_end_state(trial._trial_id) and not self._stored_by_us(
-            self.study_storage.read_trial(trial._trial_id), outcome
+        if not self.study_storage.wrote_end_state(optuna_access.trial_id(trial)) and not self._stored_by_us(
+            self.study_storage.read_trial(optuna_access.trial_id(trial)), outcome
         ):
             raise optuna.exceptions.UpdateFinishedTrialError("finished under this worker")
 
@@ -478,9 +479,9 @@ class Worker:
 
         def fail_and_retry() -> None:
             with backend.exclusive(self.options.storage_url, study.study_name, self._lock_engine):
-                self.study_storage.release(trial._trial_id)  # write what it holds; read fresh from here
-                backend.fail_with_retry(study, trial._trial_id)
-                records.tidy_closed_stage(self.storage, self._studies[study.study_name][1])
+                self.study_storage.release(optuna_access.trial_id(trial))  # write what it holds; read fresh from here
+                backend.fail_with_retry(study, optuna_access.trial_id(trial))
+                stageplan.tidy_closed_stage(self.storage, self._studies[study.study_name][1])
 
         self._retrying(fail_and_retry, "re-queue the interrupted trial")
         log.warning("trial %d interrupted: failed and queued again", trial.number)
@@ -516,15 +517,18 @@ class _RetryingTrial:
         return getattr(self._trial, name)
 
 
-def _open_trial(study: optuna.Study) -> optuna.Trial:
-    """``study.ask()`` without its sampling: pop a queued trial or create one, and run the
-    sampler's ``before_trial`` (where GridSampler assigns the grid point, so that stays under
-    the claim lock). TPE and random sampling happen at the first ``trial._suggest``."""
-    study._thread_local.cached_all_trials = None  # as ask does: read the trials afresh
-    trial_id = study._pop_waiting_trial_id()
-    if trial_id is None:
-        trial_id = study._storage.create_new_trial(study._study_id)
-    return optuna.Trial(study, trial_id)
+def suggest_all(trial: optuna.Trial, distributions: dict[str, BaseDistribution]) -> None:
+    """Sample every parameter of ``distributions`` (one relative-sampling call for TPE, at the
+    first one), through the public ``suggest_*`` of each distribution's type."""
+    for name, d in distributions.items():
+        if isinstance(d, FloatDistribution):
+            trial.suggest_float(name, d.low, d.high, log=d.log, step=d.step)
+        elif isinstance(d, IntDistribution):
+            trial.suggest_int(name, d.low, d.high, log=d.log, step=d.step)
+        elif isinstance(d, CategoricalDistribution):
+            trial.suggest_categorical(name, d.choices)
+        else:
+            raise TypeError(f"cannot sample {name!r} from {d!r}")
 
 
 class StageFailed(str):

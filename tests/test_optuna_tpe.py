@@ -13,7 +13,7 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution, Int
 from optuna.trial import TrialState, create_trial
 
 from workers.strategy import make_sampler
-from workers.tpe import CachedTPESampler
+from storage.optuna_tpe import CachedTPESampler
 
 SPACE = {
     "lr": FloatDistribution(1e-6, 10.0, log=True),

@@ -8,10 +8,28 @@ finished trial never changes, so :class:`CachedTPESampler` keeps, per finished t
 keys and internal parameter values in arrays, ranks with NumPy, and converts only the RUNNING
 trials (whose constant-liar parameters may still appear) afresh. The Parzen estimators, the
 candidates and the acquisition function are Optuna's own, so with the same seed it samples
-exactly what ``TPESampler`` samples (``tests/test_perf_sampler.py`` checks it).
+exactly what ``TPESampler`` samples (``tests/test_optuna_tpe.py`` checks it).
 
 Only single-objective studies without ``constraints_func`` take this path; anything else is
-``TPESampler`` unchanged.
+``TPESampler`` unchanged. It pays for itself at large studies: ``benchmarks/overhead.py
+--stock-tpe`` measures the worker's per-trial time with it and with ``TPESampler`` in the same
+run (figures in docs/benchmarks.md).
+
+It lives in ``storage/`` because it reaches into Optuna's TPE. Private names used, and why
+(each exercised by ``tests/test_optuna_internals.py``; sampling equality by
+``tests/test_optuna_tpe.py``):
+
+- ``TPESampler._sample(study, trial, search_space)``: the one method overridden: the per-ask
+  work this class caches.
+- ``TPESampler._constraints_func``, ``._constant_liar``, ``._gamma``, ``._rng.rng``,
+  ``._n_ei_candidates``, ``._parzen_estimator_cls``, ``._parzen_estimator_parameters``: the
+  sampler's own settings, read as ``_sample`` reads them.
+- ``TPESampler._compute_acquisition_func``, ``TPESampler._compare``, ``TPESampler._get_params``:
+  the acquisition function, the choice of the best candidate, a running trial's parameters.
+- ``optuna.samplers._tpe.sampler``: ``default_gamma``, ``_get_infeasible_trial_score``,
+  ``_get_pruned_trial_score``: how ``_split_trials`` ranks a finished trial.
+- ``Study._get_trials(deepcopy, states, use_cache)``, ``Study._study_id``,
+  ``FrozenTrial._trial_id``: the trials as ``_sample`` reads them, keyed by id.
 """
 
 from __future__ import annotations

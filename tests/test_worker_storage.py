@@ -19,9 +19,10 @@ from optuna.trial import TrialState, create_trial
 
 from benchmarks.common import StatementCounter, stub_trainer
 from hpo.campaign import CampaignSpec
-from storage import backend, records
+from storage import backend
 from storage.worker_storage import WorkerStorage
 from tests.helpers import duplicate_trial_numbers
+from workers import stageplan
 from workers.space import default_space
 from workers.worker import Worker, WorkerOptions
 
@@ -34,7 +35,7 @@ def _stage(url: str, name: str, trials: int, epochs: int):
     storage = backend.open_storage(url)
     spec = CampaignSpec(name=name, space=SPACE, stages=1, trials=[trials], epochs=[epochs])
     plan = spec.plan(1, SPACE)
-    return storage, plan, records.create_stage(storage, plan)
+    return storage, plan, stageplan.create_stage(storage, plan)
 
 
 def _run(url: str, plan, **options) -> Worker:
