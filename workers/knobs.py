@@ -52,8 +52,8 @@ __all__ = [
 
 DTYPES = ("float32", "float64")
 
-# Maxout with one piece is the identity, not a nonlinearity. TODO(issue 10): take this
-# from workers.nn.activations once it exports the minimum piece count.
+# Maxout with one piece is the identity, not a nonlinearity. The minimum belongs with the
+# maxout kernel in workers.nn.activations; it is declared here until that module exports it.
 MAXOUT_MIN_PIECES = 2
 
 _TRUE = ("true", "yes", "on", "1")
