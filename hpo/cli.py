@@ -29,10 +29,7 @@ from storage.errors import DatabaseUnavailable, StorageError, StudyNotFound
 from storage.url import mask_url
 from workers import stageplan
 from workers.data.datasets import DatasetError
-from workers.data.preprocess import PREPROCESSING
-from workers.nn.activations import ACTIVATIONS
-from workers.nn.initializers import INITIALIZERS
-from workers.nn.optimizers import OPTIMIZERS
+from workers.knobs import KNOBS, Knob
 from workers.space import SpaceError, build_space
 from workers.stageplan import StagePlan
 from workers.strategy import PRUNERS, SAMPLERS
@@ -85,30 +82,47 @@ def comma_ints(ctx, param, value):
 
 
 # -- train -----------------------------------------------------------------------------------
+def knob_option(knob: Knob):
+    """The ``hpo train`` option of one knob: ``--name`` and ``--alias``, its type, default
+    and help from the knob table; the bounds are checked by TrainConfig, so a bad value
+    gets the same line here as in a space file."""
+    flags = [f"--{name.replace('_', '-')}" for name in (knob.name, *knob.aliases)]
+    settings = {"default": knob.default, "show_default": knob.default is not None, "help": knob.help}
+    if knob.kind == "bool":
+        return click.option(*(f"{flag}/--no-{flag[2:]}" for flag in flags), knob.name, **settings)
+    if knob.kind == "name":
+        settings["type"] = click.Choice(knob.allowed())
+    elif knob.kind == "layers":
+        settings.update(default=",".join(map(str, knob.default)), callback=comma_ints, metavar="W1,W2,...")
+    elif knob.fraction is not None:
+        settings["metavar"] = "N|FRACTION"  # read as text by the knob: "1" one direction, "1.0" all variance
+    else:
+        settings["type"] = float if knob.kind == "float" else int
+    return click.option(*flags, knob.name, **settings)
+
+
+def parse_knob(name: str, text: str):
+    """``text`` read as the knob reads it; a bad one is a usage error naming the knob."""
+    try:
+        return KNOBS[name].parse(text)
+    except ValueError as e:
+        message = one_line(e)
+        raise UsageError(message if name in message else f"{name}: {message}") from None
+
+
+def knob_options(command):
+    """One option per knob of the training config, in the knob table's order."""
+    for knob in reversed(KNOBS.values()):
+        command = knob_option(knob)(command)
+    return command
+
+
 @cli.command()
 @click.option("--dataset", default="digits", show_default=True, help="digits, mnist1d, cifar10:DIR or npz:PATH.")
-@click.option("--hidden", default="100,100", show_default=True, callback=comma_ints, help="Hidden layer widths, comma-separated.")
-@click.option("--activation", type=click.Choice(list(ACTIVATIONS)), default=TrainConfig.activation, show_default=True)
-@click.option("--leaky-slope", type=float, default=TrainConfig.leaky_slope, show_default=True, help="Slope of Leaky ReLU for x < 0.")
-@click.option("--elu-alpha", type=float, default=TrainConfig.elu_alpha, show_default=True)
-@click.option("--maxout-k", type=click.IntRange(min=2), default=TrainConfig.maxout_k, show_default=True, help="Pieces per Maxout unit.")
-@click.option("--initializer", type=click.Choice(list(INITIALIZERS)), default=TrainConfig.initializer, show_default=True)
-@click.option("--init-std", type=float, default=TrainConfig.init_std, show_default=True, help="Std of the 'small' initializer.")
-@click.option("--batch-norm/--no-batch-norm", default=TrainConfig.batch_norm, show_default=True)
-@click.option("--lr", "learning_rate", type=float, default=TrainConfig.learning_rate, show_default=True, help="Learning rate.")
-@click.option("--optimizer", type=click.Choice(list(OPTIMIZERS)), default=TrainConfig.optimizer, show_default=True)
-@click.option("--momentum", type=float, default=TrainConfig.momentum, show_default=True)
-@click.option("--lr-decay", type=float, default=TrainConfig.lr_decay, show_default=True, help="Learning rate multiplier after each epoch.")
-@click.option("--weight-decay", type=float, default=TrainConfig.weight_decay, show_default=True, help="L2 penalty on weights.")
-@click.option("--epochs", type=click.IntRange(min=1), default=TrainConfig.epochs, show_default=True)
-@click.option("--batch-size", type=click.IntRange(min=1), default=TrainConfig.batch_size, show_default=True)
-@click.option("--preprocessing", type=click.Choice(list(PREPROCESSING)), default=TrainConfig.preprocessing, show_default=True)
-@click.option("--pca-components", type=float, default=None, help="PCA / whitening: components to keep (an integer > 1) or the fraction of variance to keep (up to 1).")
-@click.option("--dtype", type=click.Choice(["float32", "float64"]), default=TrainConfig.dtype, show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of initialization and shuffling.")
+@knob_options
 @click.option("--split-seed", type=int, default=0, show_default=True, help="Seed of the train/val/test split.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object with every figure instead of a summary.")
-def train(dataset, hidden, split_seed, as_json, **knobs) -> None:
+def train(dataset, split_seed, as_json, **knobs) -> None:
     """Train one configuration, without any database, and report its accuracy.
 
     Shows progress per epoch and ends with train / validation / test accuracy and the
@@ -123,11 +137,10 @@ def train(dataset, hidden, split_seed, as_json, **knobs) -> None:
     from workers.feasible import check_config
     from workers.run import cached_dataset, train_and_test
 
-    pca = knobs.pop("pca_components")
-    if pca is not None and pca > 1 and float(pca).is_integer():
-        pca = int(pca)  # a count of components; a value up to 1 is a fraction of variance
+    if knobs["pca_components"] is not None:  # "20" directions or "0.95" of the variance, as in a space
+        knobs["pca_components"] = parse_knob("pca_components", knobs["pca_components"])
     try:
-        config = TrainConfig.from_dict({**knobs, "hidden_sizes": hidden, "pca_components": pca})
+        config = TrainConfig.from_dict(knobs)
     except ValueError as e:
         raise UsageError(one_line(e)) from None
     data = cached_dataset(dataset, split_seed)

@@ -90,12 +90,13 @@ def trials(study, states, where, sort, limit, columns, fmt, storage_url) -> None
     One row per trial: number, state, value, one column per parameter, duration, worker and
     the reason a trial was pruned or failed. STUDY is a study name, or a campaign name for its newest stage. In --where, numbers
     compare as numbers (1e-3 < 0.01) and text case-insensitively; a trial without a value for
-    the column passes only !=. JSON: a list of objects keyed by the shown columns.
+    the column passes only !=. A parameter may also be named by its short alias (lr, wd, bs, ...)
+    in --where, --sort and --columns. JSON: a list of objects keyed by the shown columns.
 
     \b
     Examples:
       hpo trials c1/stage-1 --state complete --sort -value --limit 10
-      hpo trials c1 --where activation=relu --where "learning_rate>1e-3"
+      hpo trials c1 --where activation=relu --where "lr>1e-3" --sort -lr
       hpo trials c1/stage-2 --columns number,value,seed,train_seconds --format csv
     """
     with opened(storage_url) as storage:

@@ -21,7 +21,7 @@ import os
 import re
 import warnings
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import optuna
@@ -33,6 +33,7 @@ from storage import backend, optuna_access, records
 from storage.errors import StorageError, StudyNotFound
 from storage.url import is_sqlite, mask_url, sqlite_path
 from workers import stageplan
+from workers.knobs import canonical_name
 
 STATES = ("COMPLETE", "PRUNED", "FAIL", "RUNNING", "WAITING")
 # What the views count: the states, with diverged trials (stored PRUNED) apart from pruned ones.
@@ -202,19 +203,15 @@ def select_trials(
     rows = [trial_row(t, params) for t in trials]
     default = [*TRIAL_COLUMNS[:3], *params.values(), *TRIAL_COLUMNS[3:]]
     known = [*default, *EXTRA_TRIAL_COLUMNS]
-    for condition in conditions:
-        _check_column(condition.column, known)
+    conditions = [replace(c, column=_column(c.column, known)) for c in conditions]
     selected = [row for row in rows if all(c.matches(row) for c in conditions)]
     if sort:
         descending = sort.startswith("-")
-        key = sort[1:] if descending else sort
-        _check_column(key, known)
+        key = _column(sort[1:] if descending else sort, known)
         selected = _sorted(selected, key, descending)
     shown = default
     if columns:
-        shown = [c.strip() for c in columns.split(",") if c.strip()]
-        for column in shown:
-            _check_column(column, known)
+        shown = [_column(c.strip(), known) for c in columns.split(",") if c.strip()]
     matched = len(selected)
     if limit is not None:
         selected = selected[:limit]
@@ -265,9 +262,14 @@ def _param_names(storage: RDBStorage, study_name: str, trials: Sequence[FrozenTr
     return {name: f"param:{name}" if name in fixed else name for name in names}
 
 
-def _check_column(column: str, known: Sequence[str]) -> None:
+def _column(column: str, known: Sequence[str]) -> str:
+    """The column ``column`` names: itself, or the parameter its short alias stands for
+    (``lr`` -> learning_rate, the knob table's rule); QueryError if there is none."""
+    if column not in known:
+        column = canonical_name(column) or column
     if column not in known:
         raise QueryError(f"unknown column {column!r}; columns are: {', '.join(known)}")
+    return column
 
 
 def _sorted(rows: list[dict[str, Any]], column: str, descending: bool) -> list[dict[str, Any]]:

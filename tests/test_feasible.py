@@ -328,7 +328,7 @@ def test_heartbeat_defaults_and_the_fault_tests_settings_are_accepted():
 
 # -- TrainConfig -----------------------------------------------------------------------------------
 def test_train_config_refuses_a_preprocessing_that_does_not_exist():
-    with pytest.raises(ValueError, match="preprocessing: unknown value 'whiten'"):
+    with pytest.raises(ValueError, match="unknown preprocessing 'whiten'"):
         TrainConfig(preprocessing="whiten")
-    with pytest.raises(ValueError, match="activation: unknown value"):
+    with pytest.raises(ValueError, match="unknown activation"):
         TrainConfig.from_dict({"activation": ["relu"]})  # unhashable: a TypeError before

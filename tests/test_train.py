@@ -48,17 +48,17 @@ def test_config_round_trips_through_json():
 
 
 @pytest.mark.parametrize("field,value,message", [
-    ("activation", "swish", "activation: unknown value 'swish'; allowed: sigmoid, tanh, relu, leaky_relu, elu, maxout"),
-    ("initializer", "lecun", "initializer: unknown value 'lecun'; allowed: small, xavier, he"),
-    ("optimizer", "rmsprop", "optimizer: unknown value 'rmsprop'; allowed: sgd, momentum, nesterov, adam"),
-    ("dtype", "float16", "dtype: unknown value 'float16'; allowed: float32, float64"),
-    ("hidden_sizes", [100, 0], "hidden_sizes: every size must be a positive int"),
-    ("epochs", 0, "epochs: must be a positive int"),
-    ("batch_size", -5, "batch_size: must be a positive int"),
-    ("learning_rate", 0.0, "learning_rate: must be a finite positive number"),
-    ("learning_rate", -1e-3, "learning_rate: must be a finite positive number"),
-    ("momentum", 1.5, "momentum: must be in [0, 1)"),
-    ("momentum", "high", "momentum: must be a number"),
+    ("activation", "swish", "unknown activation 'swish'; allowed: sigmoid, tanh, relu, leaky_relu, elu, maxout"),
+    ("initializer", "lecun", "unknown initializer 'lecun'; allowed: small, xavier, he"),
+    ("optimizer", "rmsprop", "unknown optimizer 'rmsprop'; allowed: sgd, momentum, nesterov, adam"),
+    ("dtype", "float16", "unknown dtype 'float16'; allowed: float32, float64"),
+    ("hidden_sizes", [100, 0], "hidden_sizes [100, 0]: each layer width must be an integer >= 1"),
+    ("epochs", 0, "epochs must be >= 1, got 0"),
+    ("batch_size", -5, "batch_size must be >= 1, got -5"),
+    ("learning_rate", 0.0, "learning_rate must be > 0, got 0"),
+    ("learning_rate", -1e-3, "learning_rate must be > 0, got -0.001"),
+    ("momentum", 1.5, "momentum must be in [0, 1), got 1.5"),
+    ("momentum", "high", "momentum must be a real number, got 'high'"),
     ("pca_components", 0, "pca_components"),
 ])
 def test_from_dict_rejects_bad_values_with_one_line(field, value, message):

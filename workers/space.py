@@ -43,9 +43,10 @@ On the command line, one ``name=spec`` shorthand per ``--param``::
                                       fraction of the variance kept instead
 
 Range prefixes: ``log``, ``linear`` (the default), ``int``, ``int-log``, ``int-linear``,
-``float``, ``float-log``, ``float-linear``. Aliases: ``lr`` learning_rate,
-``wd`` weight_decay, ``bn`` batch_norm, ``init`` initializer, ``act`` activation,
-``bs`` batch_size, ``opt`` optimizer. An integer range's high - low must be a multiple
+``float``, ``float-log``, ``float-linear``. Aliases (declared with each knob in
+workers/knobs.py): ``lr`` learning_rate, ``wd`` weight_decay, ``bn`` batch_norm,
+``init`` initializer, ``act`` activation, ``bs`` batch_size, ``opt`` optimizer,
+``hidden`` hidden_sizes. An integer range's high - low must be a multiple
 of its step; ``true/false``, ``yes/no``, ``on/off`` and ``1/0`` all read as booleans.
 
 In a TOML file, under ``[params]``; each value is a shorthand string, a plain value
@@ -89,7 +90,7 @@ import math
 import tomllib
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Union
@@ -102,10 +103,22 @@ from optuna.distributions import (
     IntDistribution,
 )
 
-from workers.data.preprocess import PREPROCESSING
+from workers.knobs import (
+    ALIASES,
+    KNOBS,
+    Knob,
+    KnobError,
+    as_int,
+    canonical_name,
+    fmt_number,
+    int_text,
+    is_real,
+    parse_float,
+    parse_int,
+    parse_layers,
+)
 from workers.nn.activations import ACTIVATIONS
 from workers.nn.initializers import INITIALIZERS
-from workers.nn.optimizers import OPTIMIZERS
 
 __all__ = [
     "ALIASES",
@@ -137,24 +150,8 @@ class SpaceError(ValueError):
 # ---------------------------------------------------------------------------
 
 
-def _fmt(x: float | int) -> str:
-    """A short number for tables: 1e-06, 0.5, 10, 256."""
-    return f"{x:g}"
-
-
-def _is_real(x: Any) -> bool:
-    return isinstance(x, (int, float, np.integer, np.floating)) and not isinstance(x, (bool, np.bool_))
-
-
-def _as_int(x: Any) -> int | None:
-    """x as an int if it is an integer or an integral float, else None (bools excluded)."""
-    if isinstance(x, (bool, np.bool_)):
-        return None
-    if isinstance(x, (int, np.integer)):
-        return int(x)
-    if isinstance(x, (float, np.floating)) and math.isfinite(x) and float(x).is_integer():
-        return int(x)
-    return None
+# One home for these small readers: the knob table's (workers/knobs.py).
+_fmt, _is_real, _as_int, _as_int_text = fmt_number, is_real, as_int, int_text
 
 
 @dataclass(frozen=True)
@@ -339,105 +336,11 @@ ParamSpec = Union[FloatRange, IntRange, Choice]
 # ---------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class ParamInfo:
-    """What one ``TrainConfig`` field accepts as a search parameter.
+# What a search parameter accepts is its knob (workers/knobs.py): kind, bounds, help.
+ParamInfo = Knob
 
-    ``kind`` is "float", "int" (numbers in a domain bounded by ``low`` / ``high``, each
-    excluded when ``low_open`` / ``high_open``; None means unbounded), "bool", "name"
-    (a key of ``registry``), "layers" (hidden layer widths written "100-100") or "dtype"
-    (a NumPy floating dtype name). An "int" parameter with a ``fraction`` domain also
-    takes real numbers in that domain (pca_components: 20 directions, or 0.95 of the
-    variance); ``for_value`` picks the domain that applies.
-    """
-
-    kind: str
-    low: float | None = None
-    high: float | None = None
-    low_open: bool = False
-    high_open: bool = False
-    registry: Mapping[str, Any] | None = field(default=None, repr=False)
-    fraction: ParamInfo | None = None
-    help: str = ""
-
-    def for_value(self, value: Any) -> ParamInfo:
-        """The domain for ``value`` (a value or a spec): the fraction domain for a real
-        number or FloatRange of a count-or-fraction parameter, else this one."""
-        if self.fraction is not None and isinstance(value, (float, np.floating, FloatRange)):
-            return self.fraction
-        return self
-
-    @property
-    def numeric(self) -> bool:
-        return self.kind in ("float", "int")
-
-    def allowed(self) -> list[str]:
-        """The allowed values of a "name" or "dtype" parameter."""
-        if self.kind == "name":
-            return list(self.registry or ())
-        if self.kind == "dtype":
-            return list(_FLOAT_DTYPES)
-        return []
-
-    def domain(self) -> str:
-        """The numeric domain in words: ``> 0``, ``in [0, 1)``, ``>= 1``."""
-        lo, hi = self.low, self.high
-        if lo is not None and hi is not None:
-            return f"in {'(' if self.low_open else '['}{_fmt(lo)}, {_fmt(hi)}{')' if self.high_open else ']'}"
-        if lo is not None:
-            return f"{'>' if self.low_open else '>='} {_fmt(lo)}"
-        if hi is not None:
-            return f"{'<' if self.high_open else '<='} {_fmt(hi)}"
-        return "any number"
-
-    def in_domain(self, x: float) -> bool:
-        if self.low is not None and (x <= self.low if self.low_open else x < self.low):
-            return False
-        if self.high is not None and (x >= self.high if self.high_open else x > self.high):
-            return False
-        return True
-
-
-# The trainer's dtypes (workers.train.DTYPES, which this module may not import: it would
-# pull the training engine into every space parse); a test keeps the two equal.
-_FLOAT_DTYPES = ("float32", "float64")
-
-PARAMETERS: Mapping[str, ParamInfo] = MappingProxyType(
-    {
-        "learning_rate": ParamInfo("float", low=0.0, low_open=True, help="step size"),
-        "activation": ParamInfo("name", registry=ACTIVATIONS, help="hidden-layer nonlinearity"),
-        "initializer": ParamInfo("name", registry=INITIALIZERS, help="weight initialization"),
-        "batch_norm": ParamInfo("bool", help="batch normalization after each hidden affine layer"),
-        "hidden_sizes": ParamInfo("layers", help="hidden layer widths, e.g. 100-100"),
-        "leaky_slope": ParamInfo("float", low=0.0, high=1.0, high_open=True, help="leaky_relu negative slope"),
-        "elu_alpha": ParamInfo("float", low=0.0, low_open=True, help="elu saturation value"),
-        "maxout_k": ParamInfo("int", low=2, help="pieces per maxout unit"),
-        "init_std": ParamInfo("float", low=0.0, low_open=True, help="std of the 'small' initializer"),
-        "optimizer": ParamInfo("name", registry=OPTIMIZERS, help="update rule"),
-        "momentum": ParamInfo("float", low=0.0, high=1.0, high_open=True, help="momentum of the momentum and nesterov rules"),
-        "lr_decay": ParamInfo("float", low=0.0, high=1.0, low_open=True, help="learning rate factor per epoch"),
-        "weight_decay": ParamInfo("float", low=0.0, help="L2 regularization strength"),
-        "batch_size": ParamInfo("int", low=1, help="minibatch size"),
-        "preprocessing": ParamInfo("name", registry=PREPROCESSING, help="input preprocessing"),
-        "pca_components": ParamInfo(
-            "int", low=1, help="PCA directions kept (an int) or variance kept (a float)",
-            fraction=ParamInfo("float", low=0.0, high=1.0, low_open=True),
-        ),
-        "dtype": ParamInfo("dtype", help="floating dtype of the network"),
-    }
-)
-
-ALIASES: Mapping[str, str] = MappingProxyType(
-    {
-        "lr": "learning_rate",
-        "wd": "weight_decay",
-        "bn": "batch_norm",
-        "init": "initializer",
-        "act": "activation",
-        "bs": "batch_size",
-        "opt": "optimizer",
-    }
-)
+# The searchable knobs, in the knob table's order.
+PARAMETERS: Mapping[str, Knob] = MappingProxyType({n: k for n, k in KNOBS.items() if k.searched})
 
 # TrainConfig fields set by the campaign, not searched, with the reason shown to users.
 _NOT_SEARCHED = {
@@ -459,8 +362,7 @@ def resolve_name(name: str) -> str:
     """The canonical parameter name for ``name`` or an alias; SpaceError if unknown."""
     if not isinstance(name, str):
         raise SpaceError(f"a parameter name must be a string, got {name!r}")
-    key = name.strip()
-    key = ALIASES.get(key, key)
+    key = canonical_name(name) or name.strip()
     if key in PARAMETERS:
         return key
     if key in _NOT_SEARCHED:
@@ -519,7 +421,7 @@ def _normalized(name: str, spec: Any) -> ParamSpec:
 def _example(name: str) -> str:
     """Two valid choices of ``name`` as shorthand, for messages."""
     info = PARAMETERS[name]
-    if info.kind in ("name", "dtype"):
+    if info.kind == "name":
         return ",".join(info.allowed()[:2])
     if info.kind == "bool":
         return "true,false"
@@ -529,50 +431,30 @@ def _example(name: str) -> str:
 
 
 def _check_value(name: str, v: Any) -> None:
-    """Raise SpaceError unless ``v`` is a valid, correctly typed value of ``name``."""
-    info = PARAMETERS[name].for_value(v)
-    kind = info.kind
-    if kind == "float":
-        if not _is_real(v) or isinstance(v, int):
-            raise SpaceError(f"{name} must be a real number, got {v!r}")
-    elif kind == "int":
-        if not isinstance(v, int) or isinstance(v, bool):
-            raise SpaceError(f"{name} must be an integer, got {v!r}")
-    elif kind == "bool":
-        if not isinstance(v, bool):
-            raise SpaceError(f"{name} must be true or false, got {v!r}")
-        return
-    elif kind in ("name", "dtype"):
-        allowed = info.allowed()
-        if v not in allowed or not isinstance(v, str):
-            raise SpaceError(f"unknown {name} {v!r}; allowed: {', '.join(allowed)}")
-        return
-    elif kind == "layers":
-        _parse_layers(name, v)
-        return
-    if not info.in_domain(v):
-        raise SpaceError(f"{name} must be {info.domain()}, got {_fmt(v)}")
+    """Raise SpaceError unless ``v`` is a valid, correctly typed value of ``name`` (hidden
+    layer widths written as text, "100-100"; everything else as the knob checks it)."""
+    info = PARAMETERS[name]
+    with _knob_errors():
+        if info.kind == "layers":
+            parse_layers(name, v)
+        elif info.for_value(v).kind == "float" and isinstance(v, int):
+            raise KnobError(f"{name} must be a real number, got {v!r}")  # a choice is typed before it is checked
+        else:
+            info.check(v)
 
 
 def _parse_layers(name: str, v: Any) -> tuple[int, ...]:
-    """``"100-100"`` -> (100, 100); SpaceError unless every width is an integer >= 1."""
-    if not isinstance(v, str):
-        raise SpaceError(f"{name} must be widths joined by '-' such as '100-100', got {v!r}")
-    parts = v.split("-")
-    widths = []
-    for p in parts:
-        w = _as_int_text(p)
-        if w is None or w < 1:
-            raise SpaceError(f"{name} {v!r}: each layer width must be an integer >= 1 (e.g. '100-100')")
-        widths.append(w)
-    return tuple(widths)
+    with _knob_errors():
+        return parse_layers(name, v)
 
 
-def _as_int_text(text: str) -> int | None:
-    text = text.strip()
-    if not text or not (text.isdigit() or (text[0] in "+-" and text[1:].isdigit())):
-        return None
-    return int(text)
+@contextmanager
+def _knob_errors() -> Iterator[None]:
+    """A knob's one-line error, raised as this module's SpaceError."""
+    try:
+        yield
+    except KnobError as e:
+        raise SpaceError(str(e)) from None
 
 
 # ---------------------------------------------------------------------------
@@ -732,9 +614,6 @@ _RANGE_PREFIXES = {
     "int-log": (True, True),
 }
 
-_TRUE = ("true", "yes", "on", "1")
-_FALSE = ("false", "no", "off", "0")
-
 
 def parse_param(text: str) -> tuple[str, ParamSpec]:
     """``"lr=log:1e-6..1e-1"`` -> ("learning_rate", FloatRange(1e-6, 0.1, log=True)).
@@ -807,47 +686,19 @@ def _parse_range(name: str, info: ParamInfo, text: str) -> ParamSpec:
 
 
 def _parse_float(name: str, text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise SpaceError(f"{text.strip()!r} is not a number") from None
-    if not math.isfinite(v):
-        raise SpaceError(f"{text.strip()!r} is not a finite number")
-    return v
+    with _knob_errors():
+        return parse_float(name, text)
 
 
 def _parse_int(name: str, text: str) -> int:
-    iv = _as_int_text(text)
-    if iv is None:
-        # Accept an integral number written with an exponent ("1e3"), nothing else.
-        try:
-            iv = _as_int(float(text))
-        except ValueError:
-            iv = None
-    if iv is None:
-        raise SpaceError(f"{name} must be an integer, got {text.strip()!r}")
-    return iv
+    with _knob_errors():
+        return parse_int(name, text)
 
 
 def _parse_token(name: str, info: ParamInfo, token: str) -> ChoiceValue:
     """One choice written as text, typed as the parameter."""
-    if info.kind == "float":
-        return _parse_float(name, token)
-    if info.kind == "int":
-        if info.fraction is not None and _as_int_text(token) is None:
-            return _parse_float(name, token)  # "0.95": a fraction, not a count
-        return _parse_int(name, token)
-    if info.kind == "bool":
-        low = token.lower()
-        if low in _TRUE:
-            return True
-        if low in _FALSE:
-            return False
-        raise SpaceError(f"{name} must be true or false, got {token!r}")
-    if info.kind == "layers":
-        return "-".join(str(w) for w in _parse_layers(name, token))
-    _check_value(name, token)
-    return token
+    with _knob_errors():
+        return info.parse(token)
 
 
 def _typed_value(name: str, info: ParamInfo, v: Any) -> ChoiceValue:

@@ -33,9 +33,8 @@ from typing import Any, Callable
 
 import numpy as np
 
-from workers.data.preprocess import PREPROCESSING
-from workers.nn.activations import ACTIVATIONS, get_activation
-from workers.nn.initializers import INITIALIZERS
+from workers.knobs import DTYPES, KNOBS
+from workers.nn.activations import get_activation
 from workers.nn.model import (
     FastNetwork,
     NetworkSpec,
@@ -45,7 +44,6 @@ from workers.nn.model import (
     predict_scores,
     weight_names,
 )
-from workers.nn.optimizers import OPTIMIZERS
 
 __all__ = [
     "TrainConfig",
@@ -61,14 +59,9 @@ __all__ = [
     "HISTOGRAM_BINS",
 ]
 
-DTYPES = ("float32", "float64")
 DIVERGENCE_FACTOR = 3.0   # the lecture: stop when the loss exceeds 3x the initial loss
 PROBE_SIZE = 256          # training examples in the fixed diagnostics probe batch
 HISTOGRAM_BINS = 20
-
-
-def _bad(field_name: str, message: str) -> ValueError:
-    return ValueError(f"{field_name}: {message}")
 
 
 @dataclass(frozen=True)
@@ -80,88 +73,35 @@ class TrainConfig:
     std of the "small" initializer.  ``preprocessing`` / ``pca_components`` are applied
     by the caller, not by :func:`train`.
 
-    Invalid values raise ValueError with one line naming the field and what is allowed.
-
-    The defaults are those of ``hpo train``; every knob a search does not sample takes
-    them too.  The training ones (40 epochs of Adam at lr 1e-2 decaying 0.95 per epoch,
-    weight decay 1e-3, batch 64) were chosen by validation accuracy on digits splits
-    that the accuracy benchmark does not test on (see docs/benchmarks.md).
+    Each field is a knob of :data:`workers.knobs.KNOBS`, which declares its type,
+    default, bounds and help once; invalid values raise ValueError (a ``KnobError``) with
+    the one line the knob gives, e.g. ``momentum must be in [0, 1), got 1.5``.  The
+    defaults are those of ``hpo train``; every knob a search does not sample takes them too.
     """
 
-    hidden_sizes: tuple[int, ...] = (100, 100)
-    activation: str = "relu"
-    leaky_slope: float = 0.01
-    elu_alpha: float = 1.0
-    maxout_k: int = 2
-    initializer: str = "he"
-    init_std: float = 0.01
-    batch_norm: bool = True
-    optimizer: str = "adam"
-    learning_rate: float = 1e-2
-    momentum: float = 0.9
-    lr_decay: float = 0.95
-    weight_decay: float = 1e-3
-    epochs: int = 40
-    batch_size: int = 64
-    preprocessing: str = "standardize"
-    pca_components: float | int | None = None
-    seed: int = 0
-    dtype: str = "float32"
+    hidden_sizes: tuple[int, ...] = KNOBS["hidden_sizes"].default
+    activation: str = KNOBS["activation"].default
+    leaky_slope: float = KNOBS["leaky_slope"].default
+    elu_alpha: float = KNOBS["elu_alpha"].default
+    maxout_k: int = KNOBS["maxout_k"].default
+    initializer: str = KNOBS["initializer"].default
+    init_std: float = KNOBS["init_std"].default
+    batch_norm: bool = KNOBS["batch_norm"].default
+    optimizer: str = KNOBS["optimizer"].default
+    learning_rate: float = KNOBS["learning_rate"].default
+    momentum: float = KNOBS["momentum"].default
+    lr_decay: float = KNOBS["lr_decay"].default
+    weight_decay: float = KNOBS["weight_decay"].default
+    epochs: int = KNOBS["epochs"].default
+    batch_size: int = KNOBS["batch_size"].default
+    preprocessing: str = KNOBS["preprocessing"].default
+    pca_components: float | int | None = KNOBS["pca_components"].default
+    seed: int = KNOBS["seed"].default
+    dtype: str = KNOBS["dtype"].default
 
     def __post_init__(self) -> None:
-        sizes = self.hidden_sizes
-        if isinstance(sizes, (int, np.integer)) or isinstance(sizes, str):
-            raise _bad("hidden_sizes", f"expected a sequence of positive ints, got {sizes!r}")
-        sizes = tuple(sizes)
-        if not all(isinstance(h, (int, np.integer)) and not isinstance(h, bool) and h > 0 for h in sizes):
-            raise _bad("hidden_sizes", f"every size must be a positive int, got {list(sizes)}")
-        object.__setattr__(self, "hidden_sizes", tuple(int(h) for h in sizes))
-        for name, allowed in (
-            ("activation", ACTIVATIONS),
-            ("initializer", INITIALIZERS),
-            ("optimizer", OPTIMIZERS),
-            ("dtype", DTYPES),
-        ):
-            value = getattr(self, name)
-            if not isinstance(value, str) or value not in allowed:  # a list is no key (and unhashable)
-                raise _bad(name, f"unknown value {value!r}; allowed: {', '.join(allowed)}")
-        for name in ("epochs", "batch_size", "maxout_k"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-                raise _bad(name, f"must be a positive int, got {value!r}")
-            object.__setattr__(self, name, int(value))
-        if self.maxout_k < 2:
-            raise _bad("maxout_k", f"must be at least 2 pieces, got {self.maxout_k}")
-        positive = ("learning_rate", "init_std", "elu_alpha", "lr_decay")
-        non_negative = ("weight_decay", "leaky_slope", "momentum")
-        for name in positive + non_negative:
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float, np.floating, np.integer)):
-                raise _bad(name, f"must be a number, got {value!r}")
-            value = float(value)
-            if not math.isfinite(value) or value < 0 or (name in positive and value == 0):
-                kind = "positive" if name in positive else "non-negative"
-                raise _bad(name, f"must be a finite {kind} number, got {value!r}")
-            object.__setattr__(self, name, value)
-        for name in ("leaky_slope", "momentum"):
-            if getattr(self, name) >= 1:
-                raise _bad(name, f"must be in [0, 1), got {getattr(self, name)}")
-        if not isinstance(self.batch_norm, (bool, np.bool_)):
-            raise _bad("batch_norm", f"must be true or false, got {self.batch_norm!r}")
-        object.__setattr__(self, "batch_norm", bool(self.batch_norm))
-        if not isinstance(self.preprocessing, str) or self.preprocessing not in PREPROCESSING:
-            raise _bad("preprocessing", f"unknown value {self.preprocessing!r}; allowed: {', '.join(PREPROCESSING)}")
-        pca = self.pca_components
-        if pca is not None:
-            if isinstance(pca, bool) or not isinstance(pca, (int, float, np.integer, np.floating)):
-                raise _bad("pca_components", f"must be a positive int, a fraction in (0, 1] or null, got {pca!r}")
-            if isinstance(pca, (int, np.integer)) and pca < 1:
-                raise _bad("pca_components", f"a component count must be positive, got {pca}")
-            if isinstance(pca, (float, np.floating)) and not 0 < pca <= 1:
-                raise _bad("pca_components", f"a variance fraction must be in (0, 1], got {pca}")
-        if isinstance(self.seed, bool) or not isinstance(self.seed, (int, np.integer)) or self.seed < 0:
-            raise _bad("seed", f"must be a non-negative int, got {self.seed!r}")
-        object.__setattr__(self, "seed", int(self.seed))
+        for knob in KNOBS.values():  # one knob per field (a test checks it)
+            object.__setattr__(self, knob.name, knob.check(getattr(self, knob.name)))
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict of every field (hidden_sizes as a list)."""

@@ -1,0 +1,316 @@
+"""Every knob of a training run, declared once: type, default, bounds, aliases and help.
+
+``KNOBS`` holds one :class:`Knob` per ``TrainConfig`` field. What is derived from it:
+
+* ``TrainConfig`` takes its defaults from it and validates every field with
+  :meth:`Knob.check` (workers/train.py);
+* the search space's table of parameters is the searched knobs (``PARAMETERS`` in
+  workers/space.py), so a range or a choice is checked against the same bounds;
+* ``hpo train``'s options are built from it: name, aliases, type, default and help
+  (hpo/cli.py);
+* a parameter name typed anywhere (``--param``, a TOML space, ``hpo trials --where /
+  --sort / --columns``) is read with :func:`canonical_name`, the one alias rule.
+
+A bad value gives the same one line wherever it came from: ``momentum must be in
+[0, 1), got 1.5``.
+
+Defaults that belong to a network kernel (the Leaky ReLU slope, the ELU alpha, the maxout
+piece count, the momentum coefficient) are read from the ``workers.nn`` registries, not
+written again here. This module imports only NumPy, the standard library and the
+numerical core's registries, so the training loop may import it.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any
+
+import numpy as np
+
+from workers.data.preprocess import PREPROCESSING
+from workers.nn.activations import ACTIVATIONS
+from workers.nn.initializers import INITIALIZERS
+from workers.nn.optimizers import OPTIMIZERS
+
+__all__ = [
+    "ALIASES",
+    "DTYPES",
+    "KNOBS",
+    "MAXOUT_MIN_PIECES",
+    "Knob",
+    "KnobError",
+    "as_int",
+    "canonical_name",
+    "fmt_number",
+    "is_real",
+    "parse_layers",
+]
+
+DTYPES = ("float32", "float64")
+
+# Maxout with one piece is the identity, not a nonlinearity. The minimum belongs with the
+# maxout kernel in workers.nn.activations; it is declared here until that module exports it.
+MAXOUT_MIN_PIECES = 2
+
+_TRUE = ("true", "yes", "on", "1")
+_FALSE = ("false", "no", "off", "0")
+
+
+class KnobError(ValueError):
+    """A value outside a knob's domain: one line naming the knob, what it takes and what it got."""
+
+
+def fmt_number(x: float | int) -> str:
+    """A short number for messages and tables: 1e-06, 0.5, 10, 256."""
+    return f"{x:g}"
+
+
+def is_real(x: Any) -> bool:
+    """A real number (int or float, NumPy's too), not a bool."""
+    return isinstance(x, (int, float, np.integer, np.floating)) and not isinstance(x, (bool, np.bool_))
+
+
+def as_int(x: Any) -> int | None:
+    """x as an int if it is an integer or an integral float, else None (bools excluded)."""
+    if isinstance(x, (bool, np.bool_)):
+        return None
+    if isinstance(x, (int, np.integer)):
+        return int(x)
+    if isinstance(x, (float, np.floating)) and math.isfinite(x) and float(x).is_integer():
+        return int(x)
+    return None
+
+
+def int_text(text: str) -> int | None:
+    """``"64"`` or ``"-3"`` as an int; None for anything else (``"64.0"``, ``"1e3"``)."""
+    text = text.strip()
+    if not text or not (text.isdigit() or (text[0] in "+-" and text[1:].isdigit())):
+        return None
+    return int(text)
+
+
+def parse_layers(name: str, v: Any) -> tuple[int, ...]:
+    """``"100-100"`` -> (100, 100); KnobError unless every width is an integer >= 1."""
+    if not isinstance(v, str):
+        raise KnobError(f"{name} must be widths joined by '-' such as '100-100', got {v!r}")
+    widths = [int_text(p) for p in v.split("-")]
+    if any(w is None or w < 1 for w in widths):
+        raise KnobError(f"{name} {v!r}: each layer width must be an integer >= 1 (e.g. '100-100')")
+    return tuple(widths)
+
+
+@dataclass(frozen=True)
+class Knob:
+    """One ``TrainConfig`` field: what it accepts, its default and its help line.
+
+    ``kind`` is "float", "int" (numbers in a domain bounded by ``low`` / ``high``, each
+    excluded when ``low_open`` / ``high_open``; None means unbounded), "bool", "name"
+    (a key of ``registry``) or "layers" (hidden layer widths, written "100-100" as text).
+    An "int" knob with a ``fraction`` domain also takes real numbers in that domain
+    (pca_components: 20 directions, or 0.95 of the variance); ``for_value`` picks the
+    domain that applies. A knob whose default is None also takes None. ``searched`` is
+    False for the fields a campaign sets itself (epochs, seed).
+    """
+
+    name: str
+    kind: str
+    default: Any
+    help: str
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+    registry: Any = field(default=None, repr=False)
+    fraction: Knob | None = None
+    aliases: tuple[str, ...] = ()
+    searched: bool = True
+
+    # domains -------------------------------------------------------------------------
+    def for_value(self, value: Any) -> Knob:
+        """The domain for ``value`` (a value or a range with a ``low``): the fraction domain
+        for a real number or a real range of a count-or-fraction knob, else this one."""
+        if self.fraction is not None:
+            probe = getattr(value, "low", value)
+            if isinstance(probe, (float, np.floating)):
+                return self.fraction
+        return self
+
+    @property
+    def numeric(self) -> bool:
+        return self.kind in ("float", "int")
+
+    def allowed(self) -> list[str]:
+        """The allowed values of a "name" knob."""
+        return list(self.registry or ()) if self.kind == "name" else []
+
+    def domain(self) -> str:
+        """The numeric domain in words: ``> 0``, ``in [0, 1)``, ``>= 1``."""
+        lo, hi = self.low, self.high
+        if lo is not None and hi is not None:
+            return f"in {'(' if self.low_open else '['}{fmt_number(lo)}, {fmt_number(hi)}{')' if self.high_open else ']'}"
+        if lo is not None:
+            return f"{'>' if self.low_open else '>='} {fmt_number(lo)}"
+        if hi is not None:
+            return f"{'<' if self.high_open else '<='} {fmt_number(hi)}"
+        return "any number"
+
+    def in_domain(self, x: float) -> bool:
+        if self.low is not None and (x <= self.low if self.low_open else x < self.low):
+            return False
+        if self.high is not None and (x >= self.high if self.high_open else x > self.high):
+            return False
+        return True
+
+    # values --------------------------------------------------------------------------
+    def check(self, value: Any) -> Any:
+        """``value`` as a plain Python value of this knob (NumPy scalars unwrapped, an int
+        for a real knob made a float, hidden layer widths a tuple); KnobError if invalid."""
+        if value is None and self.default is None:
+            return None
+        if isinstance(value, np.generic):
+            value = value.item()
+        knob = self.for_value(value)
+        return getattr(knob, f"_check_{knob.kind}")(value)
+
+    def _check_float(self, v: Any) -> float:
+        if not is_real(v):
+            raise KnobError(f"{self.name} must be a real number, got {v!r}")
+        return self._in_bounds(float(v))
+
+    def _check_int(self, v: Any) -> int:
+        if not isinstance(v, int) or isinstance(v, bool):
+            raise KnobError(f"{self.name} must be an integer, got {v!r}")
+        return self._in_bounds(v)
+
+    def _in_bounds(self, v: float | int) -> float | int:
+        if not math.isfinite(v):
+            raise KnobError(f"{self.name} must be a finite number, got {v!r}")
+        if not self.in_domain(v):
+            raise KnobError(f"{self.name} must be {self.domain()}, got {fmt_number(v)}")
+        return v
+
+    def _check_bool(self, v: Any) -> bool:
+        if not isinstance(v, bool):
+            raise KnobError(f"{self.name} must be true or false, got {v!r}")
+        return v
+
+    def _check_name(self, v: Any) -> str:
+        allowed = self.allowed()
+        if not isinstance(v, str) or v not in allowed:  # a list is no key (and unhashable)
+            raise KnobError(f"unknown {self.name} {v!r}; allowed: {', '.join(allowed)}")
+        return v
+
+    def _check_layers(self, v: Any) -> tuple[int, ...]:
+        try:
+            widths = list(v) if not isinstance(v, (str, bytes)) else None  # text is parse()'s
+        except TypeError:  # a number is not a list of widths
+            widths = None
+        if widths is None:
+            raise KnobError(f"{self.name} must be a list of layer widths such as [100, 100], got {v!r}")
+        if not all(isinstance(w, (int, np.integer)) and not isinstance(w, (bool, np.bool_)) and w >= 1 for w in widths):
+            raise KnobError(f"{self.name} {widths}: each layer width must be an integer >= 1")
+        return tuple(int(w) for w in widths)
+
+    def parse(self, text: str) -> Any:
+        """One value of this knob written as text (a ``--param`` choice, an ``hpo train``
+        option): ``"0.95"`` a float, ``"64"`` an int, ``"on"`` True, ``"100-100"`` widths."""
+        if self.kind == "float":
+            return parse_float(self.name, text)
+        if self.kind == "int":
+            if self.fraction is not None and int_text(text) is None:
+                return parse_float(self.name, text)  # "0.95": a fraction, not a count
+            return parse_int(self.name, text)
+        if self.kind == "bool":
+            word = text.strip().lower()
+            if word in _TRUE + _FALSE:
+                return word in _TRUE
+            raise KnobError(f"{self.name} must be true or false, got {text!r}")
+        if self.kind == "layers":
+            return "-".join(str(w) for w in parse_layers(self.name, text))
+        return self._check_name(text)
+
+
+def parse_float(name: str, text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise KnobError(f"{text.strip()!r} is not a number") from None
+    if not math.isfinite(v):
+        raise KnobError(f"{text.strip()!r} is not a finite number")
+    return v
+
+
+def parse_int(name: str, text: str) -> int:
+    iv = int_text(text)
+    if iv is None:
+        # Accept an integral number written with an exponent ("1e3"), nothing else.
+        try:
+            iv = as_int(float(text))
+        except ValueError:
+            iv = None
+    if iv is None:
+        raise KnobError(f"{name} must be an integer, got {text.strip()!r}")
+    return iv
+
+
+def _kernel_default(activation: str, keyword: str) -> Any:
+    """The default of an activation kernel's parameter, as its registry entry declares it."""
+    return ACTIVATIONS[activation].params[keyword]
+
+
+def _optimizer_default(optimizer: str, keyword: str) -> Any:
+    """The default of an update rule's parameter, as its class declares it."""
+    return inspect.signature(OPTIMIZERS[optimizer]).parameters[keyword].default
+
+
+def _table(*knobs: Knob) -> Mapping[str, Knob]:
+    return MappingProxyType({k.name: k for k in knobs})
+
+
+# The search parameters first, in the order tables list them, then the two a campaign
+# sets itself. The training defaults (40 epochs of Adam at lr 1e-2
+# decaying 0.95 per epoch, weight decay 1e-3, batch 64) were chosen by validation
+# accuracy on digits splits the accuracy benchmark does not test on (docs/benchmarks.md).
+KNOBS: Mapping[str, Knob] = _table(
+    Knob("learning_rate", "float", 1e-2, "Learning rate (step size).", low=0.0, low_open=True, aliases=("lr",)),
+    Knob("activation", "name", "relu", "Hidden-layer nonlinearity.", registry=ACTIVATIONS, aliases=("act",)),
+    Knob("initializer", "name", "he", "Weight initialization.", registry=INITIALIZERS, aliases=("init",)),
+    Knob("batch_norm", "bool", True, "Batch normalization after each hidden affine layer.", aliases=("bn",)),
+    Knob("hidden_sizes", "layers", (100, 100), "Hidden layer widths.", aliases=("hidden",)),
+    Knob("leaky_slope", "float", _kernel_default("leaky_relu", "slope"), "Slope of Leaky ReLU for x < 0.",
+         low=0.0, high=1.0, high_open=True),
+    Knob("elu_alpha", "float", _kernel_default("elu", "alpha"), "ELU's saturation value for x -> -inf.",
+         low=0.0, low_open=True),
+    Knob("maxout_k", "int", _kernel_default("maxout", "k"), "Pieces per Maxout unit.", low=MAXOUT_MIN_PIECES),
+    Knob("init_std", "float", 0.01, "Std of the 'small' initializer.", low=0.0, low_open=True),
+    Knob("optimizer", "name", "adam", "Update rule.", registry=OPTIMIZERS, aliases=("opt",)),
+    Knob("momentum", "float", _optimizer_default("momentum", "momentum"),
+         "Momentum of the momentum and nesterov rules (adam uses its own beta1).", low=0.0, high=1.0, high_open=True),
+    Knob("lr_decay", "float", 0.95, "Learning rate multiplier after each epoch.", low=0.0, high=1.0, low_open=True),
+    Knob("weight_decay", "float", 1e-3, "L2 penalty on weights.", low=0.0, aliases=("wd",)),
+    Knob("batch_size", "int", 64, "Minibatch size.", low=1, aliases=("bs",)),
+    Knob("preprocessing", "name", "standardize", "Input preprocessing, fitted on the training split.",
+         registry=PREPROCESSING),
+    Knob("pca_components", "int", None,
+         "PCA / whitening: directions kept (an integer such as 20) or the fraction of variance kept (such as 0.95).",
+         low=1, fraction=Knob("pca_components", "float", None, "", low=0.0, high=1.0, low_open=True)),
+    Knob("dtype", "name", "float32", "Floating dtype of the network.", registry=DTYPES),
+    Knob("epochs", "int", 40, "Passes over the training data.", low=1, searched=False),
+    Knob("seed", "int", 0, "Seed of initialization and shuffling.", low=0, searched=False),
+)
+
+ALIASES: Mapping[str, str] = MappingProxyType({a: k.name for k in KNOBS.values() for a in k.aliases})
+
+
+def canonical_name(name: Any) -> str | None:
+    """The knob ``name`` stands for, itself or through its alias (``lr`` -> learning_rate);
+    None when it names no knob. The one alias rule, for every place a user types a name."""
+    if not isinstance(name, str):
+        return None
+    key = name.strip()
+    key = ALIASES.get(key, key)
+    return key if key in KNOBS else None
