@@ -39,8 +39,9 @@ Everything else (studies, other trials, stale-trial detection) goes to the wrapp
 The wrapped ``RDBStorage`` is ``_backend`` (as in Optuna's own cache), and ``engine`` is its
 engine, so helpers written for either keep working.
 
-Optuna's private names this module uses, and why (``tests/test_worker_storage_contract.py``
-runs Optuna's own storage tests against this storage, so a change in any of them fails there):
+Optuna's private names this module uses, and why. ``tests/test_worker_storage_contract.py``
+runs Optuna's own storage tests, and Optuna's ``fail_stale_trials``, against this storage, so
+a change in any of them fails there:
 
 * ``optuna.storages._rdb.models``: the value encodings ``RDBStorage`` writes (infinities as
   a type column beside the float: ``TrialValueModel.value_to_stored_repr`` /
@@ -49,8 +50,8 @@ runs Optuna's own storage tests against this storage, so a change in any of them
   ``TrialIntermediateValueType``), so the rows written here are the rows Optuna writes;
 * ``optuna.storages._heartbeat.BaseHeartbeat``: the base Optuna's ``fail_stale_trials`` and
   ``study.optimize`` look for (``isinstance``) to find a storage with heartbeats;
-* ``BaseHeartbeat._get_stale_trial_ids`` (implemented here, passed to
-  ``RDBStorage._get_stale_trial_ids``): what ``fail_stale_trials`` calls;
+* ``BaseHeartbeat._get_stale_trial_ids``: what ``fail_stale_trials`` calls; implemented here by
+  calling the wrapped ``RDBStorage._get_stale_trial_ids``;
 * ``FrozenTrial._trial_id``: a trial's storage id, which every storage reads and sets (Optuna
   has no public name for it);
 * ``optuna.study._frozen.FrozenStudy``: the type ``get_all_studies`` returns (type hints only).
@@ -797,11 +798,12 @@ class WorkerStorage(BaseStorage, BaseHeartbeat):
         """The parameter's distribution as this worker knows it: the snapshot's, or one of its
         own trials' in the study (caller holds the lock)."""
         snap = self._snapshots.get(study_id)
-        known = snap.distributions.get(param_name) if snap is not None else None
-        for own in self._own.values() if known is None else ():
+        if snap is not None and param_name in snap.distributions:
+            return snap.distributions[param_name]
+        for own in self._own.values():
             if own.study_id == study_id and param_name in own.trial.distributions:
                 return own.trial.distributions[param_name]
-        return known
+        return None
 
     def _stored_distribution(self, study_id: int, param_name: str) -> distributions.BaseDistribution | None:
         """The parameter's distribution in any trial of the study in the database (the query

@@ -10,6 +10,7 @@ import pickle
 
 import optuna
 import pytest
+import sqlalchemy
 from optuna.distributions import CategoricalDistribution, FloatDistribution
 from optuna.study import StudyDirection
 from optuna.testing.pytest_storages import StorageTestCase
@@ -147,4 +148,22 @@ def test_equal_choices_of_other_types_keep_their_own_distribution(storage, first
     for trial_id, choices in zip(written, (first, then)):
         stored = other.get_trial(trial_id).distributions["c"].choices
         assert [type(c) for c in stored] == [type(c) for c in choices], (stored, choices)
+    other.engine.dispose()
+
+
+@pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")
+def test_optuna_fails_a_stale_trial_through_it_and_queues_its_retry(storage):
+    """The heartbeat half of the contract, which Optuna reaches through private names
+    (``BaseHeartbeat``, ``_get_stale_trial_ids``): a trial whose beat is old is failed and
+    retried by Optuna's own ``fail_stale_trials``."""
+    study = optuna.create_study(storage=storage)
+    trial_id = storage.create_new_trial(study._study_id)
+    storage.record_heartbeat(trial_id)
+    with storage.engine.begin() as conn:
+        conn.execute(sqlalchemy.text("UPDATE trial_heartbeats SET heartbeat = heartbeat - INTERVAL '1 hour'")
+                     if storage.postgres else
+                     sqlalchemy.text("UPDATE trial_heartbeats SET heartbeat = datetime(heartbeat, '-1 hour')"))
+    optuna.storages.fail_stale_trials(study)
+    other = _plain(storage)
+    assert [t.state for t in other.get_all_trials(study._study_id)] == [TrialState.FAIL, TrialState.WAITING]
     other.engine.dispose()
