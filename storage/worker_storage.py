@@ -38,6 +38,26 @@ Optuna and optuna-dashboard read what it writes as if Optuna had written it) and
 Everything else (studies, other trials, stale-trial detection) goes to the wrapped storage.
 The wrapped ``RDBStorage`` is ``_backend`` (as in Optuna's own cache), and ``engine`` is its
 engine, so helpers written for either keep working.
+
+Optuna's private names this module uses, and why. ``tests/test_worker_storage_contract.py``
+runs Optuna's own storage tests, and Optuna's ``fail_stale_trials``, against this storage, so
+a change in any of them fails there:
+
+* ``optuna.storages._rdb.models``: the value encodings ``RDBStorage`` writes (infinities as
+  a type column beside the float: ``TrialValueModel.value_to_stored_repr`` /
+  ``stored_repr_to_value``, ``TrialIntermediateValueModel.intermediate_value_to_stored_repr`` /
+  ``stored_repr_to_intermediate_value`` and their ``TrialValueType`` /
+  ``TrialIntermediateValueType``), so the rows written here are the rows Optuna writes;
+* ``optuna.storages._heartbeat.BaseHeartbeat``: the base Optuna's ``fail_stale_trials`` and
+  ``study.optimize`` look for (``isinstance``) to find a storage with heartbeats;
+* ``BaseHeartbeat._get_stale_trial_ids``: what ``fail_stale_trials`` calls; implemented here by
+  calling the wrapped ``RDBStorage._get_stale_trial_ids``;
+* ``FrozenTrial._trial_id``: a trial's storage id, which every storage reads and sets (Optuna
+  has no public name for it);
+* ``optuna.study._frozen.FrozenStudy``: the type ``get_all_studies`` returns (type hints only).
+
+``StudyDirection`` is Optuna's public ``optuna.study.StudyDirection``. ``_backend`` is this
+class's own attribute (named as in Optuna's ``_CachedStorage``), not a read of Optuna's.
 """
 
 from __future__ import annotations
@@ -53,7 +73,7 @@ import threading
 import time
 from collections.abc import Container, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import optuna
 import sqlalchemy
@@ -61,9 +81,11 @@ from optuna import distributions
 from optuna.storages import BaseStorage, RDBStorage
 from optuna.storages._heartbeat import BaseHeartbeat
 from optuna.storages._rdb import models
-from optuna.study._frozen import FrozenStudy
-from optuna.study._study_direction import StudyDirection
+from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
+
+if TYPE_CHECKING:
+    from optuna.study._frozen import FrozenStudy
 
 _VALUE_TYPE = models.TrialValueModel.TrialValueType
 _INTERMEDIATE_TYPE = models.TrialIntermediateValueModel.TrialIntermediateValueType
@@ -159,12 +181,10 @@ class _Statements:
 
 @functools.lru_cache(maxsize=256)
 def _distribution(text: str) -> distributions.BaseDistribution:
+    """A stored distribution, parsed once per text (a sync reads the same few texts for every
+    trial). The other way round is not cached: distributions compare equal across choice types
+    (``(1, 2) == (1.0, 2.0)``, ``(True, False) == (1, 0)``) where their JSON differs."""
     return distributions.json_to_distribution(text)
-
-
-@functools.lru_cache(maxsize=256)
-def _distribution_json(dist: distributions.BaseDistribution) -> str:
-    return distributions.distribution_to_json(dist)
 
 
 def _local(utc: datetime.datetime | str | None) -> datetime.datetime | None:
@@ -252,13 +272,43 @@ class WorkerStorage(BaseStorage, BaseHeartbeat):
 
     ``flush_seconds``: how long a RUNNING trial's intermediate values and attrs may wait in
     memory, and how stale the snapshot may get while a trial trains.
+
+    It keeps Optuna's storage contract (``optuna.testing.pytest_storages.StorageTestCase``)
+    but for what the speed rests on, each skipped there with its reason:
+
+    * **reads reflect the last sync**: ``get_all_trials``, ``get_n_trials`` and
+      ``get_best_trial`` return the study as of the last :meth:`sync` (the first read of a
+      study syncs it). A trial created since, by this storage or any other, is not in them
+      until the next sync; the worker syncs once per trial, under its claim lock.
+
+    The worker's own trial is written in batches, yet reads of it (``get_trial``) see every
+    write at once; a parameter's distribution is checked against the study's as
+    ``RDBStorage`` checks it, and that the trial is still RUNNING when the batch is written
+    (``UpdateFinishedTrialError`` then). Names and directions of studies are read once and
+    forgotten when this storage deletes the study. A pickled copy is a new storage on the
+    same database (see :meth:`__getstate__`).
     """
 
     def __init__(self, backend: RDBStorage, *, flush_seconds: float = 5.0, rescan_seconds: float = 10.0) -> None:
         self._backend = backend
-        self.engine: sqlalchemy.Engine = backend.engine
         self.flush_seconds = flush_seconds
         self.rescan_seconds = rescan_seconds
+        self._start()
+
+    def __getstate__(self) -> dict[str, Any]:
+        """What a copy needs: the wrapped storage (which pickles without its engine, as
+        ``RDBStorage`` does) and the settings. The copy is a new storage on the same database:
+        no snapshot, no kept connection, and no trial of its own (what the original holds
+        unwritten stays with the original)."""
+        return {"_backend": self._backend, "flush_seconds": self.flush_seconds, "rescan_seconds": self.rescan_seconds}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._start()
+
+    def _start(self) -> None:
+        """The state a new storage starts with (on creation and on unpickling)."""
+        self.engine: sqlalchemy.Engine = self._backend.engine
         self._lock = threading.RLock()
         self._local = threading.local()  # per thread: its kept connection, the batch's connection
         self._held: list[sqlalchemy.Connection] = []
@@ -405,6 +455,8 @@ class WorkerStorage(BaseStorage, BaseHeartbeat):
             params["unfinished"] = unfinished
         with self._connection() as conn:
             rows = conn.execute(query, params).all()
+            if last_id < 0 and not rows:
+                self._check_study(conn, study_id)
             with self._lock:
                 # A trial's record changes only while it runs (reports, attrs) and when its state
                 # does: a queued (WAITING) trial is written whole when it is queued.
@@ -424,6 +476,15 @@ class WorkerStorage(BaseStorage, BaseHeartbeat):
             snap.synced_at = time.monotonic()
             if rescan:
                 snap.rescanned_at = snap.synced_at
+
+    def _check_study(self, conn: sqlalchemy.Connection, study_id: int) -> None:
+        """Raise ``KeyError`` (and forget the snapshot begun) if the study does not exist: asked
+        only when a first sync finds no trial (a trial's row proves its study)."""
+        query = self._sql.text("SELECT study_id FROM studies WHERE study_id = :id")
+        if conn.execute(query, {"id": study_id}).first() is None:
+            with self._lock:
+                self._snapshots.pop(study_id, None)
+            raise KeyError(f"No study with study_id {study_id} exists.")
 
     def count_states(self, study_id: int) -> dict[str, int]:
         """Trials per state as of the last :meth:`sync` (``{"COMPLETE": 12, ...}``)."""
@@ -719,16 +780,39 @@ class WorkerStorage(BaseStorage, BaseHeartbeat):
                         distribution: distributions.BaseDistribution) -> None:
         with self._lock:
             own = self._own.get(trial_id)
-            if own is not None:
-                snap = self._snapshots.get(own.study_id)
-                known = snap.distributions.get(param_name) if snap else None
-                if known is not None:
-                    distributions.check_distribution_compatibility(known, distribution)
-                own.params[param_name] = (param_value_internal, _distribution_json(distribution))
-                own.trial.params[param_name] = distribution.to_external_repr(param_value_internal)
-                own.trial.distributions[param_name] = distribution
-                return
-        self._backend.set_trial_param(trial_id, param_name, param_value_internal, distribution)
+            known = self._known_distribution(own.study_id, param_name) if own is not None else None
+        if own is None:
+            self._backend.set_trial_param(trial_id, param_name, param_value_internal, distribution)
+            return
+        if known is None:
+            known = self._stored_distribution(own.study_id, param_name)
+        if known is not None:  # as RDBStorage: against the parameter's distribution in the study
+            distributions.check_distribution_compatibility(known, distribution)
+        text = distributions.distribution_to_json(distribution)
+        with self._lock:
+            own.params[param_name] = (param_value_internal, text)
+            own.trial.params[param_name] = distribution.to_external_repr(param_value_internal)
+            own.trial.distributions[param_name] = distribution
+
+    def _known_distribution(self, study_id: int, param_name: str) -> distributions.BaseDistribution | None:
+        """The parameter's distribution as this worker knows it: the snapshot's, or one of its
+        own trials' in the study (caller holds the lock)."""
+        snap = self._snapshots.get(study_id)
+        if snap is not None and param_name in snap.distributions:
+            return snap.distributions[param_name]
+        for own in self._own.values():
+            if own.study_id == study_id and param_name in own.trial.distributions:
+                return own.trial.distributions[param_name]
+        return None
+
+    def _stored_distribution(self, study_id: int, param_name: str) -> distributions.BaseDistribution | None:
+        """The parameter's distribution in any trial of the study in the database (the query
+        ``RDBStorage`` makes): asked only for a name no trial read or owned here has yet."""
+        query = self._sql.text("SELECT p.distribution_json FROM trial_params p JOIN trials t ON t.trial_id = p.trial_id "
+                               "WHERE t.study_id = :study_id AND p.param_name = :name LIMIT 1")
+        with self._connection() as conn:
+            text = conn.execute(query, {"study_id": study_id, "name": param_name}).scalar()
+        return _distribution(text) if text is not None else None
 
     def set_trial_intermediate_value(self, trial_id: int, step: int, intermediate_value: float) -> None:
         with self._lock:
@@ -837,12 +921,19 @@ class WorkerStorage(BaseStorage, BaseHeartbeat):
 
     # -- BaseStorage: studies (the wrapped storage's) -------------------------------------------
     def create_new_study(self, directions: Sequence[StudyDirection], study_name: str | None = None) -> int:
-        return self._backend.create_new_study(directions, study_name)
+        study_id = self._backend.create_new_study(directions, study_name)
+        self._forget_study(study_id)  # SQLite gives a deleted study's id to the next study
+        return study_id
 
     def delete_study(self, study_id: int) -> None:
+        self._forget_study(study_id)
+        self._backend.delete_study(study_id)
+
+    def _forget_study(self, study_id: int) -> None:
         with self._lock:
             self._snapshots.pop(study_id, None)
-        self._backend.delete_study(study_id)
+            self._names.pop(study_id, None)
+            self._directions.pop(study_id, None)
 
     def set_study_user_attr(self, study_id: int, key: str, value: Any) -> None:
         self._backend.set_study_user_attr(study_id, key, value)
