@@ -84,6 +84,8 @@ from optuna.storages._rdb import models
 from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
+from storage.records import state_name
+
 if TYPE_CHECKING:
     from optuna.study._frozen import FrozenStudy
 
@@ -464,7 +466,7 @@ class WorkerStorage(BaseStorage, BaseHeartbeat):
                     r for r in rows
                     if (old := snap.by_id.get(r[0])) is None
                     or old.state == TrialState.RUNNING
-                    or old.state.name != _state_name(r[2])
+                    or old.state.name != state_name(r[2])
                 ]
             details = self._details(conn, [r[0] for r in changed], study_id if last_id < 0 else None)
         trials = [self._frozen(r, details.get(r[0])) for r in changed]
@@ -561,7 +563,7 @@ class WorkerStorage(BaseStorage, BaseHeartbeat):
                 values[int(n)] = models.TrialValueModel.stored_repr_to_value(num, _VALUE_TYPE[key])
         return FrozenTrial(
             number=number,
-            state=TrialState[_state_name(state)],
+            state=TrialState[state_name(state)],
             value=None,
             values=[values[k] for k in sorted(values)] if values else None,
             datetime_start=_local(start),
@@ -670,7 +672,7 @@ class WorkerStorage(BaseStorage, BaseHeartbeat):
 
     def _refuse(self, conn: sqlalchemy.Connection, trial_id: int) -> None:
         state = conn.execute(self._sql.text("SELECT state FROM trials WHERE trial_id = :id"), {"id": trial_id}).scalar()
-        state = TrialState[_state_name(state)] if state is not None else None
+        state = TrialState[state_name(state)] if state is not None else None
         with self._lock:
             own = self._own.pop(trial_id, None)
         number = own.trial.number if own is not None else trial_id
@@ -871,7 +873,7 @@ class WorkerStorage(BaseStorage, BaseHeartbeat):
                                      {"id": trial_id}).scalar()
                 if state is None:
                     raise KeyError(f"No trial with trial_id {trial_id} exists.")
-                if TrialState[_state_name(state)].is_finished():
+                if TrialState[state_name(state)].is_finished():
                     raise optuna.exceptions.UpdateFinishedTrialError(
                         f"Trial#{trial_id} has already finished and can not be updated.")
                 return False
@@ -996,9 +998,4 @@ def _copy(trial: FrozenTrial) -> FrozenTrial:
     twin.system_attrs = dict(trial.system_attrs)
     twin.intermediate_values = dict(trial.intermediate_values)
     return twin
-
-
-def _state_name(state: Any) -> str:
-    """A state as the database returned it (an enum or its name) -> the name."""
-    return state.name if isinstance(state, TrialState) else str(state).removeprefix("TrialState.")
 

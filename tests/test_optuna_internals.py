@@ -158,6 +158,42 @@ def _():
     assert [t.value for t in trials] == [1.0] and isinstance(trials[0], FrozenTrial)
 
 
+# -- storage/worker_storage.py -----------------------------------------------------------------
+@private("optuna.storages._rdb.models (TrialValueModel, TrialIntermediateValueModel value encodings)",
+         "storage/worker_storage.py: writes the rows RDBStorage writes")
+def _():
+    from optuna.storages._rdb import models
+
+    for value in (0.5, float("inf"), float("-inf")):
+        stored, kind = models.TrialValueModel.value_to_stored_repr(value)
+        assert kind in models.TrialValueModel.TrialValueType
+        assert models.TrialValueModel.stored_repr_to_value(stored, kind) == value
+    for value in (0.5, float("inf"), float("-inf"), float("nan")):
+        stored, kind = models.TrialIntermediateValueModel.intermediate_value_to_stored_repr(value)
+        assert kind in models.TrialIntermediateValueModel.TrialIntermediateValueType
+        back = models.TrialIntermediateValueModel.stored_repr_to_intermediate_value(stored, kind)
+        assert back == value or (back != back and value != value)
+
+
+@private("optuna.storages._heartbeat.BaseHeartbeat (and its _get_stale_trial_ids)",
+         "storage/worker_storage.py: what fail_stale_trials and study.optimize look for")
+def _():
+    from optuna.storages._heartbeat import BaseHeartbeat
+
+    assert issubclass(RDBStorage, BaseHeartbeat)
+    assert params_of(BaseHeartbeat._get_stale_trial_ids) == ["study_id"]
+    assert {"record_heartbeat", "get_heartbeat_interval", "get_failed_trial_callback"} <= set(dir(BaseHeartbeat))
+
+
+@private("optuna.study._frozen.FrozenStudy", "storage/worker_storage.py: the type get_all_studies returns")
+def _(sqlite_url):
+    from optuna.study._frozen import FrozenStudy
+
+    quiet_study(storage=sqlite_url, study_name="s")
+    (frozen,) = RDBStorage(sqlite_url).get_all_studies()
+    assert isinstance(frozen, FrozenStudy)
+
+
 # -- the runner --------------------------------------------------------------------------------
 @pytest.mark.parametrize("name, used_by, check", CHECKS, ids=[name for name, _, _ in CHECKS])
 def test_private_optuna_api(name, used_by, check, request):
