@@ -1,10 +1,19 @@
-"""Layer-level tests: numerical gradient checks of every forward/backward pair, batch-norm
-behaviour, the stability of the softmax loss, dtype preservation, the activation registry."""
+"""Layer-level tests: numerical gradient checks of every forward/backward pair, each
+activation's fast kernel against its pair (a maxout tie included), batch-norm behaviour,
+the stability of the softmax loss, dtype preservation, the activation registry."""
+
+import inspect
 
 import numpy as np
 import pytest
 
-from workers.nn.activations import ACTIVATIONS, get_activation
+from workers.nn.activations import (
+    ACTIVATIONS,
+    MAXOUT_MIN_PIECES,
+    activation_kwargs,
+    config_default,
+    get_activation,
+)
 from workers.nn.gradcheck import numerical_gradient, numerical_gradient_array, relative_error
 from workers.nn.layers import (
     BNState,
@@ -135,6 +144,67 @@ def test_dead_fraction_counts_units_inactive_on_every_example():
     # column 0 and column 3 never positive
     assert relu.dead_fraction(x, out) == pytest.approx(0.5)
     assert relu.saturated_fraction(out) is None
+
+
+def _kernel_case(rng, name, params, n=5, units=3):
+    act = ACTIVATIONS[name]
+    kwargs = {**act.params, **params}
+    width = units * act.columns_per_unit(kwargs)
+    kernel = act.make_kernel(n, width, units, np.float64, kwargs)
+    return act, kwargs, kernel, rng.standard_normal((n, width))
+
+
+@pytest.mark.parametrize("name,params", ACTIVATION_CASES)
+def test_kernel_computes_what_the_pure_pair_computes(rng, name, params):
+    act, kwargs, kernel, z = _kernel_case(rng, name, params)
+    expected, cache = act.forward(z, **kwargs)
+    np.testing.assert_allclose(kernel.forward(z), expected, rtol=1e-14, atol=1e-15)
+    da = rng.standard_normal(expected.shape)
+    np.testing.assert_allclose(kernel.backward(da), act.backward(da, cache), rtol=1e-14, atol=1e-15)
+
+
+@pytest.mark.parametrize("k", [2, 3])
+def test_maxout_kernel_at_an_exact_tie_gives_the_gradient_to_the_first_piece(rng, k):
+    act, kwargs, kernel, z = _kernel_case(rng, "maxout", {"k": k}, n=4, units=3)
+    units = 3
+    z[:, units:2 * units] = z[:, :units]          # pieces 0 and 1 tie everywhere,
+    for piece in range(2, k):                      # the others lose,
+        z[:, piece * units:(piece + 1) * units] = z[:, :units] - 1.0
+    z[0, (k - 1) * units] = z[0, 0] + 10.0         # but unit 0 of row 0: the last piece wins
+    expected, cache = act.forward(z, **kwargs)
+    np.testing.assert_array_equal(kernel.forward(z), expected)
+    da = rng.standard_normal(expected.shape)
+    dz = kernel.backward(da)
+    np.testing.assert_array_equal(dz, act.backward(da, cache))
+    np.testing.assert_array_equal(dz[1:, units:], 0.0)     # the tied second piece: nothing
+    np.testing.assert_array_equal(dz[1:, :units], da[1:])  # the first: all of it
+    assert dz[0, (k - 1) * units] == da[0, 0] and dz[0, 0] == 0.0
+
+
+def test_each_registry_entry_declares_its_parameters_once():
+    for act in ACTIVATIONS.values():
+        # the pure forward and the kernel take exactly the declared keywords, with the
+        # registry's defaults
+        forward_params = list(inspect.signature(act.forward).parameters.values())[1:]
+        assert {p.name: p.default for p in forward_params} == act.params, act.name
+        kernel_params = list(inspect.signature(act.kernel).parameters.values())[4:]
+        assert {p.name: p.default for p in kernel_params} == act.params, act.name
+        assert set(act.config_fields.values()) == set(act.params), act.name
+        assert set(act.checks) <= set(act.params) and (act.pieces is None or act.pieces in act.params)
+    assert config_default("leaky_slope") == ACTIVATIONS["leaky_relu"].params["slope"]
+    assert config_default("maxout_k") == ACTIVATIONS["maxout"].params["k"] >= MAXOUT_MIN_PIECES
+
+
+def test_activation_kwargs_converts_checks_and_picks_the_chosen_activation():
+    fields = {"leaky_slope": 0.2, "elu_alpha": 2, "maxout_k": 3}
+    assert activation_kwargs("elu", fields) == {"alpha": 2.0}
+    assert activation_kwargs("maxout", fields) == {"k": 3}
+    assert activation_kwargs("tanh", fields) == {}
+    assert activation_kwargs("leaky_relu", {}) == {"slope": config_default("leaky_slope")}
+    with pytest.raises(ValueError, match=f"maxout_k must be at least {MAXOUT_MIN_PIECES} pieces"):
+        activation_kwargs("relu", {**fields, "maxout_k": MAXOUT_MIN_PIECES - 1})
+    with pytest.raises(ValueError, match=r"leaky_slope must be in \[0, 1\)"):
+        activation_kwargs("leaky_relu", {"leaky_slope": -0.1})
 
 
 def test_maxout_dead_fraction_counts_pieces_that_never_win():

@@ -1,25 +1,23 @@
-"""Whole-network tests: numerical gradient checks of the reference model over every
-activation x initializer x batch-norm combination, the fast engine against the reference,
-evaluation mode, dtypes."""
+"""Whole-network tests: numerical gradient checks of both the reference chain and the
+engine over every activation x initializer x batch-norm combination, the engine against
+the reference (training step, running statistics, probe, evaluation scores, maxout at a
+tie), dtypes, BLAS threads, and that only tests and gradient-check tooling import the
+reference."""
 
+import ast
 import itertools
+from pathlib import Path
 
 import numpy as np
 import pytest
+from threadpoolctl import threadpool_info
 
-from workers.nn.activations import ACTIVATIONS
+from workers.nn.activations import ACTIVATIONS, MAXOUT_MIN_PIECES
+from workers.nn.blas import blas_threads_for
 from workers.nn.gradcheck import numerical_gradient, relative_error
 from workers.nn.initializers import INITIALIZERS
-from workers.nn.model import (
-    FastNetwork,
-    NetworkSpec,
-    forward,
-    hidden_outputs,
-    init_network,
-    loss_and_grads,
-    predict_scores,
-    blas_threads_for,
-)
+from workers.nn.model import FastNetwork, NetworkSpec, init_network
+from workers.nn.reference import forward, hidden_outputs, loss_and_grads
 
 TOL = 1e-6
 COMBINATIONS = list(itertools.product(ACTIVATIONS, INITIALIZERS, [True, False]))
@@ -58,10 +56,10 @@ def test_model_gradients_match_numerical(activation, initializer, batch_norm):
         assert relative_error(grads[name], num, floor=floor) < TOL, name
 
 
-@pytest.mark.parametrize("activation,batch_norm", itertools.product(ACTIVATIONS, [True, False]))
+@pytest.mark.parametrize("activation,initializer,batch_norm", COMBINATIONS)
 @pytest.mark.parametrize("weight_decay", [0.0, 0.1])
-def test_fast_engine_equals_reference(activation, batch_norm, weight_decay):
-    spec, params, bn_state, X, y = make_case(activation, "xavier", batch_norm, hidden=(6, 5, 4), n=10)
+def test_fast_engine_equals_reference(activation, initializer, batch_norm, weight_decay):
+    spec, params, bn_state, X, y = make_case(activation, initializer, batch_norm, hidden=(6, 5, 4), n=10)
     ref_loss, ref_grads, ref_state = loss_and_grads(spec, params, bn_state, X, y, weight_decay=weight_decay)
     net = FastNetwork(spec, params, bn_state)
     loss = net.loss_and_grads(X, np.eye(3)[y], weight_decay)
@@ -75,15 +73,28 @@ def test_fast_engine_equals_reference(activation, batch_norm, weight_decay):
         np.testing.assert_array_equal(value, params[name])
 
 
-def test_fast_engine_gradients_match_numerical():
-    spec, params, bn_state, X, y = make_case("tanh", "he", True)
+@pytest.mark.parametrize("activation,initializer,batch_norm", COMBINATIONS)
+def test_fast_engine_gradients_match_numerical(activation, initializer, batch_norm):
+    spec, params, bn_state, X, y = make_case(activation, initializer, batch_norm)
     net = FastNetwork(spec, params, bn_state)
     onehot = np.eye(3)[y]
     net.loss_and_grads(X, onehot, 0.05)
     analytic = net.grad_flat.copy()
-    numeric = numerical_gradient(lambda: FastNetwork(spec, net.params, bn_state).loss_and_grads(X, onehot, 0.05),
-                                 net.param_flat)
-    assert relative_error(analytic, numeric) < TOL
+    # net.loss reads the perturbed param_flat in place and leaves the running statistics
+    numeric = numerical_gradient(lambda: net.loss(X, onehot, 0.05), net.param_flat)
+    floor = max(1e-3 * float(np.abs(numeric).max()), 1e-8)  # as in the reference's check
+    assert relative_error(analytic, numeric, floor=floor) < TOL
+
+
+def test_fast_loss_is_the_reference_loss_and_leaves_state_and_gradients():
+    spec, params, bn_state, X, y = make_case("elu", "he", True)
+    net = FastNetwork(spec, params, bn_state)
+    net.grad_flat[...] = 7.0
+    ref_loss, _, _ = loss_and_grads(spec, params, bn_state, X, y, weight_decay=0.1)
+    assert net.loss(X, np.eye(3)[y], 0.1) == pytest.approx(ref_loss, rel=1e-12)
+    assert np.all(net.grad_flat == 7.0)
+    for name, value in net.bn_state().items():
+        np.testing.assert_array_equal(value, bn_state[name])
 
 
 def test_fast_engine_handles_several_batch_sizes_and_no_hidden_layer():
@@ -121,12 +132,27 @@ def test_fast_engine_keeps_float32(activation):
 
 
 @pytest.mark.parametrize("activation,batch_norm", itertools.product(ACTIVATIONS, [True, False]))
-def test_predict_scores_equals_reference_evaluation_forward(activation, batch_norm):
-    spec, params, bn_state, X, _ = make_case(activation, "xavier", batch_norm)
+def test_scores_equal_reference_evaluation_forward(activation, batch_norm):
+    spec, params, bn_state, X, y = make_case(activation, "xavier", batch_norm)
     expected, _, new_state, _ = forward(spec, params, bn_state, X, training=False)
-    np.testing.assert_allclose(predict_scores(spec, params, bn_state, X), expected, rtol=1e-10, atol=1e-12)
+    net = FastNetwork(spec, params, bn_state)
+    np.testing.assert_allclose(net.scores(X), expected, rtol=1e-10, atol=1e-12)
     for name in bn_state:
         assert new_state[name] is bn_state[name]
+    # after a training step, with the running statistics it moved
+    net.loss_and_grads(X, np.eye(3)[y])
+    expected, _, _, _ = forward(spec, net.params_copy(), net.bn_state(), X, training=False)
+    np.testing.assert_allclose(net.scores(X), expected, rtol=1e-10, atol=1e-12)
+
+
+def test_scores_go_through_chunks_of_any_size(monkeypatch):
+    import workers.nn.model as model
+
+    spec, params, bn_state, X, _ = make_case("maxout", "he", True, n=11)
+    whole = FastNetwork(spec, params, bn_state).scores(X)
+    monkeypatch.setattr(model, "SCORE_CHUNK", 4)  # 4 + 4 + 3 rows
+    np.testing.assert_allclose(FastNetwork(spec, params, bn_state).scores(X), whole, rtol=1e-12)
+    assert FastNetwork(spec, params, bn_state).scores(X[:0]).shape == (0, 3)
 
 
 def test_forward_training_does_not_mutate_state():
@@ -151,12 +177,27 @@ def test_unknown_activation_is_rejected():
         NetworkSpec(3, (2,), 2, activation="gelu")
 
 
-def test_blas_threads_yields_a_thread_budget_and_blas_still_works():
+def blas_thread_counts():
+    return [info["num_threads"] for info in threadpool_info() if info["user_api"] == "blas"]
+
+
+def test_blas_threads_are_held_to_one_in_the_block_and_restored():
     spec = NetworkSpec(64, (100, 100), 10)
+    before = blas_thread_counts()
     with blas_threads_for(spec, 64) as threads:
-        assert threads >= 1
+        assert threads == max(1, min(before))
+        assert set(blas_thread_counts()) == {1}
         a = np.ones((64, 64), dtype=np.float32)
         assert float((a @ a)[0, 0]) == 64.0
+    assert blas_thread_counts() == before
+
+
+def test_blas_is_left_alone_for_large_products():
+    spec = NetworkSpec(100_000, (10_000,), 10)  # 2 * 64 * 1e5 * 1e4 flops > SINGLE_THREAD_MAX_FLOPS
+    before = blas_thread_counts()
+    with blas_threads_for(spec, 64) as threads:
+        assert threads == 1
+        assert blas_thread_counts() == before
 
 
 def test_two_threads_give_the_same_step_as_one():
@@ -186,8 +227,20 @@ def test_two_threads_give_the_same_step_as_one():
 
 
 def test_network_spec_rejects_bad_activation_parameters():
-    with pytest.raises(ValueError, match="leaky_slope"):
+    with pytest.raises(ValueError, match=r"leaky_slope must be in \[0, 1\), got 1.5"):
         NetworkSpec(3, (2,), 2, activation="leaky_relu", leaky_slope=1.5)
+    with pytest.raises(ValueError, match=f"maxout_k must be at least {MAXOUT_MIN_PIECES} pieces, got 1"):
+        NetworkSpec(3, (2,), 2, activation="maxout", maxout_k=MAXOUT_MIN_PIECES - 1)
+    assert NetworkSpec(3, (2,), 2, activation="maxout", maxout_k=MAXOUT_MIN_PIECES).pieces == MAXOUT_MIN_PIECES
+
+
+def test_network_spec_takes_its_defaults_and_parameters_from_the_registry():
+    spec = NetworkSpec(3, (2,), 2)
+    for activation in ACTIVATIONS.values():
+        for field_name, keyword in activation.config_fields.items():
+            assert getattr(spec, field_name) == activation.params[keyword]
+    assert NetworkSpec(3, (2,), 2, activation="elu", elu_alpha=0.5).activation_kwargs == {"alpha": 0.5}
+    assert NetworkSpec(3, (2,), 2, activation="relu").activation_kwargs == {}
 
 
 @pytest.mark.parametrize("activation,batch_norm", [("relu", True), ("maxout", True), ("tanh", False)])
@@ -201,3 +254,49 @@ def test_probe_matches_reference_and_leaves_running_statistics(activation, batch
         np.testing.assert_allclose(a, a_ref, rtol=1e-10, atol=1e-12)
     for name, value in net.bn_state().items():
         np.testing.assert_array_equal(value, before[name])
+
+
+@pytest.mark.parametrize("batch_norm", [True, False])
+def test_maxout_tie_gives_the_gradient_to_the_first_piece_as_the_reference(batch_norm):
+    """Pieces 0 and 1 of every unit have the same weights (and bias, gamma, beta): their
+    outputs tie exactly on every example.  The gradient goes to piece 0 only, as in the
+    reference (argmax) and PyTorch's max(dim); piece 1's columns get none."""
+    spec, params, bn_state, X, y = make_case("maxout", "he", batch_norm, hidden=(4, 3), n=10)
+    units = spec.hidden_sizes[0]
+    for name in ("W1", "b1", "gamma1", "beta1"):
+        if name in params:
+            params[name][..., units:] = params[name][..., :units]
+    if batch_norm:
+        for name in ("mean1", "var1"):
+            bn_state[name][units:] = bn_state[name][:units]
+    hidden = hidden_outputs(spec, params, bn_state, X)
+    z1 = hidden[0][0]
+    assert np.array_equal(z1[:, :units], z1[:, units:])  # an exact tie, in float64
+    _, ref_grads, _ = loss_and_grads(spec, params, bn_state, X, y)
+    net = FastNetwork(spec, params, bn_state)
+    net.loss_and_grads(X, np.eye(3)[y])
+    assert np.all(ref_grads["W1"][:, units:] == 0)
+    assert np.all(net.grads["W1"][:, units:] == 0)
+    for name in params:
+        # atol: with batch norm, beta1's gradient is 0 analytically (~1e-17 computed)
+        np.testing.assert_allclose(net.grads[name], ref_grads[name], rtol=1e-10, atol=1e-14, err_msg=name)
+
+
+PRODUCTION = ("hpo", "workers", "storage", "benchmarks")
+MAY_IMPORT_REFERENCE = {"workers/nn/gradcheck.py", "workers/nn/reference.py"}
+
+
+def test_only_tests_and_gradient_check_tooling_import_the_reference():
+    root = Path(__file__).resolve().parent.parent
+    importers = []
+    for package in PRODUCTION:
+        for path in sorted((root / package).rglob("*.py")):
+            relative = path.relative_to(root).as_posix()
+            for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+                names = [node.module or ""] if isinstance(node, ast.ImportFrom) else (
+                    [alias.name for alias in node.names] if isinstance(node, ast.Import) else [])
+                if isinstance(node, ast.ImportFrom) and node.module == "workers.nn":
+                    names += [f"workers.nn.{alias.name}" for alias in node.names]
+                if "workers.nn.reference" in names and relative not in MAY_IMPORT_REFERENCE:
+                    importers.append(relative)
+    assert importers == []

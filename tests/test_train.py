@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from workers.nn.activations import ACTIVATIONS
+from workers.nn.reference import forward
 from workers.train import (
     EpochReport,
     TrainConfig,
@@ -141,6 +142,16 @@ def test_predict_uses_running_statistics(data):
     assert [int(predict(result, X_val[i:i + 1])[0]) for i in range(20)] == labels[:20].tolist()
     assert result.bn_state and set(result.bn_state) == {"mean1", "var1", "mean2", "var2"}
     assert not np.allclose(result.bn_state["mean1"], 0.0)  # running stats did move
+
+
+@pytest.mark.parametrize("activation,batch_norm", [("maxout", True), ("elu", False)])
+def test_predict_and_accuracy_are_the_reference_evaluation_forward(data, activation, batch_norm):
+    X_train, y_train, X_val, y_val = data
+    config = TrainConfig(activation=activation, batch_norm=batch_norm, dtype="float64", **SMALL)
+    result = train(config, X_train, y_train, X_val, y_val)
+    scores, _, _, _ = forward(result.spec, result.params, result.bn_state, X_val, training=False)
+    np.testing.assert_array_equal(predict(result, X_val), scores.argmax(axis=1))
+    assert result.val_accuracy == float(np.mean(scores.argmax(axis=1) == y_val))
 
 
 def test_callback_exceptions_propagate_untouched(data):

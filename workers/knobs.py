@@ -22,7 +22,6 @@ numerical core's registries, so the training loop may import it.
 
 from __future__ import annotations
 
-import inspect
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -32,15 +31,14 @@ from typing import Any
 import numpy as np
 
 from workers.data.preprocess import PREPROCESSING
-from workers.nn.activations import ACTIVATIONS
-from workers.nn.initializers import INITIALIZERS
-from workers.nn.optimizers import OPTIMIZERS
+from workers.nn.activations import ACTIVATIONS, MAXOUT_MIN_PIECES
+from workers.nn.initializers import INITIALIZERS, SMALL_STD
+from workers.nn.optimizers import DEFAULT_MOMENTUM, OPTIMIZERS
 
 __all__ = [
     "ALIASES",
     "DTYPES",
     "KNOBS",
-    "MAXOUT_MIN_PIECES",
     "Knob",
     "KnobError",
     "as_int",
@@ -51,10 +49,6 @@ __all__ = [
 ]
 
 DTYPES = ("float32", "float64")
-
-# Maxout with one piece is the identity, not a nonlinearity. The minimum belongs with the
-# maxout kernel in workers.nn.activations; it is declared here until that module exports it.
-MAXOUT_MIN_PIECES = 2
 
 _TRUE = ("true", "yes", "on", "1")
 _FALSE = ("false", "no", "off", "0")
@@ -262,11 +256,6 @@ def _kernel_default(activation: str, keyword: str) -> Any:
     return ACTIVATIONS[activation].params[keyword]
 
 
-def _optimizer_default(optimizer: str, keyword: str) -> Any:
-    """The default of an update rule's parameter, as its class declares it."""
-    return inspect.signature(OPTIMIZERS[optimizer]).parameters[keyword].default
-
-
 def _table(*knobs: Knob) -> Mapping[str, Knob]:
     return MappingProxyType({k.name: k for k in knobs})
 
@@ -286,9 +275,9 @@ KNOBS: Mapping[str, Knob] = _table(
     Knob("elu_alpha", "float", _kernel_default("elu", "alpha"), "ELU's saturation value for x -> -inf.",
          low=0.0, low_open=True),
     Knob("maxout_k", "int", _kernel_default("maxout", "k"), "Pieces per Maxout unit.", low=MAXOUT_MIN_PIECES),
-    Knob("init_std", "float", 0.01, "Std of the 'small' initializer.", low=0.0, low_open=True),
+    Knob("init_std", "float", SMALL_STD, "Std of the 'small' initializer.", low=0.0, low_open=True),
     Knob("optimizer", "name", "adam", "Update rule.", registry=OPTIMIZERS, aliases=("opt",)),
-    Knob("momentum", "float", _optimizer_default("momentum", "momentum"),
+    Knob("momentum", "float", DEFAULT_MOMENTUM,
          "Momentum of the momentum and nesterov rules (adam uses its own beta1).", low=0.0, high=1.0, high_open=True),
     Knob("lr_decay", "float", 0.95, "Learning rate multiplier after each epoch.", low=0.0, high=1.0, low_open=True),
     Knob("weight_decay", "float", 1e-3, "L2 penalty on weights.", low=0.0, aliases=("wd",)),

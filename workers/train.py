@@ -16,11 +16,12 @@ per-epoch shuffling, the diagnostics probe batch), so the same config and seed g
 bit-identical parameters, losses and accuracies on the same machine, NumPy build and
 thread allowance (two threads split large matrix products, which changes the last bits).
 
-Speed: the steps run on :class:`workers.nn.model.FastNetwork`, which is verified
-against the reference network built from the pure layer functions.  While training,
-OpenBLAS is held to one thread for networks whose matrix products are small, and the
-threads it was allowed are used by the engine itself (see
-:func:`workers.nn.model.blas_threads_for`).
+Speed: training, evaluation and prediction run on one engine,
+:class:`workers.nn.model.FastNetwork`, which the tests verify against the reference
+network built from the pure layer functions (:mod:`workers.nn.reference`).  While
+training, BLAS is held to one thread for networks whose matrix products are small, and
+the threads it was allowed are used by the engine itself (see
+:func:`workers.nn.blas.blas_threads_for`).
 """
 
 from __future__ import annotations
@@ -35,15 +36,8 @@ import numpy as np
 
 from workers.knobs import DTYPES, KNOBS
 from workers.nn.activations import get_activation
-from workers.nn.model import (
-    FastNetwork,
-    NetworkSpec,
-    blas_threads_for,
-    init_network,
-    loss_and_grads,
-    predict_scores,
-    weight_names,
-)
+from workers.nn.blas import blas_threads_for
+from workers.nn.model import FastNetwork, NetworkSpec, init_network, weight_names
 
 __all__ = [
     "TrainConfig",
@@ -233,11 +227,13 @@ class TrainResult:
 def predict(model: Any, X: np.ndarray) -> np.ndarray:
     """Predicted labels in evaluation mode (batch norm with its running statistics).
 
-    model: a TrainResult, or any object with ``spec``, ``params`` and ``bn_state``.
+    model: a FastNetwork, a TrainResult, or any object with ``spec``, ``params`` and
+    ``bn_state`` (scored on a FastNetwork built from them).
     X: (N, D) preprocessed like the training data -> labels: (N,) int64.
     """
-    scores = predict_scores(model.spec, model.params, model.bn_state, X)
-    return np.argmax(scores, axis=1)
+    if not isinstance(model, FastNetwork):
+        model = FastNetwork(model.spec, model.params, model.bn_state)
+    return np.argmax(model.scores(X), axis=1)
 
 
 def accuracy(model: Any, X: np.ndarray, y: np.ndarray) -> float:
@@ -410,19 +406,7 @@ def train(
     )
     shuffle_rng = np.random.default_rng(shuffle_seq)
     probe_rows = np.sort(np.random.default_rng(probe_seq).permutation(n_train)[:PROBE_SIZE])
-    X_probe, y_probe = X_train[probe_rows], y_train[probe_rows]
-
-    probe_loss, _, _ = loss_and_grads(
-        spec, params, bn_state, X_probe, y_probe, weight_decay=config.weight_decay
-    )
-    uniform_guess_loss = math.log(num_classes)
-    if math.isfinite(probe_loss):
-        initial_loss: float | None = max(probe_loss, uniform_guess_loss)
-        loss_limit = DIVERGENCE_FACTOR * initial_loss
-    else:
-        # The probe holds a NaN or inf: take the bar from the first finite minibatch
-        # instead (a limit of -inf sends every step to the check until then).
-        initial_loss, loss_limit = None, -math.inf
+    X_probe = X_train[probe_rows]
 
     onehot = np.zeros((n_train, num_classes), dtype=dtype)
     onehot[np.arange(n_train), y_train] = 1
@@ -438,6 +422,15 @@ def train(
     with blas_threads_for(spec, config.batch_size) as threads, \
             FastNetwork(spec, params, bn_state, threads=threads) as net:
         optimizer = net.optimizer(config.optimizer, config.learning_rate, config.momentum)
+        probe_loss = net.loss(X_probe, onehot[probe_rows], weight_decay)
+        uniform_guess_loss = math.log(num_classes)
+        if math.isfinite(probe_loss):
+            initial_loss: float | None = max(probe_loss, uniform_guess_loss)
+            loss_limit = DIVERGENCE_FACTOR * initial_loss
+        else:
+            # The probe holds a NaN or inf: take the bar from the first finite minibatch
+            # instead (a limit of -inf sends every step to the check until then).
+            initial_loss, loss_limit = None, -math.inf
         weights_before_last_step = np.empty_like(net.weight_flat)
         for epoch in range(1, config.epochs + 1):
             lr = optimizer.learning_rate
@@ -465,8 +458,7 @@ def train(
             seconds = time.perf_counter() - started
 
             diagnostics, hidden = _diagnostics(spec, net, X_probe, weights_before_last_step)
-            model = _Model(spec, net.params, net.bn_state())
-            val_accuracy = accuracy(model, X_val, y_val) if X_val.shape[0] else None
+            val_accuracy = accuracy(net, X_val, y_val) if X_val.shape[0] else None
             report = EpochReport(
                 epoch=epoch,
                 train_loss=loss_sum / n_train,
@@ -480,13 +472,13 @@ def train(
                 on_epoch(report)
             optimizer.decay_learning_rate(config.lr_decay)
 
-        final = _Model(spec, net.params_copy(), net.bn_state())
-        train_accuracy = accuracy(final, X_train, y_train)
+        train_accuracy = accuracy(net, X_train, y_train)
+        final_params, final_bn_state = net.params_copy(), net.bn_state()
     return TrainResult(
         config=config,
         history=history,
-        params=final.params,
-        bn_state=final.bn_state,
+        params=final_params,
+        bn_state=final_bn_state,
         train_accuracy=train_accuracy,
         val_accuracy=history[-1].val_accuracy,
         epoch_seconds=[report.seconds for report in history],
@@ -496,11 +488,3 @@ def train(
         initial_loss=float(initial_loss),
     )
 
-
-@dataclass
-class _Model:
-    """The three things :func:`predict` needs, for a network still in training."""
-
-    spec: NetworkSpec
-    params: dict[str, np.ndarray]
-    bn_state: dict[str, np.ndarray]

@@ -1,8 +1,11 @@
-"""The NumPy neural-network core: layers as pure forward/backward pairs, activations,
-initializers, the softmax loss, optimizers, and the fully-connected model.
+"""The NumPy neural-network core: layers as pure forward/backward pairs, activations
+(each with its fast kernel), initializers, the softmax loss, optimizers, the
+fully-connected model and its engine (``model``), BLAS threads while training
+(``blas``), and the reference network the engine is tested against (``reference``,
+imported only by tests and gradient-check tooling).
 
-Imports only NumPy and the standard library.  The three registries are the single lists
-of choices the search space is built from::
+Imports only NumPy, the standard library and threadpoolctl (``blas``).  The three
+registries are the single lists of choices the search space is built from::
 
     ACTIVATIONS   sigmoid, tanh, relu, leaky_relu, elu, maxout
     INITIALIZERS  small, xavier, he

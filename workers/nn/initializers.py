@@ -21,8 +21,11 @@ from typing import Callable
 
 import numpy as np
 
+from workers.nn.activations import LEAKY_SLOPE
+
 __all__ = [
     "INITIALIZERS",
+    "SMALL_STD",
     "Initializer",
     "small_std",
     "xavier_std",
@@ -33,7 +36,11 @@ __all__ = [
 ]
 
 
-def small_std(fan_in: int, fan_out: int, *, std: float = 0.01, **_context: object) -> float:
+# The std of the "small" initializer unless the config says otherwise (init_std).
+SMALL_STD = 0.01
+
+
+def small_std(fan_in: int, fan_out: int, *, std: float = SMALL_STD, **_context: object) -> float:
     """Small random numbers: a fixed std (0.01 by default), whatever the layer shape.
 
     Fine for shallow nets; in deep nets without batch norm the activations shrink
@@ -67,7 +74,7 @@ def he_std(
     fan_out: int,
     *,
     activation: str = "relu",
-    leaky_slope: float = 0.01,
+    leaky_slope: float = LEAKY_SLOPE,
     **_context: object,
 ) -> float:
     """He/Kaiming normal: std = sqrt(2 / fan_in), the gain sqrt(2) making up for the
@@ -97,7 +104,7 @@ class Initializer:
 
 
 INITIALIZERS: dict[str, Initializer] = {
-    "small": Initializer("small", small_std, "N(0, std^2), std = init_std (default 0.01)"),
+    "small": Initializer("small", small_std, f"N(0, std^2), std = init_std (default {SMALL_STD:g})"),
     "xavier": Initializer("xavier", xavier_std, "Glorot normal, std = sqrt(2 / (fan_in + fan_out))"),
     "he": Initializer("he", he_std, "He normal, std = sqrt(2 / fan_in) (leaky ReLU: / (1 + a^2))"),
 }
@@ -126,8 +133,8 @@ def sample_weights(
     *,
     dtype: np.dtype | str = np.float32,
     activation: str = "relu",
-    leaky_slope: float = 0.01,
-    std: float = 0.01,
+    leaky_slope: float = LEAKY_SLOPE,
+    std: float = SMALL_STD,
 ) -> np.ndarray:
     """Draw a weight matrix W: (fan_in, fan_out) of ``dtype`` with the named initializer.
 

@@ -5,9 +5,9 @@ The contract (cs231n assignment 2)::
     out, cache = layer_forward(x, ...)
     dx, dparam, ... = layer_backward(dout, cache)
 
-These functions never mutate their inputs.  They are the readable reference of the
-network and what the numerical gradient checks test; the fast training engine in
-:mod:`workers.nn.model` is verified against them.
+These functions never mutate their inputs.  Chained in :mod:`workers.nn.reference` they
+are the readable reference of the network and what the numerical gradient checks test;
+the engine in :mod:`workers.nn.model` is verified against that chain.
 
 Batch normalization differs from cs231n on one point: its running statistics are
 **returned** as a new :class:`BNState` instead of being updated in place, and they are

@@ -1,5 +1,5 @@
-"""The fully-connected classifier: a reference built from the pure layer functions, and
-a fast training engine verified against it.
+"""The fully-connected classifier and its engine: one forward/backward path for
+training, evaluation and prediction.
 
 Architecture, for hidden sizes (H_1, ..., H_L) and C classes::
 
@@ -19,61 +19,47 @@ Parameters are a dict of arrays, trainable only:
 Batch-norm running statistics live apart, in their own dict ``{"mean{l}", "var{l}"}``,
 so an optimizer handed the parameters can never touch them.
 
-Two implementations of the same function:
+:class:`FastNetwork` is the engine: a training step (:meth:`FastNetwork.loss_and_grads`),
+the training-mode loss and hidden outputs of a probe batch, and evaluation-mode scores
+(:meth:`FastNetwork.scores`), which ``workers.train`` uses for everything.  On small
+networks a step's time is the per-call overhead of NumPy, not arithmetic, so it keeps
+all parameters in one flat array (one optimizer update for the whole net), all
+gradients in another, and preallocated buffers per batch size written with ``out=`` --
+no allocation and no dict lookup per step.  Each activation's in-place kernel comes from
+its registry entry (:mod:`workers.nn.activations`).
 
-* the **reference** (:func:`forward`, :func:`loss_and_grads`), a readable chain of the
-  pure forward/backward pairs of :mod:`workers.nn.layers` and
-  :mod:`workers.nn.activations`; it is what the numerical gradient checks test;
-* :class:`FastNetwork`, the training engine.  On small networks a step's time is the
-  per-call overhead of NumPy, not arithmetic, so it keeps all parameters in one flat
-  array (one optimizer update for the whole net), all gradients in another, and
-  preallocated buffers per batch size written with ``out=`` -- no allocation and no
-  dict lookup per step.  Tests check it against the reference, gradient for gradient.
+The readable version of the same network, the pure layer functions chained, lives in
+:mod:`workers.nn.reference`; it is the oracle the tests check this engine against,
+gradient for gradient, and is not used in production.
 """
 
 from __future__ import annotations
 
 import contextvars
-import ctypes
-import functools
 import math
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import numpy as np
 
-from workers.nn.activations import get_activation
-from workers.nn.initializers import sample_weights
-from workers.nn.layers import (
-    BN_EPS,
-    BN_MOMENTUM,
-    BNState,
-    affine_backward,
-    affine_forward,
-    batchnorm_backward,
-    batchnorm_forward,
-)
-from workers.nn.losses import l2_penalty, softmax_cross_entropy
-from workers.nn.optimizers import Optimizer, make_optimizer
+from workers.nn.activations import activation_kwargs, config_default, get_activation
+from workers.nn.initializers import SMALL_STD, sample_weights
+from workers.nn.layers import BN_EPS, BN_MOMENTUM, BNState
+from workers.nn.optimizers import DEFAULT_MOMENTUM, Optimizer, make_optimizer
 
 __all__ = [
     "NetworkSpec",
     "init_network",
-    "forward",
-    "backward",
-    "loss_and_grads",
-    "predict_scores",
-    "hidden_outputs",
     "weight_names",
     "FastNetwork",
     "FlatOptimizer",
-    "blas_threads_for",
 ]
 
-# Rows per chunk when scoring many examples, to bound the temporary memory.
-SCORE_CHUNK = 4096
+# Rows per chunk when scoring many examples: bounds the evaluation workspaces the engine
+# keeps (about SCORE_CHUNK / batch_size training workspaces' worth).  512 rows scored the
+# CIFAR-sized and digits shapes as fast as 4096 or faster (buffers that stay in cache).
+SCORE_CHUNK = 512
 
 # A matrix product of at least this many flops is split in two halves computed on two
 # threads when the engine may use two (see FastNetwork); below it the hand-off costs more
@@ -89,7 +75,10 @@ class NetworkSpec:
     """The shape of a network: everything but its parameter values.
 
     input_dim: D; hidden_sizes: units per hidden layer; num_classes: C.
-    activation: a key of ACTIVATIONS; leaky_slope / elu_alpha / maxout_k: its parameter.
+    activation: a key of ACTIVATIONS; leaky_slope / elu_alpha / maxout_k: the config
+    fields its parameters come from (the registry's ``config_fields``; the defaults and
+    the rules are the registry's too).  activation_kwargs: the chosen activation's
+    keyword parameters, derived.
     batch_norm: batch normalization between each hidden affine and its activation.
     """
 
@@ -97,9 +86,9 @@ class NetworkSpec:
     hidden_sizes: tuple[int, ...]
     num_classes: int
     activation: str = "relu"
-    leaky_slope: float = 0.01
-    elu_alpha: float = 1.0
-    maxout_k: int = 2
+    leaky_slope: float = config_default("leaky_slope")
+    elu_alpha: float = config_default("elu_alpha")
+    maxout_k: int = config_default("maxout_k")
     batch_norm: bool = True
     bn_momentum: float = BN_MOMENTUM
     bn_eps: float = BN_EPS
@@ -107,16 +96,9 @@ class NetworkSpec:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "hidden_sizes", tuple(int(h) for h in self.hidden_sizes))
-        get_activation(self.activation)  # ValueError naming the allowed values
-        if not 0.0 <= self.leaky_slope < 1.0:
-            raise ValueError(f"leaky_slope must be in [0, 1), got {self.leaky_slope}")
-        if int(self.maxout_k) < 1:
-            raise ValueError(f"maxout_k must be positive, got {self.maxout_k}")
-        kwargs = {
-            "leaky_relu": {"slope": float(self.leaky_slope)},
-            "elu": {"alpha": float(self.elu_alpha)},
-            "maxout": {"k": int(self.maxout_k)},
-        }.get(self.activation, {})
+        # ValueError naming the allowed activations, or the field and its rule; vars()
+        # holds every field, of which the registry reads its config fields
+        kwargs = activation_kwargs(self.activation, vars(self))
         object.__setattr__(self, "activation_kwargs", kwargs)
 
     @property
@@ -127,7 +109,7 @@ class NetworkSpec:
     @property
     def pieces(self) -> int:
         """Affine columns per hidden unit: k for maxout, else 1."""
-        return int(self.maxout_k) if self.activation == "maxout" else 1
+        return get_activation(self.activation).columns_per_unit(self.activation_kwargs)
 
     @property
     def affine_widths(self) -> tuple[int, ...]:
@@ -166,7 +148,7 @@ def init_network(
     rng: np.random.Generator,
     *,
     dtype: np.dtype | str = np.float32,
-    init_std: float = 0.01,
+    init_std: float = SMALL_STD,
 ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     """Fresh parameters and batch-norm state.
 
@@ -196,310 +178,8 @@ def init_network(
 
 
 # ----------------------------------------------------------------------------------------
-# Reference implementation: the pure layer functions chained.
-# ----------------------------------------------------------------------------------------
-
-def forward(
-    spec: NetworkSpec,
-    params: dict[str, np.ndarray],
-    bn_state: dict[str, np.ndarray],
-    X: np.ndarray,
-    *,
-    training: bool,
-) -> tuple[np.ndarray, list[tuple[Any, ...]], dict[str, np.ndarray], list[tuple[np.ndarray, np.ndarray]]]:
-    """Forward pass of the reference network.
-
-    training: batch statistics in batch norm (and a new running state), else the
-    running statistics.  ``params`` and ``bn_state`` are not modified.
-
-    X: (N, D) -> (scores: (N, C), caches for :func:`backward`, new_bn_state,
-    hidden: per hidden layer (activation input (N, width_l), activation output (N, H_l))).
-    """
-    activation = get_activation(spec.activation)
-    kwargs = spec.activation_kwargs
-    new_state = dict(bn_state)
-    caches: list[tuple[Any, ...]] = []
-    hidden: list[tuple[np.ndarray, np.ndarray]] = []
-    a = X
-    for layer in range(1, spec.depth + 1):
-        if spec.batch_norm:
-            h, affine_cache = affine_forward(a, params[f"W{layer}"])
-            state = BNState(bn_state[f"mean{layer}"], bn_state[f"var{layer}"])
-            z, bn_cache, state = batchnorm_forward(
-                h, params[f"gamma{layer}"], params[f"beta{layer}"], state,
-                training=training, momentum=spec.bn_momentum, eps=spec.bn_eps,
-            )
-            new_state[f"mean{layer}"], new_state[f"var{layer}"] = state.mean, state.var
-        else:
-            z, affine_cache = affine_forward(a, params[f"W{layer}"], params[f"b{layer}"])
-            bn_cache = None
-        a, act_cache = activation.forward(z, **kwargs)
-        caches.append((affine_cache, bn_cache, act_cache))
-        hidden.append((z, a))
-    out = spec.depth + 1
-    scores, affine_cache = affine_forward(a, params[f"W{out}"], params[f"b{out}"])
-    caches.append((affine_cache,))
-    return scores, caches, new_state, hidden
-
-
-def backward(
-    spec: NetworkSpec, dscores: np.ndarray, caches: list[tuple[Any, ...]]
-) -> dict[str, np.ndarray]:
-    """Backward pass of the reference network: dscores (N, C) and the caches of
-    :func:`forward` -> gradient of every parameter (same names and shapes as params)."""
-    activation = get_activation(spec.activation)
-    grads: dict[str, np.ndarray] = {}
-    out = spec.depth + 1
-    da, grads[f"W{out}"], grads[f"b{out}"] = affine_backward(dscores, caches[-1][0])
-    for layer in range(spec.depth, 0, -1):
-        affine_cache, bn_cache, act_cache = caches[layer - 1]
-        dz = activation.backward(da, act_cache)
-        if spec.batch_norm:
-            dh, grads[f"gamma{layer}"], grads[f"beta{layer}"] = batchnorm_backward(dz, bn_cache)
-            da, grads[f"W{layer}"], _ = affine_backward(dh, affine_cache)
-        else:
-            da, grads[f"W{layer}"], grads[f"b{layer}"] = affine_backward(dz, affine_cache)
-    return grads
-
-
-def loss_and_grads(
-    spec: NetworkSpec,
-    params: dict[str, np.ndarray],
-    bn_state: dict[str, np.ndarray],
-    X: np.ndarray,
-    y: np.ndarray,
-    *,
-    weight_decay: float = 0.0,
-) -> tuple[float, dict[str, np.ndarray], dict[str, np.ndarray]]:
-    """One training-mode pass of the reference network.
-
-    X: (N, D), y: (N,) int labels -> (loss: float = mean cross-entropy + L2 penalty,
-    grads: name -> array shaped like params, new_bn_state).
-    """
-    scores, caches, new_state, _ = forward(spec, params, bn_state, X, training=True)
-    loss, dscores = softmax_cross_entropy(scores, y)
-    grads = backward(spec, dscores, caches)
-    if weight_decay:
-        names = weight_names(spec)
-        penalty, penalty_grads = l2_penalty([params[n] for n in names], weight_decay)
-        loss += penalty
-        for name, extra in zip(names, penalty_grads):
-            grads[name] += extra
-    return loss, grads, new_state
-
-
-def hidden_outputs(
-    spec: NetworkSpec,
-    params: dict[str, np.ndarray],
-    bn_state: dict[str, np.ndarray],
-    X: np.ndarray,
-    *,
-    training: bool = True,
-) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Per hidden layer, (activation input (N, width_l), activation output (N, H_l)) for X."""
-    return forward(spec, params, bn_state, X, training=training)[3]
-
-
-def predict_scores(
-    spec: NetworkSpec,
-    params: dict[str, np.ndarray],
-    bn_state: dict[str, np.ndarray],
-    X: np.ndarray,
-) -> np.ndarray:
-    """Class scores in evaluation mode (batch norm with its running statistics).
-
-    Evaluation-mode batch norm is a fixed per-column affine map, so it is folded into
-    the preceding weights first: W' = W * s, b' = beta - mean * s with
-    s = gamma / sqrt(var + eps).  X is scored in chunks of SCORE_CHUNK rows.
-
-    X: (N, D) -> scores: (N, C) of the parameters' dtype.
-    """
-    activation = get_activation(spec.activation)
-    kwargs = spec.activation_kwargs
-    dtype = params["W1"].dtype
-    folded: list[tuple[np.ndarray, np.ndarray]] = []
-    for layer in range(1, spec.depth + 1):
-        W = params[f"W{layer}"]
-        if spec.batch_norm:
-            scale = params[f"gamma{layer}"] / np.sqrt(bn_state[f"var{layer}"] + spec.bn_eps)
-            bias = params[f"beta{layer}"] - bn_state[f"mean{layer}"] * scale
-            folded.append((W * scale, bias))
-        else:
-            folded.append((W, params[f"b{layer}"]))
-    out = spec.depth + 1
-    folded.append((params[f"W{out}"], params[f"b{out}"]))
-    X = np.asarray(X, dtype=dtype)
-    scores = np.empty((X.shape[0], spec.num_classes), dtype=dtype)
-    for start in range(0, X.shape[0], SCORE_CHUNK):
-        a = X[start:start + SCORE_CHUNK]
-        for W, b in folded[:-1]:
-            z = a @ W
-            z += b
-            a, _ = activation.forward(z, **kwargs)
-        W, b = folded[-1]
-        np.matmul(a, W, out=scores[start:start + SCORE_CHUNK])
-        scores[start:start + SCORE_CHUNK] += b
-    return scores
-
-
-# ----------------------------------------------------------------------------------------
 # Fast engine
 # ----------------------------------------------------------------------------------------
-
-class _ActivationKernel:
-    """In-place activation for one layer and one batch size.
-
-    forward(z) writes the output into self.out and returns it; backward(da) writes the
-    gradient with respect to z into self.dz and returns it.  Each kernel matches the
-    pure pair of the same name in workers.nn.activations.
-    """
-
-    def __init__(self, n: int, width: int, units: int, dtype: np.dtype) -> None:
-        self.out = np.empty((n, units), dtype=dtype)
-        self.dz = np.empty((n, width), dtype=dtype)
-        # a zero array of z's shape: a same-shape operand is ~2x faster than a Python 0.0
-        # or a broadcast zero row
-        self.zero = np.zeros((n, width), dtype=dtype)
-
-    def forward(self, z: np.ndarray) -> np.ndarray:
-        raise NotImplementedError
-
-    def backward(self, da: np.ndarray) -> np.ndarray:
-        raise NotImplementedError
-
-
-class _Relu(_ActivationKernel):
-    def forward(self, z: np.ndarray) -> np.ndarray:
-        return np.maximum(z, self.zero, out=self.out)
-
-    def backward(self, da: np.ndarray) -> np.ndarray:
-        # the 0/1 mask of z > 0 written straight into a float array: a bool mask's
-        # mixed-dtype multiply is ~2.5x slower than a float one, np.sign ~2x slower
-        np.greater(self.out, 0, out=self.dz)
-        self.dz *= da
-        return self.dz
-
-
-class _LeakyRelu(_ActivationKernel):
-    """Uses 0 <= slope < 1 (checked by NetworkSpec): then out = max(z, slope * z) and the
-    derivative is max([out > 0], slope) -- no masked copy, which is slow in NumPy."""
-
-    def __init__(self, n: int, width: int, units: int, dtype: np.dtype, slope: float) -> None:
-        super().__init__(n, width, units, dtype)
-        self.slope = dtype.type(slope)
-
-    def forward(self, z: np.ndarray) -> np.ndarray:
-        np.multiply(z, self.slope, out=self.out)
-        return np.maximum(z, self.out, out=self.out)
-
-    def backward(self, da: np.ndarray) -> np.ndarray:
-        np.greater(self.out, 0, out=self.dz)
-        np.maximum(self.dz, self.slope, out=self.dz)
-        self.dz *= da
-        return self.dz
-
-
-class _Elu(_ActivationKernel):
-    def __init__(self, n: int, width: int, units: int, dtype: np.dtype, alpha: float) -> None:
-        super().__init__(n, width, units, dtype)
-        self.alpha = dtype.type(alpha)
-        self.one = dtype.type(1.0)
-        self.positive = np.empty((n, width), dtype=bool)
-
-    def forward(self, z: np.ndarray) -> np.ndarray:
-        np.greater(z, self.zero, out=self.positive)
-        np.minimum(z, self.zero, out=self.out)
-        np.expm1(self.out, out=self.out)
-        self.out *= self.alpha
-        np.copyto(self.out, z, where=self.positive)
-        return self.out
-
-    def backward(self, da: np.ndarray) -> np.ndarray:
-        # d/dz = 1 for z > 0, alpha * exp(z) = out + alpha otherwise
-        np.add(self.out, self.alpha, out=self.dz)
-        np.copyto(self.dz, self.one, where=self.positive)
-        self.dz *= da
-        return self.dz
-
-
-class _Sigmoid(_ActivationKernel):
-    def __init__(self, n: int, width: int, units: int, dtype: np.dtype) -> None:
-        super().__init__(n, width, units, dtype)
-        self.half = dtype.type(0.5)
-        self.one = dtype.type(1.0)
-
-    def forward(self, z: np.ndarray) -> np.ndarray:
-        # 0.5 * (1 + tanh(z / 2)): no overflow, as in sigmoid_forward
-        np.multiply(z, self.half, out=self.out)
-        np.tanh(self.out, out=self.out)
-        self.out += self.one
-        self.out *= self.half
-        return self.out
-
-    def backward(self, da: np.ndarray) -> np.ndarray:
-        np.subtract(self.one, self.out, out=self.dz)
-        self.dz *= self.out
-        self.dz *= da
-        return self.dz
-
-
-class _Tanh(_ActivationKernel):
-    def __init__(self, n: int, width: int, units: int, dtype: np.dtype) -> None:
-        super().__init__(n, width, units, dtype)
-        self.one = dtype.type(1.0)
-
-    def forward(self, z: np.ndarray) -> np.ndarray:
-        return np.tanh(z, out=self.out)
-
-    def backward(self, da: np.ndarray) -> np.ndarray:
-        np.multiply(self.out, self.out, out=self.dz)
-        np.subtract(self.one, self.dz, out=self.dz)
-        self.dz *= da
-        return self.dz
-
-
-class _Maxout(_ActivationKernel):
-    """Max over the k pieces of (N, k*H) laid out piece by piece (see maxout_forward).
-
-    The backward pass routes the gradient to every piece equal to the maximum; the
-    reference gives it to the first such piece only.  The two differ only on exact
-    ties between pieces, which have probability zero for real-valued inputs.
-    """
-
-    def __init__(self, n: int, width: int, units: int, dtype: np.dtype, k: int) -> None:
-        super().__init__(n, width, units, dtype)
-        self.k = k
-        self.winner = np.empty((n, k, units), dtype=bool)
-        self.z = None
-
-    def forward(self, z: np.ndarray) -> np.ndarray:
-        n = z.shape[0]
-        self.z = z.reshape(n, self.k, -1)
-        return np.maximum.reduce(self.z, axis=1, out=self.out)
-
-    def backward(self, da: np.ndarray) -> np.ndarray:
-        n = da.shape[0]
-        np.equal(self.z, self.out[:, None, :], out=self.winner)
-        np.multiply(self.winner, da[:, None, :], out=self.dz.reshape(n, self.k, -1))
-        return self.dz
-
-
-def _make_kernel(spec: NetworkSpec, n: int, width: int, units: int, dtype: np.dtype) -> _ActivationKernel:
-    name = spec.activation
-    if name == "relu":
-        return _Relu(n, width, units, dtype)
-    if name == "leaky_relu":
-        return _LeakyRelu(n, width, units, dtype, spec.leaky_slope)
-    if name == "elu":
-        return _Elu(n, width, units, dtype, spec.elu_alpha)
-    if name == "sigmoid":
-        return _Sigmoid(n, width, units, dtype)
-    if name == "tanh":
-        return _Tanh(n, width, units, dtype)
-    if name == "maxout":
-        return _Maxout(n, width, units, dtype, spec.pieces)
-    raise ValueError(f"no fast kernel for activation {name!r}")
-
 
 class _HiddenBuffers:
     """Preallocated arrays of one hidden layer for one batch size N (width F)."""
@@ -516,7 +196,7 @@ class _HiddenBuffers:
         self.scale_over_n = np.empty(width, dtype=dtype)
         self.c_gamma = np.empty(width, dtype=dtype)
         self.c_beta = np.empty(width, dtype=dtype)
-        self.kernel = _make_kernel(spec, n, width, units, dtype)
+        self.kernel = get_activation(spec.activation).make_kernel(n, width, units, dtype, spec.activation_kwargs)
         self.input: np.ndarray | None = None              # the layer input of the last forward
 
 
@@ -560,8 +240,9 @@ class _BatchBuffers:
 
 
 class FastNetwork:
-    """The training engine: the network of :func:`loss_and_grads`, with flat parameter
-    and gradient buffers and preallocated per-batch-size workspaces.
+    """The engine: the network of :mod:`workers.nn.reference`, with flat parameter and
+    gradient buffers and preallocated per-batch-size workspaces.  Training, evaluation
+    and prediction all run on it.
 
     ``param_flat`` holds every trainable parameter (weights first), ``params`` maps the
     names of :meth:`NetworkSpec.param_shapes` to views into it; ``grad_flat`` /
@@ -576,12 +257,14 @@ class FastNetwork:
     The running batch-norm statistics are the engine's own buffers, updated in place by
     :meth:`loss_and_grads` (this object owns them; nobody else holds them); they are
     read out as copies by :meth:`bn_state`.  The pure reference keeps its contract of
-    returning new state.
+    returning new state.  :meth:`loss` and :meth:`probe` (training mode) and
+    :meth:`scores` (evaluation mode) leave them alone.
 
     threads: how many threads the engine may use.  With 2 or more, the large matrix
     products of a layer (>= SPLIT_MIN_FLOPS, typically the first layer on image data)
     are split in two row blocks computed concurrently (NumPy releases the GIL in BLAS),
-    which beats OpenBLAS's own threading at these sizes (see :func:`blas_threads_for`).
+    which beats OpenBLAS's own threading at these sizes (see
+    :func:`workers.nn.blas.blas_threads_for`).
     Results then differ from a single-threaded run in the last bits, and are still
     identical run to run.  Call :meth:`close` (or use ``with``) to stop the helper thread.
     """
@@ -624,6 +307,7 @@ class FastNetwork:
             self._running.append(running)
             offset += 2 * width
         self._buffers: dict[int, _BatchBuffers] = {}
+        self._eval_buffers: dict[int, list[tuple[np.ndarray, Any]]] = {}
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="fastnet-gemm") if threads >= 2 else None
         # per-layer views, in layer order, so the hot loop does no string formatting
         depth = spec.depth
@@ -640,7 +324,7 @@ class FastNetwork:
         self._one_minus_momentum = self.dtype.type(1.0 - spec.bn_momentum)
         self._eps = self.dtype.type(spec.bn_eps)
 
-    def optimizer(self, name: str, learning_rate: float, momentum: float = 0.9) -> "FlatOptimizer":
+    def optimizer(self, name: str, learning_rate: float, momentum: float = DEFAULT_MOMENTUM) -> "FlatOptimizer":
         """The named optimizer (a key of OPTIMIZERS) over all trainable parameters."""
         return FlatOptimizer(name, self.param_flat, self.grad_flat, learning_rate, momentum, self._pool)
 
@@ -650,6 +334,7 @@ class FastNetwork:
             self._pool.shutdown(wait=True)
             self._pool = None
             self._buffers.clear()
+        self._eval_buffers.clear()
 
     def __enter__(self) -> "FastNetwork":
         return self
@@ -684,21 +369,93 @@ class FastNetwork:
         """Forward and backward pass on one minibatch in training mode.
 
         Fills ``grad_flat`` with the gradient of the loss and updates the running
-        batch-norm statistics.  Same numbers as :func:`loss_and_grads`, up to rounding.
+        batch-norm statistics.  Same numbers as the reference's ``loss_and_grads``, up
+        to rounding.
 
         X: (N, D) of the engine's dtype, onehot: (N, C) 0/1 targets of the same dtype
         -> loss: float (mean cross-entropy + L2 penalty).
         """
         buf = self.buffers(X.shape[0])
         a = self._forward_hidden(X, buf)
-        loss = self._output_loss(a, onehot, buf)
+        loss = self._output_loss(a, onehot, buf) + self._penalty(weight_decay)
         self._backward(buf)
         if weight_decay:
-            decay = self.dtype.type(weight_decay)
-            loss += 0.5 * float(weight_decay) * float(np.dot(self.weight_flat, self.weight_flat))
-            np.multiply(self.weight_flat, decay, out=self._decay_scratch)
+            np.multiply(self.weight_flat, self.dtype.type(weight_decay), out=self._decay_scratch)
             self.weight_grad_flat += self._decay_scratch
         return loss
+
+    def loss(self, X: np.ndarray, onehot: np.ndarray, weight_decay: float = 0.0) -> float:
+        """The loss of :meth:`loss_and_grads` (training mode: batch statistics) without
+        a backward pass; the running statistics and ``grad_flat`` are left alone.
+
+        X: (N, D), onehot: (N, C) of the engine's dtype -> loss: float.
+        """
+        buf = self.buffers(X.shape[0])
+        a = self._forward_hidden(X, buf, update_running=False)
+        return self._output_loss(a, onehot, buf) + self._penalty(weight_decay)
+
+    def _penalty(self, weight_decay: float) -> float:
+        """The L2 term 0.5 * weight_decay * sum of squared weights, as a float."""
+        if not weight_decay:
+            return 0.0
+        return 0.5 * float(weight_decay) * float(np.dot(self.weight_flat, self.weight_flat))
+
+    # -- evaluation -----------------------------------------------------------------
+
+    def scores(self, X: np.ndarray) -> np.ndarray:
+        """Class scores in evaluation mode (batch norm with its running statistics).
+
+        Evaluation-mode batch norm is a fixed per-column affine map, so it is folded into
+        the preceding weights first: W' = W * s, b' = beta - mean * s with
+        s = gamma / sqrt(var + eps).  X is scored in chunks of SCORE_CHUNK rows, each
+        through a workspace kept per chunk size (training scores the same validation set
+        every epoch; making the buffers anew cost more than the arithmetic on digits).
+
+        X: (N, D) -> scores: (N, C) of the engine's dtype.
+        """
+        layers = self._folded_layers()
+        X = np.asarray(X, dtype=self.dtype)
+        scores = np.empty((X.shape[0], self.spec.num_classes), dtype=self.dtype)
+        W_out, b_out = layers[-1]
+        for start in range(0, X.shape[0], SCORE_CHUNK):
+            a = X[start:start + SCORE_CHUNK]
+            rows = a.shape[0]
+            for (W, b), (h, kernel) in zip(layers, self._eval_workspace(rows)):
+                np.matmul(a, W, out=h)
+                h += b
+                a = kernel.forward(h)
+            out = scores[start:start + rows]
+            np.matmul(a, W_out, out=out)
+            out += b_out
+        return scores
+
+    def _folded_layers(self) -> list[tuple[np.ndarray, np.ndarray]]:
+        """(W, b) of every affine layer with evaluation-mode batch norm folded in."""
+        layers: list[tuple[np.ndarray, np.ndarray]] = []
+        for layer in range(self.spec.depth):
+            W = self._W[layer]
+            if self.spec.batch_norm:
+                mean, var = self._running[layer]
+                scale = self._gamma[layer] / np.sqrt(var + self._eps)
+                layers.append((W * scale, self._beta[layer] - mean * scale))
+            else:
+                layers.append((W, self._b[layer]))
+        layers.append((self._W[-1], self._b[-1]))
+        return layers
+
+    def _eval_workspace(self, rows: int) -> list[tuple[np.ndarray, Any]]:
+        """Per hidden layer, the affine output buffer and the activation kernel for
+        ``rows`` rows (created on first use)."""
+        workspace = self._eval_buffers.get(rows)
+        if workspace is None:
+            activation = get_activation(self.spec.activation)
+            kwargs = self.spec.activation_kwargs
+            workspace = self._eval_buffers[rows] = [
+                (np.empty((rows, width), dtype=self.dtype),
+                 activation.make_kernel(rows, width, units, self.dtype, kwargs))
+                for width, units in zip(self.spec.affine_widths, self.spec.hidden_sizes)
+            ]
+        return workspace
 
     def _matmul_split(self, a: np.ndarray, b: np.ndarray, out: np.ndarray) -> np.ndarray:
         """out = a @ b, the lower half of the rows on the helper thread."""
@@ -714,7 +471,7 @@ class FastNetwork:
         statistics alone, for diagnostics.
 
         X: (N, D) -> per hidden layer (activation input (N, width_l), activation output
-        (N, H_l)), as :func:`hidden_outputs` returns; the arrays are workspace buffers,
+        (N, H_l)), as the reference's ``hidden_outputs`` returns; the arrays are workspace buffers,
         valid until the next pass with the same batch size.
         """
         buf = self.buffers(X.shape[0])
@@ -814,79 +571,6 @@ class FastNetwork:
                 np.matmul(dh, self._W[layer].T, out=buf.d_hidden_out[layer - 1])
 
 
-# ----------------------------------------------------------------------------------------
-# BLAS threads
-# ----------------------------------------------------------------------------------------
-
-# Largest per-step matrix product (2 * N * fan_in * width flops) still run single-threaded.
-# On a 2-core machine OpenBLAS's own threading made products of this size 1.3-4x *slower*
-# than one thread (e.g. 200 x 3072 x 100: 2.2 ms on one thread, 5-8 ms on two, worse when
-# the other core is busy), and our networks' products are all far below it.
-SINGLE_THREAD_MAX_FLOPS = 2e9
-
-_OPENBLAS_THREAD_SYMBOLS = (
-    ("scipy_openblas_get_num_threads64_", "scipy_openblas_set_num_threads64_"),
-    ("scipy_openblas_get_num_threads", "scipy_openblas_set_num_threads"),
-    ("openblas_get_num_threads64_", "openblas_set_num_threads64_"),
-    ("openblas_get_num_threads", "openblas_set_num_threads"),
-)
-
-
-@functools.cache
-def _openblas_thread_controls() -> tuple[tuple[Callable[[], int], Callable[[int], None]], ...]:
-    """(get, set) thread-count functions of every OpenBLAS loaded in this process.
-
-    Found through the process's memory map (Linux); empty elsewhere or when NumPy uses
-    another BLAS, in which case thread limiting is simply skipped.
-    """
-    try:
-        with open("/proc/self/maps", encoding="utf-8", errors="replace") as maps:
-            paths = {line.split()[-1] for line in maps if "openblas" in line.lower() and "/" in line}
-    except OSError:
-        return ()
-    controls = []
-    for path in sorted(paths):
-        try:
-            lib = ctypes.CDLL(path)
-        except OSError:
-            continue
-        for get_name, set_name in _OPENBLAS_THREAD_SYMBOLS:
-            getter, setter = getattr(lib, get_name, None), getattr(lib, set_name, None)
-            if getter is not None and setter is not None:
-                getter.restype, getter.argtypes = ctypes.c_int, []
-                setter.restype, setter.argtypes = None, [ctypes.c_int]
-                controls.append((getter, setter))
-                break
-    return tuple(controls)
-
-
-@contextmanager
-def blas_threads_for(spec: NetworkSpec, batch_size: int) -> Iterator[int]:
-    """Take over BLAS threading for training this network.
-
-    If the network's per-step matrix products are small (see SINGLE_THREAD_MAX_FLOPS),
-    OpenBLAS is set to one thread for the block and the thread count it had -- whatever
-    the user allowed it through OPENBLAS_NUM_THREADS / OMP_NUM_THREADS or a thread
-    limiter -- is yielded: the number of threads the engine may use itself
-    (``FastNetwork(threads=...)``).  Otherwise BLAS is left alone and 1 is yielded.
-    The count is restored on exit.
-
-    OpenBLAS's thread count is process-wide: other threads calling BLAS meanwhile are
-    limited too.  Without a controllable OpenBLAS this does nothing and yields 1.
-    """
-    widths = (*spec.affine_widths, spec.num_classes)
-    largest = max(2.0 * batch_size * fan_in * width for fan_in, width in zip(spec.fan_ins, widths))
-    controls = _openblas_thread_controls() if largest <= SINGLE_THREAD_MAX_FLOPS else ()
-    previous = [getter() for getter, _ in controls]
-    for _, setter in controls:
-        setter(1)
-    try:
-        yield max(1, min(previous)) if previous else 1
-    finally:
-        for (_, setter), count in zip(controls, previous):
-            setter(count)
-
-
 class FlatOptimizer:
     """An optimizer over a flat parameter array and its flat gradient array.
 
@@ -902,7 +586,7 @@ class FlatOptimizer:
         params: np.ndarray,
         grads: np.ndarray,
         learning_rate: float,
-        momentum: float = 0.9,
+        momentum: float = DEFAULT_MOMENTUM,
         pool: ThreadPoolExecutor | None = None,
     ) -> None:
         if pool is not None and params.size >= SPLIT_MIN_PARAMS:

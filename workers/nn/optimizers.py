@@ -36,6 +36,7 @@ import numpy as np
 
 __all__ = [
     "OPTIMIZERS",
+    "DEFAULT_MOMENTUM",
     "Optimizer",
     "SGD",
     "Momentum",
@@ -44,6 +45,10 @@ __all__ = [
     "optimizer_names",
     "make_optimizer",
 ]
+
+
+# mu of the momentum and nesterov rules unless the config says otherwise (momentum).
+DEFAULT_MOMENTUM = 0.9
 
 
 class Optimizer:
@@ -84,11 +89,11 @@ class SGD(Optimizer):
 
 
 class Momentum(Optimizer):
-    """SGD with momentum mu (default 0.9): v <- mu v - lr g; p <- p + v."""
+    """SGD with momentum mu (default DEFAULT_MOMENTUM): v <- mu v - lr g; p <- p + v."""
 
     name = "momentum"
 
-    def __init__(self, params: Sequence[np.ndarray], learning_rate: float, momentum: float = 0.9,
+    def __init__(self, params: Sequence[np.ndarray], learning_rate: float, momentum: float = DEFAULT_MOMENTUM,
                  **_unused: float) -> None:
         super().__init__(params, learning_rate)
         if not 0.0 <= momentum < 1.0:
@@ -175,7 +180,7 @@ def optimizer_names() -> tuple[str, ...]:
 
 
 def make_optimizer(name: str, params: Sequence[np.ndarray], learning_rate: float,
-                   momentum: float = 0.9) -> Optimizer:
+                   momentum: float = DEFAULT_MOMENTUM) -> Optimizer:
     """Build the named optimizer over ``params``; ValueError naming the allowed values
     for an unknown name."""
     try:
