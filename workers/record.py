@@ -34,11 +34,11 @@ Layout, version 2 (user attr key: JSON value)::
     seeded_from     the stage whose best trial this queued trial repeats (written by the
                     campaign when it queues the trial)
 
-Which attrs a trial has depends on how far it got: a claimed trial has ``worker`` (and
-``record_version``); a COMPLETE one everything but ``reason`` (``fold_values`` only when
-cross-validated); a PRUNED or diverged one ``seed``, ``config``, ``reason``, ``curve``,
-``timings``; one that failed with an error ``reason`` and ``timings``; one whose worker was
-stopped only ``worker``. Any other user attr (set by hand, or through optuna-dashboard) is kept
+Which attrs a trial has depends on how far it got. Every trial a worker took has ``worker``
+and ``record_version`` (written when it is claimed: a trial whose worker was stopped has only
+these); a COMPLETE one adds everything but ``reason`` (``fold_values`` only when
+cross-validated); a PRUNED or diverged one ``seed``, ``config``, ``reason``, ``curve`` and
+``timings``; one that failed with an error ``reason`` and ``timings``. Any other user attr (set by hand, or through optuna-dashboard) is kept
 in :attr:`TrialRecord.extra` and written back as it is.
 
 The trial's state and value are Optuna's own columns, not attrs: :func:`read_record` takes them
