@@ -56,7 +56,7 @@ import tempfile
 import threading
 import time
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -81,6 +81,7 @@ from hpo.campaign import CampaignSpec  # noqa: E402
 from storage import backend  # noqa: E402
 from workers import stageplan, strategy  # noqa: E402
 from workers.objective import run_trial, trial_seed  # noqa: E402
+from workers.record import Timings, write_record  # noqa: E402
 from workers.space import SearchSpace, default_space  # noqa: E402
 from workers.strategy import make_pruner, make_sampler  # noqa: E402
 from workers.train import TrainConfig, TrainingDiverged  # noqa: E402
@@ -234,10 +235,7 @@ def history(kind: str, n: int, space: SearchSpace, seed: int = 1) -> list[optuna
         for _ in range(n):
             trial = study.ask(fixed_distributions=space.to_distributions())
             outcome = run_trial(trial, plan, space, trainer=stub_trainer)
-            outcome.attrs["worker"] = "history-0"
-            outcome.attrs["timings"] = {"train_seconds": 0.0, "overhead_seconds": 0.0}
-            for key, value in outcome.attrs.items():
-                trial.set_user_attr(key, value)
+            write_record(trial, replace(outcome.record, worker="history-0", timings=Timings(0.0, 0.0)))
             study.tell(trial, outcome.value if outcome.state.name == "COMPLETE" else None, state=outcome.state)
     return study.get_trials(deepcopy=True)
 

@@ -17,6 +17,7 @@ from hpo.output import UsageError, err, format_option, literal, one_line, out, p
 from storage import backend
 from storage.errors import StorageError
 from storage.url import mask_url
+from workers.record import read_record
 
 record_format_option = click.option(
     "--format",
@@ -131,10 +132,11 @@ def trial(study, number, fmt, storage_url) -> None:
     params = [{"param": k, "value": v} for k, v in record["params"].items()]
     if params:
         render_rows(params, ["param", "value"], "table", title="Parameters")
-    curve = inspect.curve_rows(record["user_attrs"].get("curve"))
+    stored = read_record(record["user_attrs"])
+    curve = inspect.curve_rows(stored.curve)
     if curve:
         render_rows(curve, inspect.row_columns(curve), "table", title="Learning curve")
-    layers = inspect.layer_rows(record["user_attrs"].get("diagnostics"))
+    layers = inspect.layer_rows(stored.diagnostics)
     if layers:
         render_rows(layers, inspect.row_columns(layers), "table", title="Per hidden layer, last epoch")
 

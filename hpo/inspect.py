@@ -34,6 +34,7 @@ from storage.errors import StorageError, StudyNotFound
 from storage.url import is_sqlite, mask_url, sqlite_path
 from workers import stageplan
 from workers.knobs import canonical_name
+from workers.record import Curve, Diagnostics, Timings, read_record
 
 STATES = ("COMPLETE", "PRUNED", "FAIL", "RUNNING", "WAITING")
 # What the views count: the states, with diverged trials (stored PRUNED) apart from pruned ones.
@@ -220,21 +221,21 @@ def select_trials(
 
 def trial_row(trial: FrozenTrial, params: dict[str, str]) -> dict[str, Any]:
     """The flat row of one trial; ``params`` maps parameter names to their column names."""
-    attrs = trial.user_attrs
-    timings = attrs.get("timings") if isinstance(attrs.get("timings"), dict) else {}
+    record = read_record(trial)
+    timings = record.timings or Timings()
     values = trial_params(trial)
     return {
         "number": trial.number,
-        "state": trial.state.name,
-        "value": trial.value if trial.values is not None and len(trial.values) == 1 else None,
+        "state": record.state,
+        "value": record.value,
         **{column: values.get(param) for param, column in params.items()},
         "duration": trial.duration.total_seconds() if trial.duration is not None else None,
-        "worker": attrs.get("worker"),
-        "reason": attrs.get("reason"),
-        "seed": attrs.get("seed"),
-        "train_accuracy": attrs.get("train_accuracy"),
-        "train_seconds": timings.get("train_seconds"),
-        "overhead_seconds": timings.get("overhead_seconds"),
+        "worker": record.worker,
+        "reason": record.reason,
+        "seed": record.seed,
+        "train_accuracy": record.train_accuracy,
+        "train_seconds": timings.train_seconds,
+        "overhead_seconds": timings.overhead_seconds,
         "retry_of": trial.system_attrs.get("failed_trial"),
         "started": trial.datetime_start.isoformat(timespec="seconds") if trial.datetime_start else None,
         "completed": trial.datetime_complete.isoformat(timespec="seconds") if trial.datetime_complete else None,
@@ -315,8 +316,8 @@ def trial_record(storage: RDBStorage, name: str, number: int) -> dict[str, Any]:
 
     Keys: study, number, state, value, params, datetime_start, datetime_complete,
     duration_seconds, heartbeat_age_seconds (RUNNING trials), intermediate_values (step ->
-    value), user_attrs (seed, config, curve, diagnostics, timings, worker, reason, ...),
-    system_attrs, retry {retry_of, history, retried_as}.
+    value), user_attrs (as stored: workers.record describes them), system_attrs, retry
+    {retry_of, history, retried_as}.
     """
     study_name, _ = resolve_study(storage, name)
     study_id = storage.get_study_id_from_name(study_name)
@@ -354,56 +355,46 @@ def _retried_from(trial: FrozenTrial) -> int | None:
 
 def summary_rows(record: dict[str, Any]) -> list[dict[str, Any]]:
     """``field``/``value`` rows of a trial record for a table: what a person checks first."""
-    attrs = record["user_attrs"]
-    timings = attrs.get("timings") if isinstance(attrs.get("timings"), dict) else {}
+    stored = read_record(record["user_attrs"])
+    timings = stored.timings or Timings()
     retry = record["retry"]
     items = {
         "state": record["state"],
         "value": record["value"],
-        "reason": attrs.get("reason"),
-        "train_accuracy": attrs.get("train_accuracy"),
-        "fold_values": attrs.get("fold_values"),
-        "seed": attrs.get("seed"),
-        "worker": attrs.get("worker"),
+        "reason": stored.reason,
+        "train_accuracy": stored.train_accuracy,
+        "fold_values": list(stored.fold_values) if stored.fold_values is not None else None,
+        "seed": stored.seed,
+        "worker": stored.worker,
         "started": record["datetime_start"],
         "duration_seconds": record["duration_seconds"],
-        "train_seconds": timings.get("train_seconds"),
-        "overhead_seconds": timings.get("overhead_seconds"),
+        "train_seconds": timings.train_seconds,
+        "overhead_seconds": timings.overhead_seconds,
         "heartbeat_age_seconds": record["heartbeat_age_seconds"],
         "retry_of": retry["retry_of"],
         "retry_history": retry["history"] or None,
         "retried_as": retry["retried_as"] or None,
-        "seeded_from": attrs.get("seeded_from"),
+        "seeded_from": stored.seeded_from,
     }
     return [{"field": k, "value": v} for k, v in items.items() if v is not None]
 
 
-def curve_rows(curve: Any) -> list[dict[str, Any]]:
-    """The learning curve ``{"epoch": [...], "val_accuracy": [...], "train_loss": [...]}`` as
-    one row per epoch (lists of unequal length are padded with None)."""
-    if not isinstance(curve, dict):
+def curve_rows(curve: Curve | None) -> list[dict[str, Any]]:
+    """A trial's learning curve as one row per epoch {epoch, val_accuracy, train_loss}
+    (series of unequal length are padded with None)."""
+    if curve is None:
         return []
-    series = {k: v for k, v in curve.items() if isinstance(v, list)}
-    length = max((len(v) for v in series.values()), default=0)
+    series = curve.to_json()
+    length = max(len(v) for v in series.values())
     return [{k: (v[i] if i < len(v) else None) for k, v in series.items()} for i in range(length)]
 
 
-def layer_rows(diagnostics: Any) -> list[dict[str, Any]]:
-    """Per-layer diagnostics as one row per layer, from any of the shapes they are stored in:
-    a list of dicts, a dict keyed by layer (optionally under "layers"), or a dict of per-layer
-    lists keyed by measure."""
-    if isinstance(diagnostics, dict):
-        layers = diagnostics.get("layers", diagnostics)
-        if isinstance(layers, dict):
-            if layers and all(isinstance(v, dict) for v in layers.values()):
-                return [{"layer": name, **values} for name, values in layers.items()]
-            if layers and all(isinstance(v, list) for v in layers.values()):
-                return curve_rows({"layer": list(range(1, max(map(len, layers.values())) + 1)), **layers})
-            return []
-        diagnostics = layers
-    if not isinstance(diagnostics, list):
-        return []
-    return [{"layer": row.get("layer", i + 1), **row} for i, row in enumerate(diagnostics) if isinstance(row, dict)]
+def layer_rows(diagnostics: Diagnostics | dict[str, Any] | None) -> list[dict[str, Any]]:
+    """Per-layer diagnostics as one row per hidden layer: a trial record's, or the dict
+    training returns (``hpo train``)."""
+    if not isinstance(diagnostics, Diagnostics):
+        diagnostics = Diagnostics.from_json(diagnostics)
+    return [layer.to_json() for layer in diagnostics.layers] if diagnostics else []
 
 
 def row_columns(rows: Sequence[dict[str, Any]]) -> list[str]:
@@ -440,10 +431,10 @@ def best_trials(storage: RDBStorage, name: str, top: int = 5) -> dict[str, Any]:
                 "number": t.number,
                 "value": t.value,
                 "params": dict(t.params),
-                "seed": t.user_attrs.get("seed"),
-                "train_accuracy": t.user_attrs.get("train_accuracy"),
+                "seed": record.seed,
+                "train_accuracy": record.train_accuracy,
             }
-            for rank, t in enumerate(complete[:top], start=1)
+            for rank, (t, record) in enumerate(((t, read_record(t)) for t in complete[:top]), start=1)
         ],
         "final": final,
     }
@@ -476,27 +467,27 @@ def study_health(storage: RDBStorage, name: str, grace: float | None = None) -> 
         trial = by_number.get(beat["number"])
         running.append({
             "number": beat["number"],
-            "worker": trial.user_attrs.get("worker") if trial else None,
+            "worker": read_record(trial).worker if trial else None,
             "heartbeat_age": beat["age"],
             "stale": beat["age"] is not None and beat["age"] > grace,
         })
     workers: dict[str, dict[str, Any]] = {}
     train_total = overhead_total = 0.0
     for t in trials:
-        worker = t.user_attrs.get("worker")
-        if worker is None:
+        record = read_record(t)
+        if record.worker is None:
             continue
-        timings = t.user_attrs.get("timings") if isinstance(t.user_attrs.get("timings"), dict) else {}
-        entry = workers.setdefault(str(worker), {"worker": str(worker), "trials": 0, "complete": 0, "pruned": 0, "diverged": 0, "fail": 0, "_train": [], "_overhead": []})
+        timings = record.timings or Timings()
+        entry = workers.setdefault(record.worker, {"worker": record.worker, "trials": 0, "complete": 0, "pruned": 0, "diverged": 0, "fail": 0, "_train": [], "_overhead": []})
         entry["trials"] += 1
         if _outcome(t).lower() in ("complete", "pruned", "diverged", "fail"):
             entry[_outcome(t).lower()] += 1
-        if _number(timings.get("train_seconds")) is not None:
-            entry["_train"].append(float(timings["train_seconds"]))
-            train_total += float(timings["train_seconds"])
-        if _number(timings.get("overhead_seconds")) is not None:
-            entry["_overhead"].append(float(timings["overhead_seconds"]))
-            overhead_total += float(timings["overhead_seconds"])
+        if timings.train_seconds is not None:
+            entry["_train"].append(float(timings.train_seconds))
+            train_total += float(timings.train_seconds)
+        if timings.overhead_seconds is not None:
+            entry["_overhead"].append(float(timings.overhead_seconds))
+            overhead_total += float(timings.overhead_seconds)
     worker_rows = []
     for entry in sorted(workers.values(), key=lambda e: e["worker"]):
         train, overhead = entry.pop("_train"), entry.pop("_overhead")
@@ -557,7 +548,7 @@ def fail_stale(storage: RDBStorage, url: str, name: str) -> dict[str, Any]:
     failed = [
         {
             "number": b["number"],
-            "worker": by_number[b["number"]].user_attrs.get("worker"),
+            "worker": read_record(by_number[b["number"]]).worker,
             "heartbeat_age": b["age"],
             "retry": retries.get(b["number"]),
         }

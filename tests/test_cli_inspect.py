@@ -154,7 +154,7 @@ def test_trial_json_is_the_whole_record(campaign_db):
         "study", "number", "state", "value", "params", "datetime_start", "datetime_complete", "duration_seconds",
         "heartbeat_age_seconds", "intermediate_values", "user_attrs", "system_attrs", "retry"]
     attrs = record["user_attrs"]
-    assert attrs["curve"]["val_accuracy"][-1] == 0.91 and attrs["diagnostics"][0]["dead_fraction"] == 0.12
+    assert attrs["curve"]["val_accuracy"][-1] == 0.91 and attrs["diagnostics"]["layers"][0]["dead_fraction"] == 0.12
     assert attrs["config"]["hidden_sizes"] == [100, 100] and record["retry"] == {"retry_of": None, "history": [], "retried_as": []}
 
 

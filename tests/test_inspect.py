@@ -29,6 +29,7 @@ from hpo import inspect
 from storage import backend, records
 from storage.errors import StorageError, StudyNotFound
 from workers import stageplan
+from workers.record import read_record
 from workers.stageplan import StagePlan
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -132,15 +133,15 @@ def campaign_db(request, tmp_path_factory):
 
 
 # -- realistic studies ---------------------------------------------------------------------
-def trial_attrs(number: int, worker: str, params: dict, accuracy: float, layers_by_name: bool = False) -> dict:
+def trial_attrs(number: int, worker: str, params: dict, accuracy: float) -> dict:
     """The attrs a worker stores for a trial that trained three epochs."""
     layers = [
-        {"layer": 1, "act_mean": 0.41, "act_std": 0.62, "dead_fraction": 0.12, "saturated_fraction": 0.0,
-         "grad_norm": 0.031, "update_ratio": 1.1e-3},
-        {"layer": 2, "act_mean": 0.37, "act_std": 0.55, "dead_fraction": 0.25, "saturated_fraction": 0.0,
-         "grad_norm": 0.027, "update_ratio": 9.0e-4},
+        {"layer": 1, "units": 100, "activation_mean": 0.41, "activation_std": 0.62, "dead_fraction": 0.12,
+         "saturation_fraction": 0.0, "grad_norm": 0.031, "update_ratio": 1.1e-3},
+        {"layer": 2, "units": 100, "activation_mean": 0.37, "activation_std": 0.55, "dead_fraction": 0.25,
+         "saturation_fraction": 0.0, "grad_norm": 0.027, "update_ratio": 9.0e-4},
     ]
-    diagnostics = {f"layer_{row['layer']}": {k: v for k, v in row.items() if k != "layer"} for row in layers} if layers_by_name else layers
+    diagnostics = {"probe_size": 256, "layers": layers, "output_layer": {"grad_norm": 0.02, "update_ratio": 1e-3}}
     return {
         "seed": 7919 * number + 11,
         "config": {**params, "hidden_sizes": [100, 100], "epochs": 3, "seed": 7919 * number + 11},
@@ -189,7 +190,7 @@ def build_campaign(storage, campaign: str) -> None:
     ]
     for n, (act, lr, state, value, worker) in enumerate(rows):
         p = {"learning_rate": lr, "activation": act}
-        attrs = trial_attrs(n, worker, p, value or 0.3, layers_by_name=(n == 1))
+        attrs = trial_attrs(n, worker, p, value or 0.3)
         if state == TrialState.PRUNED:
             attrs = {k: attrs[k] for k in ("seed", "config", "worker", "timings")}
             attrs["reason"] = DIVERGED
@@ -351,27 +352,26 @@ def test_ordering_filters_compare_like_numbers(a, b, op):
 def test_trial_record_has_curve_diagnostics_seed_timings_and_worker(campaign_db):
     record = inspect.trial_record(campaign_db.storage, campaign_db.name, 0)
     assert (record["state"], record["value"], record["params"]["activation"]) == ("COMPLETE", 0.91, "relu")
-    assert inspect.curve_rows(record["user_attrs"]["curve"]) == [
+    stored = read_record(record["user_attrs"])
+    assert inspect.curve_rows(stored.curve) == [
         {"epoch": 1, "val_accuracy": pytest.approx(0.71), "train_loss": 1.9},
         {"epoch": 2, "val_accuracy": pytest.approx(0.86), "train_loss": 0.8},
         {"epoch": 3, "val_accuracy": 0.91, "train_loss": 0.45},
     ]
-    layers = inspect.layer_rows(record["user_attrs"]["diagnostics"])
+    layers = inspect.layer_rows(stored.diagnostics)
     assert [(r["layer"], r["dead_fraction"]) for r in layers] == [(1, 0.12), (2, 0.25)]
     summary = {r["field"]: r["value"] for r in inspect.summary_rows(record)}
     assert summary["seed"] == 11 and summary["worker"] == "w1" and summary["train_seconds"] == 2.0
     json.dumps(record)  # JSON-ready as it is
 
 
-def test_diagnostics_of_any_stored_shape_become_one_row_per_layer(campaign_db):
-    keyed = inspect.trial_record(campaign_db.storage, campaign_db.name, 1)["user_attrs"]["diagnostics"]
-    assert [(r["layer"], r["act_std"]) for r in inspect.layer_rows(keyed)] == [("layer_1", 0.62), ("layer_2", 0.55)]
-    by_measure = {"act_mean": [0.4, 0.3], "dead_fraction": [0.1, 0.2]}
-    assert inspect.layer_rows(by_measure) == [
-        {"layer": 1, "act_mean": 0.4, "dead_fraction": 0.1}, {"layer": 2, "act_mean": 0.3, "dead_fraction": 0.2}]
+def test_diagnostics_become_one_row_per_layer(campaign_db):
+    stored = read_record(inspect.trial_record(campaign_db.storage, campaign_db.name, 1)["user_attrs"])
+    assert [(r["layer"], r["activation_std"]) for r in inspect.layer_rows(stored.diagnostics)] == [(1, 0.62), (2, 0.55)]
     as_trained = {"probe_size": 256, "layers": [{"layer": 1, "units": 100, "grad_norm": 1.0}, {"grad_norm": 2.0}],
-                  "output_layer": {"grad_norm": 0.9}}  # the shape workers.train writes
-    assert inspect.layer_rows(as_trained) == [{"layer": 1, "units": 100, "grad_norm": 1.0}, {"layer": 2, "grad_norm": 2.0}]
+                  "output_layer": {"grad_norm": 0.9}}  # the shape workers.train returns, partly filled
+    rows = inspect.layer_rows(as_trained)
+    assert [(r["layer"], r["units"], r["grad_norm"], r["dead_fraction"]) for r in rows] == [(1, 100, 1.0, None), (2, None, 2.0, None)]
     assert inspect.layer_rows(None) == [] and inspect.layer_rows("garbage") == []
 
 

@@ -13,7 +13,6 @@ import sys
 import pytest
 from click.testing import CliRunner
 
-import hpo.cli_inspect  # noqa: F401 - registers the inspection commands on the group
 from hpo.cli import cli
 from tests.test_inspect import campaign_db, pg_test_url, sqlite_template  # noqa: F401 - the shared campaign fixture
 from workers.knobs import ALIASES, KNOBS, KnobError, canonical_name

@@ -1,19 +1,21 @@
-"""One trial: sampled parameters -> TrainConfig -> train -> report / prune -> attrs.
+"""One trial: sampled parameters -> TrainConfig -> train -> report / prune -> its record.
 
-Everything a trial produced (learning curve, diagnostics, seed, timings, why it stopped) is
-returned as plain JSON-ready values; the worker writes them to the trial's user attrs, so the
-CLI, a report and optuna-dashboard all read the same record.
+Everything a trial produced (learning curve, diagnostics, seed, why it stopped) is returned as
+a :class:`workers.record.TrialRecord`; the worker adds its timings and writes it to the trial's
+user attrs (``workers.record.write_record``), so the CLI, a report and optuna-dashboard all read
+the same record.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 from typing import Any
 
 import optuna
 
+from workers.record import Curve, Diagnostics, TrialRecord, histograms_from_json
 from workers.run import Score, cached_dataset, fit_and_score
 from workers.space import SearchSpace
 from workers.stageplan import StagePlan
@@ -26,12 +28,18 @@ class StopRequested(Exception):
 
 @dataclass
 class TrialOutcome:
-    """How a trial ended, and what to store for it."""
+    """How a trial ended (its record's state and value), and what to store for it."""
 
-    state: optuna.trial.TrialState
-    value: float | None
-    attrs: dict[str, Any] = field(default_factory=dict)
+    record: TrialRecord
     train_seconds: float = 0.0
+
+    @property
+    def state(self) -> optuna.trial.TrialState:
+        return optuna.trial.TrialState[self.record.state]
+
+    @property
+    def value(self) -> float | None:
+        return self.record.value
 
 
 def trial_seed(plan_seed: int, trial_number: int) -> int:
@@ -59,13 +67,15 @@ def run_trial(
     """Train the configuration of ``trial`` with ``trainer`` and decide its end state.
 
     Validation accuracy is reported after each epoch (each fold with cross-validation) so the
-    pruner can stop a weak trial early. A diverged run ends PRUNED with its reason in the attrs;
+    pruner can stop a weak trial early. A diverged run ends PRUNED with its reason in the record;
     a stop request raises :class:`StopRequested` at the next epoch boundary.
     """
     seed = trial_seed(plan.seed, trial.number)
     config = config_for(plan, space, trial.params, seed)
     dataset = cached_dataset(plan.dataset, plan.seed)
-    curve: dict[str, list] = {"epoch": [], "val_accuracy": [], "train_loss": []}
+    epochs: list[int] = []
+    val_accuracy: list[float | None] = []
+    train_loss: list[float] = []
     callback_seconds = 0.0
 
     def report(step: int, value: float) -> None:
@@ -81,28 +91,29 @@ def run_trial(
             raise StopRequested()
 
     def on_epoch(epoch: EpochReport) -> None:
-        curve["epoch"].append(epoch.epoch)
-        curve["val_accuracy"].append(epoch.val_accuracy)
-        curve["train_loss"].append(epoch.train_loss)
+        epochs.append(epoch.epoch)
+        val_accuracy.append(epoch.val_accuracy)
+        train_loss.append(epoch.train_loss)
         report(epoch.epoch, epoch.val_accuracy)
 
-    attrs: dict[str, Any] = {"seed": seed, "config": config.to_dict()}
+    record = TrialRecord(seed=seed, config=config.to_dict())
     started = time.perf_counter()
     try:
         score = trainer(
             config, dataset, cv=plan.cv, on_epoch=None if plan.cv else on_epoch, on_fold=report
         )
-    except TrainingDiverged as e:
-        state, value, attrs["reason"] = optuna.trial.TrialState.PRUNED, None, str(e)
-    except optuna.TrialPruned as e:
-        state, value, attrs["reason"] = optuna.trial.TrialState.PRUNED, None, str(e)
+    except (TrainingDiverged, optuna.TrialPruned) as e:
+        record = replace(record, state="PRUNED", reason=str(e))
     else:
-        state, value = optuna.trial.TrialState.COMPLETE, score.value
-        attrs["diagnostics"] = score.result.diagnostics
-        attrs["histograms"] = score.result.histograms
-        attrs["train_accuracy"] = score.result.train_accuracy
-        if score.fold_values:
-            attrs["fold_values"] = score.fold_values
+        record = replace(
+            record,
+            state="COMPLETE",
+            value=score.value,
+            diagnostics=Diagnostics.from_json(score.result.diagnostics),
+            histograms=histograms_from_json(score.result.histograms),
+            train_accuracy=score.result.train_accuracy,
+            fold_values=tuple(score.fold_values) or None,
+        )
     train_seconds = time.perf_counter() - started - callback_seconds
-    attrs["curve"] = curve
-    return TrialOutcome(state=state, value=value, attrs=attrs, train_seconds=train_seconds)
+    curve = Curve(epoch=tuple(epochs), val_accuracy=tuple(val_accuracy), train_loss=tuple(train_loss))
+    return TrialOutcome(replace(record, curve=curve), train_seconds=train_seconds)

@@ -33,6 +33,7 @@ What can go wrong is treated as normal:
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime
 import logging
 import os
@@ -55,6 +56,7 @@ from storage.url import mask_url
 from storage.worker_storage import WorkerStorage
 from workers import stageplan
 from workers.objective import StopRequested, Trainer, TrialOutcome, run_trial
+from workers.record import Timings, TrialRecord, read_record, write_record
 from workers.run import cached_dataset, fit_and_score
 from workers.space import SearchSpace
 from workers.stageplan import StagePlan
@@ -373,7 +375,7 @@ class Worker:
                 return "wait" if running and attrs.get(records.STATUS_ATTR) != records.DONE else "stage done"
             trial = optuna_access.open_trial(study)
             # Named at once, so `hpo health` can say who runs a RUNNING trial.
-            self.study_storage.set_trial_user_attr(optuna_access.trial_id(trial), "worker", self.options.worker_id)
+            write_record(trial, TrialRecord(worker=self.options.worker_id))
             self.study_storage.flush(optuna_access.trial_id(trial), heartbeat=True)
         # The trial exists from here on: nothing below may fail the claim and make it ask again.
         # Sampling (a millisecond or more of TPE) runs after the lock is released, so other
@@ -420,12 +422,10 @@ class Worker:
             return
         except Exception as e:  # a bug or bad data: record it on the trial, keep the worker
             log.exception("trial %d failed", trial.number)
-            outcome = TrialOutcome(state=TrialState.FAIL, value=None, attrs={"reason": _first_line(e)})
+            outcome = TrialOutcome(TrialRecord(state=TrialState.FAIL.name, reason=_first_line(e)))
         overhead = time.perf_counter() - started - outcome.train_seconds
-        outcome.attrs["timings"] = {
-            "train_seconds": round(outcome.train_seconds, 4),
-            "overhead_seconds": round(overhead, 4),
-        }
+        timings = Timings(train_seconds=round(outcome.train_seconds, 4), overhead_seconds=round(overhead, 4))
+        outcome.record = dataclasses.replace(outcome.record, timings=timings)
         attempts = 0
 
         def store() -> None:
@@ -454,8 +454,7 @@ class Worker:
                 if self._stored_by_us(frozen, outcome):
                     return  # an earlier attempt committed; only its answer was lost
                 raise optuna.exceptions.UpdateFinishedTrialError("finished under this worker")
-        for key, value in outcome.attrs.items():
-            trial.set_user_attr(key, value)
+        write_record(trial, outcome.record)
         values = outcome.value if outcome.state == TrialState.COMPLETE else None
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -469,7 +468,7 @@ class Worker:
             raise optuna.exceptions.UpdateFinishedTrialError("finished under this worker")
 
     def _stored_by_us(self, frozen: optuna.trial.FrozenTrial, outcome: TrialOutcome) -> bool:
-        if frozen.state != outcome.state or frozen.user_attrs.get("worker") != self.options.worker_id:
+        if frozen.state != outcome.state or read_record(frozen).worker != self.options.worker_id:
             return False
         return outcome.state != TrialState.COMPLETE or frozen.value == outcome.value
 
