@@ -85,7 +85,7 @@ def cli_default_mismatches() -> list[str]:
     problems = []
     if parsed.pop("dataset") != DATASET:
         problems.append("dataset")
-    if tuple(parsed.pop("hidden")) != default.hidden_sizes:
+    if tuple(parsed.pop("hidden_sizes")) != default.hidden_sizes:
         problems.append("hidden_sizes")
     for name in ("split_seed", "as_json"):
         parsed.pop(name)
