@@ -169,16 +169,14 @@ def train(dataset, split_seed, as_json, **knobs) -> None:
     if as_json:
         print_json(summary)
         return
-    from hpo.inspect import layer_rows
+    from hpo import inspect
 
-    render_rows(layer_rows(result.diagnostics), DIAG_COLUMNS, "table", title="Last epoch, per hidden layer")
+    rows = inspect.layer_rows(result.diagnostics)
+    render_rows(rows, inspect.row_columns(rows), "table", title="Last epoch, per hidden layer")
     out.print(
         f"train {evaluation.train_accuracy:.4f}   val {evaluation.val_accuracy:.4f}   "
         f"test {evaluation.test_accuracy:.4f}   ({sum(result.epoch_seconds):.2f}s training)"
     )
-
-
-DIAG_COLUMNS = ["layer", "units", "activation_mean", "activation_std", "dead_fraction", "saturation_fraction", "grad_norm", "update_ratio"]
 
 
 # -- search ----------------------------------------------------------------------------------

@@ -29,7 +29,7 @@ from optuna.storages import RDBStorage
 from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
-from storage import backend, optuna_access, records
+from storage import backend, optuna_access, records, states
 from storage.errors import StorageError, StudyNotFound
 from storage.url import is_sqlite, mask_url, sqlite_path
 from workers import stageplan
@@ -513,7 +513,7 @@ def study_health(storage: RDBStorage, name: str, grace: float | None = None) -> 
 
 def _outcome(trial: FrozenTrial) -> str:
     """The trial's state name, or DIVERGED for a PRUNED trial whose training diverged."""
-    return "DIVERGED" if records.is_diverged(trial.state.name, trial.user_attrs) else trial.state.name
+    return "DIVERGED" if states.is_diverged(trial.state.name, trial.user_attrs) else trial.state.name
 
 
 # -- hpo fail-stale ----------------------------------------------------------------------------

@@ -64,7 +64,7 @@ from typing import Any
 
 import numpy as np
 
-from storage.records import state_name
+from storage.states import is_diverged, state_name
 from workers.space import PARAMETERS, Choice, FloatRange, IntRange, ParamSpec, SearchSpace
 
 __all__ = [
@@ -334,7 +334,7 @@ def _ranked(
         states = Counter(state_name(t.state) for t in trials)
         diverged = sum(
             1 for t in trials
-            if state_name(t.state) == "PRUNED" and str(t.reason or "").startswith("diverged")
+            if is_diverged(t.state, {"reason": t.reason})
         )
         seen = ", ".join(
             f"{n} {s}" + (f" ({diverged} diverged)" if s == "PRUNED" and diverged else "")

@@ -1,16 +1,6 @@
-"""The record: Optuna storage on SQLite or PostgreSQL, its URL, and the campaign records in it."""
+"""The record: Optuna storage on SQLite or PostgreSQL, its URL, and the campaign records in it.
 
-from storage.backend import ensure_schema, exclusive, open_storage
-from storage.errors import CampaignNotFound, StorageError, StudyNotFound
-from storage.url import mask_url, resolve_url
-
-__all__ = [
-    "CampaignNotFound",
-    "StorageError",
-    "StudyNotFound",
-    "ensure_schema",
-    "exclusive",
-    "mask_url",
-    "open_storage",
-    "resolve_url",
-]
+Import what you need from its module (``storage.backend``, ``storage.records``, ...): this
+package imports nothing itself, so a pure module that needs ``storage.states`` does not load
+the database drivers.
+"""

@@ -1,10 +1,10 @@
 """Where a campaign's stages keep their state in Optuna studies, and the queries that read it.
 
-A campaign is a chain of stage studies (named by ``workers.stage``); each carries its plan in
-the user attr ``hpo`` (``workers.stage.StagePlan``, written last: it publishes the stage), its
+A campaign is a chain of stage studies (named by ``workers.stageplan``); each carries its plan in
+the user attr ``hpo`` (``workers.stageplan.StagePlan``, written last: it publishes the stage), its
 status, and on the first stage the whole campaign's plan. This module stores and reads those
 attrs and counts trials in single queries; what a plan means, when a budget is met and when a
-stage has failed are decided in ``workers.stage``. Storage stores, it does not decide.
+stage has failed are decided in ``workers.stageplan``. Storage stores, it does not decide.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from optuna.storages import BaseStorage
 from optuna.trial import TrialState
 
 from storage import backend, optuna_access
+from storage.states import DIVERGED_REASON_PREFIX, is_diverged, state_name
 from storage.errors import StudyNotFound
 
 PLAN_ATTR = "hpo"  # a stage's plan; written last when a stage is created: it publishes the stage
@@ -30,12 +31,6 @@ FAILURE_ATTR = "hpo_failure"  # why a FAILED stage stopped, one line
 
 RUNNING, DONE, FAILED = "running", "done", "failed"
 STAGE_STATE_ATTRS = (STATUS_ATTR, CANCELLED_ATTR, FAILURE_ATTR)  # what a claim reads of its stage
-
-
-def state_name(state: Any) -> str:
-    """A trial state's name: "COMPLETE" from TrialState.COMPLETE, or from a state column as a
-    database driver returns it ("COMPLETE", "TrialState.COMPLETE"), or from "complete"."""
-    return str(getattr(state, "name", state)).rsplit(".", 1)[-1].upper()
 
 
 def ensure_study(
@@ -52,7 +47,7 @@ def ensure_study(
     plan goes last: a study without a plan is a stage whose creation was cut short, which
     workers do not see and the next call finishes; the queued trials (``queue``: parameters
     and user attrs) are skipped where they exist already. A study whose plan is written is left
-    as it is, and its stored plan value returned (``workers.stage.ensure_stage`` checks it).
+    as it is, and its stored plan value returned (``workers.stageplan.ensure_stage`` checks it).
     """
     try:
         study = optuna.create_study(storage=storage, study_name=study_name, direction="maximize")
@@ -213,20 +208,7 @@ def fail_waiting_trials(storage: BaseStorage, study_name: str, reason: str) -> N
         storage.set_trial_state_values(optuna_access.trial_id(trial), state=TrialState.FAIL)
 
 
-# -- outcomes: diverged apart from pruned ----------------------------------------------------
-# A diverged run is stored PRUNED (it has no value to rank), with the user attr ``reason`` holding
-# workers.train.TrainingDiverged's message, or the user attr ``diverged`` set to true.
-DIVERGED_REASON_PREFIX = "diverged at epoch"
-
-
-def is_diverged(state: str, user_attrs: dict[str, Any]) -> bool:
-    """Whether a trial in ``state`` (a TrialState name) with these user attrs diverged."""
-    reason = user_attrs.get("reason")
-    return state == "PRUNED" and (
-        user_attrs.get("diverged") is True or (isinstance(reason, str) and reason.startswith(DIVERGED_REASON_PREFIX))
-    )
-
-
+# -- outcomes: diverged apart from pruned (the rule: storage.states.is_diverged) ---------------
 def count_outcomes(storage: BaseStorage, study_name: str) -> dict[str, int]:
     """Trials of a study per state, in one query, with the diverged trials counted as
     ``DIVERGED`` and not as ``PRUNED``: ``{"COMPLETE": 12, "PRUNED": 3, "DIVERGED": 1, ...}``

@@ -84,7 +84,7 @@ from optuna.storages._rdb import models
 from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
-from storage.records import state_name
+from storage.states import state_name
 
 if TYPE_CHECKING:
     from optuna.study._frozen import FrozenStudy

@@ -17,6 +17,7 @@ from hpo.cli import cli
 from tests.test_inspect import campaign_db, pg_test_url, sqlite_template  # noqa: F401 - the shared campaign fixture
 from workers.knobs import ALIASES, KNOBS, KnobError, canonical_name
 from workers.nn.activations import ACTIVATIONS
+from workers.nn.model import NetworkSpec
 from workers.nn.optimizers import OPTIMIZERS
 from workers.space import PARAMETERS, SpaceError, build_space, load_space_file, parse_param, resolve_name
 from workers.train import TrainConfig
@@ -54,6 +55,18 @@ def test_kernel_defaults_are_the_registries_own():
     assert config.maxout_k == ACTIVATIONS["maxout"].params["k"]
     momentum = OPTIMIZERS["momentum"]([], learning_rate=1.0)
     assert config.momentum == momentum.momentum
+
+
+@pytest.mark.parametrize("field_name, bad", [("maxout_k", 1), ("elu_alpha", -1.0), ("elu_alpha", 0.0),
+                                             ("leaky_slope", 1.0), ("leaky_slope", -0.1)])
+def test_a_kernel_parameter_has_one_rule_for_the_config_and_the_network(field_name, bad):
+    """The registry's range is the rule: TrainConfig and the engine refuse alike, in one wording."""
+    with pytest.raises(ValueError) as config_error:
+        TrainConfig(**{field_name: bad})
+    with pytest.raises(ValueError) as network_error:
+        NetworkSpec(input_dim=4, hidden_sizes=(3,), num_classes=2, activation="relu", **{field_name: bad})
+    assert str(config_error.value) == str(network_error.value)
+    assert str(config_error.value).startswith(f"{field_name} must be ")
 
 
 # name, value on the command line, value in a TOML space file

@@ -190,7 +190,7 @@ def test_each_registry_entry_declares_its_parameters_once():
         kernel_params = list(inspect.signature(act.kernel).parameters.values())[4:]
         assert {p.name: p.default for p in kernel_params} == act.params, act.name
         assert set(act.config_fields.values()) == set(act.params), act.name
-        assert set(act.checks) <= set(act.params) and (act.pieces is None or act.pieces in act.params)
+        assert set(act.ranges) <= set(act.params) and (act.pieces is None or act.pieces in act.params)
     assert config_default("leaky_slope") == ACTIVATIONS["leaky_relu"].params["slope"]
     assert config_default("maxout_k") == ACTIVATIONS["maxout"].params["k"] >= MAXOUT_MIN_PIECES
 
@@ -201,7 +201,7 @@ def test_activation_kwargs_converts_checks_and_picks_the_chosen_activation():
     assert activation_kwargs("maxout", fields) == {"k": 3}
     assert activation_kwargs("tanh", fields) == {}
     assert activation_kwargs("leaky_relu", {}) == {"slope": config_default("leaky_slope")}
-    with pytest.raises(ValueError, match=f"maxout_k must be at least {MAXOUT_MIN_PIECES} pieces"):
+    with pytest.raises(ValueError, match=f"maxout_k must be >= {MAXOUT_MIN_PIECES}, got 1"):
         activation_kwargs("relu", {**fields, "maxout_k": MAXOUT_MIN_PIECES - 1})
     with pytest.raises(ValueError, match=r"leaky_slope must be in \[0, 1\)"):
         activation_kwargs("leaky_relu", {"leaky_slope": -0.1})

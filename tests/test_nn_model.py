@@ -229,7 +229,7 @@ def test_two_threads_give_the_same_step_as_one():
 def test_network_spec_rejects_bad_activation_parameters():
     with pytest.raises(ValueError, match=r"leaky_slope must be in \[0, 1\), got 1.5"):
         NetworkSpec(3, (2,), 2, activation="leaky_relu", leaky_slope=1.5)
-    with pytest.raises(ValueError, match=f"maxout_k must be at least {MAXOUT_MIN_PIECES} pieces, got 1"):
+    with pytest.raises(ValueError, match=f"maxout_k must be >= {MAXOUT_MIN_PIECES}, got 1"):
         NetworkSpec(3, (2,), 2, activation="maxout", maxout_k=MAXOUT_MIN_PIECES - 1)
     assert NetworkSpec(3, (2,), 2, activation="maxout", maxout_k=MAXOUT_MIN_PIECES).pieces == MAXOUT_MIN_PIECES
 

@@ -182,7 +182,7 @@ def _():
 
     assert issubclass(RDBStorage, BaseHeartbeat)
     assert params_of(BaseHeartbeat._get_stale_trial_ids) == ["study_id"]
-    assert {"record_heartbeat", "get_heartbeat_interval", "get_failed_trial_callback"} <= set(dir(BaseHeartbeat))
+    assert {"record_heartbeat", "get_heartbeat_interval", "get_heartbeat_stale_trial_callback"} <= set(dir(BaseHeartbeat))
 
 
 @private("optuna.study._frozen.FrozenStudy", "storage/worker_storage.py: the type get_all_studies returns")

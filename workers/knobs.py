@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from workers.data.preprocess import PREPROCESSING
-from workers.nn.activations import ACTIVATIONS, MAXOUT_MIN_PIECES
+from workers.nn.activations import ACTIVATIONS, config_default, config_range
 from workers.nn.initializers import INITIALIZERS, SMALL_STD
 from workers.nn.optimizers import DEFAULT_MOMENTUM, OPTIMIZERS
 
@@ -251,9 +251,11 @@ def parse_int(name: str, text: str) -> int:
     return iv
 
 
-def _kernel_default(activation: str, keyword: str) -> Any:
-    """The default of an activation kernel's parameter, as its registry entry declares it."""
-    return ACTIVATIONS[activation].params[keyword]
+def _kernel_knob(name: str, kind: str, help: str) -> Knob:
+    """A knob an activation kernel reads: its default and its range are the registry's."""
+    allowed = config_range(name)
+    return Knob(name, kind, config_default(name), help, low=allowed.low, high=allowed.high,
+                low_open=allowed.low_open, high_open=allowed.high_open)
 
 
 def _table(*knobs: Knob) -> Mapping[str, Knob]:
@@ -270,11 +272,9 @@ KNOBS: Mapping[str, Knob] = _table(
     Knob("initializer", "name", "he", "Weight initialization.", registry=INITIALIZERS, aliases=("init",)),
     Knob("batch_norm", "bool", True, "Batch normalization after each hidden affine layer.", aliases=("bn",)),
     Knob("hidden_sizes", "layers", (100, 100), "Hidden layer widths.", aliases=("hidden",)),
-    Knob("leaky_slope", "float", _kernel_default("leaky_relu", "slope"), "Slope of Leaky ReLU for x < 0.",
-         low=0.0, high=1.0, high_open=True),
-    Knob("elu_alpha", "float", _kernel_default("elu", "alpha"), "ELU's saturation value for x -> -inf.",
-         low=0.0, low_open=True),
-    Knob("maxout_k", "int", _kernel_default("maxout", "k"), "Pieces per Maxout unit.", low=MAXOUT_MIN_PIECES),
+    _kernel_knob("leaky_slope", "float", "Slope of Leaky ReLU for x < 0."),
+    _kernel_knob("elu_alpha", "float", "ELU's saturation value for x -> -inf."),
+    _kernel_knob("maxout_k", "int", "Pieces per Maxout unit."),
     Knob("init_std", "float", SMALL_STD, "Std of the 'small' initializer.", low=0.0, low_open=True),
     Knob("optimizer", "name", "adam", "Update rule.", registry=OPTIMIZERS, aliases=("opt",)),
     Knob("momentum", "float", DEFAULT_MOMENTUM,

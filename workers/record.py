@@ -38,8 +38,9 @@ Which attrs a trial has depends on how far it got. Every trial a worker took has
 and ``record_version`` (written when it is claimed: a trial whose worker was stopped has only
 these); a COMPLETE one adds everything but ``reason`` (``fold_values`` only when
 cross-validated); a PRUNED or diverged one ``seed``, ``config``, ``reason``, ``curve`` and
-``timings``; one that failed with an error ``reason`` and ``timings``. Any other user attr (set by hand, or through optuna-dashboard) is kept
-in :attr:`TrialRecord.extra` and written back as it is.
+``timings``; one that failed with an error ``reason`` and ``timings``. Any other user attr
+(set by hand, or through optuna-dashboard) is kept in :attr:`TrialRecord.extra` and written
+back as it is.
 
 The trial's state and value are Optuna's own columns, not attrs: :func:`read_record` takes them
 from a FrozenTrial, and the worker tells them after writing the attrs (a finished trial takes

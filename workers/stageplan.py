@@ -22,7 +22,7 @@ import optuna
 from optuna.storages import BaseStorage
 
 from storage import backend, records
-from storage.errors import CampaignNotFound, StorageError, StudyNotFound
+from storage.errors import StorageError, StudyNotFound
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
 _STAGE_NAME = re.compile(r"^(?P<campaign>.+)/stage-(?P<stage>[1-9][0-9]*)$")
@@ -98,8 +98,8 @@ def budget(plan: StagePlan, attrs: dict[str, Any]) -> int:
 
 def finished_count(counts: dict[str, int]) -> int:
     """Trials that finished with a result (COMPLETE or PRUNED); only these count to a budget.
-    ``counts`` as :func:`count_states` gives them, or :func:`count_outcomes` (diverged trials,
-    PRUNED in Optuna, apart as DIVERGED)."""
+    ``counts`` as ``storage.records.count_states`` gives them, or ``count_outcomes`` (diverged
+    trials, PRUNED in Optuna, apart as DIVERGED)."""
     return counts.get("COMPLETE", 0) + counts.get("PRUNED", 0) + counts.get("DIVERGED", 0)
 
 
@@ -213,13 +213,6 @@ def campaign_stages(storage: BaseStorage, campaign: str) -> list[StagePlan]:
             break
         if plan is not None:
             stages.append(plan)
-    return stages
-
-
-def require_campaign(storage: BaseStorage, campaign: str) -> list[StagePlan]:
-    stages = campaign_stages(storage, campaign)
-    if not stages:
-        raise CampaignNotFound(f"no campaign named {campaign!r} in this storage")
     return stages
 
 

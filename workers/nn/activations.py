@@ -352,15 +352,40 @@ def _losing_pieces(x: np.ndarray, out: np.ndarray, k: int = MAXOUT_PIECES) -> np
     return lost.reshape(n, width)
 
 
-# --- parameter rules: a message for a bad value, None for a good one --------------------
+# --- parameter ranges: the one statement of what each kernel parameter accepts ------------
 
-def _slope_problem(slope: float) -> str | None:
-    # the kernel computes max(z, slope * z), which is leaky ReLU only for 0 <= slope < 1
-    return None if 0.0 <= slope < 1.0 else f"must be in [0, 1), got {slope}"
+@dataclass(frozen=True)
+class ParamRange:
+    """The values a kernel parameter accepts: ``low`` / ``high`` (None: unbounded), each
+    excluded when ``low_open`` / ``high_open``. ``workers.knobs`` builds the training
+    config's bounds for these parameters from here."""
+
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+
+    def contains(self, x: float) -> bool:
+        if self.low is not None and (x <= self.low if self.low_open else x < self.low):
+            return False
+        return self.high is None or (x < self.high if self.high_open else x <= self.high)
+
+    def words(self) -> str:
+        """The range in words: ``> 0``, ``in [0, 1)``, ``>= 2``."""
+        lo, hi = self.low, self.high
+        if lo is not None and hi is not None:
+            return f"in {'(' if self.low_open else '['}{lo:g}, {hi:g}{')' if self.high_open else ']'}"
+        if lo is not None:
+            return f"{'>' if self.low_open else '>='} {lo:g}"
+        if hi is not None:
+            return f"{'<' if self.high_open else '<='} {hi:g}"
+        return "any number"
 
 
-def _pieces_problem(k: int) -> str | None:
-    return None if k >= MAXOUT_MIN_PIECES else f"must be at least {MAXOUT_MIN_PIECES} pieces, got {k}"
+# the kernel computes max(z, slope * z), which is leaky ReLU only for 0 <= slope < 1
+LEAKY_SLOPE_RANGE = ParamRange(0.0, 1.0, high_open=True)
+ELU_ALPHA_RANGE = ParamRange(0.0, low_open=True)  # alpha scales exp(z) - 1: a non-positive one flips or kills it
+MAXOUT_PIECES_RANGE = ParamRange(MAXOUT_MIN_PIECES)
 
 
 @dataclass(frozen=True)
@@ -373,7 +398,7 @@ class Activation:
     params: keyword parameters of ``forward`` and ``kernel`` -> their defaults.
     config_fields: training-config (and NetworkSpec) field -> the keyword of ``params``
         it sets, e.g. ``{"leaky_slope": "slope"}``.
-    checks: keyword -> ``problem(value) -> message or None``, the rule a value obeys.
+    ranges: keyword -> the :class:`ParamRange` its values obey.
     pieces: the keyword giving the affine columns per unit (maxout's k), or None (1).
     bounds: output bounds (low, high) for the saturating family, else None.
     inactive: for the relu-like family, ``inactive(x, out, **params) -> bool mask`` of
@@ -388,7 +413,7 @@ class Activation:
     family: str
     params: dict[str, Any] = field(default_factory=dict)
     config_fields: dict[str, str] = field(default_factory=dict)
-    checks: dict[str, Callable[[Any], str | None]] = field(default_factory=dict)
+    ranges: dict[str, ParamRange] = field(default_factory=dict)
     pieces: str | None = None
     bounds: tuple[float, float] | None = None
     inactive: Callable[..., np.ndarray] | None = None
@@ -431,16 +456,17 @@ ACTIVATIONS: dict[str, Activation] = {
     "leaky_relu": Activation(
         "leaky_relu", leaky_relu_forward, leaky_relu_backward, LeakyReluKernel, RELU_LIKE,
         params={"slope": LEAKY_SLOPE}, config_fields={"leaky_slope": "slope"},
-        checks={"slope": _slope_problem}, inactive=_nonpositive_input,
+        ranges={"slope": LEAKY_SLOPE_RANGE}, inactive=_nonpositive_input,
     ),
     "elu": Activation(
         "elu", elu_forward, elu_backward, EluKernel, RELU_LIKE,
-        params={"alpha": ELU_ALPHA}, config_fields={"elu_alpha": "alpha"}, inactive=_nonpositive_input,
+        params={"alpha": ELU_ALPHA}, config_fields={"elu_alpha": "alpha"},
+        ranges={"alpha": ELU_ALPHA_RANGE}, inactive=_nonpositive_input,
     ),
     "maxout": Activation(
         "maxout", maxout_forward, maxout_backward, MaxoutKernel, RELU_LIKE,
         params={"k": MAXOUT_PIECES}, config_fields={"maxout_k": "k"},
-        checks={"k": _pieces_problem}, pieces="k", inactive=_losing_pieces,
+        ranges={"k": MAXOUT_PIECES_RANGE}, pieces="k", inactive=_losing_pieces,
     ),
 }
 
@@ -481,7 +507,8 @@ def activation_kwargs(name: str, fields: dict[str, Any]) -> dict[str, Any]:
 
     Every activation's fields present in ``fields`` are converted to the type of their
     default and checked, whichever activation is chosen (a config holds them all);
-    ValueError ``"<field> <problem>"`` for the first bad one.  Fields absent from
+    ValueError ``"<field> must be <range>, got <value>"`` for the first bad one (the
+    knob table's wording).  Fields absent from
     ``fields`` take their defaults.
     """
     chosen = get_activation(name)
@@ -490,10 +517,15 @@ def activation_kwargs(name: str, fields: dict[str, Any]) -> dict[str, Any]:
         if field_name not in fields:
             continue
         value = type(activation.params[keyword])(fields[field_name])
-        check = activation.checks.get(keyword)
-        problem = check(value) if check is not None else None
-        if problem is not None:
-            raise ValueError(f"{field_name} {problem}")
+        allowed = activation.ranges.get(keyword)
+        if allowed is not None and not allowed.contains(value):
+            raise ValueError(f"{field_name} must be {allowed.words()}, got {value:g}")
         if activation is chosen:
             kwargs[keyword] = value
     return kwargs
+
+
+def config_range(field_name: str) -> ParamRange:
+    """The range of an activation's config field, e.g. ``config_range("maxout_k")``."""
+    activation, keyword = _field_owners()[field_name]
+    return activation.ranges[keyword]
