@@ -34,12 +34,13 @@ import optuna
 from optuna.trial import TrialState
 
 from hpo.local import LocalWorkers
-from hpo.narrow import NarrowResult, NothingToNarrow, TrialRecord, narrow
+from hpo.narrow import NarrowResult, NarrowTrial, NothingToNarrow, narrow
 from storage import backend, optuna_access, records
 from storage.errors import StorageError, StudyNotFound
 from workers import stageplan
 from workers.feasible import data_limits
 from workers.objective import config_for
+from workers.record import TrialRecord, read_record, record_attrs
 from workers.run import cached_dataset, train_and_test
 from workers.space import SearchSpace
 from workers.stageplan import StagePlan
@@ -288,11 +289,11 @@ def stage_is_complete(counts: dict[str, int], plan: StagePlan, attrs: dict[str, 
     return attrs.get(records.STATUS_ATTR) == records.DONE or stageplan.finished_count(counts) >= stageplan.budget(plan, attrs)
 
 
-def trial_records(storage, study_name: str) -> list[TrialRecord]:
+def narrow_trials(storage, study_name: str) -> list[NarrowTrial]:
     study = optuna.load_study(study_name=study_name, storage=storage)
     return [
-        TrialRecord(number=t.number, params=dict(t.params), value=t.value, state=t.state.name,
-                    reason=t.user_attrs.get("reason") if isinstance(t.user_attrs.get("reason"), str) else None)
+        NarrowTrial(number=t.number, params=dict(t.params), value=t.value, state=t.state.name,
+                    reason=read_record(t.user_attrs).reason)
         for t in study.get_trials(deepcopy=False)
     ]
 
@@ -301,14 +302,15 @@ def narrow_from(storage, parent: StagePlan, *, top_k: int | None, top_quantile: 
     """Narrow the space of a finished stage; NothingToNarrow if it has no complete trial. A range
     widened at its border stops where the data ends (no more PCA directions than features)."""
     limits = data_limits(cached_dataset(parent.dataset, parent.seed))
-    return narrow(SearchSpace.from_dict(parent.space), trial_records(storage, parent.study_name),
+    return narrow(SearchSpace.from_dict(parent.space), narrow_trials(storage, parent.study_name),
                   top_k=top_k, top_quantile=top_quantile, limits=limits, stage=parent.study_name)
 
 
 def seed_queue(result: NarrowResult, space: SearchSpace, parent: StagePlan, n: int) -> list[tuple[dict, dict]]:
     """The parent's best configurations that fit ``space``, to queue first (params, user attrs)."""
     fitting = [dict(p) for p in result.top_params if space.contains(p)]
-    return [(params, {"seeded_from": parent.study_name}) for params in fitting[:n]]
+    queued = record_attrs(TrialRecord(seeded_from=parent.study_name))
+    return [(params, dict(queued)) for params in fitting[:n]]
 
 
 def plan_next_stage(
@@ -472,7 +474,8 @@ def final_evaluation(
         raise StageFailed("no trial of the campaign completed: nothing to evaluate")
     for plan, trial in candidates:
         space = SearchSpace.from_dict(plan.space)
-        config = config_for(last, space, trial.params, trial.user_attrs.get("seed", last.seed))
+        seed = read_record(trial.user_attrs).seed
+        config = config_for(last, space, trial.params, last.seed if seed is None else seed)
         try:
             evaluation = train_and_test(config, dataset, merge_val=True)
         except TrainingDiverged as e:
@@ -607,7 +610,7 @@ def release_trials(url: str, storage, plans: Sequence[StagePlan], worker_ids: Co
         study = optuna.load_study(study_name=plan.study_name, storage=storage)
         with backend.exclusive(url, plan.study_name, storage.engine):
             for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-                if trial.user_attrs.get("worker") in worker_ids and backend.fail_with_retry(study, optuna_access.trial_id(trial)):
+                if read_record(trial.user_attrs).worker in worker_ids and backend.fail_with_retry(study, optuna_access.trial_id(trial)):
                     released.append(trial.number)
             stageplan.tidy_closed_stage(storage, plan)
     return released

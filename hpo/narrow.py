@@ -4,7 +4,7 @@ cs231n, "Training Neural Networks I": search at random, first over wide ranges w
 runs, then narrow the ranges to where the best results were and train longer. And beware
 a best value at the edge of its range: the optimum may lie outside it, so widen there.
 
-``narrow`` is pure: plain ``TrialRecord``s and the old ``SearchSpace`` in, a
+``narrow`` is pure: plain ``NarrowTrial``s and the old ``SearchSpace`` in, a
 ``NarrowResult`` (the new space, one reason per parameter, the trials it came from) out.
 
 Which trials count
@@ -76,7 +76,7 @@ __all__ = [
     "NarrowResult",
     "NothingToNarrow",
     "ParamChange",
-    "TrialRecord",
+    "NarrowTrial",
     "narrow",
 ]
 
@@ -100,7 +100,7 @@ class NothingToNarrow(NarrowError):
 
 
 @dataclass(frozen=True)
-class TrialRecord:
+class NarrowTrial:
     """What narrowing needs of one trial: its number, sampled params, value and state.
 
     ``state`` is an Optuna ``TrialState`` name ("COMPLETE", "PRUNED", "FAIL", ...);
@@ -203,7 +203,7 @@ class NarrowResult:
 
 def narrow(
     space: SearchSpace,
-    trials: Sequence[TrialRecord],
+    trials: Sequence[NarrowTrial],
     *,
     top_k: int | None = None,
     top_quantile: float = 0.25,
@@ -319,8 +319,8 @@ def _finite(value: Any) -> bool:
 
 
 def _ranked(
-    space: SearchSpace, trials: Sequence[TrialRecord], direction: str, stage: str | None
-) -> list[TrialRecord]:
+    space: SearchSpace, trials: Sequence[NarrowTrial], direction: str, stage: str | None
+) -> list[NarrowTrial]:
     """The usable trials, best first; NothingToNarrow (with counts) when there is none."""
     usable, outside = [], 0
     for t in trials:

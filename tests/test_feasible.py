@@ -16,7 +16,7 @@ import pytest
 from click.testing import CliRunner
 
 from hpo.cli import cli
-from hpo.narrow import NothingToNarrow, TrialRecord, narrow
+from hpo.narrow import NothingToNarrow, NarrowTrial, narrow
 from storage import backend
 from storage.errors import StorageError
 from tests.helpers import make_stage
@@ -118,7 +118,7 @@ def test_narrowing_never_widens_pca_directions_past_the_features(digits):
     """A best trial at 64 of 64 directions sits at the border: widening it upward would ask
     the next stage for directions the data does not have."""
     space = build_space(None, None, ["preprocessing=pca", "pca_components=20..64"])
-    trials = [TrialRecord(i, {**{n: s.choices[0] if hasattr(s, "choices") else s.low for n, s in space.items()},
+    trials = [NarrowTrial(i, {**{n: s.choices[0] if hasattr(s, "choices") else s.low for n, s in space.items()},
                               "pca_components": k}, v)
               for i, (k, v) in enumerate([(64, 0.9), (60, 0.8), (30, 0.5), (20, 0.4)])]
     unbounded = narrow(space, trials)
@@ -255,10 +255,10 @@ def test_top_nan_is_refused(tmp_path, command):
 def test_a_stage_without_a_complete_trial_names_what_it_had():
     space = build_space()
     params = {n: s.choices[0] if hasattr(s, "choices") else s.low for n, s in space.items()}
-    trials = [TrialRecord(0, params, None, "PRUNED", "pruned at step 1: 0.1 below the median"),
-              TrialRecord(1, params, None, "PRUNED", "diverged at epoch 1, step 3: loss is nan"),
-              TrialRecord(2, params, None, "PRUNED", "diverged at epoch 2, step 1: loss 9 > 3x initial 2.30"),
-              TrialRecord(3, {}, None, "FAIL")]
+    trials = [NarrowTrial(0, params, None, "PRUNED", "pruned at step 1: 0.1 below the median"),
+              NarrowTrial(1, params, None, "PRUNED", "diverged at epoch 1, step 3: loss is nan"),
+              NarrowTrial(2, params, None, "PRUNED", "diverged at epoch 2, step 1: loss 9 > 3x initial 2.30"),
+              NarrowTrial(3, {}, None, "FAIL")]
     with pytest.raises(NothingToNarrow, match=r"^c1/stage-1 has nothing to narrow from: .*\(1 FAIL, 3 PRUNED \(2 diverged\)\)$") as info:
         narrow(space, trials, stage="c1/stage-1")
     assert info.value.counts["diverged"] == 2 and info.value.counts["PRUNED"] == 3

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from hpo.narrow import MIN_TOP, NarrowError, NarrowResult, TrialRecord, narrow
+from hpo.narrow import MIN_TOP, NarrowError, NarrowResult, NarrowTrial, narrow
 from tests.test_space import spaces
 from workers.space import PARAMETERS, Choice, FloatRange, IntRange, SearchSpace, default_space
 
@@ -46,7 +46,7 @@ def stages(draw):
         params = {name: value_in(spec, rnd) for name, spec in space.items()}
         state = rnd.choice(["COMPLETE"] * 4 + ["PRUNED", "FAIL"])
         value = None if state == "FAIL" else rnd.choice([rnd.uniform(-5, 5), rnd.uniform(-5, 5), 0.5, math.nan])
-        trials.append(TrialRecord(number, params, value, state))
+        trials.append(NarrowTrial(number, params, value, state))
     assume(any(t.state == "COMPLETE" and t.value is not None and math.isfinite(t.value) for t in trials))
     return space, trials
 
@@ -144,7 +144,7 @@ def test_a_best_value_on_the_border_widens_past_that_border(stage, data):
     upper = data.draw(st.booleans())
     # A new best trial sitting exactly on the chosen border.
     params = dict(trials[0].params, **{name: old.high if upper else old.low})
-    trials = [*trials, TrialRecord(999, params, 1e9, "COMPLETE")]
+    trials = [*trials, NarrowTrial(999, params, 1e9, "COMPLETE")]
     result = narrow(space, trials)
     assert result.best_trial == 999
     spec = result.space[name]
@@ -171,7 +171,7 @@ def test_a_best_value_on_the_border_widens_past_that_border(stage, data):
 
 def lr_trials(lrs_and_values, **fixed):
     params = {"activation": "relu", "initializer": "he", "batch_norm": True, **fixed}
-    return [TrialRecord(i, {"learning_rate": lr, **params}, v) for i, (lr, v) in enumerate(lrs_and_values)]
+    return [NarrowTrial(i, {"learning_rate": lr, **params}, v) for i, (lr, v) in enumerate(lrs_and_values)]
 
 
 def test_learning_rate_narrows_to_the_top_trials_in_log_space():
@@ -207,7 +207,7 @@ def test_best_learning_rate_at_the_bottom_widens_downward_and_stays_positive():
 
 def test_momentum_at_its_border_approaches_one_but_never_reaches_it():
     space = SearchSpace({"learning_rate": FloatRange(1e-3, 1e-1, log=True), "momentum": FloatRange(0.5, 0.99)})
-    trials = [TrialRecord(i, {"learning_rate": 1e-2, "momentum": m}, m) for i, m in enumerate([0.99, 0.9, 0.8, 0.6])]
+    trials = [NarrowTrial(i, {"learning_rate": 1e-2, "momentum": m}, m) for i, m in enumerate([0.99, 0.9, 0.8, 0.6])]
     momentum = narrow(space, trials).space["momentum"]
     assert momentum.high == pytest.approx(0.995) and momentum.high < 1
     assert momentum.low <= 0.8
@@ -215,7 +215,7 @@ def test_momentum_at_its_border_approaches_one_but_never_reaches_it():
 
 def test_a_border_at_an_inclusive_domain_limit_stays():
     space = SearchSpace({"lr_decay": FloatRange(0.9, 1.0), "batch_size": IntRange(1, 64)})
-    trials = [TrialRecord(i, {"lr_decay": d, "batch_size": b}, v)
+    trials = [NarrowTrial(i, {"lr_decay": d, "batch_size": b}, v)
               for i, (d, b, v) in enumerate([(1.0, 1, 0.9), (0.95, 8, 0.8), (0.92, 16, 0.7), (0.9, 64, 0.1)])]
     result = narrow(space, trials)
     assert result.space["lr_decay"].high == 1.0
@@ -226,7 +226,7 @@ def test_a_border_at_an_inclusive_domain_limit_stays():
 
 def test_integer_ranges_stay_integers_on_their_step():
     space = SearchSpace({"batch_size": IntRange(32, 512, step=32), "maxout_k": IntRange(2, 8)})
-    trials = [TrialRecord(i, {"batch_size": b, "maxout_k": k}, v)
+    trials = [NarrowTrial(i, {"batch_size": b, "maxout_k": k}, v)
               for i, (b, k, v) in enumerate([(512, 3, 0.9), (480, 3, 0.8), (448, 4, 0.7), (64, 8, 0.1), (32, 2, 0.1)])]
     result = narrow(space, trials)
     bs, k = result.space["batch_size"], result.space["maxout_k"]
@@ -246,7 +246,7 @@ def test_a_single_top_trial_still_leaves_a_real_range():
 def test_choices_not_in_the_top_trials_are_dropped():
     acts = ["relu", "relu", "elu", "relu", "leaky_relu", "relu", "elu", "maxout"] + ["sigmoid", "tanh"] * 12
     trials = [
-        TrialRecord(i, {"learning_rate": 1e-3, "activation": a, "initializer": "he", "batch_norm": i % 2 == 0},
+        NarrowTrial(i, {"learning_rate": 1e-3, "activation": a, "initializer": "he", "batch_norm": i % 2 == 0},
                     1.0 - i / 100)
         for i, a in enumerate(acts)
     ]
@@ -261,11 +261,11 @@ def test_choices_not_in_the_top_trials_are_dropped():
 
 def test_only_complete_trials_with_a_finite_value_count():
     trials = lr_trials([(1e-3, 0.5), (1e-2, 0.4), (1e-4, 0.3)]) + [
-        TrialRecord(10, lr_trials([(5.0, 0)])[0].params, 0.99, "PRUNED"),  # better, but pruned
-        TrialRecord(11, lr_trials([(5.0, 0)])[0].params, math.nan, "COMPLETE"),
-        TrialRecord(12, lr_trials([(5.0, 0)])[0].params, math.inf, "COMPLETE"),
-        TrialRecord(13, {}, None, "FAIL"),
-        TrialRecord(14, {**lr_trials([(1, 0)])[0].params, "learning_rate": 100.0}, 0.99, "COMPLETE"),  # outside
+        NarrowTrial(10, lr_trials([(5.0, 0)])[0].params, 0.99, "PRUNED"),  # better, but pruned
+        NarrowTrial(11, lr_trials([(5.0, 0)])[0].params, math.nan, "COMPLETE"),
+        NarrowTrial(12, lr_trials([(5.0, 0)])[0].params, math.inf, "COMPLETE"),
+        NarrowTrial(13, {}, None, "FAIL"),
+        NarrowTrial(14, {**lr_trials([(1, 0)])[0].params, "learning_rate": 100.0}, 0.99, "COMPLETE"),  # outside
     ]
     result = narrow(default_space(), trials)
     assert result.n_ranked == 3 and result.source_trials == (0, 1, 2)
@@ -274,18 +274,18 @@ def test_only_complete_trials_with_a_finite_value_count():
 def test_optuna_state_spellings_are_understood():
     trials = lr_trials([(1e-3, 0.5)])
     for state in ("COMPLETE", "complete", "TrialState.COMPLETE", optuna.trial.TrialState.COMPLETE):
-        assert narrow(default_space(), [TrialRecord(0, trials[0].params, 0.5, state)]).best_trial == 0
+        assert narrow(default_space(), [NarrowTrial(0, trials[0].params, 0.5, state)]).best_trial == 0
 
 
 def test_nothing_to_narrow_is_a_clear_error():
     params = lr_trials([(1e-3, 0)])[0].params
     with pytest.raises(NarrowError, match=r"no COMPLETE trial with a finite value inside the space \(1 FAIL, 2 PRUNED\)"):
-        narrow(default_space(), [TrialRecord(0, params, None, "FAIL"), TrialRecord(1, params, 0.3, "PRUNED"),
-                                 TrialRecord(2, params, None, "PRUNED")])
+        narrow(default_space(), [NarrowTrial(0, params, None, "FAIL"), NarrowTrial(1, params, 0.3, "PRUNED"),
+                                 NarrowTrial(2, params, None, "PRUNED")])
     with pytest.raises(NarrowError, match="no trials at all"):
         narrow(default_space(), [])
     with pytest.raises(NarrowError, match=r"\(1 COMPLETE; 1 of the complete ones lie outside the space\)"):
-        narrow(default_space(), [TrialRecord(0, {"learning_rate": 1e-3}, 0.5)])
+        narrow(default_space(), [NarrowTrial(0, {"learning_rate": 1e-3}, 0.5)])
 
 
 def test_minimize_ranks_the_lowest_value_first():

@@ -397,7 +397,7 @@ class Worker:
         done = [t for t in self.study_storage.get_all_trials(optuna_access.study_id(study), deepcopy=False)
                 if t.state.is_finished()]
         done.sort(key=lambda t: (t.datetime_complete or datetime.datetime.min, optuna_access.trial_id(t)))
-        return stageplan.failure_verdict(plan, [(t.state.name, t.user_attrs.get("reason")) for t in done])
+        return stageplan.failure_verdict(plan, [(t.state.name, read_record(t.user_attrs).reason) for t in done])
 
     def _run_one(
         self, study: optuna.Study, plan: StagePlan, space: SearchSpace, trial: optuna.Trial, started: float
