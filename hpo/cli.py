@@ -29,7 +29,7 @@ from storage.errors import DatabaseUnavailable, StorageError, StudyNotFound
 from storage.url import mask_url
 from workers import stageplan
 from workers.data.datasets import DatasetError
-from workers.knobs import KNOBS, Knob
+from workers.knobs import KNOBS, Knob, parse_layers
 from workers.space import SpaceError, build_space
 from workers.stageplan import StagePlan
 from workers.strategy import PRUNERS, SAMPLERS
@@ -87,18 +87,33 @@ def knob_option(knob: Knob):
     and help from the knob table; the bounds are checked by TrainConfig, so a bad value
     gets the same line here as in a space file."""
     flags = [f"--{name.replace('_', '-')}" for name in (knob.name, *knob.aliases)]
-    settings = {"default": knob.default, "show_default": knob.default is not None, "help": knob.help}
+    bounded = knob.numeric and knob.fraction is None and (knob.low is not None or knob.high is not None)
+    help_text = f"{knob.help} Allowed: {knob.domain()}." if bounded else knob.help
+    settings = {"default": knob.default, "show_default": knob.default is not None, "help": help_text}
     if knob.kind == "bool":
         return click.option(*(f"{flag}/--no-{flag[2:]}" for flag in flags), knob.name, **settings)
     if knob.kind == "name":
         settings["type"] = click.Choice(knob.allowed())
     elif knob.kind == "layers":
-        settings.update(default=",".join(map(str, knob.default)), callback=comma_ints, metavar="W1,W2,...")
+        settings.update(default="-".join(map(str, knob.default)), callback=_layers_callback(knob), metavar="W1-W2-...")
     elif knob.fraction is not None:
         settings["metavar"] = "N|FRACTION"  # read as text by the knob: "1" one direction, "1.0" all variance
     else:
         settings["type"] = float if knob.kind == "float" else int
     return click.option(*flags, knob.name, **settings)
+
+
+def _layers_callback(knob: Knob):
+    """A click callback reading hidden layer widths as a space file does ("100-100"; "100,100"
+    too), one line if bad."""
+    def read(ctx, param, value):
+        if value is None:
+            return None
+        try:
+            return parse_layers(knob.name, value)
+        except ValueError as e:
+            raise click.BadParameter(one_line(e)) from None
+    return read
 
 
 def parse_knob(name: str, text: str):
@@ -132,7 +147,7 @@ def train(dataset, split_seed, as_json, **knobs) -> None:
     Examples:
       hpo train
       hpo train --activation tanh --initializer xavier --no-batch-norm --lr 0.01 --optimizer momentum
-      hpo train --dataset npz:data.npz --hidden 256,128 --preprocessing pca_whiten --json
+      hpo train --dataset npz:data.npz --hidden 256-128 --preprocessing pca_whiten --json
     """
     from workers.feasible import check_config
     from workers.run import cached_dataset, train_and_test

@@ -120,8 +120,9 @@ def test_hpo_train_help_lists_every_knob_with_the_tables_help_and_default():
         assert " ".join(knob.help.split()) in text, knob.help
         for alias in knob.aliases:
             assert f"--{alias.replace('_', '-')}" in text
-    assert "--lr FLOAT Learning rate (step size). [default: 0.01]" in text
-    assert "--maxout-k INTEGER Pieces per Maxout unit. [default: 2]" in text
+    assert "--lr FLOAT Learning rate (step size). Allowed: > 0. [default: 0.01]" in text
+    assert "--maxout-k INTEGER Pieces per Maxout unit. Allowed: >= 2. [default: 2]" in text
+    assert "--hidden W1-W2-... Hidden layer widths. [default: 100-100]" in text
 
 
 def test_hpo_train_takes_each_option_under_its_name_and_its_alias():
@@ -196,3 +197,12 @@ def test_a_knob_error_names_the_knob_and_what_it_takes():
         TrainConfig(maxout_k=1)
     with pytest.raises(KnobError, match=re.escape("unknown dtype 'float16'; allowed: float32, float64")):
         TrainConfig(dtype="float16")
+
+
+def test_hpo_train_reads_layer_widths_as_a_space_file_does():
+    """'50-50' as in a space file; '50,50' as hpo train always took it; a bad one in one line."""
+    configs = [json.loads(hpo("train", "--hidden", text, "--epochs", "1", "--json").output)["config"]["hidden_sizes"]
+               for text in ("50-50", "50,50")]
+    assert configs == [[50, 50], [50, 50]]
+    bad = hpo("train", "--hidden", "50-0", "--epochs", "1")
+    assert bad.exit_code == 2 and "each layer width must be an integer >= 1" in bad.output

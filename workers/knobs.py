@@ -23,6 +23,7 @@ numerical core's registries, so the training loop may import it.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -88,10 +89,12 @@ def int_text(text: str) -> int | None:
 
 
 def parse_layers(name: str, v: Any) -> tuple[int, ...]:
-    """``"100-100"`` -> (100, 100); KnobError unless every width is an integer >= 1."""
+    """``"100-100"`` (also ``"100,100"``, ``"100x100"``) -> (100, 100); KnobError unless
+    every width is an integer >= 1. In a ``--param`` list a comma separates choices, so
+    widths are joined by '-' there."""
     if not isinstance(v, str):
         raise KnobError(f"{name} must be widths joined by '-' such as '100-100', got {v!r}")
-    widths = [int_text(p) for p in v.split("-")]
+    widths = [int_text(p) for p in re.split(r"[-,x]", v)]
     if any(w is None or w < 1 for w in widths):
         raise KnobError(f"{name} {v!r}: each layer width must be an integer >= 1 (e.g. '100-100')")
     return tuple(widths)
@@ -285,7 +288,8 @@ KNOBS: Mapping[str, Knob] = _table(
     Knob("preprocessing", "name", "standardize", "Input preprocessing, fitted on the training split.",
          registry=PREPROCESSING),
     Knob("pca_components", "int", None,
-         "PCA / whitening: directions kept (an integer such as 20) or the fraction of variance kept (such as 0.95).",
+         "PCA / whitening: directions kept (an integer such as 20; 1 keeps one) or the fraction of "
+         "variance kept (such as 0.95; 1.0 keeps it all).",
          low=1, fraction=Knob("pca_components", "float", None, "", low=0.0, high=1.0, low_open=True)),
     Knob("dtype", "name", "float32", "Floating dtype of the network.", registry=DTYPES),
     Knob("epochs", "int", 40, "Passes over the training data.", low=1, searched=False),
