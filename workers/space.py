@@ -43,10 +43,9 @@ On the command line, one ``name=spec`` shorthand per ``--param``::
                                       fraction of the variance kept instead
 
 Range prefixes: ``log``, ``linear`` (the default), ``int``, ``int-log``, ``int-linear``,
-``float``, ``float-log``, ``float-linear``. Aliases (declared with each knob in
-workers/knobs.py): ``lr`` learning_rate, ``wd`` weight_decay, ``bn`` batch_norm,
-``init`` initializer, ``act`` activation, ``bs`` batch_size, ``opt`` optimizer,
-``hidden`` hidden_sizes. An integer range's high - low must be a multiple
+``float``, ``float-log``, ``float-linear``. A parameter's short aliases (``lr`` for
+learning_rate, ...) are declared with its knob in workers/knobs.py; ``hpo train --help``
+lists them. An integer range's high - low must be a multiple
 of its step; ``true/false``, ``yes/no``, ``on/off`` and ``1/0`` all read as booleans.
 
 In a TOML file, under ``[params]``; each value is a shorthand string, a plain value
@@ -127,7 +126,6 @@ __all__ = [
     "Choice",
     "FloatRange",
     "IntRange",
-    "ParamInfo",
     "ParamSpec",
     "SearchSpace",
     "SpaceError",
@@ -150,10 +148,6 @@ class SpaceError(ValueError):
 # ---------------------------------------------------------------------------
 
 
-# One home for these small readers: the knob table's (workers/knobs.py).
-_fmt, _is_real, _as_int, _as_int_text = fmt_number, is_real, as_int, int_text
-
-
 @dataclass(frozen=True)
 class FloatRange:
     """A real number from [low, high]; ``log=True`` samples log-uniformly (needs low > 0)."""
@@ -165,28 +159,28 @@ class FloatRange:
     def __post_init__(self) -> None:
         for which in ("low", "high"):
             v = getattr(self, which)
-            if not _is_real(v) or not math.isfinite(v):
+            if not is_real(v) or not math.isfinite(v):
                 raise SpaceError(f"{which} must be a finite number, got {v!r}")
             object.__setattr__(self, which, float(v))
         if not isinstance(self.log, bool):
             raise SpaceError(f"log must be true or false, got {self.log!r}")
         if not self.low < self.high:
             raise SpaceError(
-                f"low {_fmt(self.low)} must be below high {_fmt(self.high)} "
+                f"low {fmt_number(self.low)} must be below high {fmt_number(self.high)} "
                 "(for a fixed value give a single value)"
             )
         if self.log and self.low <= 0:
-            raise SpaceError(f"a log range must stay above 0, got low {_fmt(self.low)}")
+            raise SpaceError(f"a log range must stay above 0, got low {fmt_number(self.low)}")
 
     def to_distribution(self) -> FloatDistribution:
         return FloatDistribution(self.low, self.high, log=self.log)
 
     def contains(self, value: Any) -> bool:
-        return _is_real(value) and self.low <= value <= self.high
+        return is_real(value) and self.low <= value <= self.high
 
     def describe(self) -> str:
         """``log[1e-06, 10]`` or ``[0.5, 0.99]``."""
-        return f"{'log' if self.log else ''}[{_fmt(self.low)}, {_fmt(self.high)}]"
+        return f"{'log' if self.log else ''}[{fmt_number(self.low)}, {fmt_number(self.high)}]"
 
     def shorthand(self) -> str:
         """The exact ``--param`` shorthand: ``log:1e-06..10.0``."""
@@ -211,7 +205,7 @@ class IntRange:
     def __post_init__(self) -> None:
         for which in ("low", "high", "step"):
             v = getattr(self, which)
-            iv = _as_int(v)
+            iv = as_int(v)
             if iv is None:
                 raise SpaceError(f"{which} must be an integer, got {v!r}")
             object.__setattr__(self, which, iv)
@@ -236,7 +230,7 @@ class IntRange:
         return IntDistribution(self.low, self.high, log=self.log, step=self.step)
 
     def contains(self, value: Any) -> bool:
-        iv = _as_int(value)
+        iv = as_int(value)
         return iv is not None and self.low <= iv <= self.high and (iv - self.low) % self.step == 0
 
     def describe(self) -> str:
@@ -270,7 +264,7 @@ def _choice_text(v: ChoiceValue) -> str:
 def _fmt_choice(v: ChoiceValue) -> str:
     """A choice for tables: floats short but still floats (pca_components 1.0 is not 1)."""
     if isinstance(v, float):
-        text = _fmt(v)
+        text = fmt_number(v)
         return text if any(c in text for c in ".en") else text + ".0"
     return _choice_text(v)
 
@@ -337,7 +331,6 @@ ParamSpec = Union[FloatRange, IntRange, Choice]
 
 
 # What a search parameter accepts is its knob (workers/knobs.py): kind, bounds, help.
-ParamInfo = Knob
 
 # The searchable knobs, in the knob table's order.
 PARAMETERS: Mapping[str, Knob] = MappingProxyType({n: k for n, k in KNOBS.items() if k.searched})
@@ -407,14 +400,14 @@ def _normalized(name: str, spec: Any) -> ParamSpec:
     info = info.for_value(spec)
     if info.kind == "int" and isinstance(spec, FloatRange):
         raise SpaceError(
-            f"{name} is an integer; use an integer range such as int:{_fmt(spec.low)}..{_fmt(spec.high)}"
+            f"{name} is an integer; use an integer range such as int:{fmt_number(spec.low)}..{fmt_number(spec.high)}"
         )
     if info.kind == "float" and isinstance(spec, IntRange):
         raise SpaceError(f"{name} is a real number; use a float range such as {spec.low}..{spec.high}")
     for which in ("low", "high"):
         v = getattr(spec, which)
         if not info.in_domain(v):
-            raise SpaceError(f"{name} must be {info.domain()}, got {which} {_fmt(v)}")
+            raise SpaceError(f"{name} must be {info.domain()}, got {which} {fmt_number(v)}")
     return spec
 
 
@@ -544,10 +537,10 @@ class SearchSpace(Mapping[str, ParamSpec]):
             if isinstance(v, np.generic):
                 v = v.item()
             kind = PARAMETERS[name].for_value(v).kind
-            if kind == "float" and _is_real(v):
+            if kind == "float" and is_real(v):
                 v = float(v)
-            elif kind == "int" and _as_int(v) is not None:
-                v = _as_int(v)
+            elif kind == "int" and as_int(v) is not None:
+                v = as_int(v)
             _check_value(name, v)
             kwargs[name] = _parse_layers(name, v) if kind == "layers" else v
         return kwargs
@@ -638,7 +631,7 @@ def parse_spec(name: str, text: str) -> ParamSpec:
     return _normalized(name, _parse_spec(name, PARAMETERS[name], text))
 
 
-def _parse_spec(name: str, info: ParamInfo, text: str) -> ParamSpec:
+def _parse_spec(name: str, info: Knob, text: str) -> ParamSpec:
     text = text.strip()
     if not text:
         raise SpaceError(f"no value given for {name}")
@@ -652,7 +645,7 @@ def _parse_spec(name: str, info: ParamInfo, text: str) -> ParamSpec:
     return Choice(tuple(_parse_token(name, info, t) for t in tokens))
 
 
-def _parse_range(name: str, info: ParamInfo, text: str) -> ParamSpec:
+def _parse_range(name: str, info: Knob, text: str) -> ParamSpec:
     parts = [p.strip() for p in text.split(":")]
     prefix = "linear"
     if ".." not in parts[0]:
@@ -669,7 +662,7 @@ def _parse_range(name: str, info: ParamInfo, text: str) -> ParamSpec:
         raise SpaceError(f"cannot read range {parts[0]!r}; expected low..high")
     is_int = info.kind == "int"
     if info.fraction is not None:  # a count (10..50) or a fraction (0.9..0.99)
-        is_int = want_int if want_int is not None else all(_as_int_text(t) is not None for t in bounds)
+        is_int = want_int if want_int is not None else all(int_text(t) is not None for t in bounds)
     if want_int is not None and want_int != is_int:
         raise SpaceError(
             f"{name} is {'an integer' if is_int else 'a real number'}; "
@@ -695,28 +688,28 @@ def _parse_int(name: str, text: str) -> int:
         return parse_int(name, text)
 
 
-def _parse_token(name: str, info: ParamInfo, token: str) -> ChoiceValue:
+def _parse_token(name: str, info: Knob, token: str) -> ChoiceValue:
     """One choice written as text, typed as the parameter."""
     with _knob_errors():
         return info.parse(token)
 
 
-def _typed_value(name: str, info: ParamInfo, v: Any) -> ChoiceValue:
+def _typed_value(name: str, info: Knob, v: Any) -> ChoiceValue:
     """One choice given as a TOML / JSON value, typed as the parameter."""
-    if info.kind == "float" and _is_real(v):
+    if info.kind == "float" and is_real(v):
         v = float(v)
     elif info.kind == "int" and info.fraction is not None and isinstance(v, (float, np.floating)):
         v = float(v)  # 1.0 is "all the variance", not one direction: keep it a float
-    elif info.kind == "int" and _as_int(v) is not None:
-        v = _as_int(v)
+    elif info.kind == "int" and as_int(v) is not None:
+        v = as_int(v)
     elif info.kind == "layers":
         if isinstance(v, list):  # [100, 100]
-            widths = [_as_int(w) for w in v]
+            widths = [as_int(w) for w in v]
             if not widths or any(w is None or w < 1 for w in widths):
                 raise SpaceError(f"{name} {v!r}: each layer width must be an integer >= 1")
             return "-".join(str(w) for w in widths)
-        if _as_int(v) is not None:  # 200 = one hidden layer
-            v = str(_as_int(v))
+        if as_int(v) is not None:  # 200 = one hidden layer
+            v = str(as_int(v))
         if isinstance(v, str):
             return "-".join(str(w) for w in _parse_layers(name, v))
     _check_value(name, v)
@@ -740,7 +733,7 @@ def _spec_from_value(name: str, value: Any, *, shorthand: bool = True) -> ParamS
     return Choice((_typed_value(name, info, value),))
 
 
-def _spec_from_table(name: str, info: ParamInfo, table: Mapping[str, Any]) -> ParamSpec:
+def _spec_from_table(name: str, info: Knob, table: Mapping[str, Any]) -> ParamSpec:
     unknown = [k for k in table if k not in _TABLE_KEYS]
     if unknown:
         raise SpaceError(f"unknown key {unknown[0]!r}; a parameter table takes {', '.join(_TABLE_KEYS)}")
@@ -848,7 +841,7 @@ def grid_values(space: SearchSpace, points_per_range: int = 3) -> dict[str, list
     ``points_per_range`` log- or linearly spaced points including both ends (integer
     ranges give the distinct grid points they round to).
     """
-    n = _as_int(points_per_range)
+    n = as_int(points_per_range)
     if n is None or n < 2:
         raise SpaceError(f"points_per_range must be an integer >= 2, got {points_per_range!r}")
     grid: dict[str, list[Any]] = {}
