@@ -89,12 +89,12 @@ def int_text(text: str) -> int | None:
 
 
 def parse_layers(name: str, v: Any) -> tuple[int, ...]:
-    """``"100-100"`` (also ``"100,100"``, ``"100x100"``) -> (100, 100); KnobError unless
+    """``"100-100"`` (also ``"100,100"``) -> (100, 100); KnobError unless
     every width is an integer >= 1. In a ``--param`` list a comma separates choices, so
     widths are joined by '-' there."""
     if not isinstance(v, str):
         raise KnobError(f"{name} must be widths joined by '-' such as '100-100', got {v!r}")
-    widths = [int_text(p) for p in re.split(r"[-,x]", v)]
+    widths = [int_text(p) for p in re.split(r"[-,]", v)]
     if any(w is None or w < 1 for w in widths):
         raise KnobError(f"{name} {v!r}: each layer width must be an integer >= 1 (e.g. '100-100')")
     return tuple(widths)
