@@ -3,12 +3,28 @@
 import sys
 
 
+# What a Ctrl-C (or a SIGTERM turned into one) can arrive as: ``except STOPS as e`` and
+# :func:`stopped_by_signal` tell it from a real import error.
+STOPS = (KeyboardInterrupt, ImportError)
+
+
+def stopped_by_signal(error: BaseException) -> bool:
+    """Whether ``error`` is a Ctrl-C: a KeyboardInterrupt, or the ImportError a compiled module
+    raises when one reaches it while it initializes (pybind11's "initialization failed",
+    raised from the KeyboardInterrupt: SciPy's, while scikit-learn loads a dataset)."""
+    return isinstance(error, KeyboardInterrupt) or (
+        isinstance(error, ImportError) and isinstance(error.__cause__ or error.__context__, KeyboardInterrupt)
+    )
+
+
 def main() -> None:
     """The `hpo` command. The CLI is imported in here, so that a Ctrl-C while its modules load
     (a second or so) ends the command quietly instead of with a traceback."""
     try:
         from hpo.cli import main as cli_main
-    except KeyboardInterrupt:
+    except STOPS as e:
+        if not stopped_by_signal(e):
+            raise
         exit_interrupted(sys.argv[1] if len(sys.argv) > 1 else None)
     cli_main()
 

@@ -19,7 +19,7 @@ import click
 
 from hpo import campaign as campaign_mod
 from hpo import cli_inspect
-from hpo import exit_interrupted
+from hpo import STOPS, exit_interrupted, stopped_by_signal
 from hpo.cli_types import TOP_FRACTION
 from hpo.narrow import NarrowError
 from hpo.output import UsageError, err, format_option, one_line, out, print_json, render_rows, storage_option
@@ -45,7 +45,9 @@ class HpoGroup(click.Group):
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
-        except KeyboardInterrupt:  # Ctrl-C before a command took anything on: nothing to undo
+        except STOPS as e:  # Ctrl-C before a command took anything on: nothing to undo
+            if not stopped_by_signal(e):
+                raise
             ignore_stop_signals()
             exit_interrupted(ctx.invoked_subcommand)
         except INPUT_ERRORS as e:
@@ -321,7 +323,9 @@ def _stops_resumably(name: str):
     campaign has left nothing RUNNING by then (see campaign.run_campaign)."""
     try:
         yield
-    except KeyboardInterrupt:
+    except STOPS as e:
+        if not stopped_by_signal(e):
+            raise
         ignore_stop_signals()  # stopping already: a second Ctrl-C must not cut this short
         click.echo(f"interrupted: nothing is left running; resume with: hpo search --name {name}", err=True)
         sys.exit(130)
@@ -430,7 +434,9 @@ def launch(n, campaign, study, seed, wait_seconds, blas_threads, storage_url) ->
                     progress.stage_progress(current, records.count_outcomes(storage, current.study_name),
                                             records.best_value(storage, current.study_name))
                 time.sleep(0.5)
-    except KeyboardInterrupt:
+    except STOPS as e:
+        if not stopped_by_signal(e):
+            raise
         ignore_stop_signals()
         interrupted = True
         err.print("stopping workers: each queues its trial again ...")
@@ -544,7 +550,9 @@ def main() -> None:
 
         optuna.logging.set_verbosity(optuna.logging.WARNING)  # our own progress says what happens
         cli(prog_name="hpo")
-    except KeyboardInterrupt:  # Ctrl-C while the modules load: nothing started yet
+    except STOPS as e:  # Ctrl-C while the modules load: nothing started yet
+        if not stopped_by_signal(e):
+            raise
         ignore_stop_signals()
         exit_interrupted(sys.argv[1] if len(sys.argv) > 1 else None)
     finally:

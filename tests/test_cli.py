@@ -183,3 +183,19 @@ def test_narrow_dry_run_writes_nothing(tmp_path):
     result = run("narrow", "dry/stage-1", "--storage", url, "--dry-run")
     assert result.exit_code == 0, result.output
     assert sql(url, "SELECT COUNT(*) FROM studies") == before
+
+
+def test_a_ctrl_c_that_reaches_a_compiled_module_while_it_loads_is_a_stop():
+    """pybind11 modules (SciPy's, loaded with a dataset) turn a Ctrl-C during their import into
+    ImportError("initialization failed") raised from the KeyboardInterrupt: still a stop."""
+    from hpo import stopped_by_signal
+
+    try:
+        try:
+            raise KeyboardInterrupt
+        except KeyboardInterrupt as stop:
+            raise ImportError("initialization failed") from stop
+    except ImportError as e:
+        assert stopped_by_signal(e)
+    assert not stopped_by_signal(ImportError("No module named 'mnist1d'"))
+    assert stopped_by_signal(KeyboardInterrupt())
