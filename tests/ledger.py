@@ -121,7 +121,10 @@ def _check_study(storage: Any, study_name: str, ledger: Ledger, exact_budget: bo
     for parent, retries in retries_of.items():
         assert len(retries) == 1, f"{study_name}: trial {parent} was retried {len(retries)} times: {retries}"
         retry = by_number[retries[0]]
-        assert retry.params == by_number[parent].params, f"{study_name}: retry {retry.number} changed the parameters"
+        # A retry repeats what its trial had; a trial stopped between its claim and its
+        # sampling has no parameters, and its retry samples them.
+        if by_number[parent].params:
+            assert retry.params == by_number[parent].params, f"{study_name}: retry {retry.number} changed the parameters"
         if by_number[parent].state != TrialState.FAIL:  # the trial finished after all: its retry must not run
             assert retry.state == TrialState.FAIL and _reason(retry).startswith(backend.NOT_NEEDED), (
                 f"{study_name}: trial {parent} is {by_number[parent].state.name} and its retry {retry.number} is "

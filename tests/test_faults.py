@@ -142,6 +142,7 @@ class Running:
     number: int
     trial_id: int
     worker: str | None
+    sampled: bool  # its parameters are written (the worker samples them after the claim)
 
 
 def running(url: str, study: str) -> list[Running]:
@@ -149,12 +150,13 @@ def running(url: str, study: str) -> list[Running]:
     rows = sql(
         url,
         "SELECT t.number, t.trial_id, "
-        "(SELECT a.value_json FROM trial_user_attributes a WHERE a.trial_id = t.trial_id AND a.key = 'worker') "
+        "(SELECT a.value_json FROM trial_user_attributes a WHERE a.trial_id = t.trial_id AND a.key = 'worker'), "
+        "EXISTS (SELECT 1 FROM trial_params p WHERE p.trial_id = t.trial_id) "
         "FROM trials t JOIN studies s ON s.study_id = t.study_id "
         "WHERE s.study_name = :name AND t.state = 'RUNNING' ORDER BY t.number",
         name=study,
     )
-    return [Running(n, i, json.loads(w) if w else None) for n, i, w in rows]
+    return [Running(n, i, json.loads(w) if w else None, bool(p)) for n, i, w, p in rows]
 
 
 def trial_state(url: str, study: str, number: int) -> str:
@@ -170,11 +172,14 @@ def worker_id(proc: Proc) -> str:
 
 
 class FreshTrial:
-    """Polled: the trial ``proc`` has just taken (seen RUNNING now, not at the poll before).
+    """Polled: the trial ``proc`` has just taken and sampled (seen RUNNING with its parameters
+    now, not at the poll before).
 
     A trial of these tests trains for seconds and a poll takes a fraction of one, so a trial
     caught this way is in its first epochs, far from its end: a signal sent now lands in the
-    middle of training, whatever the worker writes to the database as it trains.
+    middle of training, whatever the worker writes to the database as it trains. (Without
+    waiting for the parameters, a loaded machine can catch the moment between the claim and
+    the sampling: a trial stopped there has no parameters for its retry to repeat.)
     """
 
     def __init__(self, url: str, study: str, *procs: Proc) -> None:
@@ -183,7 +188,7 @@ class FreshTrial:
         self.before: set[int] | None = None  # None: not polled yet (a trial seen then may be old)
 
     def __call__(self) -> Running | None:
-        mine = [r for r in running(self.url, self.study) if r.worker in self.workers]
+        mine = [r for r in running(self.url, self.study) if r.worker in self.workers and r.sampled]
         before, self.before = self.before, {r.number for r in mine}
         fresh = [r for r in mine if before is not None and r.number not in before
                  and r.number not in self.skip]
