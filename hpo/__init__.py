@@ -1,5 +1,6 @@
 """hpo: coarse-to-fine hyperparameter search for NumPy networks, on Optuna studies."""
 
+import os
 import sys
 
 
@@ -17,21 +18,43 @@ def stopped_by_signal(error: BaseException) -> bool:
     )
 
 
+_stopped = False  # a stop signal reached this process and a handler took it
+
+
+def record_stop() -> None:
+    """Called where a stop is handled: the process then ends as :func:`main` says."""
+    global _stopped
+    _stopped = True
+
+
 def main() -> None:
     """The `hpo` command. The CLI is imported in here, so that a Ctrl-C while its modules load
     (a second or so) ends the command quietly instead of with a traceback."""
     try:
-        from hpo.cli import main as cli_main
-    except STOPS as e:
-        if not stopped_by_signal(e):
+        try:
+            from hpo.cli import main as cli_main
+        except STOPS as e:
+            if not stopped_by_signal(e):
+                raise
+            exit_interrupted(sys.argv[1] if len(sys.argv) > 1 else None)
+        cli_main()
+    except SystemExit as end:
+        if not _stopped:
             raise
-        exit_interrupted(sys.argv[1] if len(sys.argv) > 1 else None)
-    cli_main()
+        # CPython ends a process in which a KeyboardInterrupt ever left code that C ran through
+        # PyRun_* (SciPy's module init does, while a dataset loads) by killing it with SIGINT
+        # at exit, whatever its exit status: a handled Ctrl-C would end -2 instead of 130. So a
+        # stopped command ends here, its output flushed, with the status it chose.
+        code = end.code if isinstance(end.code, int) else (0 if end.code is None else 1)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
 
 
 def exit_interrupted(command: str | None) -> None:
     """End a command stopped by Ctrl-C (or SIGTERM) before it took anything on: one line, and
     the exit status a stopped command of its kind has (a worker: 0, as a worker stopped at any
     other moment; any other command: 130)."""
+    record_stop()
     print("interrupted", file=sys.stderr)
     raise SystemExit(0 if command == "worker" else 130)

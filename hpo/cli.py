@@ -19,7 +19,7 @@ import click
 
 from hpo import campaign as campaign_mod
 from hpo import cli_inspect
-from hpo import STOPS, exit_interrupted, stopped_by_signal
+from hpo import STOPS, exit_interrupted, record_stop, stopped_by_signal
 from hpo.cli_types import TOP_FRACTION
 from hpo.narrow import NarrowError
 from hpo.output import UsageError, err, format_option, one_line, out, print_json, render_rows, storage_option
@@ -326,6 +326,7 @@ def _stops_resumably(name: str):
     except STOPS as e:
         if not stopped_by_signal(e):
             raise
+        record_stop()
         ignore_stop_signals()  # stopping already: a second Ctrl-C must not cut this short
         click.echo(f"interrupted: nothing is left running; resume with: hpo search --name {name}", err=True)
         sys.exit(130)
@@ -437,6 +438,7 @@ def launch(n, campaign, study, seed, wait_seconds, blas_threads, storage_url) ->
     except STOPS as e:
         if not stopped_by_signal(e):
             raise
+        record_stop()
         ignore_stop_signals()
         interrupted = True
         err.print("stopping workers: each queues its trial again ...")
