@@ -76,7 +76,7 @@ def test_train_reports_divergence_as_such():
         (["search", "--dataset", "npz:/nonexistent/data.npz"], "data.npz"),
         (["search", "--dataset", "imagenet"], "imagenet"),
         (["search", "--name", "bad name"], "invalid campaign name"),
-        (["train", "--hidden", "0"], "positive"),
+        (["train", "--hidden", "0"], "each layer width must be an integer >= 1"),
         (["worker"], "exactly one of --campaign"),
     ],
 )
