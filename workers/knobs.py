@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from workers.data.preprocess import PREPROCESSING
-from workers.nn.activations import ACTIVATIONS, config_default, config_range
+from workers.nn.activations import ACTIVATIONS, ParamRange, config_default, config_range
 from workers.nn.initializers import INITIALIZERS, SMALL_STD
 from workers.nn.optimizers import DEFAULT_MOMENTUM, OPTIMIZERS
 
@@ -144,23 +144,16 @@ class Knob:
         """The allowed values of a "name" knob."""
         return list(self.registry or ()) if self.kind == "name" else []
 
+    def bounds(self) -> ParamRange:
+        """The numeric domain as a range (the same type the nn registries state theirs in)."""
+        return ParamRange(self.low, self.high, self.low_open, self.high_open)
+
     def domain(self) -> str:
         """The numeric domain in words: ``> 0``, ``in [0, 1)``, ``>= 1``."""
-        lo, hi = self.low, self.high
-        if lo is not None and hi is not None:
-            return f"in {'(' if self.low_open else '['}{fmt_number(lo)}, {fmt_number(hi)}{')' if self.high_open else ']'}"
-        if lo is not None:
-            return f"{'>' if self.low_open else '>='} {fmt_number(lo)}"
-        if hi is not None:
-            return f"{'<' if self.high_open else '<='} {fmt_number(hi)}"
-        return "any number"
+        return self.bounds().words()
 
     def in_domain(self, x: float) -> bool:
-        if self.low is not None and (x <= self.low if self.low_open else x < self.low):
-            return False
-        if self.high is not None and (x >= self.high if self.high_open else x > self.high):
-            return False
-        return True
+        return self.bounds().contains(x)
 
     # values --------------------------------------------------------------------------
     def check(self, value: Any) -> Any:
