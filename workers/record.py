@@ -285,6 +285,12 @@ def write_record(trial: HasUserAttrs, record: TrialRecord) -> None:
         trial.set_user_attr(key, value)
 
 
+def read_reason(attrs: Mapping[str, Any]) -> str | None:
+    """Only the ``reason`` of a trial's user attrs, as :func:`read_record` reads it, without
+    parsing the rest (the claim reads it of every finished trial when one failed)."""
+    return _ATTRS["reason"][1](attrs.get("reason"))
+
+
 def read_record(trial: Any) -> TrialRecord:
     """The record of ``trial``: an ``optuna.trial.FrozenTrial`` (state and value included), or
     a trial's user attrs as a mapping. Trials written before the layout was versioned read as

@@ -56,7 +56,7 @@ from storage.url import mask_url
 from storage.worker_storage import WorkerStorage
 from workers import stageplan
 from workers.objective import StopRequested, Trainer, TrialOutcome, run_trial
-from workers.record import Timings, TrialRecord, read_record, write_record
+from workers.record import Timings, TrialRecord, read_reason, read_record, write_record
 from workers.run import cached_dataset, fit_and_score
 from workers.space import SearchSpace
 from workers.stageplan import StagePlan
@@ -397,7 +397,7 @@ class Worker:
         done = [t for t in self.study_storage.get_all_trials(optuna_access.study_id(study), deepcopy=False)
                 if t.state.is_finished()]
         done.sort(key=lambda t: (t.datetime_complete or datetime.datetime.min, optuna_access.trial_id(t)))
-        return stageplan.failure_verdict(plan, [(t.state.name, read_record(t.user_attrs).reason) for t in done])
+        return stageplan.failure_verdict(plan, [(t.state.name, read_reason(t.user_attrs)) for t in done])
 
     def _run_one(
         self, study: optuna.Study, plan: StagePlan, space: SearchSpace, trial: optuna.Trial, started: float
