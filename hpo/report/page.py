@@ -1,0 +1,133 @@
+"""The report page: sections of figures, tables and words, written as one self-contained HTML file.
+
+Everything the page needs is inside it: Plotly's JavaScript (the copy the installed ``plotly``
+package ships), the styles and each figure's data as JSON. Nothing is fetched, so the file reads
+from ``file://`` on a machine without a network.
+
+Sections are built by :mod:`hpo.report.sections` from the collected data; this module knows
+only how to lay them out. Every piece of text is escaped here, once: names, reasons and values
+come from the user or from storage and are shown as they are.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import plotly.graph_objects as go
+import plotly.io
+import plotly.offline
+
+# What each figure's tool bar offers: zoom and pan are Plotly's defaults; "download as PNG"
+# saves the figure as an image from the page, at twice the screen's resolution.
+PLOT_CONFIG = {
+    "displaylogo": False,
+    "responsive": True,
+    "toImageButtonOptions": {"format": "png", "scale": 2},
+}
+
+
+@dataclass(frozen=True)
+class Figure:
+    """A Plotly figure and the one sentence that says how to read it."""
+
+    figure: go.Figure
+    caption: str
+
+
+@dataclass(frozen=True)
+class Words:
+    """A paragraph: what a section says instead of a figure (nothing to draw yet, every trial
+    diverged, ...), or a note beside one."""
+
+    text: str
+
+
+@dataclass(frozen=True)
+class Table:
+    """A small table of values (formatted by the section; shown as text)."""
+
+    columns: tuple[str, ...]
+    rows: tuple[tuple[Any, ...], ...]
+    caption: str = ""
+
+
+Item = Figure | Words | Table
+
+
+@dataclass(frozen=True)
+class Section:
+    """One numbered part of the report; ``key`` is its HTML id (``#coarse-to-fine``)."""
+
+    key: str
+    title: str
+    items: tuple[Item, ...] = field(default_factory=tuple)
+
+
+_STYLE = """
+body { font-family: system-ui, sans-serif; margin: 0 auto; max-width: 1200px; padding: 0 1.5em 4em; color: #222; }
+h1 { margin-top: 1em; } h2 { border-bottom: 1px solid #ccc; padding-bottom: .2em; margin-top: 2em; }
+nav a { margin-right: 1em; }
+.banner { background: #fff4d6; border: 1px solid #e0c060; padding: .6em 1em; margin: 1em 0; }
+.figure { width: 100%; min-height: 420px; }
+figure { margin: 1.5em 0; } figcaption { color: #555; font-size: .92em; margin-top: .3em; }
+table { border-collapse: collapse; margin: 1em 0; font-size: .92em; }
+th, td { border: 1px solid #ddd; padding: .25em .6em; text-align: left; vertical-align: top; }
+th { background: #f4f4f4; }
+p.words { background: #f6f6f6; padding: .6em 1em; }
+"""
+
+
+def _text(value: Any) -> str:
+    return html.escape(value if isinstance(value, str) else str(value))
+
+
+def figure_json(figure: go.Figure) -> str:
+    """The figure as JSON safe inside a <script> element (no ``</`` can end it early)."""
+    return plotly.io.to_json(figure, validate=False).replace("</", "<\\/")
+
+
+def _item(item: Item, number: int) -> str:
+    if isinstance(item, Words):
+        return f'<p class="words">{_text(item.text)}</p>'
+    if isinstance(item, Table):
+        head = "".join(f"<th>{_text(c)}</th>" for c in item.columns)
+        body = "".join("<tr>" + "".join(f"<td>{_text(v)}</td>" for v in row) + "</tr>" for row in item.rows)
+        caption = f"<caption>{_text(item.caption)}</caption>" if item.caption else ""
+        return f"<table>{caption}<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+    div = f"figure-{number}"
+    return (
+        f'<figure><div class="figure" id="{div}" data-figure></div>'
+        f"<figcaption>{_text(item.caption)}</figcaption>"
+        f'<script>(function (f) {{ Plotly.newPlot("{div}", f.data, f.layout || {{}}, PLOT_CONFIG); }})'
+        f"({figure_json(item.figure)});</script></figure>"
+    )
+
+
+def render_page(title: str, sections: Sequence[Section], *, banner: str | None = None) -> str:
+    """The whole HTML document: ``banner`` (a campaign still running, ...) above the sections."""
+    parts = [
+        "<!DOCTYPE html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        '<meta name="viewport" content="width=device-width, initial-scale=1">',
+        f"<title>{_text(title)}</title><style>{_STYLE}</style>",
+        f"<script>{plotly.offline.get_plotlyjs()}</script>",
+        f"<script>const PLOT_CONFIG = {json.dumps(PLOT_CONFIG)};</script>",
+        "</head><body>",
+        f"<h1>{_text(title)}</h1>",
+    ]
+    if banner:
+        parts.append(f'<div class="banner">{_text(banner)}</div>')
+    parts.append("<nav>" + "".join(f'<a href="#{s.key}">{_text(s.title)}</a>' for s in sections) + "</nav>")
+    number = 0
+    for section in sections:
+        parts.append(f'<section id="{_text(section.key)}"><h2>{_text(section.title)}</h2>')
+        for item in section.items:
+            number += isinstance(item, Figure)
+            parts.append(_item(item, number))
+        parts.append("</section>")
+    parts.append("</body></html>")
+    return "\n".join(parts)
