@@ -1,0 +1,91 @@
+"""What every figure of the report shares: colours, hover text, fading, and the sampling rule.
+
+One home for each: a trial's hover text reads the same in every figure, an outcome has one
+colour, and a figure that would carry too many points samples them the same way and says so.
+"""
+
+from __future__ import annotations
+
+import html
+import math
+from collections.abc import Sequence
+from typing import Any
+
+from hpo.report.collect import TrialView
+
+# Plotly's qualitative palette (D3), assigned in order of first appearance: stable per report.
+PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf")
+OUTCOME_COLORS = {
+    "COMPLETE": "#2ca02c",
+    "PRUNED": "#ff7f0e",
+    "DIVERGED": "#d62728",
+    "FAIL": "#7f7f7f",
+    "RUNNING": "#1f77b4",
+    "WAITING": "#bcbd22",
+}
+FADED_OPACITY = 0.3  # pruned and diverged trials: shown, but behind the complete ones
+SOLID_OPACITY = 0.9
+
+# A figure draws at most this many points (or trials' lines, bars, heatmap columns); beyond
+# it, trials are sampled evenly, the best ones always kept, and the caption says so.
+MAX_POINTS = 4000
+
+# The lecture's rule of thumb for the update/weight ratio of a layer per step.
+UPDATE_RATIO_RULE = 1e-3
+
+
+def color_map(values: Sequence[Any]) -> dict[Any, str]:
+    """A colour per distinct value, in order of first appearance."""
+    colors: dict[Any, str] = {}
+    for value in values:
+        if value not in colors:
+            colors[value] = PALETTE[len(colors) % len(PALETTE)]
+    return colors
+
+
+def show(value: Any) -> str:
+    """A parameter value as the report writes it (short floats, lowercase booleans)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return f"{value:.4g}" if math.isfinite(value) else str(value)
+    return str(value)
+
+
+def hover(trial: TrialView) -> str:
+    """The hover text of a trial's mark: number, outcome, value, parameters and reason.
+
+    Plotly draws hover text as HTML, so everything here is escaped: names, values and reasons
+    come from the user or from storage."""
+    lines = [f"<b>{html.escape(trial.study)} #{trial.number}</b>: {trial.outcome.lower()}"]
+    if trial.value is not None:
+        lines.append(f"value {trial.value:.4f}")
+    elif trial.last_accuracy is not None:
+        lines.append(f"last validation accuracy {trial.last_accuracy:.4f}")
+    lines.extend(f"{html.escape(str(name))} = {html.escape(show(value))}" for name, value in trial.params.items())
+    if trial.reason:
+        reason = trial.reason if len(trial.reason) <= 160 else trial.reason[:157] + "..."
+        lines.append(f"<i>{html.escape(reason)}</i>")
+    return "<br>".join(lines)
+
+
+def faded(trial: TrialView) -> bool:
+    """Pruned and diverged trials are drawn faded."""
+    return trial.outcome in ("PRUNED", "DIVERGED")
+
+
+def sample(trials: Sequence[TrialView], limit: int = MAX_POINTS, *, keep: Sequence[TrialView] = ()) -> tuple[list[TrialView], bool]:
+    """At most ``limit`` of ``trials``, evenly spaced in their order, always with those in
+    ``keep`` (the best trials); and whether any were left out."""
+    if len(trials) <= limit:
+        return list(trials), False
+    stride = len(trials) / limit
+    chosen = {int(i * stride) for i in range(limit)}
+    kept_ids = {id(t) for t in keep}
+    picked = [t for i, t in enumerate(trials) if i in chosen or id(t) in kept_ids]
+    return picked, True
+
+
+def sampled_note(shown: int, total: int) -> str:
+    """The words a caption adds when a figure samples."""
+    return f" (sampled: {shown:,} of {total:,} trials drawn, the best always among them)"
