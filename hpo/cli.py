@@ -14,15 +14,16 @@ import signal
 import sys
 import threading
 import time
+from pathlib import Path
 
 import click
 
 from hpo import campaign as campaign_mod
-from hpo import cli_inspect
+from hpo import cli_inspect, cli_report
 from hpo import STOPS, exit_interrupted, record_stop, stopped_by_signal
 from hpo.cli_types import TOP_FRACTION
 from hpo.narrow import NarrowError
-from hpo.output import UsageError, err, format_option, one_line, out, print_json, render_rows, storage_option
+from hpo.output import UsageError, err, format_option, literal, one_line, out, print_json, render_rows, storage_option
 from hpo.progress import RichProgress, narrowing_rows
 from storage import backend, records
 from storage.errors import DatabaseUnavailable, StorageError, StudyNotFound
@@ -245,16 +246,18 @@ def given_on_command_line(ctx: click.Context) -> set[str]:
 @click.option("--replan", is_flag=True, help="Resuming: apply the schedule options given (--stages, --trials, --epochs, --sampler, ...) to the stages not yet started, and record the change.")
 @click.option("--blas-threads", type=click.IntRange(min=1), default=1, show_default=True, help="BLAS threads per local worker.")
 @click.option("--json", "as_json", is_flag=True, help="End with one JSON object: stages, ranges, counts, best configuration, accuracies.")
+@click.option("--no-report", is_flag=True, help="Do not write NAME-report.html (hpo report NAME) when the campaign ends.")
 @storage_option
 @click.pass_context
 def search(ctx, name, dataset, stages, trials, epochs, workers, sampler, pruner, cv, space_file, params, top_quantile, seed,
-           max_failures_in_a_row, max_failure_share, replan, blas_threads, as_json, storage_url) -> None:
+           max_failures_in_a_row, max_failure_share, replan, blas_threads, as_json, no_report, storage_url) -> None:
     """Run a coarse-to-fine search: stages that narrow the ranges and train longer.
 
     Each stage runs its trial budget on local workers (or on workers attached elsewhere with
     `hpo worker --campaign NAME`), then the next stage's ranges are derived from the best
     trials. At the end the best configuration is retrained on train + validation and tested
-    once on the held-out test split.
+    once on the held-out test split, and the campaign's report is written to NAME-report.html
+    (see `hpo report`).
 
     Re-running with the same --name resumes the campaign as it was created; options that
     differ from its stored plan are refused unless --replan. Ctrl-C stops it (exit 130): the
@@ -309,12 +312,34 @@ def search(ctx, name, dataset, stages, trials, epochs, workers, sampler, pruner,
             with progress:
                 summary = campaign_mod.run_campaign(storage_url, spec, progress, workers=workers, blas_threads=blas_threads)
         except campaign_mod.StageFailed as e:
+            if not no_report:
+                _write_report(storage_url, name)
             click.echo(f"Error: {one_line(e)}", err=True)
             sys.exit(1)
+    report = None if no_report else _write_report(storage_url, name)
     if as_json:
-        print_json({**summary.to_dict(), "storage": mask_url(storage_url)})
+        print_json({**summary.to_dict(), "storage": mask_url(storage_url), "report": str(report) if report else None})
         return
     progress.print_summary(out, summary)
+    if report:
+        out.print(literal(f"report: {report}"))
+
+
+def _write_report(storage_url: str, name: str) -> Path | None:
+    """The campaign's report, written at its end; a report that cannot be written is said in
+    one line and costs the campaign nothing (its results are stored)."""
+    from hpo.report import ReportPathError, write_report
+
+    err.print(literal("writing the report ..."))
+    try:
+        storage = backend.open_storage(storage_url)
+        try:
+            return write_report(storage, storage_url, name)
+        finally:
+            storage.engine.dispose()
+    except (ReportPathError, OSError, StorageError, *backend.DB_ERRORS) as e:
+        err.print(literal(f"warning: the report was not written: {one_line(e)} (retry with: hpo report {name})"))
+        return None
 
 
 @contextlib.contextmanager
@@ -541,8 +566,9 @@ def init_db(storage_url) -> None:
 
 
 # Every command module is registered here, in one place: the running commands above, the
-# inspection commands of hpo/cli_inspect.py (which does not import this module).
-for _command in cli_inspect.COMMANDS:
+# inspection commands of hpo/cli_inspect.py and the report of hpo/cli_report.py (neither imports
+# this module).
+for _command in (*cli_inspect.COMMANDS, *cli_report.COMMANDS):
     cli.add_command(_command)
 
 

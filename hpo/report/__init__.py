@@ -1,6 +1,100 @@
 """``hpo report``: a campaign (or a single study) as one offline HTML page of figures.
 
 - :mod:`hpo.report.collect` reads everything the report shows from storage into plain data;
-- :mod:`hpo.report.sections` turns that data into sections of figures, tables and words;
+- the ``sections_*`` modules turn that data into sections of figures, tables and words;
 - :mod:`hpo.report.page` writes the sections as one self-contained HTML file.
+
+:func:`write_report` is what ``hpo report`` and the end of ``hpo search`` call.
 """
+
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+from pathlib import Path
+
+from hpo.report.collect import ReportData, collect
+from hpo.report.page import Section, render_page
+from hpo.report.sections_search import coarse_section, history_section, importance_section, summary_section
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9_.-]+")
+
+
+def default_path(name: str) -> Path:
+    """``NAME-report.html`` in the working folder, with what a file name cannot hold (``/`` of
+    a stage study, spaces, ...) written as ``-``."""
+    safe = _UNSAFE.sub("-", name).strip("-.") or "study"
+    return Path(f"{safe}-report.html")
+
+
+def banner(data: ReportData) -> str | None:
+    """The line above the sections: a campaign still running, stopped, or with nothing to show."""
+    trials = data.trials
+    if data.failed:
+        return f"This campaign stopped: {data.failed}. The report shows the trials it ran."
+    if data.running:
+        running = sum(t.outcome == "RUNNING" for t in trials)
+        waiting = sum(t.outcome == "WAITING" for t in trials)
+        where = f"stage {len(data.stages)} of {data.planned_stages}" if data.campaign else "trials are still queued or running"
+        return (
+            f"Still running ({where}; {running} trials running, {waiting} queued): this report shows what existed "
+            "when it was written. Run hpo report again for a newer one."
+        )
+    if trials and all(t.outcome == "DIVERGED" for t in trials if t.outcome != "FAIL"):
+        return "Every trial diverged: no configuration trained. Lower the learning rate's range, or try batch norm."
+    return None
+
+
+def sections(data: ReportData) -> list[Section]:
+    return [
+        summary_section(data),
+        coarse_section(data),
+        history_section(data),
+        importance_section(data),
+    ]
+
+
+def render(data: ReportData) -> str:
+    what = "campaign" if data.campaign else "study"
+    return render_page(f"hpo report: {what} {data.name}", sections(data), banner=banner(data))
+
+
+class ReportPathError(ValueError):
+    """The report cannot be written where it was asked to be (one line, for the user)."""
+
+
+def target_path(name: str, path: str | os.PathLike | None = None) -> Path:
+    """Where the report of ``name`` goes; checked before anything is collected, so a typo in
+    ``-o`` costs nothing."""
+    target = Path(path) if path is not None else default_path(name)
+    folder = target.parent
+    if not folder.is_dir():
+        raise ReportPathError(f"cannot write the report to {target}: there is no folder {folder}")
+    if target.is_dir():
+        raise ReportPathError(f"cannot write the report to {target}: it is a folder")
+    if not os.access(folder, os.W_OK):
+        raise ReportPathError(f"cannot write the report to {target}: the folder {folder} is not writable")
+    return target
+
+
+def write_report(storage, url: str, name: str, path: str | os.PathLike | None = None) -> Path:
+    """Collect ``name`` from ``storage`` and write its report to ``path`` (default
+    :func:`default_path`), atomically: a reader never sees half a page. Returns the path.
+
+    ReportPathError when the path cannot be written; StudyNotFound when there is no such
+    campaign or study."""
+    target = target_path(name, path)
+    data = collect(storage, url, name)
+    page = render(data)
+    folder = target.parent
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=folder)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(page)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return target

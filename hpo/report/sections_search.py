@@ -1,0 +1,313 @@
+"""The report's search sections: summary, coarse to fine, history and importance.
+
+Each function takes the collected :class:`~hpo.report.collect.ReportData` and returns a
+:class:`~hpo.report.page.Section`; where there is nothing to draw, it says so in words.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+from hpo.report.collect import OUTCOMES, ReportData, StageView, TrialView
+from hpo.report.common import (
+    FADED_OPACITY, SOLID_OPACITY, color_map, faded, hover, sample, sampled_note, show,
+)
+from hpo.report.page import Figure, Item, Section, Table, Words
+
+# The parameter drawn on the x axis of the coarse-to-fine scatter, when the stage searches it.
+LEARNING_RATE = "learning_rate"
+BN_SYMBOLS = {True: "circle", False: "diamond"}
+GL_ABOVE = 1000  # points in a trace beyond which it is drawn with WebGL
+
+
+def _scatter(**kwargs: Any) -> go.Scatter | go.Scattergl:
+    many = len(kwargs.get("x") or ()) > GL_ABOVE
+    return (go.Scattergl if many else go.Scatter)(**kwargs)
+
+
+def _layout(figure: go.Figure, **kwargs: Any) -> go.Figure:
+    figure.update_layout(template="plotly_white", margin={"l": 60, "r": 20, "t": 50, "b": 50}, hoverlabel={"align": "left"}, **kwargs)
+    return figure
+
+
+def _fmt(value: Any, digits: int = 4) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}" if math.isfinite(value) else str(value)
+    return show(value)
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    minutes, secs = divmod(round(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
+
+
+def _status(data: ReportData) -> str:
+    if data.failed:
+        return "failed"
+    return "running" if data.running else "finished"
+
+
+def _final_best(data: ReportData) -> TrialView | None:
+    """The best trial the campaign found: the final retrain's, else the last stage's best."""
+    if data.result:
+        for trial in data.trials:
+            if trial.study == data.result.get("study") and trial.number == data.result.get("trial"):
+                return trial
+    for stage in reversed(data.stages):
+        if stage.best is not None:
+            return stage.best
+    return None
+
+
+# -- 1. summary --------------------------------------------------------------------------------
+def summary_section(data: ReportData) -> Section:
+    items: list[Item] = []
+    what = "campaign" if data.campaign else "study"
+    rows = [
+        (what, data.name),
+        ("status", _status(data)),
+        ("dataset", data.dataset or "-"),
+        ("storage", data.storage),
+        ("stages", f"{len(data.stages)} of {data.planned_stages}"),
+        ("wall time", _duration(data.wall_seconds) + " (first trial's start to last trial's end)"),
+        ("workers", f"{len(data.workers)}: " + ", ".join(data.workers) if data.workers else "-"),
+    ]
+    if data.failed:
+        rows.append(("failure", data.failed))
+    items.append(Table(("", ""), tuple(rows)))
+    stage_rows = []
+    for stage in data.stages:
+        counts = stage.counts
+        best = stage.best
+        stage_rows.append((
+            stage.study,
+            stage.plan.trials if stage.plan else "-",
+            stage.epochs or "-",
+            *(counts[o] for o in OUTCOMES),
+            _fmt(best.value) if best else "-",
+            stage.status or "-",
+        ))
+    items.append(Table(("stage", "budget", "epochs", *(o.lower() for o in OUTCOMES), "best", "status"), tuple(stage_rows), "Trials per stage and how they ended (diverged trials are counted apart from pruned ones)."))
+    best = _final_best(data)
+    if best is None:
+        items.append(Words("No trial has completed yet, so there is no best configuration."))
+    else:
+        params = data.result.get("params") if data.result else None
+        shown = params if isinstance(params, Mapping) else best.params
+        best_rows = [(name, show(value)) for name, value in shown.items()]
+        best_rows.append(("validation accuracy", _fmt(best.value)))
+        if data.result:
+            best_rows.append(("final retrain: train accuracy", _fmt(data.result.get("train_accuracy"))))
+            best_rows.append(("final retrain: test accuracy", _fmt(data.result.get("test_accuracy"))))
+        else:
+            best_rows.append(("final retrain", "not yet: it runs when the last stage ends"))
+        items.append(Table(("best configuration", f"{best.study} #{best.number}"), tuple(best_rows)))
+    return Section("summary", "Summary", tuple(items))
+
+
+# -- 2. coarse to fine -------------------------------------------------------------------------
+def _numeric(ranges: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    """Searched numeric parameters (low < high), the learning rate first."""
+    names = [n for n, spec in ranges.items() if spec.get("type") in ("float", "int") and spec.get("low") != spec.get("high")]
+    return sorted(names, key=lambda n: n != LEARNING_RATE)
+
+
+def _band(spec: Mapping[str, Any] | None) -> tuple[float, float] | None:
+    if not spec or spec.get("type") not in ("float", "int"):
+        return None
+    return float(spec["low"]), float(spec["high"])
+
+
+def _trial_y(trial: TrialView, floor: float) -> float:
+    y = trial.last_accuracy
+    return floor if y is None else y
+
+
+def _coarse_figure(stage: StageView, x_name: str, colors: dict[Any, str]) -> Figure | Words:
+    trials = [t for t in stage.trials if x_name in t.params and t.outcome in ("COMPLETE", "PRUNED", "DIVERGED")]
+    if not trials:
+        return Words(f"{stage.study}: no trial has finished yet, so there is nothing to draw.")
+    best = stage.best
+    shown, sampled = sample(trials, keep=[best] if best else [])
+    values = [t.last_accuracy for t in shown if t.last_accuracy is not None]
+    floor = min(values) if values else 0.0
+    log_x = bool(stage.ranges.get(x_name, {}).get("log"))
+    figure = go.Figure()
+    groups: dict[tuple[Any, Any, bool], list[TrialView]] = {}
+    for t in shown:
+        groups.setdefault((t.params.get("activation"), t.params.get("batch_norm"), faded(t)), []).append(t)
+    for (activation, bn, is_faded), group in sorted(groups.items(), key=lambda kv: (str(kv[0][0]), str(kv[0][1]), kv[0][2])):
+        label = f"{activation if activation is not None else 'trials'}" + (f", batch norm {show(bn)}" if bn is not None else "")
+        figure.add_trace(_scatter(
+            x=[t.params[x_name] for t in group],
+            y=[_trial_y(t, floor) for t in group],
+            mode="markers",
+            name=label + (" (pruned or diverged)" if is_faded else ""),
+            legendgroup=label,
+            marker={
+                "color": colors.get(activation, "#1f77b4"),
+                "symbol": ["x" if t.outcome == "DIVERGED" else BN_SYMBOLS.get(bn, "circle") for t in group],
+                "size": 8,
+                "opacity": FADED_OPACITY if is_faded else SOLID_OPACITY,
+            },
+            text=[hover(t) for t in group],
+            hovertemplate="%{text}<extra></extra>",
+        ))
+    searched, narrowed = _band(stage.ranges.get(x_name)), _band((stage.child_ranges or {}).get(x_name))
+    if searched:
+        figure.add_vrect(x0=searched[0], x1=searched[1], fillcolor="#999", opacity=0.08, line_width=0, annotation_text="searched", annotation_position="bottom left")
+    if narrowed:
+        figure.add_vrect(x0=narrowed[0], x1=narrowed[1], fillcolor="#2ca02c", opacity=0.15, line_width=1, annotation_text=f"stage {stage.stage + 1}", annotation_position="top right")
+    if best is not None and x_name in best.params:
+        figure.add_trace(go.Scatter(
+            x=[best.params[x_name]], y=[best.value], mode="markers", name=f"best: #{best.number}",
+            marker={"symbol": "star", "size": 18, "color": "gold", "line": {"color": "black", "width": 1}},
+            text=[hover(best)], hovertemplate="%{text}<extra></extra>",
+        ))
+    epochs = f", {stage.epochs} epoch{'s' if stage.epochs != 1 else ''} per trial" if stage.epochs else ""
+    _layout(figure, title=f"{stage.study}{epochs}", xaxis_title=x_name, yaxis_title="validation accuracy", height=460)
+    if log_x:
+        figure.update_xaxes(type="log")
+    caption = (
+        f"Each mark is a trial of {stage.study}: its {x_name} (x) and the validation accuracy it reached (y), "
+        "coloured by activation, circles with batch norm and diamonds without; faded marks were pruned, x marks diverged "
+        "(hover for the reason); the grey band is the range searched"
+        + (f", the green band the range stage {stage.stage + 1} searches" if narrowed else "")
+        + ", the star the best trial."
+    )
+    if sampled:
+        caption += sampled_note(len(shown), len(trials))
+    return Figure(figure, caption)
+
+
+def _pair_figure(stage: StageView, x_name: str, y_name: str) -> Figure | None:
+    trials = [t for t in stage.trials if t.outcome == "COMPLETE" and x_name in t.params and y_name in t.params and t.value is not None]
+    if len(trials) < 2:
+        return None
+    shown, sampled = sample(trials, keep=[stage.best] if stage.best else [])
+    figure = go.Figure(_scatter(
+        x=[t.params[x_name] for t in shown],
+        y=[t.params[y_name] for t in shown],
+        mode="markers",
+        marker={"color": [t.value for t in shown], "colorscale": "Viridis", "showscale": True, "colorbar": {"title": "accuracy"}, "size": 9},
+        text=[hover(t) for t in shown],
+        hovertemplate="%{text}<extra></extra>",
+        showlegend=False,
+    ))
+    _layout(figure, title=f"{stage.study}: {x_name} and {y_name}", xaxis_title=x_name, yaxis_title=y_name, height=420)
+    for axis, name in (("xaxis", x_name), ("yaxis", y_name)):
+        if stage.ranges.get(name, {}).get("log"):
+            figure.update_layout(**{axis: {"type": "log"}})
+    caption = f"Each complete trial of {stage.study} at its {x_name} and {y_name}, coloured by validation accuracy (yellow is best): a bright corner is where the next stage should look."
+    if sampled:
+        caption += sampled_note(len(shown), len(trials))
+    return Figure(figure, caption)
+
+
+def coarse_section(data: ReportData) -> Section:
+    items: list[Item] = []
+    colors = color_map(t.params.get("activation") for t in data.trials)
+    for stage in data.stages:
+        numeric = _numeric(stage.ranges)
+        if not numeric:
+            items.append(Words(f"{stage.study} searches no numeric parameter, so there is no range to narrow."))
+            continue
+        items.append(_coarse_figure(stage, numeric[0], colors))
+        if len(numeric) > 1 and (pair := _pair_figure(stage, numeric[0], numeric[1])) is not None:
+            items.append(pair)
+        if stage.narrowing:
+            items.append(Table(
+                ("parameter", f"stage {stage.stage}", f"stage {stage.stage + 1}", "why"),
+                tuple((c.get("name"), c.get("old_text"), c.get("new_text"), c.get("reason")) for c in stage.narrowing),
+                f"How stage {stage.stage + 1}'s space was narrowed from {stage.study}'s trials.",
+            ))
+    if len(data.stages) == 1 and data.campaign:
+        items.append(Words("This campaign has one stage so far: nothing has been narrowed yet."))
+    return Section("coarse-to-fine", "Coarse to fine", tuple(items))
+
+
+# -- 4. history --------------------------------------------------------------------------------
+def history_section(data: ReportData) -> Section:
+    ordered = [t for stage in data.stages for t in sorted(stage.trials, key=lambda t: t.number) if t.outcome in ("COMPLETE", "PRUNED", "DIVERGED")]
+    if not ordered:
+        return Section("history", "History", (Words("No trial has finished yet."),))
+    maximize = data.stages[-1].direction != "minimize"
+    index = {id(t): i + 1 for i, t in enumerate(ordered)}
+    best_so_far: list[float | None] = []
+    current: float | None = None
+    for t in ordered:
+        if t.outcome == "COMPLETE" and t.value is not None:
+            current = t.value if current is None else (max if maximize else min)(current, t.value)
+        best_so_far.append(current)
+    complete = [t for t in ordered if t.outcome == "COMPLETE" and t.value is not None]
+    keep = [t for t in complete if t.value == current]
+    shown, sampled = sample(ordered, keep=keep)
+    figure = go.Figure()
+    stage_colors = color_map(t.stage for t in ordered)
+    values = [t.last_accuracy for t in shown if t.last_accuracy is not None]
+    floor = min(values) if values else 0.0
+    for stage in data.stages:
+        group = [t for t in shown if t.stage == stage.stage]
+        if not group:
+            continue
+        figure.add_trace(_scatter(
+            x=[index[id(t)] for t in group], y=[_trial_y(t, floor) for t in group], mode="markers",
+            name=f"stage {stage.stage}" + (f" ({stage.epochs} epochs)" if stage.epochs else ""),
+            marker={"color": stage_colors[stage.stage], "size": 7, "opacity": [FADED_OPACITY if faded(t) else SOLID_OPACITY for t in group],
+                    "symbol": ["x" if t.outcome == "DIVERGED" else "circle" for t in group]},
+            text=[hover(t) for t in group], hovertemplate="%{text}<extra></extra>",
+        ))
+    step_x = [index[id(t)] for t in ordered]
+    if sampled:  # the line keeps one point per drawn trial, so it stays exact where it changes
+        drawn = {id(t) for t in shown}
+        pairs = [(x, b) for x, b, t in zip(step_x, best_so_far, ordered) if id(t) in drawn or (x > 1 and best_so_far[x - 2] != b)]
+    else:
+        pairs = list(zip(step_x, best_so_far))
+    figure.add_trace(_scatter(x=[p[0] for p in pairs], y=[p[1] for p in pairs], mode="lines", name="best so far", line={"color": "black", "shape": "hv"}, hoverinfo="skip"))
+    boundary = 0
+    for stage in data.stages[:-1]:
+        boundary += sum(1 for t in ordered if t.stage == stage.stage)
+        figure.add_vline(x=boundary + 0.5, line_dash="dash", line_color="#888", annotation_text=f"stage {stage.stage + 1}", annotation_position="top right")
+    _layout(figure, title="Every trial in order", xaxis_title="trial (in stage order)", yaxis_title="validation accuracy", height=420)
+    caption = (
+        "Every finished trial in order, stage after stage (dashed lines), with the best value so far as a black step line; "
+        "faded marks were pruned, x marks diverged. Later stages train longer, so their values are higher for the same configuration."
+    )
+    if sampled:
+        caption += sampled_note(len(shown), len(ordered))
+    return Section("history", "History", (Figure(figure, caption),))
+
+
+# -- 5. importance -----------------------------------------------------------------------------
+def importance_section(data: ReportData) -> Section:
+    items: list[Item] = []
+    with_scores = [s for s in data.stages if s.importance]
+    for stage in data.stages:
+        if not stage.importance:
+            items.append(Words(f"{stage.study}: {stage.importance_note or 'no importances'}."))
+    if with_scores:
+        figure = make_subplots(rows=1, cols=len(with_scores), subplot_titles=[s.study for s in with_scores], shared_yaxes=False)
+        for col, stage in enumerate(with_scores, start=1):
+            names = list(stage.importance)[::-1]
+            figure.add_trace(go.Bar(
+                x=[stage.importance[n] for n in names], y=names, orientation="h", showlegend=False,
+                marker_color="#1f77b4", hovertemplate="%{y}: %{x:.3f}<extra></extra>",
+            ), row=1, col=col)
+            figure.update_xaxes(range=[0, 1], title_text="importance", row=1, col=col)
+        _layout(figure, height=120 + 40 * max(len(s.importance) for s in with_scores))
+        items.insert(0, Figure(figure, (
+            "How much of the variation in validation accuracy each parameter explains within a stage "
+            "(Optuna's get_param_importances, fANOVA; each stage sums to 1): a parameter that stays important after narrowing still matters inside the new range."
+        )))
+    return Section("importance", "Importance", tuple(items))
+
