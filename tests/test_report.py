@@ -1,0 +1,218 @@
+"""`hpo report`: real campaigns written as reports, the figures' data checked against the database.
+
+What a user checks on the page: the bands are the ranges the stages searched, the counts are
+the trials' states, each mark is a trial with its stored parameters and value, the best trial is
+marked, and where there is nothing to draw the page says why in words.
+"""
+
+from __future__ import annotations
+
+import math
+import subprocess
+import sys
+
+import optuna
+import pytest
+
+from hpo.campaign import CampaignSpec, run_campaign
+from hpo.report import banner, default_path, render, write_report
+from hpo.report.collect import OUTCOMES, collect
+from hpo.report.page import Figure, Table, Words
+from hpo.report.sections_search import coarse_section, history_section, importance_section, summary_section
+from storage import backend, records, states
+from tests.helpers import make_stage, worker_env
+from workers import stageplan
+from workers.space import build_space
+
+pytestmark = pytest.mark.slow
+
+# Small and fast, with a learning-rate range wide enough that some trials diverge.
+PARAMS = ["hidden_sizes=32", "batch_size=128", "learning_rate=log:1e-4..30"]
+
+
+class Quiet:
+    def stage_started(self, plan, resumed): ...
+    def stage_progress(self, plan, counts, best): ...
+    def stage_narrowed(self, parent, child, result): ...
+    def message(self, text): ...
+
+
+def run_small_campaign(url: str, name: str, *, params=PARAMS, stages: int = 2, trials=(12, 6), epochs=(1, 2)) -> None:
+    space = build_space(None, None, list(params))
+    spec = CampaignSpec(name=name, space=space, stages=stages, trials=list(trials), epochs=list(epochs))
+    run_campaign(url, spec, Quiet(), workers=1)
+
+
+def figures(section) -> list[Figure]:
+    return [item for item in section.items if isinstance(item, Figure)]
+
+
+def words(section) -> str:
+    return " ".join(item.text for item in section.items if isinstance(item, Words))
+
+
+def marks(figure) -> dict[int, tuple[float, float]]:
+    """Trial number -> (x, y) of every trial mark (hover text starts with 'STUDY #N')."""
+    found = {}
+    for trace in figure.data:
+        if trace.text is None or trace.mode != "markers":
+            continue
+        for x, y, text in zip(trace.x, trace.y, trace.text):
+            number = int(text.split("#", 1)[1].split("<", 1)[0])
+            found[number] = (x, y)
+    return found
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def campaign_url(request, tmp_path):
+    url = f"sqlite:///{tmp_path / 'hpo.db'}" if request.param == "sqlite" else request.getfixturevalue("postgres_url")
+    run_small_campaign(url, "r1")
+    return url
+
+
+def test_the_figures_show_what_the_database_holds(campaign_url):
+    storage = backend.open_storage(campaign_url)
+    data = collect(storage, campaign_url, "r1")
+    plans = stageplan.campaign_stages(storage, "r1")
+    assert [s.study for s in data.stages] == ["r1/stage-1", "r1/stage-2"]
+
+    # Summary: counts per outcome equal the database's, per stage.
+    stage_table = [t for t in summary_section(data).items if isinstance(t, Table)][1]
+    for row, plan in zip(stage_table.rows, plans):
+        stored = records.count_outcomes(storage, plan.study_name)
+        assert row[0] == plan.study_name and row[1] == plan.trials and row[2] == plan.epochs
+        assert dict(zip(OUTCOMES, row[3:3 + len(OUTCOMES)])) == {o: stored.get(o, 0) for o in OUTCOMES}
+
+    coarse = figures(coarse_section(data))
+    lr_figures = [f for f in coarse if f.figure.layout.xaxis.title.text == "learning_rate"]
+    assert len(lr_figures) == 2
+    for figure, plan, child in zip(lr_figures, plans, [*plans[1:], None]):
+        study = optuna.load_study(study_name=plan.study_name, storage=campaign_url)
+        finished = [t for t in study.trials if t.state.name in ("COMPLETE", "PRUNED")]
+        # Each mark is a trial at its stored learning rate and value (pruned and diverged ones at
+        # the last accuracy they reached, or at the floor when they reached none).
+        drawn = marks(figure.figure)
+        assert set(drawn) == {t.number for t in finished}
+        for t in finished:
+            x, y = drawn[t.number]
+            assert x == t.params["learning_rate"]
+            if t.state.name == "COMPLETE":
+                assert y == t.value
+        # The bands: the range this stage searched, and the range the next one searches.
+        bands = sorted((s.x0, s.x1) for s in figure.figure.layout.shapes)
+        space = plan.space["params"]["learning_rate"]
+        expected = [(space["low"], space["high"])]
+        if child is not None:
+            narrowed = child.space["params"]["learning_rate"]
+            expected.append((narrowed["low"], narrowed["high"]))
+        assert bands == sorted(expected)
+        assert figure.figure.layout.xaxis.type == "log"
+        # The star is the stage's best trial.
+        star = [tr for tr in figure.figure.data if tr.marker.symbol == "star"][0]
+        assert star.y[0] == study.best_value and star.x[0] == study.best_params["learning_rate"]
+        assert figure.caption.endswith(".")
+
+    # History: every finished trial once, the best-so-far line ends at the campaign's best.
+    history = figures(history_section(data))[0].figure
+    points = [n for tr in history.data if tr.mode == "markers" for n in tr.text]
+    total = sum(len([t for t in optuna.load_study(study_name=p.study_name, storage=campaign_url).trials
+                     if t.state.name in ("COMPLETE", "PRUNED")]) for p in plans)
+    assert len(points) == total
+    line = [tr for tr in history.data if tr.mode == "lines"][0]
+    best = max(records.best_value(storage, p.study_name) for p in plans)
+    assert line.y[-1] == pytest.approx(best)
+
+    # Importance: Optuna's public API on each stage, the bars equal its numbers.
+    importance = figures(importance_section(data))
+    assert importance
+    bars = {tr.xaxis: dict(zip(tr.y, tr.x)) for tr in importance[0].figure.data}
+    for stage in data.stages:
+        assert stage.importance is not None and math.isclose(sum(stage.importance.values()), 1.0, abs_tol=1e-6)
+    assert list(bars.values())[0] == pytest.approx(dict(data.stages[0].importance))
+
+    # The whole page: self-contained, no address to fetch anything from.
+    page = render(data)
+    assert "<script src=" not in page and "cdn.plot.ly" not in page.replace("https://cdn.plot.ly", "")
+    assert page.count('data-figure') >= 4
+    storage.engine.dispose()
+
+
+def test_importances_are_reproducible(sqlite_url):
+    run_small_campaign(sqlite_url, "imp", stages=1, trials=(10,), epochs=(1,))
+    storage = backend.open_storage(sqlite_url)
+    first = collect(storage, sqlite_url, "imp").stages[0].importance
+    second = collect(storage, sqlite_url, "imp").stages[0].importance
+    assert first == second
+
+
+def test_a_running_campaign_says_so_and_shows_what_exists(sqlite_url):
+    storage, plan = make_stage(sqlite_url, "busy", trials=4, stages=2)
+    data = collect(storage, sqlite_url, "busy")
+    assert data.running
+    assert "Still running" in banner(data) and "stage 1 of 2" in banner(data)
+    assert "No trial has completed yet" in words(summary_section(data))
+    assert "no trial has finished yet" in words(coarse_section(data))
+    assert "No trial has finished yet" in words(history_section(data))
+    assert "at least 2 complete trials" in words(importance_section(data))
+    assert "one stage so far" in words(coarse_section(data))
+    assert not figures(coarse_section(data)) and not figures(history_section(data))
+    render(data)  # the page is written all the same
+
+
+def test_every_trial_diverged_is_said_in_words(sqlite_url):
+    params = ["hidden_sizes=32", "batch_size=128", "learning_rate=log:1e3..1e4", "optimizer=sgd", "batch_norm=false"]
+    run_small_campaign(sqlite_url, "boom", params=params, stages=1, trials=(4,), epochs=(1,))
+    storage = backend.open_storage(sqlite_url)
+    data = collect(storage, sqlite_url, "boom")
+    assert {t.outcome for t in data.trials} == {"DIVERGED"}
+    assert "Every trial diverged" in banner(data)
+    assert "No trial has completed yet" in words(summary_section(data))
+    assert "at least 2 complete trials" in words(importance_section(data))
+
+
+def test_a_plain_optuna_study_gets_a_report_with_its_name_shown_literally(sqlite_url, tmp_path):
+    backend.ensure_schema(sqlite_url)
+    name = '<script>alert("x")</script> & co'
+    study = optuna.create_study(study_name=name, storage=sqlite_url, direction="maximize")
+    study.optimize(lambda t: -((t.suggest_float("learning_rate", 1e-4, 1, log=True) - 0.01) ** 2) + t.suggest_float("weight_decay", 0, 1),
+                   n_trials=8)
+    storage = backend.open_storage(sqlite_url)
+    path = write_report(storage, sqlite_url, name, tmp_path / "plain.html")
+    page = path.read_text()
+    assert "<script>alert" not in page and "&lt;script&gt;alert" in page
+    data = collect(storage, sqlite_url, name)
+    coarse = figures(coarse_section(data))
+    assert len(coarse) == 2  # learning rate, and the pair with the second numeric parameter
+    pair = coarse[1].figure
+    assert pair.layout.xaxis.title.text == "learning_rate" and pair.layout.yaxis.title.text == "weight_decay"
+    assert list(pair.data[0].marker.color) == [t.value for t in study.trials]
+    assert default_path(name).name == "script-alert-x-script-co-report.html"
+
+
+def test_report_cli_writes_the_page_and_refuses_bad_names_in_one_line(sqlite_url, tmp_path):
+    run_small_campaign(sqlite_url, "cli", stages=1, trials=(4,), epochs=(1,))
+    hpo = [sys.executable, "-c", "import hpo; hpo.main()", "report"]
+    env = worker_env(sqlite_url)
+    done = subprocess.run([*hpo, "cli"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "cli-report.html" and (tmp_path / "cli-report.html").stat().st_size > 1_000_000
+    missing = subprocess.run([*hpo, "nope"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert missing.returncode == 2 and missing.stderr.strip() == "Error: no campaign or study named 'nope' in this storage"
+    no_folder = subprocess.run([*hpo, "cli", "-o", str(tmp_path / "no" / "r.html")], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert no_folder.returncode == 2 and len(no_folder.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "no").exists()
+
+
+def test_search_writes_the_report_at_the_end_unless_told_not_to(sqlite_url, tmp_path):
+    base = [sys.executable, "-c", "import hpo; hpo.main()", "search", "--stages", "1", "--trials", "3", "--epochs", "1",
+            "--workers", "1", "--param", "hidden_sizes=32", "--param", "batch_size=128", "--json"]
+    env = worker_env(sqlite_url)
+    done = subprocess.run([*base, "--name", "s1"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    import json
+
+    assert json.loads(done.stdout)["report"] == "s1-report.html" and (tmp_path / "s1-report.html").exists()
+    skipped = subprocess.run([*base, "--name", "s2", "--no-report"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert skipped.returncode == 0, skipped.stderr
+    assert json.loads(skipped.stdout)["report"] is None and not (tmp_path / "s2-report.html").exists()
+    assert states.DIVERGED_REASON_PREFIX  # the outcome names the report uses are storage's
