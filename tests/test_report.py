@@ -14,7 +14,7 @@ import sys
 import optuna
 import pytest
 
-from hpo.campaign import CampaignSpec, run_campaign
+from hpo.campaign import CampaignSpec, StageFailed, run_campaign
 from hpo.report import banner, default_path, render, write_report
 from hpo.report.collect import OUTCOMES, collect
 from hpo.report.page import Figure, Table, Words
@@ -161,10 +161,11 @@ def test_a_running_campaign_says_so_and_shows_what_exists(sqlite_url):
 
 def test_every_trial_diverged_is_said_in_words(sqlite_url):
     params = ["hidden_sizes=32", "batch_size=128", "learning_rate=log:1e3..1e4", "optimizer=sgd", "batch_norm=false"]
-    run_small_campaign(sqlite_url, "boom", params=params, stages=1, trials=(4,), epochs=(1,))
+    with pytest.raises(StageFailed, match="no trial of the campaign completed"):
+        run_small_campaign(sqlite_url, "boom", params=params, stages=1, trials=(4,), epochs=(1,))
     storage = backend.open_storage(sqlite_url)
     data = collect(storage, sqlite_url, "boom")
-    assert {t.outcome for t in data.trials} == {"DIVERGED"}
+    assert {t.outcome for t in data.trials} == {"DIVERGED"} and not data.running
     assert "Every trial diverged" in banner(data)
     assert "No trial has completed yet" in words(summary_section(data))
     assert "at least 2 complete trials" in words(importance_section(data))

@@ -9,13 +9,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import tempfile
 from pathlib import Path
 
 from hpo.report.collect import ReportData, collect
-from hpo.report.page import Section, render_page
+from hpo.report.page import Section, Words, render_page
 from hpo.report.sections_search import coarse_section, history_section, importance_section, summary_section
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.-]+")
@@ -46,12 +47,39 @@ def banner(data: ReportData) -> str | None:
     return None
 
 
+INIT_SECTION = ("why-initialization", "Why initialization matters, on your data")
+
+
+def run_init_experiment(dataset: str | None, seed: int = 0) -> dict | str:
+    """The lecture's initialization experiment on the campaign's own training inputs, or why
+    it could not run here (the dataset is a file on another machine, say)."""
+    from workers.data.datasets import DatasetError, load_dataset
+    from workers.init_experiment import init_experiment
+
+    if dataset is None:
+        return "this study does not record its dataset, so the experiment has no data to run on"
+    try:
+        return init_experiment(load_dataset(dataset, seed=seed).X_train, seed=seed)
+    except (DatasetError, OSError, ValueError) as e:
+        return f"the dataset {dataset} could not be loaded here ({e}), so the experiment did not run"
+
+
+def _init_section(data: ReportData) -> Section:
+    from hpo.report.why_init import init_section
+
+    result = data.init_experiment
+    if isinstance(result, dict):
+        return init_section(result)
+    return Section(*INIT_SECTION, (Words(f"Not shown: {result or 'the experiment was not run'}."),))
+
+
 def sections(data: ReportData) -> list[Section]:
     return [
         summary_section(data),
         coarse_section(data),
         history_section(data),
         importance_section(data),
+        _init_section(data),
     ]
 
 
@@ -86,6 +114,7 @@ def write_report(storage, url: str, name: str, path: str | os.PathLike | None = 
     campaign or study."""
     target = target_path(name, path)
     data = collect(storage, url, name)
+    data = dataclasses.replace(data, init_experiment=run_init_experiment(data.dataset, data.seed))
     page = render(data)
     folder = target.parent
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=folder)

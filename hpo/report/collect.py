@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -112,8 +112,8 @@ class ReportData:
     dataset: str | None = None
     planned_stages: int = 1
     failed: str | None = None  # the failure recorded on a stage that stopped the campaign
-    init_experiment: Mapping[str, Any] | None = None  # workers.init_experiment's result
-    extra: dict[str, Any] = field(default_factory=dict)
+    seed: int = 0  # the campaign's seed (its data split)
+    init_experiment: Mapping[str, Any] | str | None = None  # workers.init_experiment's result, or why it did not run
 
     @property
     def trials(self) -> list[TrialView]:
@@ -121,12 +121,15 @@ class ReportData:
 
     @property
     def running(self) -> bool:
-        """Still going: a trial queued or running, a stage not closed, or stages still to come."""
+        """Still going: a trial queued or running, a stage not closed, or stages still to come.
+        (The final retrain, seconds after the last stage closes, is not told apart.)"""
         if self.failed:
             return False
+        if any(t.outcome in ("RUNNING", "WAITING") for t in self.trials):
+            return True
         if self.campaign is None:
-            return any(t.outcome in ("RUNNING", "WAITING") for t in self.trials)
-        return self.result is None
+            return False
+        return len(self.stages) < self.planned_stages or any(s.status == records.RUNNING for s in self.stages)
 
     @property
     def workers(self) -> list[str]:
@@ -278,5 +281,6 @@ def collect(storage: BaseStorage, url: str, name: str, *, importance: bool = Tru
         result=result,
         dataset=first.dataset if first else None,
         planned_stages=first.stages if first and campaign is not None else len(stages),
+        seed=first.seed if first else 0,
         failed=failed,
     )
