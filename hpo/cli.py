@@ -190,7 +190,7 @@ def train(dataset, split_seed, as_json, **knobs) -> None:
     from hpo import inspect
 
     rows = inspect.layer_rows(result.diagnostics)
-    render_rows(rows, inspect.row_columns(rows), "table", title="Last epoch, per hidden layer")
+    cli_inspect.render_layers(rows, title="Last epoch, per hidden layer")
     out.print(
         f"train {evaluation.train_accuracy:.4f}   val {evaluation.val_accuracy:.4f}   "
         f"test {evaluation.test_accuracy:.4f}   ({sum(result.epoch_seconds):.2f}s training)"

@@ -13,7 +13,19 @@ import click
 from optuna.storages import RDBStorage
 
 from hpo import inspect
-from hpo.output import UsageError, err, format_option, literal, one_line, out, print_json, render_rows, storage_option
+from hpo.output import (
+    UsageError,
+    err,
+    format_option,
+    literal,
+    one_line,
+    out,
+    print_json,
+    render_rows,
+    sparkline_lines,
+    storage_option,
+    with_bars,
+)
 from storage import backend
 from storage.errors import StorageError
 from storage.url import mask_url
@@ -115,7 +127,10 @@ def trial(study, number, fmt, storage_url) -> None:
     """Show one trial: params, curve, diagnostics, timings.
 
     Parameters, value, state, reason, learning curve, per-layer diagnostics of the last epoch,
-    seed, timings, worker and retries. STUDY is a study name, or a campaign name for its newest stage. --format json prints the
+    seed, timings, worker and retries. Under the curve, a sparkline each of the validation
+    accuracy and the training loss, scaled to the series' min..max (a long curve averaged down
+    to 60 cells); next to the dead and saturated fractions of each layer, a bar from 0 to 1.
+    STUDY is a study name, or a campaign name for its newest stage. --format json prints the
     whole stored record (params, user_attrs, system_attrs, intermediate values, retry links).
 
     \b
@@ -136,9 +151,18 @@ def trial(study, number, fmt, storage_url) -> None:
     curve = inspect.curve_rows(stored.curve)
     if curve:
         render_rows(curve, inspect.row_columns(curve), "table", title="Learning curve")
+        for line in sparkline_lines({k: [row[k] for row in curve] for k in ("val_accuracy", "train_loss")}):
+            out.print(line)
     layers = inspect.layer_rows(stored.diagnostics)
     if layers:
-        render_rows(layers, inspect.row_columns(layers), "table", title="Per hidden layer, last epoch")
+        render_layers(layers, title="Per hidden layer, last epoch")
+
+
+def render_layers(layers: list[dict], title: str) -> None:
+    """The per-layer diagnostics as a table, a bar (0 to 1) next to each fraction of units.
+    Every cell is a number or a bar, none of them folded across lines."""
+    rows, columns = with_bars(layers, inspect.row_columns(layers), inspect.LAYER_FRACTION_BARS)
+    render_rows(rows, columns, "table", title=title, unbroken=columns)
 
 
 @click.command()

@@ -397,6 +397,11 @@ def layer_rows(diagnostics: Diagnostics | dict[str, Any] | None) -> list[dict[st
     return [layer.to_json() for layer in diagnostics.layers] if diagnostics else []
 
 
+# The layer measures that are fractions of a layer's units (0..1), and the heading of the bar a
+# table draws next to each.
+LAYER_FRACTION_BARS = {"dead_fraction": "dead", "saturation_fraction": "saturated"}
+
+
 def row_columns(rows: Sequence[dict[str, Any]]) -> list[str]:
     """The union of the rows' keys, in order of appearance."""
     columns: dict[str, None] = {}

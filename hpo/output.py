@@ -1,5 +1,5 @@
-"""Shared CLI pieces: the storage option, ``--format table|json|csv``, error handling, and the
-consoles everything is printed on.
+"""Shared CLI pieces: the storage option, ``--format table|json|csv``, error handling, the
+consoles everything is printed on, and the small charts drawn in tables (sparklines, bars).
 
 Names, reasons, attribute values and error messages come from storage or the user and are
 printed as they are: the consoles read no rich markup (``[red]`` in a reason stays ``[red]``) and
@@ -16,10 +16,11 @@ import json
 import math
 import re
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any
 
 import click
+from rich.cells import cell_len
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
@@ -132,8 +133,13 @@ def cell(value: Any) -> str:
     return visible(str(value))
 
 
-def render_rows(rows: Sequence[dict[str, Any]], columns: Sequence[str], fmt: str, title: str | None = None) -> None:
-    """Print ``rows`` (dicts) restricted to ``columns`` as a table, JSON or CSV on stdout."""
+def render_rows(rows: Sequence[dict[str, Any]], columns: Sequence[str], fmt: str, title: str | None = None,
+                unbroken: Collection[str] = ()) -> None:
+    """Print ``rows`` (dicts) restricted to ``columns`` as a table, JSON or CSV on stdout.
+
+    ``unbroken``: table columns whose values are never folded across lines (numbers, bars): on a
+    narrow terminal their headings fold and the other columns give way, and a table that still
+    does not fit is printed wider than the terminal rather than "0.1" above "2"."""
     if fmt == "json":
         print_json([{c: row.get(c) for c in columns} for row in rows])
     elif fmt == "csv":
@@ -146,7 +152,8 @@ def render_rows(rows: Sequence[dict[str, Any]], columns: Sequence[str], fmt: str
     else:
         table = Table(title=None if title is None else literal(title), title_justify="left")
         for c in columns:
-            table.add_column(literal(c), overflow="fold")
+            widest = max((cell_len(cell(row.get(c))) for row in rows), default=0) if c in unbroken else None
+            table.add_column(literal(c), overflow="fold", min_width=widest)
         for row in rows:
             table.add_row(*(Text(cell(row.get(c))) for c in columns))
         out.print(table)
@@ -155,3 +162,126 @@ def render_rows(rows: Sequence[dict[str, Any]], columns: Sequence[str], fmt: str
 def one_line(error: BaseException) -> str:
     text = mask_text(str(error)).strip()
     return (text.splitlines() or [type(error).__name__])[0]
+
+
+# -- charts drawn with characters ----------------------------------------------------------------
+# Plain characters, no colour: they read the same piped, in a log file and under NO_COLOR.
+SPARK_BLOCKS = "▁▂▃▄▅▆▇█"  # the eight heights of a sparkline cell, lowest first
+BAR_EIGHTHS = "▏▎▍▌▋▊▉"  # a bar's last, partial cell: 1/8 to 7/8 of a cell
+FULL_BLOCK = "█"
+LEVEL = SPARK_BLOCKS[3]  # a flat series (or one value): half height, a level line
+GAP = " "  # a missing or non-finite value in a sparkline
+SPARK_WIDTH = 60  # cells at most: a longer series is averaged down to this many
+BAR_WIDTH = 10  # cells of a fraction bar: 80 steps of 1/8 cell between 0 and 1
+
+
+def _finite(value: Any) -> float | None:
+    """``value`` as a float when it is a finite number (not a bool), else None."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return None
+    return float(value)
+
+
+def downsample(values: Sequence[Any], width: int) -> list[float | None]:
+    """``values`` in at most ``width`` cells: cell ``i`` is the mean of the finite values among
+    ``values[i*n//width : (i+1)*n//width]`` (each cell covers n//width or n//width + 1 values),
+    None when it covers none. Series no longer than ``width`` come back as they are (non-finite
+    values as None)."""
+    if width < 1:
+        raise ValueError(f"width must be at least 1, not {width}")
+    finite = [_finite(v) for v in values]
+    n = len(finite)
+    if n <= width:
+        return finite
+    cells: list[float | None] = []
+    for i in range(width):
+        covered = [v for v in finite[i * n // width:(i + 1) * n // width] if v is not None]
+        cells.append(math.fsum(v / len(covered) for v in covered) if covered else None)  # no overflow near 1e308
+    return cells
+
+
+def sparkline(values: Sequence[Any], width: int = SPARK_WIDTH) -> str:
+    """One character per value, its height scaled to the series' finite min..max.
+
+    The range is cut into eight equal bins, ``▁`` (the min) to ``█`` (the max). None, NaN and
+    inf are drawn as ``GAP`` (a space). A flat series, or a single value, is a row of ``▄``: a
+    level line, since it has no range to scale. A series longer than ``width`` is first averaged
+    down to ``width`` cells (:func:`downsample`), still scaled to the min..max of all its values.
+    """
+    finite = [v for v in (_finite(v) for v in values) if v is not None]
+    if not finite:
+        return GAP * min(len(values), width)
+    low, high = min(finite), max(finite)
+    cells = downsample(values, width)
+    if high == low:
+        return "".join(GAP if v is None else LEVEL for v in cells)
+    # Halved, the span of two finite floats is finite (-1e308..1e308 would overflow).
+    half_span = high / 2 - low / 2
+    levels = len(SPARK_BLOCKS)
+    return "".join(GAP if v is None else SPARK_BLOCKS[min(int((v / 2 - low / 2) / half_span * levels), levels - 1)]
+                   for v in cells)
+
+
+def bar(fraction: Any, width: int = BAR_WIDTH) -> str:
+    """A horizontal bar of ``fraction`` (0..1, clipped) of ``width`` cells, in steps of 1/8 cell,
+    padded with spaces to exactly ``width`` characters; all spaces when ``fraction`` is not a
+    finite number.
+
+    Rounded to the nearest eighth, except that a fraction above 0 shows at least ``▏`` and one
+    below 1 is never drawn full: "a few" and "all" stay distinguishable from "none" and "nearly
+    all".
+    """
+    if width < 1:
+        raise ValueError(f"width must be at least 1, not {width}")
+    value = _finite(fraction)
+    if value is None:
+        return " " * width
+    value = min(max(value, 0.0), 1.0)
+    steps = width * 8
+    eighths = math.floor(value * steps + 0.5)
+    if value > 0:
+        eighths = max(eighths, 1)
+    if value < 1:
+        eighths = min(eighths, steps - 1)
+    full, part = divmod(eighths, 8)
+    drawn = FULL_BLOCK * full + (BAR_EIGHTHS[part - 1] if part else "")
+    return drawn.ljust(width)
+
+
+def sparkline_lines(series: Mapping[str, Sequence[Any]], width: int = SPARK_WIDTH, unit: str = "epochs") -> list[str]:
+    """A labelled sparkline per series with finite values (``name  ▁▃▆█  min 0.7  max 0.91``),
+    names and charts aligned, and a last line saying so when a series was averaged down to
+    ``width`` cells. Series without a finite value are left out."""
+    drawn = {name: list(values) for name, values in series.items() if any(_finite(v) is not None for v in values)}
+    if not drawn:
+        return []
+    labels = {name: visible(name) for name in drawn}
+    label_width = max(len(label) for label in labels.values())
+    charts = {name: sparkline(values, width) for name, values in drawn.items()}
+    chart_width = max(len(chart) for chart in charts.values())
+    lines = []
+    for name, values in drawn.items():
+        finite = [v for v in (_finite(v) for v in values) if v is not None]
+        lines.append(f"{labels[name].ljust(label_width)}  {charts[name].ljust(chart_width)}  "
+                     f"min {cell(min(finite))}  max {cell(max(finite))}")
+    longest = max(len(values) for values in drawn.values())
+    if longest > width:
+        low, high = longest // width, -(-longest // width)
+        each = str(low) if low == high else f"{low} or {high}"
+        lines.append(f"({longest} {unit} drawn in {width} cells, each the mean of {each} {unit})")
+    return lines
+
+
+def with_bars(rows: Sequence[dict[str, Any]], columns: Sequence[str], bars: Mapping[str, str],
+              width: int = BAR_WIDTH) -> tuple[list[dict[str, Any]], list[str]]:
+    """``rows`` and ``columns`` with a bar column after each fraction column named in ``bars``
+    (fraction column -> heading of its bar), for a table. A fraction column no row has a
+    value in gets no bar."""
+    shown = list(columns)
+    added = {}
+    for column, heading in bars.items():
+        if column in shown and any(_finite(row.get(column)) is not None for row in rows):
+            shown.insert(shown.index(column) + 1, heading)
+            added[heading] = column
+    drawn = [{**row, **{heading: bar(row.get(column), width) for heading, column in added.items()}} for row in rows]
+    return drawn, shown
