@@ -3,6 +3,7 @@
 PostgreSQL tests skip with a reason when no server is reachable, unless HPO_REQUIRE_POSTGRES=1
 (as in CI), where an unreachable server is an error. The server is taken from
 HPO_TEST_POSTGRES (an admin URL), default postgresql://postgres@127.0.0.1:5432/postgres.
+Tests marked ``browser`` likewise skip without Chromium and Playwright, unless HPO_REQUIRE_BROWSER=1.
 """
 
 from __future__ import annotations
@@ -68,3 +69,18 @@ def storage_url(request) -> str:
     if request.param == "sqlite":
         return request.getfixturevalue("sqlite_url")
     return request.getfixturevalue("postgres_url")
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """Tests marked ``browser`` skip with a reason when Chromium or Playwright is missing, unless
+    HPO_REQUIRE_BROWSER=1 (as in CI), where a missing browser is an error."""
+    if item.get_closest_marker("browser") is None:
+        return
+    from tests.browser import missing
+
+    reason = missing()
+    if reason:
+        if os.environ.get("HPO_REQUIRE_BROWSER") == "1":
+            pytest.fail(f"{reason}, and HPO_REQUIRE_BROWSER=1")
+        pytest.skip(reason)
