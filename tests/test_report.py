@@ -217,3 +217,28 @@ def test_search_writes_the_report_at_the_end_unless_told_not_to(sqlite_url, tmp_
     assert skipped.returncode == 0, skipped.stderr
     assert json.loads(skipped.stdout)["report"] is None and not (tmp_path / "s2-report.html").exists()
     assert states.DIVERGED_REASON_PREFIX  # the outcome names the report uses are storage's
+
+
+@pytest.mark.browser
+def test_reports_load_offline_in_a_browser_with_every_figure_drawn(sqlite_url, tmp_path):
+    """Each kind of report a user meets, opened in headless Chromium with the network shut off:
+    a finished campaign, one still running, one whose every trial diverged, and a plain study."""
+    from tests.browser import check_page
+
+    run_small_campaign(sqlite_url, "done")
+    make_stage(sqlite_url, "busy", trials=4, stages=2)
+    with pytest.raises(StageFailed):
+        run_small_campaign(sqlite_url, "boom", params=["hidden_sizes=32", "batch_size=128", "learning_rate=log:1e3..1e4",
+                                                       "optimizer=sgd", "batch_norm=false"], stages=1, trials=(3,), epochs=(1,))
+    study = optuna.create_study(study_name="plain <b>study</b>", storage=sqlite_url, direction="maximize")
+    study.optimize(lambda t: t.suggest_float("learning_rate", 1e-4, 1, log=True), n_trials=5)
+    storage = backend.open_storage(sqlite_url)
+    for name, says in [("done", None), ("busy", "Still running"), ("boom", "Every trial diverged"), ("plain <b>study</b>", None)]:
+        path = write_report(storage, sqlite_url, name, tmp_path / f"{default_path(name)}")
+        check = check_page(path)
+        assert check.problems() == [], (name, check.problems())
+        assert not check.blank and check.figures, name
+        assert all(f.drawn for f in check.figures), name
+        if says:
+            assert says in check.text, name
+    assert "plain <b>study</b>" in check.text  # shown literally, not as bold markup

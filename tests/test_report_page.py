@@ -13,6 +13,7 @@ import plotly.graph_objects as go
 import pytest
 from plotly.subplots import make_subplots
 
+from hpo.report.common import plot_text
 from hpo.report.page import Figure, Section, Table, Words, render_page
 from tests.browser import check_page, is_blank
 
@@ -26,11 +27,6 @@ HOSTILE = (
     "\"double\" & 'single' quotes, &amp; &mu; &#39;",
     "λ → ∞, 日本語, 😀",
 )
-
-
-def plotly_text(text: str) -> str:
-    """User text as Plotly shows it literally in a title, a trace name or an axis label."""
-    return html.escape(text, quote=False)
 
 
 def _figures() -> list[go.Figure]:
@@ -55,8 +51,8 @@ def _figures() -> list[go.Figure]:
     # Plotly reads a few tags (<b>, <br>, <a>) and entities (&lt; &amp; &#39; &mu;, not &quot;)
     # in its own text: user text in a figure is escaped without quotes, and then reads back exactly.
     named = go.Figure(
-        go.Scatter(x=[1, 2], y=[1, 2], name=plotly_text(HOSTILE[2])),
-        layout={"title": {"text": plotly_text(" ".join(HOSTILE))}},
+        go.Scatter(x=[1, 2], y=[1, 2], name=plot_text(HOSTILE[2])),
+        layout={"title": {"text": plot_text(" ".join(HOSTILE))}},
     )
     return [learning_rate, outcomes, heat, grid, many, named]
 

@@ -52,20 +52,27 @@ def show(value: Any) -> str:
     return str(value)
 
 
+def plot_text(text: Any) -> str:
+    """Text from the user or storage as Plotly shows it literally in a title, trace name, axis
+    label or hover. Plotly reads a few HTML tags (<b>, <br>, <a>...) and entities there; it
+    does not decode &quot;, so quotes stay as they are."""
+    return html.escape(str(text), quote=False)
+
+
 def hover(trial: TrialView) -> str:
     """The hover text of a trial's mark: number, outcome, value, parameters and reason.
 
-    Plotly draws hover text as HTML, so everything here is escaped: names, values and reasons
-    come from the user or from storage."""
-    lines = [f"<b>{html.escape(trial.study)} #{trial.number}</b>: {trial.outcome.lower()}"]
+    Plotly draws hover text as HTML, so everything here goes through :func:`plot_text`: names,
+    values and reasons come from the user or from storage."""
+    lines = [f"<b>{plot_text(trial.study)} #{trial.number}</b>: {trial.outcome.lower()}"]
     if trial.value is not None:
         lines.append(f"value {trial.value:.4f}")
     elif trial.last_accuracy is not None:
         lines.append(f"last validation accuracy {trial.last_accuracy:.4f}")
-    lines.extend(f"{html.escape(str(name))} = {html.escape(show(value))}" for name, value in trial.params.items())
+    lines.extend(f"{plot_text(name)} = {plot_text(show(value))}" for name, value in trial.params.items())
     if trial.reason:
         reason = trial.reason if len(trial.reason) <= 160 else trial.reason[:157] + "..."
-        lines.append(f"<i>{html.escape(reason)}</i>")
+        lines.append(f"<i>{plot_text(reason)}</i>")
     return "<br>".join(lines)
 
 

@@ -15,7 +15,7 @@ from plotly.subplots import make_subplots
 
 from hpo.report.collect import OUTCOMES, ReportData, StageView, TrialView
 from hpo.report.common import (
-    FADED_OPACITY, SOLID_OPACITY, color_map, faded, hover, sample, sampled_note, show,
+    FADED_OPACITY, SOLID_OPACITY, color_map, faded, hover, plot_text, sample, sampled_note, show,
 )
 from hpo.report.page import Figure, Item, Section, Table, Words
 
@@ -152,7 +152,7 @@ def _coarse_figure(stage: StageView, x_name: str, colors: dict[Any, str]) -> Fig
             x=[t.params[x_name] for t in group],
             y=[_trial_y(t, floor) for t in group],
             mode="markers",
-            name=label + (" (pruned or diverged)" if is_faded else ""),
+            name=plot_text(label + (" (pruned or diverged)" if is_faded else "")),
             legendgroup=label,
             marker={
                 "color": colors.get(activation, "#1f77b4"),
@@ -175,7 +175,7 @@ def _coarse_figure(stage: StageView, x_name: str, colors: dict[Any, str]) -> Fig
             text=[hover(best)], hovertemplate="%{text}<extra></extra>",
         ))
     epochs = f", {stage.epochs} epoch{'s' if stage.epochs != 1 else ''} per trial" if stage.epochs else ""
-    _layout(figure, title=f"{stage.study}{epochs}", xaxis_title=x_name, yaxis_title="validation accuracy", height=460)
+    _layout(figure, title=plot_text(f"{stage.study}{epochs}"), xaxis_title=plot_text(x_name), yaxis_title="validation accuracy", height=460)
     if log_x:
         figure.update_xaxes(type="log")
     caption = (
@@ -204,7 +204,7 @@ def _pair_figure(stage: StageView, x_name: str, y_name: str) -> Figure | None:
         hovertemplate="%{text}<extra></extra>",
         showlegend=False,
     ))
-    _layout(figure, title=f"{stage.study}: {x_name} and {y_name}", xaxis_title=x_name, yaxis_title=y_name, height=420)
+    _layout(figure, title=plot_text(f"{stage.study}: {x_name} and {y_name}"), xaxis_title=plot_text(x_name), yaxis_title=plot_text(y_name), height=420)
     for axis, name in (("xaxis", x_name), ("yaxis", y_name)):
         if stage.ranges.get(name, {}).get("log"):
             figure.update_layout(**{axis: {"type": "log"}})
@@ -296,11 +296,11 @@ def importance_section(data: ReportData) -> Section:
         if not stage.importance:
             items.append(Words(f"{stage.study}: {stage.importance_note or 'no importances'}."))
     if with_scores:
-        figure = make_subplots(rows=1, cols=len(with_scores), subplot_titles=[s.study for s in with_scores], shared_yaxes=False)
+        figure = make_subplots(rows=1, cols=len(with_scores), subplot_titles=[plot_text(s.study) for s in with_scores], shared_yaxes=False)
         for col, stage in enumerate(with_scores, start=1):
             names = list(stage.importance)[::-1]
             figure.add_trace(go.Bar(
-                x=[stage.importance[n] for n in names], y=names, orientation="h", showlegend=False,
+                x=[stage.importance[n] for n in names], y=[plot_text(n) for n in names], orientation="h", showlegend=False,
                 marker_color="#1f77b4", hovertemplate="%{y}: %{x:.3f}<extra></extra>",
             ), row=1, col=col)
             figure.update_xaxes(range=[0, 1], title_text="importance", row=1, col=col)
