@@ -17,6 +17,7 @@ from pathlib import Path
 
 from hpo.report.collect import ReportData, collect
 from hpo.report.page import Section, Words, render_page
+from hpo.report.sections_layers import layers_section
 from hpo.report.sections_search import coarse_section, history_section, importance_section, summary_section
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.-]+")
@@ -79,6 +80,7 @@ def sections(data: ReportData) -> list[Section]:
         coarse_section(data),
         history_section(data),
         importance_section(data),
+        layers_section(data),
         _init_section(data),
     ]
 

@@ -132,6 +132,19 @@ class ReportData:
         return len(self.stages) < self.planned_stages or any(s.status == records.RUNNING for s in self.stages)
 
     @property
+    def best(self) -> TrialView | None:
+        """The campaign's best trial: the one its final retrain took, else the best complete
+        trial of the last stage that has one."""
+        if self.result:
+            for trial in self.trials:
+                if trial.study == self.result.get("study") and trial.number == self.result.get("trial"):
+                    return trial
+        for stage in reversed(self.stages):
+            if stage.best is not None:
+                return stage.best
+        return None
+
+    @property
     def workers(self) -> list[str]:
         return sorted({t.record.worker for t in self.trials if t.record.worker})
 

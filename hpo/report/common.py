@@ -11,6 +11,8 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
+import plotly.graph_objects as go
+
 from hpo.report.collect import TrialView
 
 # Plotly's qualitative palette (D3), assigned in order of first appearance: stable per report.
@@ -29,6 +31,9 @@ SOLID_OPACITY = 0.9
 # A figure draws at most this many points (or trials' lines, bars, heatmap columns); beyond
 # it, trials are sampled evenly, the best ones always kept, and the caption says so.
 MAX_POINTS = 4000
+
+# Points in a trace beyond which it is drawn with WebGL (SVG slows down past a few thousand).
+GL_ABOVE = 1000
 
 # The lecture's rule of thumb for the update/weight ratio of a layer per step.
 UPDATE_RATIO_RULE = 1e-3
@@ -82,17 +87,30 @@ def faded(trial: TrialView) -> bool:
 
 
 def sample(trials: Sequence[TrialView], limit: int = MAX_POINTS, *, keep: Sequence[TrialView] = ()) -> tuple[list[TrialView], bool]:
-    """At most ``limit`` of ``trials``, evenly spaced in their order, always with those in
-    ``keep`` (the best trials); and whether any were left out."""
+    """At most ``limit`` of ``trials``, in their order: those in ``keep`` (the best trials)
+    and others evenly spaced; and whether any were left out."""
     if len(trials) <= limit:
         return list(trials), False
-    stride = len(trials) / limit
-    chosen = {int(i * stride) for i in range(limit)}
     kept_ids = {id(t) for t in keep}
-    picked = [t for i, t in enumerate(trials) if i in chosen or id(t) in kept_ids]
-    return picked, True
+    others = [i for i, t in enumerate(trials) if id(t) not in kept_ids]
+    room = max(0, limit - (len(trials) - len(others)))
+    stride = len(others) / room if room else 0
+    chosen = {others[int(i * stride)] for i in range(room)}
+    return [t for i, t in enumerate(trials) if i in chosen or id(t) in kept_ids], True
 
 
 def sampled_note(shown: int, total: int) -> str:
     """The words a caption adds when a figure samples."""
     return f" (sampled: {shown:,} of {total:,} trials drawn, the best always among them)"
+
+
+def scatter(**kwargs: Any) -> go.Scatter | go.Scattergl:
+    """A scatter trace, drawn with WebGL when it has more than GL_ABOVE points."""
+    many = len(kwargs.get("x") or ()) > GL_ABOVE
+    return (go.Scattergl if many else go.Scatter)(**kwargs)
+
+
+def layout(figure: go.Figure, **kwargs: Any) -> go.Figure:
+    """The look every figure of the report shares."""
+    figure.update_layout(template="plotly_white", margin={"l": 60, "r": 20, "t": 60, "b": 50}, hoverlabel={"align": "left"}, **kwargs)
+    return figure

@@ -18,7 +18,6 @@ its curve and reason only); where nothing can be drawn, the section says why in 
 
 from __future__ import annotations
 
-import html
 import math
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -28,14 +27,13 @@ from plotly.subplots import make_subplots
 
 from hpo.report.collect import FINISHED, ReportData, TrialView
 from hpo.report.common import (
-    FADED_OPACITY, MAX_POINTS, PALETTE, SOLID_OPACITY, UPDATE_RATIO_RULE, faded, hover, sample, sampled_note, show,
+    FADED_OPACITY, GL_ABOVE, MAX_POINTS, PALETTE, SOLID_OPACITY, UPDATE_RATIO_RULE, faded, hover, layout, plot_text, sample, sampled_note, show,
 )
 from hpo.report.page import Figure, Item, Section, Words
 from workers.nn.activations import ACTIVATIONS, SATURATING
 from workers.record import Histogram, LayerDiagnostics
 
 KEY, TITLE = "layers", "Layers"
-GL_ABOVE = 1000  # points in a figure beyond which its traces are drawn with WebGL
 MIN_HEIGHT = 420  # pixels: the page gives every figure at least this much room
 SATURATING_NAMES = tuple(name for name, activation in ACTIVATIONS.items() if activation.family == SATURATING)
 DYING_NAMES = tuple(name for name, activation in ACTIVATIONS.items() if activation.inactive is not None)
@@ -118,13 +116,6 @@ def _why_nothing(trials: Sequence[TrialView]) -> str:
 
 
 # -- figures' common parts ---------------------------------------------------------------------
-def _layout(figure: go.Figure, **kwargs: Any) -> go.Figure:
-    figure.update_layout(
-        template="plotly_white", margin={"l": 60, "r": 20, "t": 60, "b": 50}, hoverlabel={"align": "left"}, **kwargs
-    )
-    return figure
-
-
 def _name(trial: TrialView, data: ReportData) -> str:
     """A trial as a label reads it: ``#7`` in a single stage, ``stage 2 #7`` in a campaign."""
     return f"stage {trial.stage} #{trial.number}" if len(data.stages) > 1 else f"#{trial.number}"
@@ -184,16 +175,8 @@ def _probe(trial: TrialView) -> str:
 
 
 # -- 1. the best trial's histograms ------------------------------------------------------------
-def _campaign_best(data: ReportData) -> TrialView | None:
-    """The best complete trial of the last stage that has one."""
-    for stage in reversed(data.stages):
-        if stage.best is not None:
-            return stage.best
-    return None
-
-
 def _best_histograms(data: ReportData) -> Item:
-    best = _campaign_best(data)
+    best = data.best
     if best is None:
         return Words("No trial has completed yet, so there is no best trial whose layers could be shown.")
     histograms = _histograms(best)
@@ -211,7 +194,7 @@ def _best_histograms(data: ReportData) -> Item:
     figure.update_xaxes(title_text="activation value")
     figure.update_yaxes(title_text="count", col=1)
     title = f"Best trial {_name(best, data)}: {_describe(best)}; value {best.value:.4f}"
-    _layout(figure, title=html.escape(title), height=MIN_HEIGHT, bargap=0)
+    layout(figure, title=plot_text(title), height=MIN_HEIGHT, bargap=0)
     caption = (
         f"Each panel counts the activations of one hidden layer of the best trial on {_probe(best)} after its "
         "last epoch: a wide, smooth spread is healthy, a spike at 0 means units output nothing, and piles at "
@@ -238,7 +221,7 @@ def _histogram_grid(data: ReportData, knob: str, *, share_x: bool) -> Item:
     rows = sorted(bests.items(), key=lambda item: item[0])
     depth = max(len(_histograms(best)) for _, best in rows)
     other = "activation" if knob == "initializer" else "initializer"
-    row_titles = [html.escape(f"{value}: {_config(best, other)}, {_name(best, data)}, {best.value:.3f}") for value, best in rows]
+    row_titles = [plot_text(f"{value}: {_config(best, other)}, {_name(best, data)}, {best.value:.3f}") for value, best in rows]
     figure = make_subplots(
         rows=len(rows), cols=depth, row_titles=row_titles,
         column_titles=[f"layer {k}" for k in range(1, depth + 1)],
@@ -259,7 +242,7 @@ def _histogram_grid(data: ReportData, knob: str, *, share_x: bool) -> Item:
                 figure.update_xaxes(showgrid=False, showticklabels=False, zeroline=False, row=row, col=column)
                 figure.update_yaxes(showgrid=False, showticklabels=False, zeroline=False, row=row, col=column)
     figure.update_xaxes(title_text="activation value", row=len(rows))
-    _layout(figure, title=f"Best trial of each {knob}", height=140 + 190 * len(rows), bargap=0)
+    layout(figure, title=f"Best trial of each {knob}", height=140 + 190 * len(rows), bargap=0)
     if knob == "initializer":
         how = "columns share their x axis, so a layer whose activations shrink towards 0 (a too small initializer) shows as a narrow spike"
     else:
@@ -295,7 +278,7 @@ def _dead_heatmap(data: ReportData) -> Item:
             "and only complete trials store them."
         )
     keep = _stage_bests(data)
-    shown, sampled = sample(trials, max(1, MAX_POINTS - len(keep)), keep=keep)  # sample adds what it keeps
+    shown, sampled = sample(trials, MAX_POINTS, keep=keep)
     depth = max(max(layer.layer for layer in _layers(t)) for t in shown)
     cells = [_by_layer(t, "dead_fraction") for t in shown]
     columns = [f"{_name(t, data)}, lr {show(_learning_rate(t))}" for t in shown]
@@ -311,7 +294,7 @@ def _dead_heatmap(data: ReportData) -> Item:
         colorbar={"title": {"text": "dead"}, "tickformat": ".0%"},
         xgap=1, ygap=1,
     ))
-    _layout(figure, title="Dead units per layer, trials by learning rate", height=max(MIN_HEIGHT, 200 + 40 * depth))
+    layout(figure, title="Dead units per layer, trials by learning rate", height=max(MIN_HEIGHT, 200 + 40 * depth))
     figure.update_yaxes(autorange="reversed")
     figure.update_xaxes(title_text="trial, by increasing learning rate", type="category", tickangle=-45)
     left_out = len(data.trials) - len(trials)
@@ -337,7 +320,7 @@ def _per_layer_scatter(data: ReportData, trials: Sequence[TrialView], series: Se
     within MAX_POINTS)."""
     per_trial = max((len(series(t)) for t in trials), default=1) or 1
     keep = _stage_bests(data)
-    shown, sampled = sample(trials, max(1, MAX_POINTS // per_trial - len(keep)), keep=keep)
+    shown, sampled = sample(trials, max(len(keep), MAX_POINTS // per_trial), keep=keep)
     traces: dict[str, dict[str, Any]] = {}
     for trial in shown:
         trial_hover = hover(trial)
@@ -345,13 +328,13 @@ def _per_layer_scatter(data: ReportData, trials: Sequence[TrialView], series: Se
             points = traces.setdefault(name, {"x": [], "y": [], "text": [], "opacity": [], "symbol": symbol})
             points["x"].append(_learning_rate(trial))
             points["y"].append(value)
-            points["text"].append(f"{trial_hover}<br>{html.escape(name)}: {value:.4g}")
+            points["text"].append(f"{trial_hover}<br>{plot_text(name)}: {value:.4g}")
             points["opacity"].append(FADED_OPACITY if faded(trial) else SOLID_OPACITY)
     scatter = go.Scattergl if sum(len(p["x"]) for p in traces.values()) > GL_ABOVE else go.Scatter
     figure = go.Figure()
     for index, (name, points) in enumerate(traces.items()):
         figure.add_trace(scatter(
-            x=points["x"], y=points["y"], mode="markers", name=html.escape(name),
+            x=points["x"], y=points["y"], mode="markers", name=plot_text(name),
             marker={"color": PALETTE[index % len(PALETTE)], "symbol": points["symbol"], "size": 8, "opacity": points["opacity"]},
             text=points["text"], hovertemplate="%{text}<extra></extra>",
         ))
@@ -376,7 +359,7 @@ def _saturation(data: ReportData) -> Item:
 
     figure, note = _per_layer_scatter(data, trials, series)
     figure.update_yaxes(title_text="saturated fraction", range=[-0.03, 1.03], tickformat=".0%")
-    _layout(figure, title=f"Saturation of {names} layers against learning rate", height=440)
+    layout(figure, title=f"Saturation of {names} layers against learning rate", height=440)
     caption = (
         f"Each mark is one hidden layer of a {names} trial after its last epoch: the learning rate (x, log) and the "
         "fraction of its activations within 1% of the activation's bounds (y), where the gradient all but vanishes."
@@ -408,7 +391,7 @@ def _update_ratios(data: ReportData) -> Item:
         name=rule, text=["", rule], textposition="top left", line={"color": "#555", "dash": "dash"}, hoverinfo="skip",
     ))
     figure.update_yaxes(type="log", title_text="update / weight (last step)")
-    _layout(figure, title="Update/weight ratio per layer against learning rate", height=440)
+    layout(figure, title="Update/weight ratio per layer against learning rate", height=440)
     caption = (
         "Each mark is one layer of a trial: the learning rate (x, log) and the norm of its weights' last update divided "
         f"by the norm of its weights (y, log); the dashed line is the rule of thumb, about {UPDATE_RATIO_RULE:g}: far "

@@ -15,24 +15,13 @@ from plotly.subplots import make_subplots
 
 from hpo.report.collect import OUTCOMES, ReportData, StageView, TrialView
 from hpo.report.common import (
-    FADED_OPACITY, SOLID_OPACITY, color_map, faded, hover, plot_text, sample, sampled_note, show,
+    FADED_OPACITY, SOLID_OPACITY, color_map, faded, hover, layout, plot_text, sample, sampled_note, scatter, show,
 )
 from hpo.report.page import Figure, Item, Section, Table, Words
 
 # The parameter drawn on the x axis of the coarse-to-fine scatter, when the stage searches it.
 LEARNING_RATE = "learning_rate"
 BN_SYMBOLS = {True: "circle", False: "diamond"}
-GL_ABOVE = 1000  # points in a trace beyond which it is drawn with WebGL
-
-
-def _scatter(**kwargs: Any) -> go.Scatter | go.Scattergl:
-    many = len(kwargs.get("x") or ()) > GL_ABOVE
-    return (go.Scattergl if many else go.Scatter)(**kwargs)
-
-
-def _layout(figure: go.Figure, **kwargs: Any) -> go.Figure:
-    figure.update_layout(template="plotly_white", margin={"l": 60, "r": 20, "t": 50, "b": 50}, hoverlabel={"align": "left"}, **kwargs)
-    return figure
 
 
 def _fmt(value: Any, digits: int = 4) -> str:
@@ -55,18 +44,6 @@ def _status(data: ReportData) -> str:
     if data.failed:
         return "failed"
     return "running" if data.running else "finished"
-
-
-def _final_best(data: ReportData) -> TrialView | None:
-    """The best trial the campaign found: the final retrain's, else the last stage's best."""
-    if data.result:
-        for trial in data.trials:
-            if trial.study == data.result.get("study") and trial.number == data.result.get("trial"):
-                return trial
-    for stage in reversed(data.stages):
-        if stage.best is not None:
-            return stage.best
-    return None
 
 
 # -- 1. summary --------------------------------------------------------------------------------
@@ -98,7 +75,7 @@ def summary_section(data: ReportData) -> Section:
             stage.status or "-",
         ))
     items.append(Table(("stage", "budget", "epochs", *(o.lower() for o in OUTCOMES), "best", "status"), tuple(stage_rows), "Trials per stage and how they ended (diverged trials are counted apart from pruned ones)."))
-    best = _final_best(data)
+    best = data.best
     if best is None:
         items.append(Words("No trial has completed yet, so there is no best configuration."))
     else:
@@ -148,7 +125,7 @@ def _coarse_figure(stage: StageView, x_name: str, colors: dict[Any, str]) -> Fig
         groups.setdefault((t.params.get("activation"), t.params.get("batch_norm"), faded(t)), []).append(t)
     for (activation, bn, is_faded), group in sorted(groups.items(), key=lambda kv: (str(kv[0][0]), str(kv[0][1]), kv[0][2])):
         label = f"{activation if activation is not None else 'trials'}" + (f", batch norm {show(bn)}" if bn is not None else "")
-        figure.add_trace(_scatter(
+        figure.add_trace(scatter(
             x=[t.params[x_name] for t in group],
             y=[_trial_y(t, floor) for t in group],
             mode="markers",
@@ -175,7 +152,7 @@ def _coarse_figure(stage: StageView, x_name: str, colors: dict[Any, str]) -> Fig
             text=[hover(best)], hovertemplate="%{text}<extra></extra>",
         ))
     epochs = f", {stage.epochs} epoch{'s' if stage.epochs != 1 else ''} per trial" if stage.epochs else ""
-    _layout(figure, title=plot_text(f"{stage.study}{epochs}"), xaxis_title=plot_text(x_name), yaxis_title="validation accuracy", height=460)
+    layout(figure, title=plot_text(f"{stage.study}{epochs}"), xaxis_title=plot_text(x_name), yaxis_title="validation accuracy", height=460)
     if log_x:
         figure.update_xaxes(type="log")
     caption = (
@@ -195,7 +172,7 @@ def _pair_figure(stage: StageView, x_name: str, y_name: str) -> Figure | None:
     if len(trials) < 2:
         return None
     shown, sampled = sample(trials, keep=[stage.best] if stage.best else [])
-    figure = go.Figure(_scatter(
+    figure = go.Figure(scatter(
         x=[t.params[x_name] for t in shown],
         y=[t.params[y_name] for t in shown],
         mode="markers",
@@ -204,7 +181,7 @@ def _pair_figure(stage: StageView, x_name: str, y_name: str) -> Figure | None:
         hovertemplate="%{text}<extra></extra>",
         showlegend=False,
     ))
-    _layout(figure, title=plot_text(f"{stage.study}: {x_name} and {y_name}"), xaxis_title=plot_text(x_name), yaxis_title=plot_text(y_name), height=420)
+    layout(figure, title=plot_text(f"{stage.study}: {x_name} and {y_name}"), xaxis_title=plot_text(x_name), yaxis_title=plot_text(y_name), height=420)
     for axis, name in (("xaxis", x_name), ("yaxis", y_name)):
         if stage.ranges.get(name, {}).get("log"):
             figure.update_layout(**{axis: {"type": "log"}})
@@ -260,7 +237,7 @@ def history_section(data: ReportData) -> Section:
         group = [t for t in shown if t.stage == stage.stage]
         if not group:
             continue
-        figure.add_trace(_scatter(
+        figure.add_trace(scatter(
             x=[index[id(t)] for t in group], y=[_trial_y(t, floor) for t in group], mode="markers",
             name=f"stage {stage.stage}" + (f" ({stage.epochs} epochs)" if stage.epochs else ""),
             marker={"color": stage_colors[stage.stage], "size": 7, "opacity": [FADED_OPACITY if faded(t) else SOLID_OPACITY for t in group],
@@ -273,12 +250,12 @@ def history_section(data: ReportData) -> Section:
         pairs = [(x, b) for x, b, t in zip(step_x, best_so_far, ordered) if id(t) in drawn or (x > 1 and best_so_far[x - 2] != b)]
     else:
         pairs = list(zip(step_x, best_so_far))
-    figure.add_trace(_scatter(x=[p[0] for p in pairs], y=[p[1] for p in pairs], mode="lines", name="best so far", line={"color": "black", "shape": "hv"}, hoverinfo="skip"))
+    figure.add_trace(scatter(x=[p[0] for p in pairs], y=[p[1] for p in pairs], mode="lines", name="best so far", line={"color": "black", "shape": "hv"}, hoverinfo="skip"))
     boundary = 0
     for stage in data.stages[:-1]:
         boundary += sum(1 for t in ordered if t.stage == stage.stage)
         figure.add_vline(x=boundary + 0.5, line_dash="dash", line_color="#888", annotation_text=f"stage {stage.stage + 1}", annotation_position="top right")
-    _layout(figure, title="Every trial in order", xaxis_title="trial (in stage order)", yaxis_title="validation accuracy", height=420)
+    layout(figure, title="Every trial in order", xaxis_title="trial (in stage order)", yaxis_title="validation accuracy", height=420)
     caption = (
         "Every finished trial in order, stage after stage (dashed lines), with the best value so far as a black step line; "
         "faded marks were pruned, x marks diverged. Later stages train longer, so their values are higher for the same configuration."
@@ -304,7 +281,7 @@ def importance_section(data: ReportData) -> Section:
                 marker_color="#1f77b4", hovertemplate="%{y}: %{x:.3f}<extra></extra>",
             ), row=1, col=col)
             figure.update_xaxes(range=[0, 1], title_text="importance", row=1, col=col)
-        _layout(figure, height=120 + 40 * max(len(s.importance) for s in with_scores))
+        layout(figure, height=120 + 40 * max(len(s.importance) for s in with_scores))
         items.insert(0, Figure(figure, (
             "How much of the variation in validation accuracy each parameter explains within a stage "
             "(Optuna's get_param_importances, fANOVA; each stage sums to 1): a parameter that stays important after narrowing still matters inside the new range."
