@@ -18,6 +18,7 @@ from pathlib import Path
 from hpo.report.collect import ReportData, collect
 from hpo.report.page import Section, Words, render_page
 from hpo.report.sections_layers import layers_section
+from hpo.report.sections_trials import choices_section, curves_section, workers_section
 from hpo.report.sections_search import coarse_section, history_section, importance_section, summary_section
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.-]+")
@@ -78,9 +79,12 @@ def sections(data: ReportData) -> list[Section]:
     return [
         summary_section(data),
         coarse_section(data),
+        choices_section(data),
         history_section(data),
         importance_section(data),
+        curves_section(data),
         layers_section(data),
+        workers_section(data),
         _init_section(data),
     ]
 

@@ -146,7 +146,8 @@ class ReportData:
 
     @property
     def workers(self) -> list[str]:
-        return sorted({t.record.worker for t in self.trials if t.record.worker})
+        # A queued retry carries the failed trial's attrs, its worker too: count trials that started.
+        return sorted({t.record.worker for t in self.trials if t.record.worker and t.started})
 
     @property
     def wall_seconds(self) -> float | None:

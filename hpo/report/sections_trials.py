@@ -11,7 +11,6 @@ that came from the user or from storage is escaped before it goes into a figure.
 
 from __future__ import annotations
 
-import html
 import math
 import statistics
 from collections.abc import Mapping, Sequence
@@ -28,14 +27,9 @@ from hpo.report.page import Figure, Section, Table, Words
 TOP_CURVES = 10  # complete trials whose curves are drawn, best first
 FADED_CURVES = 10  # pruned (and, apart, diverged) trials whose curves are drawn: those that went furthest
 STRIP_MAX = 30  # a choice with more complete trials than this shows a box with its outliers, not every point
-GL_POINTS = 1000  # above this many points a line figure is drawn with WebGL
 SUBPLOT_COLUMNS = 3
 DROPPED_COLOR = common.OUTCOME_COLORS["DIVERGED"]
 TRANSPARENT = "rgba(0,0,0,0)"
-
-
-def _escape(value: Any) -> str:
-    return html.escape(value if isinstance(value, str) else str(value))
 
 
 def _sentence(text: str) -> str:
@@ -104,7 +98,7 @@ def choice_texts(choices: Sequence[Any]) -> list[str]:
 
 def choice_label(text: str, n: int) -> str:
     """A choice's category on the axis: its text and how many trials took it, escaped."""
-    return f"{_escape(text)} (n={n})"
+    return f"{common.plot_text(text)} (n={n})"
 
 
 def _next_stage(stage: StageView, name: str, choices: Sequence[Any]) -> tuple[list[bool], str]:
@@ -164,7 +158,7 @@ def _choices_figure(stage: StageView, varying: Mapping[str, list], ranked: list[
     drawn, sampled = common.sample(drawn_all, budget, keep=ranked[:1])
     ranked_set = set(map(id, ranked))
     rows, cols = _subplot_grid(len(varying))
-    figure = make_subplots(rows=rows, cols=cols, subplot_titles=[_escape(n) for n in varying], vertical_spacing=0.22 / rows)
+    figure = make_subplots(rows=rows, cols=cols, subplot_titles=[common.plot_text(n) for n in varying], vertical_spacing=0.22 / rows)
     boxes_anywhere = False
     for index, (name, choices) in enumerate(varying.items()):
         row, col = divmod(index, cols)
@@ -197,11 +191,12 @@ def _choices_figure(stage: StageView, varying: Mapping[str, list], ranked: list[
             if was_dropped:
                 figure.add_annotation(
                     x=label, y=1, xref=f"x{suffix}", yref=f"y{suffix} domain", yanchor="top", showarrow=False,
-                    text="dropped", font={"color": DROPPED_COLOR}, hovertext=_escape(reason),
+                    text="dropped", font={"color": DROPPED_COLOR}, hovertext=common.plot_text(reason),
                 )
     figure.update_yaxes(title_text=_value_name(stage), col=1)
-    figure.update_layout(
-        title=_escape(_sentence(_stage_name(stage))), height=260 + 280 * rows, boxmode="overlay",
+    common.layout(
+        figure,
+        title=common.plot_text(_sentence(_stage_name(stage))), height=260 + 280 * rows, boxmode="overlay",
         legend={"orientation": "h", "y": -0.12},
     )
     # A label shown once per figure, not per subplot: the first "faded" trace carries it.
@@ -351,7 +346,7 @@ def _curves_figure(
     marks, sampled = common.sample(diverged_all)
     lines = top + pruned + diverged_lines
     n_points = 2 * sum(len(_curve(t)[0]) for t in lines) + len(marks)
-    scatter = go.Scattergl if n_points > GL_POINTS else go.Scatter
+    scatter = go.Scattergl if n_points > common.GL_ABOVE else go.Scatter
     mode = "markers" if longest < 2 else "lines+markers" if longest <= 30 else "lines"
     figure = make_subplots(rows=1, cols=2, subplot_titles=("training loss", _value_name(stage)), horizontal_spacing=0.08)
     colors = common.color_map([t.number for t in top])
@@ -390,7 +385,7 @@ def _curves_figure(
         ), row=1, col=1)
     last = max([longest] + [diverged_epoch(t) for t in marks])
     figure.update_xaxes(title_text="epoch", range=[0.5, last + 0.5], tick0=1, dtick=1 if last <= 20 else None)
-    figure.update_layout(title=_escape(_sentence(_stage_name(stage))), height=460)
+    common.layout(figure, title=common.plot_text(_sentence(_stage_name(stage))), height=460)
     shown = []
     if top:
         shown.append(f"the {len(top)} best complete trials in colour")
@@ -471,7 +466,7 @@ def _timeline_figure(data: ReportData, bars: list[tuple[TrialView, datetime, dat
             continue
         patterns, texts = [], []
         for trial, start, end in these:
-            lines = [common.hover(trial), f"stage {trial.stage}, worker {_escape(worker_of(trial))}",
+            lines = [common.hover(trial), f"stage {trial.stage}, worker {common.plot_text(worker_of(trial))}",
                      f"duration {(end - start).total_seconds():.1f} s" + (" so far" if trial.completed is None else "")]
             if trial.retry_of is not None:
                 lines.append(f"retry of failed trial #{trial.retry_of}")
@@ -486,7 +481,7 @@ def _timeline_figure(data: ReportData, bars: list[tuple[TrialView, datetime, dat
             orientation="h",
             base=[start.isoformat(sep=" ") for _, start, _ in these],
             x=[(end - start).total_seconds() * 1000.0 for _, start, end in these],
-            y=[_escape(worker_of(t)) for t, _, _ in these],
+            y=[common.plot_text(worker_of(t)) for t, _, _ in these],
             name=outcome.lower(),
             marker={"color": common.OUTCOME_COLORS[outcome], "pattern": {"shape": patterns, "fgcolor": "#000"}},
             hovertext=texts,
@@ -502,9 +497,9 @@ def _timeline_figure(data: ReportData, bars: list[tuple[TrialView, datetime, dat
                                   text=f"stage {stage}", font={"color": "#666"})
     figure.update_xaxes(type="date", title_text="time")
     figure.update_yaxes(
-        type="category", categoryorder="array", categoryarray=[_escape(w) for w in reversed(rows)], title_text="worker"
+        type="category", categoryorder="array", categoryarray=[common.plot_text(w) for w in reversed(rows)], title_text="worker"
     )
-    figure.update_layout(barmode="overlay", height=max(420, 180 + 36 * len(rows)), title="Trials per worker over time")
+    common.layout(figure, barmode="overlay", height=max(420, 180 + 36 * len(rows)), title="Trials per worker over time")
     caption = (
         "Each bar is a trial, from its start to its end on the row of the worker that ran it, coloured "
         f"by outcome; hatched ({RETRY_PATTERN}) bars retry a failed trial, crossed ({REQUEUED_PATTERN}) "
@@ -516,14 +511,14 @@ def _timeline_figure(data: ReportData, bars: list[tuple[TrialView, datetime, dat
 
 
 def _time_split_figure(workers: list[str], totals: Mapping[str, tuple[float, float]]) -> Figure:
-    labels = [_escape(w) for w in workers]
+    labels = [common.plot_text(w) for w in workers]
     figure = go.Figure([
         go.Bar(x=labels, y=[totals[w][0] for w in workers], name="in training",
                marker={"color": common.PALETTE[0]}, hovertemplate="%{x}: %{y:.1f} s training<extra></extra>"),
         go.Bar(x=labels, y=[totals[w][1] for w in workers], name="outside training",
                marker={"color": common.PALETTE[7]}, hovertemplate="%{x}: %{y:.1f} s outside training<extra></extra>"),
     ])
-    figure.update_layout(barmode="stack", height=420, title="Time per worker", yaxis_title="seconds", xaxis_type="category")
+    common.layout(figure, barmode="stack", height=420, title="Time per worker", yaxis_title="seconds", xaxis_type="category")
     caption = (
         "Each worker's bar stacks the seconds its trials spent training (minibatches and evaluation) "
         "under the seconds spent outside it (the claim's lock, reaping and sampling, the pruning checks); "
