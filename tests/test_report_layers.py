@@ -169,12 +169,13 @@ def test_the_best_trial_of_each_initializer_and_activation_side_by_side(stored, 
     for trace in figure.figure.data:
         traces_of.setdefault(trial_of(trace.text[0]), []).append(trace)
     assert len(traces_of) == len(expected)  # one row per value
-    row_titles = [a.text for a in figure.figure.layout.annotations if not a.text.startswith("layer ")]
+    axes = figure.figure.to_plotly_json()["layout"]
+    row_titles = [axis["title"]["text"] for name, axis in axes.items() if name.startswith("yaxis") and "text" in axis.get("title", {})]
     for value, trials in by_value.items():
         shown = [key for key in traces_of if key in best_keys(trials)]
         assert len(shown) == 1, f"no row (or several) for {knob} {value}"
         assert_bars_are(traces_of[shown[0]], stored[shown[0]]["histograms"])
-        assert any(title.startswith(f"{value}: ") and f"#{shown[0][1]}" in title for title in row_titles)
+        assert any(title.startswith(f"<b>{value}</b><br>") and f"#{shown[0][1]}<br>" in title for title in row_titles)
     assert [a.text for a in figure.figure.layout.annotations if a.text.startswith("layer ")] == ["layer 1", "layer 2"]
 
 

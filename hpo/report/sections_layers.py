@@ -221,9 +221,8 @@ def _histogram_grid(data: ReportData, knob: str, *, share_x: bool) -> Item:
     rows = sorted(bests.items(), key=lambda item: item[0])
     depth = max(len(_histograms(best)) for _, best in rows)
     other = "activation" if knob == "initializer" else "initializer"
-    row_titles = [plot_text(f"{value}: {_config(best, other)}, {_name(best, data)}, {best.value:.3f}") for value, best in rows]
     figure = make_subplots(
-        rows=len(rows), cols=depth, row_titles=row_titles,
+        rows=len(rows), cols=depth,
         column_titles=[f"layer {k}" for k in range(1, depth + 1)],
         shared_xaxes="columns" if share_x else False,
         vertical_spacing=min(0.08, 0.3 / len(rows)), horizontal_spacing=0.05,
@@ -231,6 +230,8 @@ def _histogram_grid(data: ReportData, knob: str, *, share_x: bool) -> Item:
     for row, (value, best) in enumerate(rows, 1):
         histograms = _histograms(best)
         trial_hover = hover(best)
+        row_title = f"<b>{plot_text(value)}</b><br>{plot_text(_config(best, other))}, {_name(best, data)}<br>value {best.value:.3f}"
+        figure.update_yaxes(title_text=row_title, title_font_size=11, row=row, col=1)
         for column in range(1, depth + 1):
             if column <= len(histograms):
                 figure.add_trace(_bars(histograms[column - 1], trial_hover, PALETTE[(row - 1) % len(PALETTE)]), row=row, col=column)
@@ -243,6 +244,7 @@ def _histogram_grid(data: ReportData, knob: str, *, share_x: bool) -> Item:
                 figure.update_yaxes(showgrid=False, showticklabels=False, zeroline=False, row=row, col=column)
     figure.update_xaxes(title_text="activation value", row=len(rows))
     layout(figure, title=f"Best trial of each {knob}", height=140 + 190 * len(rows), bargap=0)
+    figure.update_layout(margin_l=120)  # room for the rows' titles
     if knob == "initializer":
         how = "columns share their x axis, so a layer whose activations shrink towards 0 (a too small initializer) shows as a narrow spike"
     else:
@@ -251,7 +253,7 @@ def _histogram_grid(data: ReportData, knob: str, *, share_x: bool) -> Item:
             "are saturated, a ReLU spike at 0 is dead units"
         )
     caption = (
-        f"Each row is the best complete trial of one {knob} (its {other}, number and value at the right), each column a hidden layer, "
+        f"Each row is the best complete trial of one {knob} (its {other}, number and value at the left), each column a hidden layer, "
         f"each panel the counts of that layer's activations on the probe batch after the last epoch; {how}."
     )
     return Figure(figure, caption)
