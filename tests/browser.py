@@ -8,9 +8,9 @@ a screenshot shows anything at all.
 
 Also a script, for the README's screenshot of a report::
 
-    python tests/browser.py REPORT.html OUT.png [--width 1200 --height 900]
+    python tests/browser.py REPORT.html OUT.png [--width 1200 --height 900] [--at SECTION]
 
-writes a screenshot of the page's top (the first viewport) as a small PNG, prints what the check
+writes a screenshot of the page's top (the first viewport, or the one at a section) as a small PNG, prints what the check
 found, and exits 1 when the page has a problem.
 """
 
@@ -151,6 +151,7 @@ def check_page(
     height: int = 900,
     full_page: bool = True,
     timeout: float = 20.0,
+    at: str | None = None,
 ) -> PageCheck:
     """Open ``path`` in headless Chromium offline and report what it did (see :class:`PageCheck`).
 
@@ -159,7 +160,8 @@ def check_page(
     holds Plotly's SVG (at most ``timeout`` seconds more, else :attr:`PageCheck.wait_error` names
     the figures still empty), then two
     animation frames, then measures the figures and takes the screenshot (the whole page, or the
-    first ``width`` x ``height`` view when ``full_page`` is false).
+    first ``width`` x ``height`` view when ``full_page`` is false, scrolled to the element whose
+    id is ``at`` when given).
     """
     from playwright.sync_api import TimeoutError as PlaywrightTimeout
     from playwright.sync_api import sync_playwright
@@ -215,6 +217,9 @@ def check_page(
             check.figures = [FigureCheck(**figure) for figure in page.evaluate(_MEASURE_FIGURES)]
             check.title = page.title()
             check.text = page.evaluate("() => document.body ? document.body.innerText : ''")
+            if at is not None:
+                page.evaluate("(id) => document.getElementById(id).scrollIntoView()", at)
+                page.evaluate(_TWO_FRAMES)
             check.screenshot = page.screenshot(full_page=full_page, type="png")
             check.blank = is_blank(check.screenshot)
         finally:
@@ -253,6 +258,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("out", type=Path, help="where to write the PNG")
     parser.add_argument("--width", type=int, default=1200, help="viewport width in CSS pixels")
     parser.add_argument("--height", type=int, default=900, help="viewport height in CSS pixels")
+    parser.add_argument("--at", help="the id of the element to scroll to first (a section: coarse-to-fine, layers, ...)")
     args = parser.parse_args(argv)
     if not args.page.is_file():
         print(f"no such file: {args.page}", file=sys.stderr)
@@ -261,7 +267,7 @@ def main(argv: list[str] | None = None) -> int:
     if reason:
         print(f"cannot check the page: {reason}", file=sys.stderr)
         return 2
-    check = check_page(args.page, width=args.width, height=args.height, full_page=False)
+    check = check_page(args.page, width=args.width, height=args.height, full_page=False, at=args.at)
     args.out.write_bytes(small_png(check.screenshot))
     drawn = sum(f.drawn for f in check.figures)
     print(f"{drawn} of {len(check.figures)} figures drawn in {check.seconds:.1f} s; "

@@ -94,10 +94,12 @@ def _item(item: Item, number: int) -> str:
     if isinstance(item, Words):
         return f'<p class="words">{_text(item.text)}</p>'
     if isinstance(item, Table):
-        head = "".join(f"<th>{_text(c)}</th>" for c in item.columns)
+        # A table of label/value pairs has no header row: its columns are named "".
+        head = "".join(f"<th>{_text(c)}</th>" for c in item.columns) if any(item.columns) else ""
         body = "".join("<tr>" + "".join(f"<td>{_text(v)}</td>" for v in row) + "</tr>" for row in item.rows)
         caption = f"<caption>{_text(item.caption)}</caption>" if item.caption else ""
-        return f"<table>{caption}<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+        thead = f"<thead><tr>{head}</tr></thead>" if head else ""
+        return f"<table>{caption}{thead}<tbody>{body}</tbody></table>"
     div = f"figure-{number}"
     return (
         f'<figure><div class="figure" id="{div}" data-figure></div>'

@@ -152,7 +152,8 @@ def _coarse_figure(stage: StageView, x_name: str, colors: dict[Any, str]) -> Fig
             text=[hover(best)], hovertemplate="%{text}<extra></extra>",
         ))
     epochs = f", {stage.epochs} epoch{'s' if stage.epochs != 1 else ''} per trial" if stage.epochs else ""
-    layout(figure, title=plot_text(f"{stage.study}{epochs}"), xaxis_title=plot_text(x_name), yaxis_title="validation accuracy", height=460)
+    layout(figure, title=plot_text(f"{stage.study}{epochs}"), xaxis_title=plot_text(x_name), yaxis_title="validation accuracy", height=560,
+           legend={"orientation": "h", "y": -0.2, "font": {"size": 11}})
     if log_x:
         figure.update_xaxes(type="log")
     caption = (
