@@ -154,7 +154,12 @@ def test_report_json_times_the_report_and_keeps_the_file(tmp_path):
     assert page.parent == tmp_path and page.is_file()
     assert page.stat().st_size / 1e6 == pytest.approx(row["size_mb"], abs=1e-3)
     assert row["size_mb"] > report["plotly_js_mb"]  # the page carries Plotly's script
-    assert {"summary", "coarse-to-fine", "history"} <= set(row["sections"])
+    parts = row["sections"]
+    assert {"head", "summary", "coarse-to-fine", "history"} <= set(parts)
+    assert sum(part["mb"] for part in parts.values()) == pytest.approx(row["size_mb"], abs=0.01)
+    assert parts["head"]["mb"] >= report["plotly_js_mb"] and parts["coarse-to-fine"]["figures"] >= 3
+    assert 0 < parts["coarse-to-fine"]["hover_mb"] < parts["coarse-to-fine"]["mb"]
+    assert row["rest_seconds"] >= 0
     targets = report["targets"]
     assert targets["at_trials"] == 30 and targets["target_trials"] == 10_000
     assert isinstance(targets["seconds_met"], bool) and isinstance(targets["mb_met"], bool)
