@@ -136,3 +136,67 @@ def test_search_quality_quick_json_keeps_every_budget():
     for method in ("c2f", "c2f-half", "random", "tpe"):
         assert 0 < row[method]["val_accuracy"] <= 1 and 0 < row[method]["test_accuracy"] <= 1
     assert set(report["targets"]) >= {"c2f_at_least_as_good_val", "half_budget_fraction", "half_reaches_others_test"}
+
+
+def test_report_json_times_the_report_and_keeps_the_file(tmp_path):
+    process = subprocess.run([sys.executable, str(BENCHMARKS / "report.py"), "--sizes", "30", "--json", "--out", str(tmp_path)],
+                             capture_output=True, text=True, timeout=600)
+    assert process.returncode == 0, process.stderr[-3000:]
+    report = json.loads(process.stdout)
+    assert report["benchmark"] == "report" and report["plotly_js_mb"] > 1
+    (row,) = report["results"]
+    assert row["trials"] == sum(row["stages"]) == sum(row["outcomes"].values()) == 30
+    assert len(row["stages"]) == 3 and row["outcomes"]["COMPLETE"] >= 3  # each stage's best completes
+    for key in ("generation_seconds", "report_seconds", "collect_seconds", "render_seconds", "sections_build_seconds"):
+        assert row[key] > 0, key
+    assert row["report_seconds"] == min(row["report_runs"]) and len(row["report_runs"]) == row["repeat"]
+    page = Path(row["report"])
+    assert page.parent == tmp_path and page.is_file()
+    assert page.stat().st_size / 1e6 == pytest.approx(row["size_mb"], abs=1e-3)
+    assert row["size_mb"] > report["plotly_js_mb"]  # the page carries Plotly's script
+    parts = row["sections"]
+    assert {"head", "summary", "coarse-to-fine", "history"} <= set(parts)
+    assert sum(part["mb"] for part in parts.values()) == pytest.approx(row["size_mb"], abs=0.01)
+    assert parts["head"]["mb"] >= report["plotly_js_mb"] and parts["coarse-to-fine"]["figures"] >= 3
+    assert 0 < parts["coarse-to-fine"]["hover_mb"] < parts["coarse-to-fine"]["mb"]
+    assert row["rest_seconds"] >= 0
+    targets = report["targets"]
+    assert targets["at_trials"] == 30 and targets["target_trials"] == 10_000
+    assert isinstance(targets["seconds_met"], bool) and isinstance(targets["mb_met"], bool)
+
+
+def test_report_benchmark_stores_trials_as_optuna_add_trials_does(storage_url):
+    """The benchmark writes its trials in bulk: they read back as ``study.add_trials`` stores them."""
+    import math
+
+    import numpy as np
+    import optuna
+
+    from benchmarks.report import STARTED, Timeline, bench_space, insert_trials, stage_outcomes, stage_trials
+    from hpo.campaign import CampaignSpec
+    from storage import backend
+
+    spec = CampaignSpec(name="c", space=bench_space())
+    rng = np.random.default_rng(7)
+    trials = stage_trials(spec.plan(1, spec.space), stage_outcomes(60, rng), Timeline(STARTED, rng), rng)
+    odd = optuna.trial.create_trial(value=math.inf, intermediate_values={1: math.nan, 2: -math.inf, 3: 0.5},
+                                    params=dict(trials[0].params), distributions=dict(trials[0].distributions))
+    trials.append(odd)
+    backend.ensure_schema(storage_url)
+    storage = backend.open_storage(storage_url, heartbeat=False)
+    try:
+        for name in ("added", "inserted"):
+            optuna.create_study(study_name=name, storage=storage, direction="maximize")
+        optuna.load_study(study_name="added", storage=storage).add_trials(trials)
+        insert_trials(storage, "inserted", trials)
+
+        def stored(name: str) -> list[tuple]:
+            return [(t.number, t.state, repr(t.values), t.params, t.distributions, t.user_attrs, t.system_attrs,
+                     repr(t.intermediate_values), t.datetime_start, t.datetime_complete)
+                    for t in storage.get_all_trials(storage.get_study_id_from_name(name))]
+
+        added = stored("added")
+        assert len(added) == 61 and {t[1].name for t in added} == {"COMPLETE", "PRUNED", "FAIL"}
+        assert stored("inserted") == added
+    finally:
+        storage.engine.dispose()
