@@ -204,13 +204,18 @@ def _ranges_of_trials(trials: Sequence[FrozenTrial]) -> dict[str, dict[str, Any]
     return ranges
 
 
-def _importance(study: optuna.Study, n_complete: int) -> tuple[dict[str, float] | None, str | None]:
-    """Optuna's parameter importances (its default evaluator), or why there are none."""
-    if n_complete < 2:
-        return None, f"importances need at least 2 complete trials; this stage has {n_complete}"
+def _importance(frozen: Sequence[FrozenTrial], direction: str) -> tuple[dict[str, float] | None, str | None]:
+    """Optuna's parameter importances (its public API, default evaluator) over the complete
+    trials already read, or why there are none. They are computed on an in-memory study
+    holding those trials, so the stage is not read from the database a second time."""
+    complete = [t for t in frozen if t.state.name == "COMPLETE" and t.values is not None and len(t.values) == 1]
+    if len(complete) < 2:
+        return None, f"importances need at least 2 complete trials; this stage has {len(complete)}"
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
+            study = optuna.create_study(direction=direction)
+            study.add_trials(complete)
             found = optuna.importance.get_param_importances(study)
     except (ValueError, RuntimeError) as e:  # e.g. every parameter fixed, or all values equal
         return None, f"Optuna could not compute importances: {e}"
@@ -223,7 +228,7 @@ def _stage_view(storage: BaseStorage, study_name: str, stage: int, *, importance
     study_id = storage.get_study_id_from_name(study_name)
     attrs = storage.get_study_user_attrs(study_id)
     plan = stageplan.plan_from_attr(attrs.get(records.PLAN_ATTR))
-    frozen = storage.get_all_trials(study_id, deepcopy=False)
+    frozen = records.read_all_trials(storage, study_id)
     directions = storage.get_study_directions(study_id)
     trials = tuple(_trial_view(stage, study_name, t) for t in sorted(frozen, key=lambda t: t.number))
     if plan is not None:
@@ -232,8 +237,7 @@ def _stage_view(storage: BaseStorage, study_name: str, stage: int, *, importance
         ranges = _ranges_of_trials(frozen)
     scores, note = None, "importances are computed for single-objective studies only"
     if importance and len(directions) == 1:
-        study = optuna.load_study(study_name=study_name, storage=storage)
-        scores, note = _importance(study, sum(t.outcome == "COMPLETE" for t in trials))
+        scores, note = _importance(frozen, directions[0].name.lower())
     return StageView(
         study=study_name,
         stage=stage,

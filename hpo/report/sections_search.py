@@ -285,7 +285,7 @@ def importance_section(data: ReportData) -> Section:
         layout(figure, height=120 + 40 * max(len(s.importance) for s in with_scores))
         items.insert(0, Figure(figure, (
             "How much of the variation in validation accuracy each parameter explains within a stage "
-            "(Optuna's get_param_importances, fANOVA; each stage sums to 1): a parameter that stays important after narrowing still matters inside the new range."
+            "(Optuna's get_param_importances with its default evaluator, PED-ANOVA; each stage sums to 1): a parameter that stays important after narrowing still matters inside the new range."
         )))
     return Section("importance", "Importance", tuple(items))
 
