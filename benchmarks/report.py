@@ -512,14 +512,20 @@ def _array_bytes(text: str, start: int) -> int:
 
 
 def page_sections(page: str) -> dict[str, dict[str, float]]:
-    """The written page's bytes by part: ``head`` (Plotly's script, styles, title), then each
-    section (its figures' data included), with its figure count and the bytes of its hover
-    texts (the ``text`` / ``hovertext`` arrays of its figures)."""
+    """The written page's bytes by part: ``head`` (Plotly's script, styles, title), the page's
+    table of hover texts (each text once, shared by every figure that shows it), then each
+    section (its figures' data included), with its figure count and the bytes of the hover
+    texts written in its figures themselves (``text`` / ``hovertext`` arrays not shared)."""
     starts = [(m.start(), m.group(1)) for m in _SECTION.finditer(page)]
-    bounds = [(0, "head")] + starts + [(len(page), None)]
-    parts = {}
+    table = page.find("<script>const HOVER_TEXTS")
+    head = [(0, "head")] + ([(table, "hover texts (shared)"), (page.find("</script>", table) + len("</script>"), "head")] if table >= 0 else [])
+    bounds = head + starts + [(len(page), None)]
+    pieces: dict[str, list[str]] = {}  # the head comes in two pieces, around the table
     for (start, key), (end, _) in zip(bounds, bounds[1:]):
-        text = page[start:end]
+        pieces.setdefault(key, []).append(page[start:end])
+    parts = {}
+    for key, texts in pieces.items():
+        text = "".join(texts)
         parts[key] = {
             "mb": round(len(text.encode()) / 1e6, 3),
             "figures": text.count("data-figure"),
