@@ -14,6 +14,7 @@ import html
 import json
 import re
 import shutil
+import sys
 import threading
 import urllib.request
 from collections.abc import Iterator
@@ -339,3 +340,20 @@ def test_the_note_renders_in_the_dashboard_with_text_as_written_and_links_that_l
     note.locator("a", has_text=child.study_name).click()
     page.wait_for_url(f"{base}/dashboard/studies/{ids[child.study_name]}")
     assert alerts == []
+
+
+def test_without_optuna_dashboard_nothing_is_written_and_nothing_fails(sqlite_url, monkeypatch):
+    backend.ensure_schema(sqlite_url)
+    storage = backend.open_storage(sqlite_url, heartbeat=False)
+    try:
+        space = build_space(None, None, ["hidden_sizes=16"])
+        plan = CampaignSpec(name="bare", space=space, stages=1, trials=[2], epochs=[1]).plan(1, space)
+        study = stageplan.create_stage(storage, plan)
+        monkeypatch.setitem(sys.modules, "optuna_dashboard", None)  # as if it were not installed
+        assert dashboard.write_stage_notes(storage, [plan.study_name]) == []
+        assert dashboard.attach_figures(study, {"coarse-to-fine": go.Figure()}) == []
+        monkeypatch.undo()
+        system_attrs = storage.get_study_system_attrs(storage.get_study_id_from_name(plan.study_name))
+        assert optuna_dashboard.get_note(study) == "" and not [k for k in system_attrs if k.startswith("dashboard:")]
+    finally:
+        storage.engine.dispose()
