@@ -33,6 +33,7 @@ from typing import Any, Protocol, TypeVar
 import optuna
 from optuna.trial import TrialState
 
+from hpo import dashboard
 from hpo.local import LocalWorkers
 from hpo.narrow import NarrowResult, NarrowTrial, NothingToNarrow, narrow
 from storage import backend, optuna_access, records
@@ -275,9 +276,11 @@ def open_campaign(url: str, storage, spec: CampaignSpec) -> tuple[list[StagePlan
         stages = stageplan.campaign_stages(storage, spec.name)
         if not stages:
             plan, _ = stageplan.ensure_stage(storage, spec.plan(1, spec.space), attrs={records.CAMPAIGN_ATTR: spec.to_dict()})
+            dashboard.write_stage_notes(storage, [plan.study_name])
             return [plan], False
         if records.study_attrs(storage, stages[0].study_name).get(records.CAMPAIGN_ATTR) != spec.to_dict():
             records.set_study_attr(storage, stages[0].study_name, records.CAMPAIGN_ATTR, spec.to_dict())
+        dashboard.write_stage_notes(storage, [plan.study_name for plan in stages])  # what a crash left unwritten
         return stages, True
 
 
@@ -353,7 +356,9 @@ def create_next_stage(storage, parent: StagePlan, child: StagePlan, result: Narr
     (the stage as stored, created). An existing stage is adopted. Call it holding the
     campaign's lock (:func:`campaign_lock`)."""
     queue = seed_queue(result, space, parent, min(seed_best, child.trials))
-    return stageplan.ensure_stage(storage, child, queue=queue)
+    stored, created = stageplan.ensure_stage(storage, child, queue=queue)
+    dashboard.write_stage_notes(storage, [stored.study_name, parent.study_name])  # the parent's gains the narrowing
+    return stored, created
 
 
 def open_next_stage(url: str, storage, spec: CampaignSpec, parent: StagePlan) -> tuple[StagePlan, NarrowResult | None]:

@@ -25,8 +25,10 @@ from hypothesis import strategies as st
 import hpo.cli_inspect  # noqa: F401 - registers the commands on the group
 from hpo import output
 from hpo.cli import cli
+from storage import states
 from workers.record import (
     RECORD_VERSION,
+    SUMMARY_ATTRS,
     VERSION_ATTR,
     Curve,
     Diagnostics,
@@ -37,6 +39,7 @@ from workers.record import (
     TrialRecord,
     read_record,
     record_attrs,
+    summary_attrs,
     write_record,
 )
 from workers.worker import Worker, WorkerOptions
@@ -91,8 +94,9 @@ def test_layout_1_trials_read_as_what_hpo_trial_showed(v1_trials):
             assert _json(record.timings) == attrs.get("timings")
             assert record.histograms == _histograms(attrs.get("histograms"))
             assert record.extra == {}
-            # Nothing is lost: written again, the record is the same attrs plus its version.
-            assert record_attrs(record) == {**attrs, VERSION_ATTR: RECORD_VERSION}
+            # Nothing is lost: written again, the record is the same attrs plus its summary and
+            # its version.
+            assert record_attrs(record) == {**attrs, **summary_attrs(record), VERSION_ATTR: RECORD_VERSION}
 
 
 def test_layout_1_trials_read_as_what_hpo_trials_and_best_showed(v1_trials):
@@ -110,6 +114,46 @@ def test_layout_1_trials_read_as_what_hpo_trials_and_best_showed(v1_trials):
         for row in SHOWN[study]["best_json"]["trials"]:
             record = records[row["number"]]
             assert (record.value, record.seed, record.train_accuracy) == (row["value"], row["seed"], row["train_accuracy"])
+
+
+def test_the_summary_attrs_of_layout_1_trials_are_their_curve_diagnostics_reason_and_timings(v1_trials):
+    seen = set()
+    for trials in v1_trials.values():
+        for trial in trials:
+            attrs, summary = trial.user_attrs, summary_attrs(read_record(trial))
+            assert set(summary) <= set(SUMMARY_ATTRS)
+            curve, timings = attrs.get("curve") or {}, attrs.get("timings")
+            if curve.get("train_loss"):
+                assert summary["final_train_loss"] == curve["train_loss"][-1]
+                best = max(curve["val_accuracy"])
+                assert summary["best_epoch"] == curve["epoch"][curve["val_accuracy"].index(best)]
+            else:
+                assert "final_train_loss" not in summary and "best_epoch" not in summary
+            if timings is not None:
+                assert summary["diverged"] is states.is_diverged(trial.state, attrs)
+                assert summary["train_seconds"] == timings["train_seconds"]
+            dead = [layer["dead_fraction"] for layer in (attrs.get("diagnostics") or {}).get("layers", [])
+                    if layer["dead_fraction"] is not None]  # null: not finite
+            assert summary.get("dead_fraction_max") == (max(dead) if dead else None)
+            seen.update(k for k, v in summary.items() if v is not False)
+    assert seen == set(SUMMARY_ATTRS)  # each summary attr, and a diverged trial, are in the fixture
+
+
+def test_the_summary_attrs_are_derived_from_the_record_alone():
+    record = TrialRecord(
+        reason="diverged at epoch 3, step 7: loss 1e+09",
+        curve=Curve((1, 2, 3), (0.5, 0.7, 0.7), (2.0, 1.5, None)),
+        diagnostics=Diagnostics(4, (LayerDiagnostics(1, 8, dead_fraction=0.25), LayerDiagnostics(2, 8),
+                                    LayerDiagnostics(3, 8, dead_fraction=0.5))),
+        timings=Timings(1.25, 0.01),
+    )
+    # The last loss was not finite (stored null): there is no final loss to show.
+    assert summary_attrs(record) == {"best_epoch": 2, "diverged": True, "dead_fraction_max": 0.5, "train_seconds": 1.25}
+    assert summary_attrs(TrialRecord(worker="w")) == {}  # claimed, not finished: nothing to summarize
+    assert summary_attrs(TrialRecord(reason="pruned at step 2: 0.1 below the median", timings=Timings()))["diverged"] is False
+    # Stored summary attrs are not read back as extra attrs: the record derives them again.
+    stored = record_attrs(record)
+    assert read_record(stored) == record and record_attrs(read_record({**stored, "diverged": False})) == stored
 
 
 @pytest.fixture
@@ -138,7 +182,7 @@ def test_hpo_trials_trial_and_best_print_what_they_printed_on_layout_1(study, v1
 # -- write, then read -----------------------------------------------------------------------
 _RECORD_KEYS = {*record_attrs(TrialRecord(worker="w", seed=1, config={}, reason="r", diagnostics=Diagnostics(),
                                           histograms=(), train_accuracy=1, fold_values=(), curve=Curve(),
-                                          timings=Timings(), seeded_from="s"))}
+                                          timings=Timings(), seeded_from="s")), *SUMMARY_ATTRS}
 # every attr key of a full record
 finite = st.floats(allow_nan=False, allow_infinity=False)
 maybe_number = st.one_of(st.none(), st.integers(-10**6, 10**6), finite)
@@ -235,10 +279,12 @@ def test_a_worker_writes_records_of_the_current_layout(sqlite_url):
         assert record.version == RECORD_VERSION and record.worker == "rec-worker"
         assert record_attrs(record) == trial.user_attrs  # everything stored is in the record
         assert record.seed is not None and record.config["hidden_sizes"] == [16, 8] and record.timings.train_seconds >= 0
+        assert trial.user_attrs["diverged"] is states.is_diverged(trial.state, trial.user_attrs)
         if record.state == "COMPLETE":
             # The measures training returns are the record's: none is dropped on the way.
             assert [layer.units for layer in record.diagnostics.layers] == [16, 8]
             assert [h.layer for h in record.histograms] == [1, 2] and len(record.curve.epoch) == 2
+            assert {"final_train_loss", "best_epoch", "train_seconds"} <= set(trial.user_attrs)
         else:
             assert record.reason
 

@@ -3,13 +3,15 @@
 A trial's record lives in its Optuna user attrs, so `hpo trials`, a report and optuna-dashboard
 all read the same thing. :func:`write_record` is the one writer, :func:`read_record` the one
 reader; the shape of each attr is declared here and nowhere else. This module imports only the
-standard library: ``hpo`` reads records it fetched through ``storage``, and a record can be
-written to anything with ``set_user_attr(key, value)`` (an ``optuna.Trial``).
+standard library and ``storage.states`` (plain names, no database): ``hpo`` reads records it
+fetched through ``storage``, and a record can be written to anything with
+``set_user_attr(key, value)`` (an ``optuna.Trial``).
 
-Layout, version 2 (user attr key: JSON value)::
+Layout, version 3 (user attr key: JSON value)::
 
-    record_version  2; a trial without it was written in layout 1, which is layout 2 without
-                    this attr (workers before the version was stored)
+    record_version  3; layout 2 is layout 3 without the summary attrs below; a trial without
+                    record_version was written in layout 1, which is layout 2 without this
+                    attr (workers before the version was stored)
     worker          "host-pid" of the worker that ran the trial; written when it is claimed
     seed            int, the training seed (workers.objective.trial_seed)
     config          {name: value}: the TrainConfig trained (workers.train.TrainConfig.to_dict)
@@ -34,13 +36,27 @@ Layout, version 2 (user attr key: JSON value)::
     seeded_from     the stage whose best trial this queued trial repeats (written by the
                     campaign when it queues the trial)
 
+The summary attrs (layout 3): scalars derived from the attrs above by :func:`summary_attrs`
+when the record is written, so that optuna-dashboard, which shows an attr of a list or dict cut
+at 1,024 characters, shows and sorts them whole. Each is written only when the record holds
+what it is derived from; they are not read back (the reader derives them again)::
+
+    final_train_loss   float, the curve's last train_loss (of the last epoch trained: for a
+                       diverged run, the epoch before it diverged)
+    best_epoch         int, the curve's epoch of the highest val_accuracy (the first if tied)
+    diverged           bool, whether the reason says the run diverged (storage.states); written
+                       with the timings, that is for every trial a worker finished
+    dead_fraction_max  float, the largest dead_fraction over the hidden layers' diagnostics
+    train_seconds      float, timings.train_seconds
+
 Which attrs a trial has depends on how far it got. Every trial a worker took has ``worker``
 and ``record_version`` (written when it is claimed: a trial whose worker was stopped has only
 these); a COMPLETE one adds everything but ``reason`` (``fold_values`` only when
 cross-validated); a PRUNED or diverged one ``seed``, ``config``, ``reason``, ``curve`` and
-``timings``; one that failed with an error ``reason`` and ``timings``. Any other user attr
-(set by hand, or through optuna-dashboard) is kept in :attr:`TrialRecord.extra` and written
-back as it is.
+``timings``; one that failed with an error ``reason`` and ``timings``; each with the summary
+attrs of what it has. Any other user attr (set by hand, or through optuna-dashboard) is kept in
+:attr:`TrialRecord.extra` and written back as it is; one set by hand under a summary attr's
+name is not (the summary is derived again).
 
 The trial's state and value are Optuna's own columns, not attrs: :func:`read_record` takes them
 from a FrozenTrial, and the worker tells them after writing the attrs (a finished trial takes
@@ -58,7 +74,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-RECORD_VERSION = 2
+from storage.states import DIVERGED_REASON_PREFIX
+
+RECORD_VERSION = 3
 VERSION_ATTR = "record_version"
 
 Number = int | float
@@ -267,11 +285,38 @@ _ATTRS: dict[str, tuple[Any, Any]] = {
 }
 
 
+SUMMARY_ATTRS = ("final_train_loss", "best_epoch", "diverged", "dead_fraction_max", "train_seconds")
+_NOT_EXTRA = {*SUMMARY_ATTRS, VERSION_ATTR}  # attr keys that are neither a field nor an extra attr
+
+
+def summary_attrs(record: TrialRecord) -> dict[str, Any]:
+    """The summary attrs of ``record`` (see the module docstring): scalars derived from its
+    curve, diagnostics, reason and timings, each present only when what it comes from is."""
+    summary: dict[str, Any] = {}
+    curve = record.curve or Curve()
+    if curve.train_loss and curve.train_loss[-1] is not None:
+        summary["final_train_loss"] = curve.train_loss[-1]
+    scored = [(v, e) for e, v in zip(curve.epoch, curve.val_accuracy) if e is not None and v is not None]
+    if scored:
+        summary["best_epoch"] = max(scored, key=lambda ve: ve[0])[1]  # max keeps the first of ties
+    diverged = record.reason is not None and record.reason.startswith(DIVERGED_REASON_PREFIX)
+    if diverged or record.timings is not None:
+        summary["diverged"] = diverged
+    dead = [layer.dead_fraction for layer in (record.diagnostics.layers if record.diagnostics else ())
+            if layer.dead_fraction is not None]
+    if dead:
+        summary["dead_fraction_max"] = max(dead)
+    if record.timings is not None and record.timings.train_seconds is not None:
+        summary["train_seconds"] = record.timings.train_seconds
+    return summary
+
+
 def record_attrs(record: TrialRecord) -> dict[str, Any]:
-    """The user attrs that store ``record`` (its fields that are not None, its extra attrs, and
-    the layout version), JSON-ready."""
+    """The user attrs that store ``record`` (its fields that are not None, its summary attrs,
+    its extra attrs, and the layout version), JSON-ready."""
     attrs = {key: to_json(getattr(record, key)) for key, (to_json, _) in _ATTRS.items() if getattr(record, key) is not None}
-    attrs.update((k, v) for k, v in record.extra.items() if k not in _ATTRS and k != VERSION_ATTR)
+    attrs.update(summary_attrs(record))
+    attrs.update((k, v) for k, v in record.extra.items() if k not in _ATTRS and k not in _NOT_EXTRA)
     attrs[VERSION_ATTR] = RECORD_VERSION
     return attrs
 
@@ -294,7 +339,8 @@ def read_reason(attrs: Mapping[str, Any]) -> str | None:
 def read_record(trial: Any) -> TrialRecord:
     """The record of ``trial``: an ``optuna.trial.FrozenTrial`` (state and value included), or
     a trial's user attrs as a mapping. Trials written before the layout was versioned read as
-    version 1; a field absent or of the wrong shape reads as None."""
+    version 1; a field absent or of the wrong shape reads as None. The summary attrs are not
+    read: :func:`summary_attrs` derives them from the record."""
     if isinstance(trial, Mapping):
         attrs, state, value = trial, None, None
     else:
@@ -305,7 +351,7 @@ def read_record(trial: Any) -> TrialRecord:
         state=state,
         value=value,
         **{key: from_json(attrs.get(key)) for key, (_, from_json) in _ATTRS.items()},
-        extra={k: v for k, v in attrs.items() if k not in _ATTRS and k != VERSION_ATTR},
+        extra={k: v for k, v in attrs.items() if k not in _ATTRS and k not in _NOT_EXTRA},
         version=version if version is not None and version >= 1 else 1,
     )
 
