@@ -326,15 +326,16 @@ def search(ctx, name, dataset, stages, trials, epochs, workers, sampler, pruner,
 
 
 def _write_report(storage_url: str, name: str) -> Path | None:
-    """The campaign's report, written at its end; a report that cannot be written is said in
-    one line and costs the campaign nothing (its results are stored)."""
+    """The campaign's report, written at its end (its figures also attached to the stage
+    studies for optuna-dashboard); a report that cannot be written is said in one line and
+    costs the campaign nothing (its results are stored)."""
     from hpo.report import ReportPathError, write_report
 
     err.print(literal("writing the report ..."))
     try:
         storage = backend.open_storage(storage_url)
         try:
-            return write_report(storage, storage_url, name)
+            return write_report(storage, storage_url, name, dashboard=True)
         finally:
             storage.engine.dispose()
     except (ReportPathError, OSError, StorageError, *backend.DB_ERRORS) as e:

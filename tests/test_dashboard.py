@@ -284,6 +284,27 @@ def test_attached_figures_come_back_and_replace_themselves(sqlite_url, serve_das
     assert shown["hpo-coarse-to-fine"] == json.loads(second.to_json())
 
 
+@pytest.mark.slow
+def test_a_campaigns_report_figures_appear_on_its_stages_dashboard_pages(sqlite_url, serve_dashboard, tmp_path):
+    from hpo.report import dashboard_figures, write_report
+    from hpo.report.collect import collect
+
+    spec = _run_campaign(sqlite_url)
+    storage = backend.open_storage(sqlite_url)
+    write_report(storage, sqlite_url, spec.name, tmp_path / "r.html", dashboard=True)
+    write_report(storage, sqlite_url, spec.name, tmp_path / "r.html", dashboard=True)  # again: replaced, not added
+    expected = dashboard_figures(collect(storage, sqlite_url, spec.name))
+    base = serve_dashboard(sqlite_url)
+    ids = {s["study_name"]: s["study_id"] for s in _api(base, "/api/studies")["study_summaries"]}
+    for study_name, figures in expected.items():
+        shown = {g["id"]: json.loads(g["graph_object"]) for g in _api(base, f"/api/studies/{ids[study_name]}")["plotly_graph_objects"]}
+        assert set(shown) == {dashboard.graph_object_id(name) for name in figures}
+        for name, figure in figures.items():
+            assert shown[dashboard.graph_object_id(name)]["data"] == json.loads(figure.to_json())["data"]
+    assert any(name.startswith("layers-") for name in expected[stageplan.stage_study_name(spec.name, 2)])
+    assert "hpo-coarse-to-fine-1" in {dashboard.graph_object_id(n) for n in expected[stageplan.stage_study_name(spec.name, 1)]}
+
+
 # -- the note in a real browser --------------------------------------------------------------
 @pytest.fixture
 def browser() -> Iterator:
@@ -293,14 +314,15 @@ def browser() -> Iterator:
         executable = shutil.which("chromium") or shutil.which("chromium-browser")
         try:
             launched = playwright.chromium.launch(executable_path=executable)
-        except sync_api.Error as e:
-            pytest.skip(f"no Chromium to drive: {str(e).splitlines()[0]}")
+        except sync_api.Error as e:  # the browser marker already skipped where none is installed
+            pytest.fail(f"Chromium did not start: {str(e).splitlines()[0]}")
         try:
             yield launched
         finally:
             launched.close()
 
 
+@pytest.mark.browser
 def test_the_note_renders_in_the_dashboard_with_text_as_written_and_links_that_lead(sqlite_url, serve_dashboard, browser):
     backend.ensure_schema(sqlite_url)
     storage = backend.open_storage(sqlite_url, heartbeat=False)

@@ -14,12 +14,15 @@ import os
 import re
 import tempfile
 from pathlib import Path
+from typing import Any
 
 from hpo.report.collect import ReportData, collect
-from hpo.report.page import Section, Words, render_page
+from hpo.report.page import Figure, Section, Words, render_page
 from hpo.report.sections_layers import layers_section
 from hpo.report.sections_trials import choices_section, curves_section, workers_section
-from hpo.report.sections_search import coarse_section, history_section, importance_section, summary_section
+from hpo.report.sections_search import (
+    activation_colors, coarse_section, history_section, importance_section, stage_coarse_items, summary_section,
+)
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.-]+")
 
@@ -112,15 +115,52 @@ def target_path(name: str, path: str | os.PathLike | None = None) -> Path:
     return target
 
 
-def write_report(storage, url: str, name: str, path: str | os.PathLike | None = None) -> Path:
+# A figure whose JSON is longer than this is not attached to a study for optuna-dashboard: it
+# is stored split into study attrs of 2 KB each, and the report file holds it anyway.
+DASHBOARD_FIGURE_CHARS = 1_000_000
+
+
+def dashboard_figures(data: ReportData) -> dict[str, dict[str, Any]]:
+    """study name -> {figure name: plotly figure} for optuna-dashboard: each stage its
+    coarse-to-fine figures, the last stage the layers' figures too."""
+    colors = activation_colors(data)
+    per_study: dict[str, dict[str, Any]] = {}
+    for stage in data.stages:
+        figures = [item.figure for item in stage_coarse_items(stage, colors) if isinstance(item, Figure)]
+        per_study[stage.study] = {f"coarse-to-fine-{i}": figure for i, figure in enumerate(figures, 1)}
+    layers = [item.figure for item in layers_section(data).items if isinstance(item, Figure)]
+    per_study[data.stages[-1].study].update({f"layers-{i}": figure for i, figure in enumerate(layers, 1)})
+    return per_study
+
+
+def attach_to_dashboard(storage, data: ReportData) -> list[str]:
+    """Attach :func:`dashboard_figures` to their studies (optuna-dashboard's public API; a
+    figure saved again replaces the one before). The ids attached; none without the package."""
+    import optuna
+
+    from hpo.dashboard import attach_figures
+
+    attached = []
+    for study_name, figures in dashboard_figures(data).items():
+        small = {name: f for name, f in figures.items() if len(f.to_json()) <= DASHBOARD_FIGURE_CHARS}
+        if small:
+            attached += attach_figures(optuna.load_study(study_name=study_name, storage=storage), small)
+    return attached
+
+
+def write_report(storage, url: str, name: str, path: str | os.PathLike | None = None, *, dashboard: bool = False) -> Path:
     """Collect ``name`` from ``storage`` and write its report to ``path`` (default
     :func:`default_path`), atomically: a reader never sees half a page. Returns the path.
+    With ``dashboard``, the stages' figures are also attached to their studies for
+    optuna-dashboard (:func:`attach_to_dashboard`).
 
     ReportPathError when the path cannot be written; StudyNotFound when there is no such
     campaign or study."""
     target = target_path(name, path)
     data = collect(storage, url, name)
     data = dataclasses.replace(data, init_experiment=run_init_experiment(data.dataset, data.seed))
+    if dashboard:
+        attach_to_dashboard(storage, data)
     page = render(data)
     folder = target.parent
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=folder)

@@ -192,23 +192,32 @@ def _pair_figure(stage: StageView, x_name: str, y_name: str) -> Figure | None:
     return Figure(figure, caption)
 
 
+def stage_coarse_items(stage: StageView, colors: Mapping[Any, str]) -> list[Item]:
+    """One stage's part of the coarse-to-fine section: its scatter, the scatter of its two
+    first numeric parameters, and the table of how its child narrowed it."""
+    numeric = _numeric(stage.ranges)
+    if not numeric:
+        return [Words(f"{stage.study} searches no numeric parameter, so there is no range to narrow.")]
+    items: list[Item] = [_coarse_figure(stage, numeric[0], colors)]
+    if len(numeric) > 1 and (pair := _pair_figure(stage, numeric[0], numeric[1])) is not None:
+        items.append(pair)
+    if stage.narrowing:
+        items.append(Table(
+            ("parameter", f"stage {stage.stage}", f"stage {stage.stage + 1}", "why"),
+            tuple((c.get("name"), c.get("old_text"), c.get("new_text"), c.get("reason")) for c in stage.narrowing),
+            f"How stage {stage.stage + 1}'s space was narrowed from {stage.study}'s trials.",
+        ))
+    return items
+
+
+def activation_colors(data: ReportData) -> dict[Any, str]:
+    """One colour per activation across the whole report."""
+    return color_map(t.params.get("activation") for t in data.trials)
+
+
 def coarse_section(data: ReportData) -> Section:
-    items: list[Item] = []
-    colors = color_map(t.params.get("activation") for t in data.trials)
-    for stage in data.stages:
-        numeric = _numeric(stage.ranges)
-        if not numeric:
-            items.append(Words(f"{stage.study} searches no numeric parameter, so there is no range to narrow."))
-            continue
-        items.append(_coarse_figure(stage, numeric[0], colors))
-        if len(numeric) > 1 and (pair := _pair_figure(stage, numeric[0], numeric[1])) is not None:
-            items.append(pair)
-        if stage.narrowing:
-            items.append(Table(
-                ("parameter", f"stage {stage.stage}", f"stage {stage.stage + 1}", "why"),
-                tuple((c.get("name"), c.get("old_text"), c.get("new_text"), c.get("reason")) for c in stage.narrowing),
-                f"How stage {stage.stage + 1}'s space was narrowed from {stage.study}'s trials.",
-            ))
+    colors = activation_colors(data)
+    items: list[Item] = [item for stage in data.stages for item in stage_coarse_items(stage, colors)]
     if len(data.stages) == 1 and data.campaign:
         items.append(Words("This campaign has one stage so far: nothing has been narrowed yet."))
     return Section("coarse-to-fine", "Coarse to fine", tuple(items))
