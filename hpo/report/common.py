@@ -101,7 +101,7 @@ def sample(trials: Sequence[TrialView], limit: int = MAX_POINTS, *, keep: Sequen
 
 def sampled_note(shown: int, total: int) -> str:
     """The words a caption adds when a figure samples."""
-    return f" (sampled: {shown:,} of {total:,} trials drawn, the best always among them)"
+    return f" It draws {shown:,} of {total:,} trials, sampled evenly with the best always among them."
 
 
 def scatter(**kwargs: Any) -> go.Scatter | go.Scattergl:
