@@ -19,7 +19,7 @@ from pathlib import Path
 import click
 
 from hpo import campaign as campaign_mod
-from hpo import cli_inspect, cli_report
+from hpo import cli_importance, cli_inspect, cli_report
 from hpo import STOPS, exit_interrupted, record_stop, stopped_by_signal
 from hpo.cli_types import TOP_FRACTION
 from hpo.narrow import NarrowError
@@ -570,6 +570,8 @@ def init_db(storage_url) -> None:
 # inspection commands of hpo/cli_inspect.py and the report of hpo/cli_report.py (neither imports
 # this module).
 for _command in (*cli_inspect.COMMANDS, *cli_report.COMMANDS):
+    cli.add_command(_command)
+for _command in cli_importance.COMMANDS:
     cli.add_command(_command)
 
 

@@ -94,27 +94,40 @@ def studies(fmt, storage_url) -> None:
 @click.option("--where", "where", multiple=True, metavar="FILTER", help="Keep trials where COLUMN OP VALUE holds; OP is = != < <= > >= (repeatable; all must hold).")
 @click.option("--sort", metavar="COLUMN", help="Sort by this column; -COLUMN sorts descending. Missing values go last.")
 @click.option("--limit", type=click.IntRange(min=1), help="Show at most N trials (after filtering and sorting).")
-@click.option("--columns", metavar="A,B,...", help="Columns to show; besides the default ones: seed, train_accuracy, train_seconds, overhead_seconds, retry_of, started, completed.")
+@click.option("--columns", metavar="A,B,...", help=f"Columns to show; besides the default ones: {', '.join(inspect.EXTRA_TRIAL_COLUMNS)}.")
+@click.option("--stage", type=click.IntRange(min=1), metavar="K", help="Only stage K of the campaign STUDY names.")
 @format_option
 @storage_option
-def trials(study, states, where, sort, limit, columns, fmt, storage_url) -> None:
-    """List the trials of STUDY, filtered and sorted.
+def trials(study, states, where, sort, limit, columns, stage, fmt, storage_url) -> None:
+    """List the trials of STUDY, or of every stage of a campaign, filtered and sorted.
 
     One row per trial: number, state, value, one column per parameter, duration, worker and
-    the reason a trial was pruned or failed. STUDY is a study name, or a campaign name for its newest stage. In --where, numbers
-    compare as numbers (1e-3 < 0.01) and text case-insensitively; a trial without a value for
-    the column passes only !=. A parameter may also be named by its short alias (lr, wd, bs, ...)
-    in --where, --sort and --columns. JSON: a list of objects keyed by the shown columns.
+    the reason a trial was pruned or failed. STUDY is a study name, or a campaign name for the
+    trials of all its stages, stage by stage, with a stage column first (--stage K for one).
+    Per-trial summaries of the diagnostics are columns too: final_train_loss, best_epoch,
+    diverged, dead_fraction_max and saturation_fraction_max (the worst hidden layer),
+    update_ratio_max and update_ratio_min (over every weight matrix). In --where, numbers
+    compare as numbers (1e-3 < 0.01) and text case-insensitively (diverged=true); a trial
+    without a value for the column passes only !=. A parameter may also be named by its short
+    alias (lr, wd, bs, ...) in --where, --sort and --columns. JSON: a list of objects keyed by
+    the shown columns.
 
     \b
     Examples:
-      hpo trials c1/stage-1 --state complete --sort -value --limit 10
-      hpo trials c1 --where activation=relu --where "lr>1e-3" --sort -lr
+      hpo trials c1 --state complete --sort -value --limit 10
+      hpo trials c1 --stage 2 --where activation=relu --where "lr>1e-3" --sort -lr
+      hpo trials c1 --where diverged=true --columns stage,number,lr,final_train_loss
+      hpo trials c1/stage-2 --sort -dead_fraction_max --limit 5
       hpo trials c1/stage-2 --columns number,value,seed,train_seconds --format csv
     """
     with opened(storage_url) as storage:
-        selection = inspect.select_trials(storage, study, states=states, where=where, sort=sort, limit=limit, columns=columns)
-    title = f"{selection.study}: {len(selection.rows)} of {selection.total} trials"
+        selection = inspect.select_trials(storage, study, states=states, where=where, sort=sort, limit=limit,
+                                          columns=columns, stage=stage)
+    listed = selection.study
+    if selection.campaign is not None and stage is None:
+        count = len(selection.stages)
+        listed = f"{selection.study} ({count} stage{'s' if count != 1 else ''})"
+    title = f"{listed}: {len(selection.rows)} of {selection.total} trials"
     render_rows(selection.rows, selection.columns, fmt, title=title)
 
 

@@ -2,7 +2,8 @@
 show, as plain JSON-ready dicts and lists. No click here; the CLI only renders what this returns.
 
 Where a study name is expected, a campaign name also works: it means the campaign's newest
-stage (an existing study of exactly that name wins).
+stage, except for ``hpo trials`` and ``hpo importance``, where it means every stage (an existing
+study of exactly that name wins).
 
 Filters (``--where``), sorting and column choice run in Python on trials fetched through
 Optuna's storage API: nothing a user types ever becomes SQL. The few hand-written queries (counts
@@ -22,7 +23,7 @@ import re
 import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, NamedTuple
 
 import optuna
 from optuna.storages import RDBStorage
@@ -34,7 +35,7 @@ from storage.errors import StorageError, StudyNotFound
 from storage.url import is_sqlite, mask_url, sqlite_path
 from workers import stageplan
 from workers.knobs import canonical_name
-from workers.record import Curve, Diagnostics, Timings, read_record
+from workers.record import SUMMARY_ATTRS, Curve, Diagnostics, Timings, read_record, summary_attrs
 
 STATES = ("COMPLETE", "PRUNED", "FAIL", "RUNNING", "WAITING")
 # What the views count: the states, with diverged trials (stored PRUNED) apart from pruned ones.
@@ -48,8 +49,14 @@ STUDY_KEYS = (
 
 # Columns of `hpo trials`: shown by default (parameters go between "value" and "duration") ...
 TRIAL_COLUMNS = ("number", "state", "value", "duration", "worker", "reason")
-# ... and available to --columns / --sort / --where.
-EXTRA_TRIAL_COLUMNS = ("seed", "train_accuracy", "train_seconds", "overhead_seconds", "retry_of", "started", "completed")
+# ... and available to --columns / --sort / --where: the stage (shown by default when a campaign is
+# listed), more of the record, and the record's summary (workers.record.SUMMARY_ATTRS: final
+# training loss, best epoch, diverged, the largest dead and saturated fractions over the layers,
+# the largest and smallest update/weight ratios).
+EXTRA_TRIAL_COLUMNS = tuple(dict.fromkeys((
+    "stage", "seed", "train_accuracy", "train_seconds", "overhead_seconds", "retry_of", "started", "completed",
+    *SUMMARY_ATTRS,
+)))
 OPERATORS = ("!=", "<=", ">=", "==", "=", "<", ">")  # longest first, so "<=" is not read as "<"
 
 
@@ -81,6 +88,39 @@ def resolve_study(storage: RDBStorage, name: str) -> tuple[str, str | None]:
     if stages:
         return stages[-1].study_name, name
     raise StudyNotFound(f"no study named {name!r} in this storage")
+
+
+class StageRef(NamedTuple):
+    """A study to read, and where it stands in its campaign."""
+
+    stage: int | None  # 1-based; None for a study hpo did not create
+    study: str
+
+
+def resolve_stages(storage: RDBStorage, name: str, stage: int | None = None) -> tuple[str | None, list[StageRef]]:
+    """``(campaign, stages)``: the study of that name, else every stage of that campaign in
+    order, or only its stage ``stage``.
+
+    ``campaign`` is None when ``name`` named a study (a study of exactly that name wins, as in
+    :func:`resolve_study`). QueryError for a stage the campaign does not have, or a stage asked
+    of a study; StudyNotFound when there is neither."""
+    try:
+        storage.get_study_id_from_name(name)
+    except KeyError:
+        plans = stageplan.campaign_stages(storage, name)
+        if not plans:
+            raise StudyNotFound(f"no study named {name!r} in this storage") from None
+        if stage is not None:
+            picked = [plan for plan in plans if plan.stage == stage]
+            if not picked:
+                have = ", ".join(str(plan.stage) for plan in plans)
+                raise QueryError(f"campaign {name!r} has no stage {stage}; its stages are {have}") from None
+            plans = picked
+        return name, [StageRef(plan.stage, plan.study_name) for plan in plans]
+    if stage is not None:
+        raise QueryError(f"{name!r} is a study, not a campaign: name the campaign to pick stage {stage}")
+    plan = stageplan.read_plan(storage, name)
+    return None, [StageRef(plan.stage if plan else None, name)]
 
 
 # -- hpo studies -------------------------------------------------------------------------------
@@ -173,11 +213,13 @@ def parse_states(text: str | None) -> tuple[TrialState, ...] | None:
 
 @dataclass(frozen=True)
 class TrialSelection:
-    study: str
+    study: str  # the study listed, or the campaign whose stages are listed
     rows: list[dict[str, Any]]  # after filter, sort and limit
     columns: list[str]  # the columns to show, in order
     matched: int  # trials that passed the filters (before --limit)
-    total: int  # trials in the study in the chosen states
+    total: int  # trials in the study (or the stages) in the chosen states
+    campaign: str | None = None  # the campaign named (None when a study was)
+    stages: tuple[int | None, ...] = ()  # the stages listed
 
 
 def select_trials(
@@ -189,21 +231,26 @@ def select_trials(
     sort: str | None = None,
     limit: int | None = None,
     columns: str | None = None,
+    stage: int | None = None,
 ) -> TrialSelection:
     """Rows of ``hpo trials``: filter by state and ``where``, sort, limit, choose columns.
 
-    ``sort`` is a column name, ``-name`` for descending; trials without a value sort last.
-    ``columns`` is a comma list. An unknown state, column or bad filter raises QueryError.
+    ``name`` is a study, or a campaign: then the trials of every stage (of stage ``stage``
+    only, when given), stage by stage, with a ``stage`` column first. ``sort`` is a column
+    name, ``-name`` for descending; trials without a value sort last (ties keep stage and
+    number order). ``columns`` is a comma list. An unknown state, column, stage or bad filter
+    raises QueryError.
     """
     conditions = [parse_where(w) for w in where]
     wanted_states = parse_states(states)
-    study_name, _ = resolve_study(storage, name)
-    study_id = storage.get_study_id_from_name(study_name)
-    trials = storage.get_all_trials(study_id, deepcopy=False, states=wanted_states)
-    params = _param_names(storage, study_name, trials)
-    rows = [trial_row(t, params) for t in trials]
-    default = [*TRIAL_COLUMNS[:3], *params.values(), *TRIAL_COLUMNS[3:]]
-    known = [*default, *EXTRA_TRIAL_COLUMNS]
+    campaign, stages = resolve_stages(storage, name, stage)
+    read = [(ref, _read_trials(storage, ref.study, wanted_states)) for ref in stages]
+    params: dict[str, str] = {}
+    for ref, trials in read:
+        params.update(_param_names(storage, ref.study, trials))
+    rows = [trial_row(t, params, stage=ref.stage) for ref, trials in read for t in trials]
+    default = [*(["stage"] if campaign else []), *TRIAL_COLUMNS[:3], *params.values(), *TRIAL_COLUMNS[3:]]
+    known = list(dict.fromkeys([*default, *EXTRA_TRIAL_COLUMNS]))
     conditions = [replace(c, column=_column(c.column, known)) for c in conditions]
     selected = [row for row in rows if all(c.matches(row) for c in conditions)]
     if sort:
@@ -216,15 +263,26 @@ def select_trials(
     matched = len(selected)
     if limit is not None:
         selected = selected[:limit]
-    return TrialSelection(study_name, selected, shown, matched, len(rows))
+    listed = campaign if campaign and stage is None else stages[0].study
+    return TrialSelection(listed, selected, shown, matched, len(rows), campaign, tuple(ref.stage for ref in stages))
 
 
-def trial_row(trial: FrozenTrial, params: dict[str, str]) -> dict[str, Any]:
-    """The flat row of one trial; ``params`` maps parameter names to their column names."""
+def _read_trials(storage: RDBStorage, study_name: str, wanted: Sequence[TrialState] | None) -> list[FrozenTrial]:
+    """The study's trials in number order (in the chosen states), read in two queries."""
+    trials = records.read_all_trials(storage, storage.get_study_id_from_name(study_name))
+    return trials if wanted is None else [t for t in trials if t.state in wanted]
+
+
+def trial_row(trial: FrozenTrial, params: dict[str, str], stage: int | None = None) -> dict[str, Any]:
+    """The flat row of one trial; ``params`` maps parameter names to their column names,
+    ``stage`` is the trial's stage in its campaign. The diagnostic summaries are the record's
+    (``workers.record.summary_attrs``), derived again so older trials have them too."""
     record = read_record(trial)
     timings = record.timings or Timings()
     values = trial_params(trial)
+    summary = summary_attrs(record)
     return {
+        "stage": stage,
         "number": trial.number,
         "state": record.state,
         "value": record.value,
@@ -234,11 +292,11 @@ def trial_row(trial: FrozenTrial, params: dict[str, str]) -> dict[str, Any]:
         "reason": record.reason,
         "seed": record.seed,
         "train_accuracy": record.train_accuracy,
-        "train_seconds": timings.train_seconds,
         "overhead_seconds": timings.overhead_seconds,
         "retry_of": trial.system_attrs.get("failed_trial"),
         "started": trial.datetime_start.isoformat(timespec="seconds") if trial.datetime_start else None,
         "completed": trial.datetime_complete.isoformat(timespec="seconds") if trial.datetime_complete else None,
+        **{key: summary.get(key) for key in SUMMARY_ATTRS},  # train_seconds among them
     }
 
 

@@ -10,30 +10,42 @@ import json
 import optuna
 import pytest
 from click.testing import CliRunner
+from optuna.trial import TrialState
 
 import hpo.cli_inspect  # noqa: F401 - registers the commands on the group
 from hpo import inspect, output
 from hpo.cli import cli
-from storage import backend
+from hpo.report.collect import collect
+from storage import backend, states
 from tests.test_inspect import (  # noqa: F401 - fixtures and builders shared with the library tests
+    BACKENDS,
     DIVERGED,
+    _close_db,
+    _open_db,
+    add_trial,
     backdate_heartbeat,
     build_running,
     campaign_db,
     db,
+    make_stage,
     new_sqlite_url,
     pg_test_url,
     snapshot,
     sqlite_template,
     stage2,
+    trial_attrs,
 )
+from tests.test_report import PARAMS as REPORT_PARAMS
+from tests.test_report import run_small_campaign
+from workers import stageplan
+from workers.record import SUMMARY_ATTRS
 
 pytestmark = [
     pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning"),
     pytest.mark.filterwarnings("ignore:Heartbeat of storage is supposed to be used with Study.optimize"),
 ]
 
-COMMANDS = ["studies", "trials", "trial", "best", "health", "fail-stale"]
+COMMANDS = ["studies", "trials", "trial", "best", "health", "fail-stale", "importance"]
 
 
 @pytest.fixture(autouse=True)
@@ -98,7 +110,7 @@ def test_studies_on_an_empty_storage(sqlite_template, tmp_path):
 
 # -- hpo trials ----------------------------------------------------------------------------
 def test_trials_filter_sort_limit_in_every_format(campaign_db):
-    args = ["trials", campaign_db.name, "--where", "activation=relu", "--where", "learning_rate>1e-3", "--sort", "-learning_rate"]
+    args = ["trials", stage2(campaign_db), "--where", "activation=relu", "--where", "learning_rate>1e-3", "--sort", "-learning_rate"]
     rows = json.loads(hpo(campaign_db.url, *args, "--format", "json").stdout)
     assert [r["number"] for r in rows] == [2, 6, 0]
     assert list(rows[0]) == ["number", "state", "value", "learning_rate", "activation", "duration", "worker", "reason"]
@@ -131,9 +143,170 @@ def test_a_where_value_is_a_literal_and_the_database_is_unchanged(campaign_db):
 ])
 def test_bad_trials_options_are_one_line_exit_2_and_change_nothing(campaign_db, args, message):
     before = snapshot(campaign_db.storage, campaign_db.name)
-    line = one_line_error(hpo(campaign_db.url, "trials", campaign_db.name, *args))
+    line = one_line_error(hpo(campaign_db.url, "trials", stage2(campaign_db), *args))
     assert line.startswith(message)
     assert snapshot(campaign_db.storage, campaign_db.name) == before
+
+
+# -- hpo trials CAMPAIGN -------------------------------------------------------------------
+def test_trials_of_a_campaign_have_a_stage_column_and_stage_k_picks_one(campaign_db):
+    table = hpo(campaign_db.url, "trials", campaign_db.name)
+    assert table.exit_code == 0
+    assert f"{campaign_db.name} (2 stages): 9 of 9 trials" in table.stdout
+    cells = [[c.strip() for c in li.split("│")[1:3]] for li in table.stdout.splitlines() if li.startswith("│")]
+    assert cells == [["1", "0"], ["1", "1"], *(["2", str(n)] for n in range(7))]
+
+    rows = json.loads(hpo(campaign_db.url, "trials", campaign_db.name, "--format", "json").stdout)
+    assert list(rows[0]) == ["stage", "number", "state", "value", "learning_rate", "activation", "duration", "worker", "reason"]
+    assert [(r["stage"], r["number"], r["value"]) for r in rows[:2]] == [(1, 0, 0.80), (1, 1, 0.70)]
+
+    one = hpo(campaign_db.url, "trials", campaign_db.name, "--stage", "1", "--format", "csv").stdout.splitlines()
+    assert one[0].startswith("stage,number,state,value,") and [li.split(",")[:2] for li in one[1:]] == [["1", "0"], ["1", "1"]]
+    titled = hpo(campaign_db.url, "trials", campaign_db.name, "--stage", "2").stdout
+    assert f"{stage2(campaign_db)}: 7 of 7 trials" in titled
+    # hpo trial / best / health still take a campaign's newest stage.
+    assert json.loads(hpo(campaign_db.url, "trial", campaign_db.name, "4", "--format", "json").stdout)["study"] == stage2(campaign_db)
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["{c}", "--stage", "3"], "Error: campaign '{c}' has no stage 3; its stages are 1, 2"),
+    (["{c}", "--stage", "0"], "Error: Invalid value for '--stage': 0 is not in the range x>=1."),
+    (["{c}", "--stage", "two"], "Error: Invalid value for '--stage': 'two' is not a valid integer"),
+    (["{c}/stage-2", "--stage", "2"], "Error: '{c}/stage-2' is a study, not a campaign: name the campaign to pick stage 2"),
+])
+@pytest.mark.parametrize("command", ["trials", "importance"])
+def test_a_bad_stage_is_one_line_exit_2(campaign_db, command, args, message):
+    line = one_line_error(hpo(campaign_db.url, command, *(a.format(c=campaign_db.name) for a in args)))
+    assert line.startswith(message.format(c=campaign_db.name))
+
+
+def test_diagnostic_columns_in_columns_sort_and_where(campaign_db):
+    args = ["trials", campaign_db.name, "--where", "diverged=true", "--columns", "stage,number,diverged,final_train_loss,reason"]
+    rows = json.loads(hpo(campaign_db.url, *args, "--format", "json").stdout)
+    assert rows == [{"stage": 2, "number": 2, "diverged": True, "final_train_loss": 7.2, "reason": DIVERGED}]
+    columns = "stage,number,dead_fraction_max,saturation_fraction_max,update_ratio_max,update_ratio_min,best_epoch"
+    text = hpo(campaign_db.url, "trials", campaign_db.name, "--state", "complete", "--sort", "-value", "--limit", "1",
+               "--columns", columns, "--format", "csv").stdout
+    assert text.splitlines() == [columns, "2,4,0.25,0.0,0.0011,0.0009,3"]
+    table = hpo(campaign_db.url, "trials", campaign_db.name, "--where", "diverged=false", "--sort", "-dead_fraction_max",
+                "--columns", "stage,number,diverged,dead_fraction_max")
+    assert table.exit_code == 0
+    cells = [[c.strip() for c in li.split("│")[1:-1]] for li in table.stdout.splitlines() if li.startswith("│")]
+    assert cells == [[*key, "False", "0.25"] for key in (("1", "0"), ("1", "1"), ("2", "0"), ("2", "1"), ("2", "4"))] + [
+        ["2", "3", "False", ""]]  # the failed trial has no diagnostics: last
+    help_text = hpo(None, "trials", "--help").stdout
+    assert "update_ratio_max" in help_text and "--stage" in help_text
+
+
+# -- hpo importance ------------------------------------------------------------------------
+def optuna_importances(url: str, study_name: str) -> dict[str, float]:
+    return optuna.importance.get_param_importances(optuna.load_study(study_name=study_name, storage=url))
+
+
+def test_importance_of_a_campaign_is_optunas_per_stage(campaign_db):
+    result = json.loads(hpo(campaign_db.url, "importance", campaign_db.name, "--format", "json").stdout)
+    assert list(result) == ["name", "campaign", "stages"] and (result["name"], result["campaign"]) == (campaign_db.name, campaign_db.name)
+    assert [list(entry) for entry in result["stages"]] == [["stage", "study", "complete", "importances", "note"]] * 2
+    for number, entry in enumerate(result["stages"], start=1):
+        study = stageplan.stage_study_name(campaign_db.name, number)
+        assert (entry["stage"], entry["study"], entry["note"]) == (number, study, None)
+        expected = optuna_importances(campaign_db.url, study)
+        assert entry["importances"] == expected and list(entry["importances"]) == list(expected)  # most important first
+        assert entry["complete"] == {1: 2, 2: 3}[number]
+    picked = json.loads(hpo(campaign_db.url, "importance", campaign_db.name, "--stage", "2", "--format", "json").stdout)
+    assert picked["stages"] == result["stages"][1:]
+    plain = json.loads(hpo(campaign_db.url, "importance", f"{campaign_db.name}-plain", "--format", "json").stdout)
+    assert plain["campaign"] is None and plain["stages"][0]["stage"] is None
+    assert plain["stages"][0]["importances"] == pytest.approx(optuna_importances(campaign_db.url, f"{campaign_db.name}-plain"))
+
+    text = hpo(campaign_db.url, "importance", campaign_db.name, "--format", "csv").stdout
+    assert list(csv.reader(io.StringIO(text))) == [["stage", "study", "parameter", "importance"]] + [
+        [str(e["stage"]), e["study"], p, repr(v)] for e in result["stages"] for p, v in e["importances"].items()]
+
+    table = hpo(campaign_db.url, "importance", campaign_db.name)
+    assert table.exit_code == 0
+    for number, entry in enumerate(result["stages"], start=1):
+        assert f"{campaign_db.name}/stage-{number}: importances over {entry['complete']} complete trials" in table.stdout
+    heading = next(li for li in table.stdout.splitlines() if "parameter" in li)
+    assert [c.strip() for c in heading.split("┃")[1:-1]] == ["parameter", "importance", "bar"]
+    first = next(li for li in table.stdout.splitlines() if li.startswith("│"))
+    name, value, drawn = (c.strip() for c in first.split("│")[1:-1])
+    top = next(iter(result["stages"][0]["importances"].items()))
+    assert (name, value) == (top[0], output.cell(top[1])) and drawn == output.bar(top[1]).strip()
+
+
+def test_a_stage_with_too_few_complete_trials_says_so_in_a_line(db):
+    study = make_stage(db.storage, db.name, 1, stages=1)
+    params = {"learning_rate": 0.01, "activation": "relu"}
+    add_trial(study, params, TrialState.COMPLETE, 0.9, trial_attrs(0, "w1", params, 0.9))
+    add_trial(study, params, TrialState.FAIL)
+    result = hpo(db.url, "importance", db.name)
+    assert result.exit_code == 0
+    assert result.stdout == f"{study.study_name}: importances need at least 2 complete trials; this stage has 1\n"
+    entry = json.loads(hpo(db.url, "importance", db.name, "--format", "json").stdout)["stages"][0]
+    assert (entry["complete"], entry["importances"]) == (1, None) and "at least 2" in entry["note"]
+
+
+# -- a real campaign: what the workers stored, shown campaign-wide ---------------------------
+# Some trials of stage 1 diverge (learning rates up to 30); two parameters vary.
+REAL_PARAMS = [*REPORT_PARAMS, "activation=relu,tanh"]
+
+
+@pytest.fixture(scope="module", params=BACKENDS)
+def real_campaign(request, tmp_path_factory):
+    """A two-stage campaign trained by a real worker (12 and 6 trials of 1 and 2 epochs)."""
+    db = _open_db(request.param, tmp_path_factory.mktemp("real"), request)
+    run_small_campaign(db.url, db.name, params=REAL_PARAMS)
+    yield db
+    _close_db(db)
+
+
+def stored_trials(db) -> list[tuple[int, optuna.trial.FrozenTrial]]:
+    """(stage, trial) of every trial of the campaign, as Optuna reads them, stage by stage."""
+    return [(plan.stage, trial) for plan in stageplan.campaign_stages(db.storage, db.name)
+            for trial in optuna.load_study(study_name=plan.study_name, storage=db.url).trials]
+
+
+@pytest.mark.slow
+def test_a_real_campaigns_diagnostic_columns_are_what_its_workers_stored(real_campaign):
+    db = real_campaign
+    trials = stored_trials(db)
+    columns = ["stage", "number", "state", "value", *SUMMARY_ATTRS]
+    rows = json.loads(hpo(db.url, "trials", db.name, "--columns", ",".join(columns), "--format", "json").stdout)
+    # Each value is the one the worker stored on the trial (the attrs optuna-dashboard shows).
+    assert rows == [{"stage": stage, "number": t.number, "state": t.state.name, "value": t.value,
+                     **{k: t.user_attrs.get(k) for k in SUMMARY_ATTRS}} for stage, t in trials]
+    assert {r["stage"] for r in rows} == {1, 2}
+    for key in SUMMARY_ATTRS:
+        assert any(r[key] not in (None, False) for r in rows), key
+
+    diverged = [(stage, t.number) for stage, t in trials if states.is_diverged(t.state.name, t.user_attrs)]
+    shown = json.loads(hpo(db.url, "trials", db.name, "--where", "diverged=true", "--format", "json").stdout)
+    assert diverged and [(r["stage"], r["number"]) for r in shown] == diverged
+
+    ratios = sorted(r["update_ratio_max"] for r in rows if r["update_ratio_max"] is not None)
+    middle = ratios[len(ratios) // 2]
+    args = ["--where", f"update_ratio_max>={middle!r}", "--sort", "-update_ratio_max", "--columns", "stage,number,update_ratio_max"]
+    above = json.loads(hpo(db.url, "trials", db.name, *args, "--format", "json").stdout)
+    assert [r["update_ratio_max"] for r in above] == sorted((v for v in ratios if v >= middle), reverse=True)
+    one = json.loads(hpo(db.url, "trials", db.name, "--stage", "2", "--columns", ",".join(columns), "--format", "json").stdout)
+    assert one == [r for r in rows if r["stage"] == 2]
+
+
+@pytest.mark.slow
+def test_a_real_campaigns_importances_are_optunas_on_each_stage_and_the_reports(real_campaign):
+    db = real_campaign
+    result = json.loads(hpo(db.url, "importance", db.name, "--format", "json").stdout)
+    plans = stageplan.campaign_stages(db.storage, db.name)
+    assert [(e["stage"], e["study"]) for e in result["stages"]] == [(p.stage, p.study_name) for p in plans]
+    report = collect(db.storage, db.url, db.name)
+    for entry, plan, stage in zip(result["stages"], plans, report.stages):
+        study = optuna.load_study(study_name=plan.study_name, storage=db.url)
+        complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        assert entry["complete"] == len(complete) >= 2
+        assert entry["importances"] == optuna.importance.get_param_importances(study)
+        assert entry["importances"] == stage.importance  # the report's figure draws the same numbers
+    assert {"learning_rate", "activation"} <= set(result["stages"][0]["importances"])
 
 
 # -- hpo trial -----------------------------------------------------------------------------
@@ -218,7 +391,7 @@ def test_fail_stale_fails_a_stale_trial_once_and_queues_one_retry(db, monkeypatc
 
 
 # -- unknown studies, missing and unreachable databases ------------------------------------
-@pytest.mark.parametrize("command", [["studies"], ["trials", "x"], ["trial", "x", "0"], ["best", "x"], ["health", "x"], ["fail-stale", "x"]])
+@pytest.mark.parametrize("command", [["studies"], ["trials", "x"], ["trial", "x", "0"], ["best", "x"], ["health", "x"], ["fail-stale", "x"], ["importance", "x"]])
 def test_an_unreachable_database_is_one_line_naming_the_masked_url(command):
     line = one_line_error(hpo("postgresql://hpo:hunter2@127.0.0.1:1/hpo", *command))
     assert line.startswith("Error: cannot use the database postgresql+psycopg://hpo:***@127.0.0.1:1/hpo")

@@ -29,7 +29,7 @@ from hpo import inspect
 from storage import backend, records
 from storage.errors import StorageError, StudyNotFound
 from workers import stageplan
-from workers.record import read_record
+from workers.record import SUMMARY_ATTRS, read_record, summary_attrs
 from workers.stageplan import StagePlan
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -299,19 +299,19 @@ def test_a_campaign_name_means_its_newest_stage(campaign_db):
     (["worker = w2"], [1, 3]),
 ])
 def test_where_filters(campaign_db, where, numbers):
-    rows = inspect.select_trials(campaign_db.storage, campaign_db.name, where=where).rows
+    rows = inspect.select_trials(campaign_db.storage, stage2(campaign_db), where=where).rows
     assert [r["number"] for r in rows] == numbers
 
 
 def test_state_filter_sort_limit_and_columns(campaign_db):
-    selection = inspect.select_trials(campaign_db.storage, campaign_db.name, states="complete,Pruned",
+    selection = inspect.select_trials(campaign_db.storage, stage2(campaign_db), states="complete,Pruned",
                                       sort="-value", limit=3, columns="number,value,seed")
     assert selection.columns == ["number", "value", "seed"]
     assert [r["number"] for r in selection.rows] == [4, 0, 1]  # best first; the pruned trial (no value) last
     assert (selection.matched, selection.total) == (4, 4)
-    ascending = inspect.select_trials(campaign_db.storage, campaign_db.name, states="complete,pruned", sort="value")
+    ascending = inspect.select_trials(campaign_db.storage, stage2(campaign_db), states="complete,pruned", sort="value")
     assert [r["number"] for r in ascending.rows] == [1, 0, 4, 2]  # missing values go last either way
-    by_text = inspect.select_trials(campaign_db.storage, campaign_db.name, sort="-activation")
+    by_text = inspect.select_trials(campaign_db.storage, stage2(campaign_db), sort="-activation")
     assert [r["activation"] for r in by_text.rows] == ["tanh"] * 3 + ["relu"] * 4
 
 
@@ -333,7 +333,7 @@ def test_a_filter_value_is_a_literal_never_sql(campaign_db):
 ])
 def test_bad_queries_are_one_line_errors(campaign_db, kwargs, message):
     with pytest.raises(inspect.QueryError, match=message.replace("(", r"\(")) as info:
-        inspect.select_trials(campaign_db.storage, campaign_db.name, **kwargs)
+        inspect.select_trials(campaign_db.storage, stage2(campaign_db), **kwargs)
     assert "\n" not in str(info.value)
 
 
@@ -346,6 +346,80 @@ def test_ordering_filters_compare_like_numbers(a, b, op):
     expected = {"<": operator.lt, "<=": operator.le, ">": operator.gt, ">=": operator.ge}[op](a, b)
     assert condition.matches({"x": a}) == expected
     assert condition.matches({"x": repr(a)}) == expected  # numbers stored as text, too
+
+
+# -- hpo trials CAMPAIGN -------------------------------------------------------------------
+def test_a_campaign_lists_every_stage_with_a_stage_column(campaign_db):
+    selection = inspect.select_trials(campaign_db.storage, campaign_db.name)
+    assert selection.columns == ["stage", "number", "state", "value", "learning_rate", "activation", "duration", "worker", "reason"]
+    assert [(r["stage"], r["number"]) for r in selection.rows] == [(1, 0), (1, 1), *((2, n) for n in range(7))]
+    assert (selection.study, selection.campaign, selection.stages, selection.total) == (campaign_db.name, campaign_db.name, (1, 2), 9)
+    # Each row is the row of its stage's study (the same trial, the same values).
+    for stage in (1, 2):
+        alone = inspect.select_trials(campaign_db.storage, stageplan.stage_study_name(campaign_db.name, stage))
+        assert [r for r in selection.rows if r["stage"] == stage] == alone.rows
+    # Filters, sorting and the stage column work across stages.
+    best = inspect.select_trials(campaign_db.storage, campaign_db.name, states="complete", sort="-value", limit=3)
+    assert [(r["stage"], r["number"], r["value"]) for r in best.rows] == [(2, 4, 0.95), (2, 0, 0.91), (2, 1, 0.85)]
+    assert (best.matched, best.total) == (5, 5)
+    first = inspect.select_trials(campaign_db.storage, campaign_db.name, where=["stage=1"])
+    assert [(r["stage"], r["value"]) for r in first.rows] == [(1, 0.80), (1, 0.70)]
+
+
+def test_stage_k_picks_one_stage_of_a_campaign(campaign_db):
+    picked = inspect.select_trials(campaign_db.storage, campaign_db.name, stage=1)
+    assert (picked.study, picked.stages, picked.total) == (f"{campaign_db.name}/stage-1", (1,), 2)
+    assert picked.columns[0] == "stage" and {r["stage"] for r in picked.rows} == {1}
+    # A study keeps its columns; its stage is there to ask for.
+    study = inspect.select_trials(campaign_db.storage, stage2(campaign_db), columns="stage,number")
+    assert {r["stage"] for r in study.rows} == {2} and study.campaign is None
+    plain = inspect.select_trials(campaign_db.storage, f"{campaign_db.name}-plain", columns="stage,number")
+    assert [r["stage"] for r in plain.rows] == [None] * 3
+
+
+@pytest.mark.parametrize(("name", "stage", "message"), [
+    ("{c}", 3, "campaign '{c}' has no stage 3; its stages are 1, 2"),
+    ("{c}/stage-2", 2, "'{c}/stage-2' is a study, not a campaign: name the campaign to pick stage 2"),
+])
+def test_a_stage_the_campaign_does_not_have_is_a_query_error(campaign_db, name, stage, message):
+    with pytest.raises(inspect.QueryError) as info:
+        inspect.select_trials(campaign_db.storage, name.format(c=campaign_db.name), stage=stage)
+    assert str(info.value) == message.format(c=campaign_db.name)
+
+
+SUMMARY_COLUMNS = "final_train_loss,best_epoch,diverged,dead_fraction_max,saturation_fraction_max,update_ratio_max,update_ratio_min,train_seconds"
+
+
+def test_the_diagnostic_summaries_are_columns_equal_to_the_records(campaign_db):
+    selection = inspect.select_trials(campaign_db.storage, campaign_db.name, columns=f"stage,number,{SUMMARY_COLUMNS}")
+    assert selection.columns == ["stage", "number", *SUMMARY_COLUMNS.split(",")]
+    rows = {(r["stage"], r["number"]): r for r in selection.rows}
+    # Trial 0 of stage 2 (written as a worker writes it, two hidden layers): the worst layer's
+    # dead and saturated fractions, the update ratios of every weight matrix, the last loss.
+    assert {k: rows[2, 0][k] for k in SUMMARY_COLUMNS.split(",")} == {
+        "final_train_loss": 0.45, "best_epoch": 3, "diverged": False, "dead_fraction_max": 0.25,
+        "saturation_fraction_max": 0.0, "update_ratio_max": 1.1e-3, "update_ratio_min": 9.0e-4, "train_seconds": 2.0}
+    assert (rows[2, 2]["diverged"], rows[2, 2]["final_train_loss"], rows[2, 2]["dead_fraction_max"]) == (True, 7.2, None)
+    assert rows[2, 5]["diverged"] is None  # still running: nothing to say yet
+    for stage in (1, 2):
+        study = optuna.load_study(study_name=stageplan.stage_study_name(campaign_db.name, stage), storage=campaign_db.storage)
+        for trial in study.trials:
+            expected = summary_attrs(read_record(trial))
+            row = rows[stage, trial.number]
+            assert {k: row[k] for k in SUMMARY_ATTRS if row[k] is not None} == expected
+
+
+@pytest.mark.parametrize(("where", "sort", "keys"), [
+    (["diverged=true"], None, [(2, 2)]),
+    (["diverged=false", "stage=2"], None, [(2, 0), (2, 1), (2, 3), (2, 4)]),  # the failed trial did not diverge
+    (["dead_fraction_max>=0.25"], "-value", [(2, 4), (2, 0), (2, 1), (1, 0), (1, 1)]),
+    (["final_train_loss>1"], None, [(2, 2)]),
+    (["update_ratio_min<1e-3"], "-final_train_loss", [(1, 0), (1, 1), (2, 0), (2, 1), (2, 4)]),  # ties keep stage order
+    ([], "-final_train_loss", [(2, 2), (1, 0), (1, 1), (2, 0), (2, 1), (2, 4), (2, 3), (2, 5), (2, 6)]),
+])
+def test_diagnostic_columns_filter_and_sort(campaign_db, where, sort, keys):
+    rows = inspect.select_trials(campaign_db.storage, campaign_db.name, where=where, sort=sort).rows
+    assert [(r["stage"], r["number"]) for r in rows] == keys
 
 
 # -- hpo trial -----------------------------------------------------------------------------

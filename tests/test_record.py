@@ -133,9 +133,16 @@ def test_the_summary_attrs_of_layout_1_trials_are_their_curve_diagnostics_reason
             if timings is not None:
                 assert summary["diverged"] is states.is_diverged(trial.state, attrs)
                 assert summary["train_seconds"] == timings["train_seconds"]
-            dead = [layer["dead_fraction"] for layer in (attrs.get("diagnostics") or {}).get("layers", [])
-                    if layer["dead_fraction"] is not None]  # null: not finite
+            diagnostics = attrs.get("diagnostics") or {}
+            layers = diagnostics.get("layers", [])
+            dead = [layer["dead_fraction"] for layer in layers if layer["dead_fraction"] is not None]  # null: not finite
             assert summary.get("dead_fraction_max") == (max(dead) if dead else None)
+            saturated = [layer["saturation_fraction"] for layer in layers if layer["saturation_fraction"] is not None]
+            assert summary.get("saturation_fraction_max") == (max(saturated) if saturated else None)
+            weights = [*layers, diagnostics.get("output_layer") or {}]  # the output layer's weights too
+            ratios = [layer["update_ratio"] for layer in weights if layer.get("update_ratio") is not None]
+            assert (summary.get("update_ratio_max"), summary.get("update_ratio_min")) == (
+                (max(ratios), min(ratios)) if ratios else (None, None))
             seen.update(k for k, v in summary.items() if v is not False)
     assert seen == set(SUMMARY_ATTRS)  # each summary attr, and a diverged trial, are in the fixture
 
@@ -144,12 +151,17 @@ def test_the_summary_attrs_are_derived_from_the_record_alone():
     record = TrialRecord(
         reason="diverged at epoch 3, step 7: loss 1e+09",
         curve=Curve((1, 2, 3), (0.5, 0.7, 0.7), (2.0, 1.5, None)),
-        diagnostics=Diagnostics(4, (LayerDiagnostics(1, 8, dead_fraction=0.25), LayerDiagnostics(2, 8),
-                                    LayerDiagnostics(3, 8, dead_fraction=0.5))),
+        diagnostics=Diagnostics(4, (LayerDiagnostics(1, 8, dead_fraction=0.25, saturation_fraction=0.0, update_ratio=2e-3),
+                                    LayerDiagnostics(2, 8, saturation_fraction=0.75),
+                                    LayerDiagnostics(3, 8, dead_fraction=0.5, update_ratio=1e-3)),
+                                OutputLayerDiagnostics(grad_norm=0.1, update_ratio=5e-4)),
         timings=Timings(1.25, 0.01),
     )
-    # The last loss was not finite (stored null): there is no final loss to show.
-    assert summary_attrs(record) == {"best_epoch": 2, "diverged": True, "dead_fraction_max": 0.5, "train_seconds": 1.25}
+    # The last loss was not finite (stored null): there is no final loss to show. The smallest
+    # update ratio is the output layer's.
+    assert summary_attrs(record) == {"best_epoch": 2, "diverged": True, "dead_fraction_max": 0.5,
+                                     "saturation_fraction_max": 0.75, "update_ratio_max": 2e-3,
+                                     "update_ratio_min": 5e-4, "train_seconds": 1.25}
     assert summary_attrs(TrialRecord(worker="w")) == {}  # claimed, not finished: nothing to summarize
     assert summary_attrs(TrialRecord(reason="pruned at step 2: 0.1 below the median", timings=Timings()))["diverged"] is False
     # Stored summary attrs are not read back as extra attrs: the record derives them again.

@@ -7,11 +7,13 @@ standard library and ``storage.states`` (plain names, no database): ``hpo`` read
 fetched through ``storage``, and a record can be written to anything with
 ``set_user_attr(key, value)`` (an ``optuna.Trial``).
 
-Layout, version 3 (user attr key: JSON value)::
+Layout, version 4 (user attr key: JSON value)::
 
-    record_version  3; layout 2 is layout 3 without the summary attrs below; a trial without
-                    record_version was written in layout 1, which is layout 2 without this
-                    attr (workers before the version was stored)
+    record_version  4; layout 3 is layout 4 without the summary attrs saturation_fraction_max,
+                    update_ratio_max and update_ratio_min; layout 2 is layout 3 without the
+                    summary attrs below; a trial without record_version was written in
+                    layout 1, which is layout 2 without this attr (workers before the version
+                    was stored)
     worker          "host-pid" of the worker that ran the trial; written when it is claimed
     seed            int, the training seed (workers.objective.trial_seed)
     config          {name: value}: the TrainConfig trained (workers.train.TrainConfig.to_dict)
@@ -36,7 +38,7 @@ Layout, version 3 (user attr key: JSON value)::
     seeded_from     the stage whose best trial this queued trial repeats (written by the
                     campaign when it queues the trial)
 
-The summary attrs (layout 3): scalars derived from the attrs above by :func:`summary_attrs`
+The summary attrs (layouts 3 and 4): scalars derived from the attrs above by :func:`summary_attrs`
 when the record is written, so that optuna-dashboard, which shows an attr of a list or dict cut
 at 1,024 characters, shows and sorts them whole. Each is written only when the record holds
 what it is derived from; they are not read back (the reader derives them again)::
@@ -47,6 +49,11 @@ what it is derived from; they are not read back (the reader derives them again):
     diverged           bool, whether the reason says the run diverged (storage.states); written
                        with the timings, that is for every trial a worker finished
     dead_fraction_max  float, the largest dead_fraction over the hidden layers' diagnostics
+    saturation_fraction_max
+                       float, the largest saturation_fraction over the hidden layers
+    update_ratio_max, update_ratio_min
+                       float, the largest and the smallest update_ratio over every weight
+                       matrix (the hidden layers' and the output layer's)
     train_seconds      float, timings.train_seconds
 
 Which attrs a trial has depends on how far it got. Every trial a worker took has ``worker``
@@ -76,7 +83,7 @@ from typing import Any, Protocol
 
 from storage.states import DIVERGED_REASON_PREFIX
 
-RECORD_VERSION = 3
+RECORD_VERSION = 4
 VERSION_ATTR = "record_version"
 
 Number = int | float
@@ -285,7 +292,8 @@ _ATTRS: dict[str, tuple[Any, Any]] = {
 }
 
 
-SUMMARY_ATTRS = ("final_train_loss", "best_epoch", "diverged", "dead_fraction_max", "train_seconds")
+SUMMARY_ATTRS = ("final_train_loss", "best_epoch", "diverged", "dead_fraction_max", "saturation_fraction_max",
+                 "update_ratio_max", "update_ratio_min", "train_seconds")
 _NOT_EXTRA = {*SUMMARY_ATTRS, VERSION_ATTR}  # attr keys that are neither a field nor an extra attr
 
 
@@ -302,10 +310,20 @@ def summary_attrs(record: TrialRecord) -> dict[str, Any]:
     diverged = record.reason is not None and record.reason.startswith(DIVERGED_REASON_PREFIX)
     if diverged or record.timings is not None:
         summary["diverged"] = diverged
-    dead = [layer.dead_fraction for layer in (record.diagnostics.layers if record.diagnostics else ())
-            if layer.dead_fraction is not None]
+    hidden = record.diagnostics.layers if record.diagnostics else ()
+    dead = [layer.dead_fraction for layer in hidden if layer.dead_fraction is not None]
     if dead:
         summary["dead_fraction_max"] = max(dead)
+    saturated = [layer.saturation_fraction for layer in hidden if layer.saturation_fraction is not None]
+    if saturated:
+        summary["saturation_fraction_max"] = max(saturated)
+    # Every weight matrix's ratio, the output layer's too: ~1e-3 is healthy, and a layer far off
+    # either way is the one to look at, so both ends are kept.
+    output = record.diagnostics.output_layer if record.diagnostics else None
+    ratios = [layer.update_ratio for layer in (*hidden, *([output] if output else [])) if layer.update_ratio is not None]
+    if ratios:
+        summary["update_ratio_max"] = max(ratios)
+        summary["update_ratio_min"] = min(ratios)
     if record.timings is not None and record.timings.train_seconds is not None:
         summary["train_seconds"] = record.timings.train_seconds
     return summary

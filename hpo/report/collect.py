@@ -11,17 +11,16 @@ Sections (:mod:`hpo.report.sections`) only read this data; nothing here draws.
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-import optuna
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.storages import BaseStorage
 from optuna.trial import FrozenTrial
 
+from hpo.importance import param_importances
 from storage import records, states
 from storage.errors import StudyNotFound
 from storage.url import mask_url
@@ -204,26 +203,6 @@ def _ranges_of_trials(trials: Sequence[FrozenTrial]) -> dict[str, dict[str, Any]
     return ranges
 
 
-def _importance(frozen: Sequence[FrozenTrial], direction: str) -> tuple[dict[str, float] | None, str | None]:
-    """Optuna's parameter importances (its public API, default evaluator) over the complete
-    trials already read, or why there are none. They are computed on an in-memory study
-    holding those trials, so the stage is not read from the database a second time."""
-    complete = [t for t in frozen if t.state.name == "COMPLETE" and t.values is not None and len(t.values) == 1]
-    if len(complete) < 2:
-        return None, f"importances need at least 2 complete trials; this stage has {len(complete)}"
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            study = optuna.create_study(direction=direction)
-            study.add_trials(complete)
-            found = optuna.importance.get_param_importances(study)
-    except (ValueError, RuntimeError) as e:  # e.g. every parameter fixed, or all values equal
-        return None, f"Optuna could not compute importances: {e}"
-    if not found:
-        return None, "no parameter varies between the complete trials"
-    return {name: float(v) for name, v in found.items()}, None
-
-
 def _stage_view(storage: BaseStorage, study_name: str, stage: int, *, importance: bool) -> StageView:
     study_id = storage.get_study_id_from_name(study_name)
     attrs = storage.get_study_user_attrs(study_id)
@@ -235,9 +214,7 @@ def _stage_view(storage: BaseStorage, study_name: str, stage: int, *, importance
         ranges = dict(plan.space.get("params", {}))
     else:
         ranges = _ranges_of_trials(frozen)
-    scores, note = None, "importances are computed for single-objective studies only"
-    if importance and len(directions) == 1:
-        scores, note = _importance(frozen, directions[0].name.lower())
+    scores, note = param_importances(frozen, directions) if importance else (None, None)
     return StageView(
         study=study_name,
         stage=stage,
