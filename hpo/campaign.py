@@ -40,12 +40,13 @@ from storage import backend, optuna_access, records
 from storage.errors import StorageError, StudyNotFound
 from workers import stageplan
 from workers.feasible import data_limits
+from workers.model_file import SavedModel, model_info
 from workers.objective import config_for
 from workers.record import TrialRecord, read_record, record_attrs
-from workers.run import cached_dataset, train_and_test
+from workers.run import Evaluation, cached_dataset, train_and_test
 from workers.space import SearchSpace
 from workers.stageplan import StagePlan
-from workers.train import TrainingDiverged
+from workers.train import TrainConfig, TrainingDiverged
 
 # The lecture: about 1 epoch, then a few, then many; fewer trials as each gets longer.
 DEFAULT_EPOCHS = (2, 8, 30)
@@ -473,6 +474,13 @@ def final_evaluation(
     learning rate at the edge of its range does): that is said, and the next-best is tried.
     Touches no database: the candidates were read before, the result is stored after.
     """
+    return final_retrain(candidates, last, progress)[0]
+
+
+def final_retrain(
+    candidates: Sequence[tuple[StagePlan, optuna.trial.FrozenTrial]], last: StagePlan, progress: Progress
+) -> tuple[FinalResult, SavedModel]:
+    """:func:`final_evaluation`, and the model it trained (what NAME-best.npz holds)."""
     dataset = cached_dataset(last.dataset, last.seed)
     skipped: list[str] = []
     if not candidates:
@@ -488,7 +496,7 @@ def final_evaluation(
             progress.message(note)
             skipped.append(note)
             continue
-        return FinalResult(
+        result = FinalResult(
             study=plan.study_name,
             trial=trial.number,
             params=dict(trial.params),
@@ -498,7 +506,27 @@ def final_evaluation(
             test_accuracy=evaluation.test_accuracy,
             skipped=skipped,
         )
+        return result, final_model(evaluation, last.campaign, last.dataset, last.seed, result)
     raise StageFailed(f"every one of the top {len(candidates)} configurations diverged on retrain")
+
+
+def final_model(evaluation: Evaluation, campaign: str, dataset: str, split_seed: int, result: FinalResult) -> SavedModel:
+    """The final retrain's model, with what it was trained on and how it scored."""
+    info = model_info(
+        dataset, split_seed, "train+val",
+        {"campaign": campaign, "study": result.study, "trial": result.trial, "val_accuracy": result.val_accuracy},
+        {"train": evaluation.train_accuracy, "test": evaluation.test_accuracy},
+    )
+    return SavedModel.from_evaluation(evaluation, cached_dataset(dataset, split_seed).class_labels, info)
+
+
+def retrain_final(spec: CampaignSpec, result: FinalResult) -> SavedModel:
+    """The model of a final result stored by an earlier run, trained again as the final
+    retrain trained it (same configuration, seed and data: the same model on the same machine,
+    NumPy build and thread allowance; its info says the test accuracy it scored now)."""
+    dataset = cached_dataset(spec.dataset, spec.seed)
+    evaluation = train_and_test(TrainConfig.from_dict(result.config), dataset, merge_val=True)
+    return final_model(evaluation, spec.name, spec.dataset, spec.seed, result)
 
 
 # -- the whole campaign --------------------------------------------------------------------
@@ -508,6 +536,7 @@ class CampaignSummary:
     stages: list[dict[str, Any]]
     best: FinalResult
     seconds: float
+    model: SavedModel | None = None  # the final retrain's model, when this run has it
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -557,8 +586,12 @@ def run_campaign(url: str, spec: CampaignSpec, progress: Progress, *, workers: i
     configuration and store the result once. KeyboardInterrupt (Ctrl-C, or SIGTERM turned
     into it by the CLI) stops the local workers, which queue their trials again, fails any
     trial they could not queue, and propagates: nothing is left RUNNING.
+
+    The summary carries the final retrain's model when this run trained it (a campaign that
+    an earlier run finished has none: :func:`retrain_final` trains it again).
     """
     started = time.monotonic()
+    model = None
     step = retried(url)
     step(lambda: backend.ensure_schema(url), "create the schema")
     storage = step(lambda: backend.open_storage(url), "open the storage")
@@ -590,8 +623,10 @@ def run_campaign(url: str, spec: CampaignSpec, progress: Progress, *, workers: i
         best = step(lambda: stored_result(storage, plans[-1]), "read the result")
         if best is None:
             candidates = step(lambda: final_candidates(storage, plans, FINAL_CANDIDATES), "read the best trials")
-            best = final_evaluation(candidates, plans[-1], progress)
-            best = step(lambda: store_result(url, storage, spec, plans[-1], best), "store the result")
+            best, model = final_retrain(candidates, plans[-1], progress)
+            stored = step(lambda: store_result(url, storage, spec, plans[-1], best), "store the result")
+            if stored is not best:  # another run stored its result first: that one stands
+                best, model = stored, None
     except BaseException as e:
         with _signals_held():
             if local is not None:
@@ -602,7 +637,7 @@ def run_campaign(url: str, spec: CampaignSpec, progress: Progress, *, workers: i
         raise
     if local is not None:
         local.stop()
-    return CampaignSummary(spec.name, summaries, best, time.monotonic() - started)
+    return CampaignSummary(spec.name, summaries, best, time.monotonic() - started, model)
 
 
 def release_trials(url: str, storage, plans: Sequence[StagePlan], worker_ids: Collection[str]) -> list[int]:

@@ -19,7 +19,7 @@ from pathlib import Path
 import click
 
 from hpo import campaign as campaign_mod
-from hpo import cli_importance, cli_inspect, cli_report
+from hpo import cli_importance, cli_inspect, cli_model, cli_report
 from hpo import STOPS, exit_interrupted, record_stop, stopped_by_signal
 from hpo.cli_types import TOP_FRACTION
 from hpo.narrow import NarrowError
@@ -139,24 +139,42 @@ def knob_options(command):
 @click.option("--dataset", default="digits", show_default=True, help="digits, mnist1d, cifar10:DIR or npz:PATH.")
 @knob_options
 @click.option("--split-seed", type=int, default=0, show_default=True, help="Seed of the train/val/test split.")
+@click.option("--from-trial", "from_trial", type=(str, click.IntRange(min=0)), metavar="STUDY N", help="Train trial N of a stage study (or of a campaign's last stage) again, exactly as it was trained: its configuration and seed, its stage's dataset, split and cross-validation. Options given with it change that configuration.")
+@click.option("--save", "save_path", metavar="MODEL", help="Write the trained model to this .npz file, for hpo evaluate and hpo predict.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object with every figure instead of a summary.")
-def train(dataset, split_seed, as_json, **knobs) -> None:
+@storage_option
+@click.pass_context
+def train(ctx, dataset, split_seed, from_trial, save_path, as_json, storage_url, **knobs) -> None:
     """Train one configuration, without any database, and report its accuracy.
 
     Shows progress per epoch and ends with train / validation / test accuracy and the
-    per-layer diagnostics of the last epoch.
+    per-layer diagnostics of the last epoch. With --from-trial it reads a trial from the
+    storage and says whether the retrain reproduced the validation accuracy the trial stored;
+    with --save it writes the model (see hpo evaluate, hpo predict).
 
     \b
     Examples:
       hpo train
       hpo train --activation tanh --initializer xavier --no-batch-norm --lr 0.01 --optimizer momentum
       hpo train --dataset npz:data.npz --hidden 256-128 --preprocessing pca_whiten --json
+      hpo train --from-trial c1/stage-2 7 --save c1-trial7.npz
     """
     from workers.feasible import check_config
-    from workers.run import cached_dataset, train_and_test
+    from workers.model_file import SavedModel, model_info
+    from workers.run import cached_dataset, fit_and_score, train_and_test
 
     if knobs["pca_components"] is not None:  # "20" directions or "0.95" of the variance, as in a space
         knobs["pca_components"] = parse_knob("pca_components", knobs["pca_components"])
+    target = cli_model.model_target(save_path) if save_path is not None else None
+    trial, changed = None, []
+    if from_trial is not None:
+        given = given_on_command_line(ctx)
+        if given & {"dataset", "split_seed"}:
+            raise UsageError("--from-trial trains on the trial's own dataset and split: leave out --dataset and --split-seed")
+        trial = cli_model.stored_trial(storage_url, *from_trial)
+        changed = [name for name in KNOBS if name in given]
+        knobs = {**trial.config, **{name: knobs[name] for name in changed}}
+        dataset, split_seed = trial.dataset, trial.split_seed
     try:
         config = TrainConfig.from_dict(knobs)
     except ValueError as e:
@@ -168,7 +186,13 @@ def train(dataset, split_seed, as_json, **knobs) -> None:
         val = "" if epoch.val_accuracy is None else f"  val {epoch.val_accuracy:.4f}"
         err.print(f"epoch {epoch.epoch:>3}/{config.epochs}  loss {epoch.train_loss:.4f}{val}  {epoch.seconds:.3f}s")
 
+    def show_fold(k: int, mean: float) -> None:
+        err.print(f"fold {k}/{trial.cv}  mean validation accuracy so far {mean:.4f}")
+
     try:
+        folds = None
+        if trial is not None and trial.cv:  # the trial's value is the mean over its folds: train them again
+            folds = fit_and_score(config, data, cv=trial.cv, on_fold=None if as_json else show_fold)
         evaluation = train_and_test(config, data, on_epoch=None if as_json else show)
     except TrainingDiverged as e:
         err.print(str(e), style="red")
@@ -184,6 +208,15 @@ def train(dataset, split_seed, as_json, **knobs) -> None:
         "epoch_seconds": list(result.epoch_seconds),
         **{k: v for k, v in result.to_dict().items() if k in ("history", "diagnostics", "histograms")},
     }
+    if trial is not None:
+        retrained = folds.value if folds is not None else evaluation.val_accuracy
+        summary["from_trial"] = cli_model.reproduction(trial, retrained, changed)
+    if target is not None:
+        source = ({"campaign": trial.campaign, "study": trial.study, "trial": trial.number, "val_accuracy": trial.value}
+                  if trial is not None else {"command": "hpo train"})
+        accuracy = {"train": evaluation.train_accuracy, "val": evaluation.val_accuracy, "test": evaluation.test_accuracy}
+        info = model_info(dataset, split_seed, "train", source, accuracy)
+        summary["model"] = str(cli_model.write_model(SavedModel.from_evaluation(evaluation, data.class_labels, info), target))
     if as_json:
         print_json(summary)
         return
@@ -195,6 +228,11 @@ def train(dataset, split_seed, as_json, **knobs) -> None:
         f"train {evaluation.train_accuracy:.4f}   val {evaluation.val_accuracy:.4f}   "
         f"test {evaluation.test_accuracy:.4f}   ({sum(result.epoch_seconds):.2f}s training)"
     )
+    if trial is not None:
+        line, style = cli_model.reproduction_line(summary["from_trial"])
+        out.print(literal(line, style))
+    if target is not None:
+        out.print(literal(f"model: {summary['model']}"))
 
 
 # -- search ----------------------------------------------------------------------------------
@@ -247,17 +285,18 @@ def given_on_command_line(ctx: click.Context) -> set[str]:
 @click.option("--blas-threads", type=click.IntRange(min=1), default=1, show_default=True, help="BLAS threads per local worker.")
 @click.option("--json", "as_json", is_flag=True, help="End with one JSON object: stages, ranges, counts, best configuration, accuracies.")
 @click.option("--no-report", is_flag=True, help="Do not write NAME-report.html (hpo report NAME) when the campaign ends.")
+@click.option("--no-model", is_flag=True, help="Do not write the final model to NAME-best.npz (hpo evaluate, hpo predict) when the campaign ends.")
 @storage_option
 @click.pass_context
 def search(ctx, name, dataset, stages, trials, epochs, workers, sampler, pruner, cv, space_file, params, top_quantile, seed,
-           max_failures_in_a_row, max_failure_share, replan, blas_threads, as_json, no_report, storage_url) -> None:
+           max_failures_in_a_row, max_failure_share, replan, blas_threads, as_json, no_report, no_model, storage_url) -> None:
     """Run a coarse-to-fine search: stages that narrow the ranges and train longer.
 
     Each stage runs its trial budget on local workers (or on workers attached elsewhere with
     `hpo worker --campaign NAME`), then the next stage's ranges are derived from the best
     trials. At the end the best configuration is retrained on train + validation and tested
-    once on the held-out test split, and the campaign's report is written to NAME-report.html
-    (see `hpo report`).
+    once on the held-out test split; that model is written to NAME-best.npz (see `hpo evaluate`
+    and `hpo predict`) and the campaign's report to NAME-report.html (see `hpo report`).
 
     Re-running with the same --name resumes the campaign as it was created; options that
     differ from its stored plan are refused unless --replan. Ctrl-C stops it (exit 130): the
@@ -317,12 +356,34 @@ def search(ctx, name, dataset, stages, trials, epochs, workers, sampler, pruner,
             click.echo(f"Error: {one_line(e)}", err=True)
             sys.exit(1)
     report = None if no_report else _write_report(storage_url, name)
+    model = None if no_model else _write_model(spec, summary)
     if as_json:
-        print_json({**summary.to_dict(), "storage": mask_url(storage_url), "report": str(report) if report else None})
+        print_json({**summary.to_dict(), "storage": mask_url(storage_url), "report": str(report) if report else None,
+                    "model": str(model) if model else None})
         return
     progress.print_summary(out, summary)
     if report:
         out.print(literal(f"report: {report}"))
+    if model:
+        out.print(literal(f"model: {model}"))
+
+
+def _write_model(spec: campaign_mod.CampaignSpec, summary: campaign_mod.CampaignSummary) -> Path | None:
+    """The final model, written to NAME-best.npz in the working folder. A campaign finished by
+    an earlier run keeps the file that run wrote, or has its final configuration trained again.
+    A model that cannot be written is said in one line and costs the campaign nothing."""
+    path = cli_model.default_model_path(spec.name)
+    model = summary.model
+    if model is None:
+        if cli_model.is_final_model(path, spec.name, summary.best):
+            return path
+        err.print(literal(f"training the final configuration again for {path} ({summary.best.study} trial {summary.best.trial}) ..."))
+        model = campaign_mod.retrain_final(spec, summary.best)
+    try:
+        return cli_model.write_model(model, path)
+    except UsageError as e:
+        err.print(literal(f"warning: the model was not written: {e.format_message()} (retry with: hpo search --name {spec.name})"))
+        return None
 
 
 def _write_report(storage_url: str, name: str) -> Path | None:
@@ -566,13 +627,12 @@ def init_db(storage_url) -> None:
     err.print(f"schema ready on {mask_url(storage_url)}")
 
 
-# Every command module is registered here, in one place: the running commands above, the
-# inspection commands of hpo/cli_inspect.py and the report of hpo/cli_report.py (neither imports
-# this module).
-for _command in (*cli_inspect.COMMANDS, *cli_report.COMMANDS):
-    cli.add_command(_command)
-for _command in cli_importance.COMMANDS:
-    cli.add_command(_command)
+# Every command module is registered here, in one place: the running commands above, and the
+# commands of hpo/cli_inspect.py, cli_importance.py, cli_report.py and cli_model.py (none of
+# which imports this module).
+for _module in (cli_inspect, cli_importance, cli_report, cli_model):
+    for _command in _module.COMMANDS:
+        cli.add_command(_command)
 
 
 def main() -> None:

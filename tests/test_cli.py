@@ -111,7 +111,7 @@ def test_search_runs_a_whole_campaign_and_ends_with_json(tmp_path):
         [sys.executable, "-m", "hpo", "search", "--name", "e2e", "--stages", "2", "--trials", "10,6",
          "--epochs", "1,4", "--workers", "2", "--storage", url, "--json",
          "--param", "hidden_sizes=64", "--param", "lr=log:1e-4..1"],
-        capture_output=True, text=True, timeout=600,
+        capture_output=True, text=True, timeout=600, cwd=tmp_path,  # the report and the model are written there
     )
     assert process.returncode == 0, process.stderr
     summary = json.loads(process.stdout)
@@ -125,6 +125,7 @@ def test_search_runs_a_whole_campaign_and_ends_with_json(tmp_path):
     assert summary["stages"][1]["epochs"] == 4
     best = summary["best"]
     assert best["test_accuracy"] > 0.85 and best["config"]["epochs"] == 4
+    assert summary["model"] == "e2e-best.npz" and (tmp_path / "e2e-best.npz").is_file()
     assert set(best["params"]) >= {"learning_rate", "activation", "initializer", "batch_norm"}
     assert duplicate_trial_numbers(url) == []
     # The lineage a user can inspect: stage 2 knows its parent and what changed.
@@ -136,7 +137,7 @@ def test_search_runs_a_whole_campaign_and_ends_with_json(tmp_path):
         [sys.executable, "-m", "hpo", "search", "--name", "e2e", "--stages", "2", "--trials", "10,6",
          "--epochs", "1,4", "--workers", "1", "--storage", url, "--json", "--param", "hidden_sizes=64",
          "--param", "lr=log:1e-4..1"],
-        capture_output=True, text=True, timeout=600,
+        capture_output=True, text=True, timeout=600, cwd=tmp_path,
     )
     assert again.returncode == 0, again.stderr
     assert states(url, "e2e/stage-1") == states(url, "e2e/stage-1")

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from workers.data.datasets import Dataset, kfold_splits, load_dataset
-from workers.data.preprocess import TAKES_COMPONENTS, fit_preprocessor
+from workers.data.preprocess import TAKES_COMPONENTS, Preprocessor, fit_preprocessor
 from workers.train import EpochReport, TrainConfig, TrainResult, accuracy, train
 
 
@@ -35,7 +35,13 @@ def _components(config: TrainConfig) -> int | float | None:
 def _fit_transform(kind: str, components: int | float | None, dtype: str, X_fit: np.ndarray,
                    *others: np.ndarray) -> list[np.ndarray]:
     pre = fit_preprocessor(kind, X_fit, components=components)
-    return [np.ascontiguousarray(pre.transform(X), dtype=np.dtype(dtype)) for X in (X_fit, *others)]
+    return [network_input(pre, dtype, X) for X in (X_fit, *others)]
+
+
+def network_input(preprocessor: Preprocessor, dtype: str, X: np.ndarray) -> np.ndarray:
+    """Raw rows X (N, D) as the network takes them: preprocessed, then cast to the training
+    dtype, contiguous. Training, scoring and a saved model's predictions all go through here."""
+    return np.ascontiguousarray(preprocessor.transform(X), dtype=np.dtype(dtype))
 
 
 @functools.lru_cache(maxsize=2)
@@ -113,6 +119,7 @@ class Evaluation:
     train_accuracy: float
     val_accuracy: float | None
     test_accuracy: float
+    preprocessor: Preprocessor  # fitted on the split the model trained on
 
 
 @_quiet_floating_point
@@ -129,11 +136,13 @@ def train_and_test(
     after the configuration was chosen on validation); otherwise validation is reported too.
     """
     data = dataset.train_plus_val() if merge_val else dataset
-    X_train, X_val, X_test = preprocess(config, data.X_train, data.X_val, dataset.X_test)
+    pre = fit_preprocessor(config.preprocessing, data.X_train, components=_components(config))
+    X_train, X_val, X_test = (network_input(pre, config.dtype, X) for X in (data.X_train, data.X_val, dataset.X_test))
     result = train(config, X_train, data.y_train, X_val, data.y_val, on_epoch=on_epoch)
     return Evaluation(
         result=result,
         train_accuracy=float(result.train_accuracy),
         val_accuracy=None if merge_val else float(result.val_accuracy),
         test_accuracy=float(accuracy(result, X_test, dataset.y_test)),
+        preprocessor=pre,
     )
