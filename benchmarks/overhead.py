@@ -148,7 +148,7 @@ class TrainClock:
     sent_at_start: list[int] = field(default_factory=list)
     sent_at_release: list[int] = field(default_factory=list)
 
-    def trainer(self, config, dataset=None, *, cv=0, on_epoch=None, on_fold=None):
+    def trainer(self, config, dataset=None, *, cv=0, on_epoch=None):
         self.starts.append(time.perf_counter())
         self.sent_at_start.append(self.counter.count)
         self.gate.enter()  # held here while the other loop has its turn: no trial's time
@@ -172,7 +172,7 @@ class TrainClock:
             return call
 
         try:
-            return stub_trainer(config, dataset, cv=cv, on_epoch=timed(on_epoch), on_fold=timed(on_fold))
+            return stub_trainer(config, dataset, cv=cv, on_epoch=timed(on_epoch))
         finally:
             self.train.append(time.perf_counter() - started - in_callbacks)
 

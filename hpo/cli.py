@@ -24,7 +24,7 @@ from hpo import STOPS, exit_interrupted, record_stop, stopped_by_signal
 from hpo.cli_types import TOP_FRACTION
 from hpo.narrow import NarrowError
 from hpo.output import UsageError, err, format_option, literal, one_line, out, print_json, render_rows, storage_option
-from hpo.progress import RichProgress, narrowing_rows
+from hpo.progress import narrowing_rows, progress_for
 from storage import backend, records
 from storage.errors import DatabaseUnavailable, StorageError, StudyNotFound
 from storage.url import mask_url
@@ -345,8 +345,8 @@ def search(ctx, name, dataset, stages, trials, epochs, workers, sampler, pruner,
         check_feasible(spec.space, data, spec.cv)
         what = "resuming campaign" if stored else "campaign"
         err.print(f"{what} {name} on {mask_url(storage_url)}: {spec.stages} stages, "
-                  f"trials {spec.trials}, epochs {spec.epochs}, {workers} local workers")
-        progress = RichProgress(err)
+                  f"trials {spec.trials}, epochs {spec.epochs}, {workers} local workers", soft_wrap=True)
+        progress = progress_for(err)
         try:
             with progress:
                 summary = campaign_mod.run_campaign(storage_url, spec, progress, workers=workers, blas_threads=blas_threads)
@@ -444,7 +444,7 @@ def _interrupt_on_sigterm() -> None:
 @click.option("--max-trials", type=click.IntRange(min=1), help="Exit after this many trials.")
 @click.option("--wait", "wait_seconds", type=click.FloatRange(min=0), default=60.0, show_default=True, help="Seconds to wait for the schema and the campaign to appear.")
 @click.option("--exit-with-parent", is_flag=True, hidden=True)
-@click.option("-v", "--verbose", is_flag=True, help="Log every trial.")
+@click.option("-v", "--verbose", is_flag=True, help="Log every trial as it ends: its outcome, value or reason, epochs and parameters.")
 @storage_option
 def worker(campaign, study, seed, max_trials, wait_seconds, exit_with_parent, verbose, storage_url) -> None:
     """Take trials from a campaign (or a study), train them, store the results.
@@ -465,9 +465,12 @@ def worker(campaign, study, seed, max_trials, wait_seconds, exit_with_parent, ve
     stop_asked = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop_asked.set())
+    from hpo.output import LiteralFormatter
     from workers.worker import WorkerOptions, run_worker
 
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    handler = logging.StreamHandler()
+    handler.setFormatter(LiteralFormatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, handlers=[handler])
     options = WorkerOptions(
         storage_url=storage_url, campaign=campaign, study=study, seed=seed,
         max_trials=max_trials, wait_for_campaign_seconds=wait_seconds,
@@ -510,7 +513,7 @@ def launch(n, campaign, study, seed, wait_seconds, blas_threads, storage_url) ->
     current = _wait_for_target(storage_url, campaign, study, wait_seconds)
     storage = backend.retrying(lambda: backend.open_storage(storage_url, heartbeat=False), "open the storage", storage_url)
     local = LocalWorkers(storage_url, n, campaign=campaign, study=study, seed=seed, blas_threads=blas_threads)
-    progress = RichProgress(err)
+    progress = progress_for(err)
     interrupted = False
     try:
         with progress:

@@ -13,6 +13,7 @@ import csv
 import functools
 import io
 import json
+import logging
 import math
 import re
 import sys
@@ -57,6 +58,15 @@ class LiteralConsole(Console):
 
     def render_str(self, text: str, **kwargs: Any) -> Text:
         return super().render_str(visible(text, keep="\n\t"), **kwargs)
+
+
+class LiteralFormatter(logging.Formatter):
+    """A log formatter whose lines show control characters as escapes, as the consoles do (a
+    trial's reason or parameter value is the user's or the data's text); newlines and tabs of
+    tracebacks are kept."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return visible(super().format(record), keep="\n\t")
 
 
 # stdout carries results (tables, JSON, CSV); stderr carries progress and messages.

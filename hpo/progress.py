@@ -1,12 +1,19 @@
 """What a running search shows: a bar per stage, the narrowing between stages, a summary.
 
-Trials that diverged are counted apart from those the pruner stopped, although Optuna stores
-both as PRUNED: with ``--pruner none`` every "pruned" trial would be a diverged one. Names,
-parameter values and messages are printed literally (see :mod:`hpo.output`).
+On a terminal each stage has a live bar (:class:`RichProgress`); anywhere else (a pipe, a
+file, ``docker compose logs``, CI) a plain line is printed when trials finish, at most one
+every few seconds (:class:`PlainProgress`): :func:`progress_for` picks one. Both show each
+stage's estimated time left (:func:`eta_seconds`). Trials that diverged are counted apart
+from those the pruner stopped, although Optuna stores both as PRUNED: with ``--pruner none``
+every "pruned" trial would be a diverged one. Names, parameter values and messages are
+printed literally (see :mod:`hpo.output`).
 """
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from rich.console import Console
@@ -28,21 +35,121 @@ def narrowing_rows(result: NarrowResult, child: StagePlan) -> list[dict[str, Any
     ]
 
 
-class RichProgress:
-    """The campaign's Progress: one bar per stage on stderr (finished trials / budget)."""
+# -- the time left ---------------------------------------------------------------------------
+ETA_WINDOW = 10  # the pace is that of the last 10 finished trials
+ETA_MIN_FINISHED = 2  # ... and is not told before 2 trials finished while watched
 
-    def __init__(self, console: Console) -> None:
+
+def eta_seconds(finishes: Sequence[tuple[float, int]], budget: int, now: float, window: int = ETA_WINDOW) -> float | None:
+    """Seconds until a stage has finished ``budget`` trials at its recent pace, or None while
+    that cannot be told.
+
+    ``finishes``: (time, trials finished) when the stage was first watched and then each time
+    that count grew, in order; ``now`` on the same clock.
+
+    1. None unless at least ETA_MIN_FINISHED trials finished since the first point and some
+       of the budget remains.
+    2. The pace: trials per second from the point ``window`` trials before the last one (or
+       the first point, while fewer finished since) to the last one. Counted from when the
+       stage was first watched, the first trials' pace includes the workers' start.
+    3. The time left: the remaining trials at that pace, less the time since the last
+       finish (so it counts down between finishes), never below 0.
+    """
+    if not finishes:
+        return None
+    first_count = finishes[0][1]
+    last_time, last_count = finishes[-1]
+    remaining = budget - last_count
+    if last_count - first_count < ETA_MIN_FINISHED or remaining <= 0:
+        return None
+    base_time, base_count = finishes[0]
+    for when, count in finishes:
+        if count > last_count - window:
+            break
+        base_time, base_count = when, count
+    seconds = last_time - base_time
+    if seconds <= 0:  # finished within one clock tick: no pace to tell
+        return None
+    rate = (last_count - base_count) / seconds
+    return max(0.0, remaining / rate - (now - last_time))
+
+
+def duration_text(seconds: float) -> str:
+    """``0:42``, ``12:05``, ``1:02:03``: whole seconds, as a clock shows them."""
+    whole = int(round(seconds))
+    hours, rest = divmod(whole, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
+
+
+def eta_text(seconds: float | None) -> str:
+    """``~0:42 left``, or nothing while the time left cannot be told."""
+    return "" if seconds is None else f"~{duration_text(seconds)} left"
+
+
+@dataclass
+class StageWatch:
+    """What the progress keeps of one stage: when it was first watched and when its finished
+    count grew (for :func:`eta_seconds`)."""
+
+    description: str
+    budget: int
+    started: float
+    finishes: list[tuple[float, int]] = field(default_factory=list)
+
+    def saw(self, now: float, finished_count: int) -> None:
+        if not self.finishes or finished_count > self.finishes[-1][1]:
+            self.finishes.append((now, finished_count))
+
+    def eta(self, now: float) -> float | None:
+        return eta_seconds(self.finishes, self.budget, now)
+
+
+def stage_description(plan: StagePlan, resumed: bool) -> str:
+    return f"stage {plan.stage}/{plan.stages} · {plan.epochs} epochs" + (" (resumed)" if resumed else "")
+
+
+def status_parts(counts: dict[str, int], best: float | None) -> list[str]:
+    """``["best 0.9123", "2 running", "1 pruned", ...]``: the best value, then the trials
+    running and those that did not complete, by outcome (none that count 0)."""
+    parts = [f"best {best:.4f}" if best is not None else "best -"]
+    for outcome, n in (("running", counts.get("RUNNING", 0)), *outcome_counts(counts).items()):
+        if n and outcome != "complete":
+            parts.append(f"{n} {outcome}")
+    return parts
+
+
+def progress_for(console: Console) -> RichProgress | PlainProgress:
+    """Live bars when ``console`` writes to a terminal, plain lines otherwise: also where
+    FORCE_COLOR makes rich take a pipe for a terminal, since a live display in a log is a
+    stream of cursor movements."""
+    isatty = getattr(console.file, "isatty", None)
+    try:
+        tty = bool(isatty and isatty())
+    except ValueError:  # a closed file
+        tty = False
+    return RichProgress(console) if tty and console.is_interactive else PlainProgress(console)
+
+
+class RichProgress:
+    """The campaign's Progress: one bar per stage on stderr (finished trials / budget, the
+    time left). ``now``: the clock the time left is measured on."""
+
+    def __init__(self, console: Console, now: Callable[[], float] = time.monotonic) -> None:
         self.console = console
+        self.now = now
         self.bars = Progress(
             TextColumn("{task.description}", markup=False),
             BarColumn(),
             MofNCompleteColumn(),
             TextColumn("{task.fields[status]}", markup=False),
             TimeElapsedColumn(),
+            TextColumn("{task.fields[eta]}", markup=False),
             console=console,
             transient=False,
         )
         self.tasks: dict[str, Any] = {}
+        self.watches: dict[str, StageWatch] = {}
 
     def __enter__(self) -> RichProgress:
         self.bars.start()
@@ -54,20 +161,19 @@ class RichProgress:
     def stage_started(self, plan: StagePlan, resumed: bool) -> None:
         if plan.study_name in self.tasks:
             return
-        note = " (resumed)" if resumed else ""
-        self.tasks[plan.study_name] = self.bars.add_task(
-            f"stage {plan.stage}/{plan.stages} · {plan.epochs} epochs{note}", total=plan.trials, status=""
-        )
+        description = stage_description(plan, resumed)
+        self.watches[plan.study_name] = StageWatch(description, plan.trials, self.now())
+        self.tasks[plan.study_name] = self.bars.add_task(description, total=plan.trials, status="", eta="")
 
     def stage_progress(self, plan: StagePlan, counts: dict[str, int], best: float | None) -> None:
         """``counts``: trials per state, as ``records.count_states`` or, with diverged trials
         apart (``DIVERGED``), ``records.count_outcomes`` returns them."""
         self.stage_started(plan, resumed=True)
-        parts = [f"best {best:.4f}" if best is not None else "best -"]
-        for outcome, n in (("running", counts.get("RUNNING", 0)), *outcome_counts(counts).items()):
-            if n and outcome != "complete":
-                parts.append(f"{n} {outcome}")
-        self.bars.update(self.tasks[plan.study_name], completed=finished(counts), status=" · ".join(parts))
+        now, done = self.now(), finished(counts)
+        watch = self.watches[plan.study_name]
+        watch.saw(now, done)
+        self.bars.update(self.tasks[plan.study_name], completed=done, status=" · ".join(status_parts(counts, best)),
+                         eta=eta_text(watch.eta(now)))
 
     def stage_narrowed(self, parent: StagePlan, child: StagePlan, result: NarrowResult) -> None:
         table = Table(title=literal(f"{parent.study_name} -> {child.study_name}"), title_justify="left")
@@ -75,7 +181,7 @@ class RichProgress:
             table.add_column(column, overflow="fold")
         for row in narrowing_rows(result, child):
             table.add_row(*(literal(str(row[key])) for key in ("param", "old", "new", "reason")))
-        self.bars.console.print(table)
+        self.console.print(table)
 
     def message(self, text: str) -> None:
         """Print ``text`` as it is: no markup, control characters escaped."""
@@ -107,6 +213,82 @@ class RichProgress:
             f"validation {best.val_accuracy:.4f}   retrained on train+val: "
             f"train {best.train_accuracy:.4f}   test {best.test_accuracy:.4f}   ({summary.seconds:.0f}s)"
         )
+
+
+class PlainProgress(RichProgress):
+    """The campaign's Progress without a terminal: plain lines on ``console``, without control
+    characters, for a log (``docker compose logs -f coordinator``, CI). A stage's line, e.g.
+    ``stage 1/3 · 2 epochs: 12/60 finished · best 0.9123 · 2 running · 1 pruned · 0:15
+    elapsed · ~0:42 left``, is printed when the stage is first watched, when trials finished
+    (at most one line every PLAIN_EVERY_SECONDS: a burst of finishes is one line), when its
+    budget is met, and every PLAIN_QUIET_SECONDS while nothing finishes, so that a log shows
+    the search is alive. The narrowing tables and the summary are RichProgress's."""
+
+    PLAIN_EVERY_SECONDS = 2.0
+    PLAIN_QUIET_SECONDS = 60.0
+
+    def __init__(self, console: Console, now: Callable[[], float] = time.monotonic) -> None:
+        self.console = console  # no bars: nothing here draws live
+        self.now = now
+        self.watches: dict[str, StageWatch] = {}
+        self.printed: dict[str, tuple[float, tuple]] = {}  # stage -> (when, what) of its last line
+        self.pending: dict[str, tuple[tuple, str]] = {}  # stage -> (what, line) held back
+
+    def __enter__(self) -> PlainProgress:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._flush()
+
+    def stage_started(self, plan: StagePlan, resumed: bool) -> None:
+        if plan.study_name not in self.watches:
+            self._flush()
+            self.watches[plan.study_name] = StageWatch(stage_description(plan, resumed), plan.trials, self.now())
+
+    def stage_progress(self, plan: StagePlan, counts: dict[str, int], best: float | None) -> None:
+        self.stage_started(plan, resumed=True)
+        now, done = self.now(), finished(counts)
+        watch = self.watches[plan.study_name]
+        watch.saw(now, done)
+        # What makes a new line: the trials finished, by outcome, and the best value; not the
+        # running count, which changes with every claim.
+        what = (done, tuple(sorted(outcome_counts(counts).items())), best)
+        parts = [f"{done}/{watch.budget} finished", *status_parts(counts, best), f"{duration_text(now - watch.started)} elapsed"]
+        if eta := eta_text(watch.eta(now)):
+            parts.append(eta)
+        line = f"{watch.description}: " + " · ".join(parts)
+        last = self.printed.get(plan.study_name)
+        if last is None or (done >= watch.budget and what != last[1]):
+            due = True
+        elif what != last[1]:
+            due = now - last[0] >= self.PLAIN_EVERY_SECONDS
+        else:
+            due = now - last[0] >= self.PLAIN_QUIET_SECONDS
+        if due:
+            self._print(plan.study_name, now, what, line)
+        else:
+            self.pending[plan.study_name] = (what, line)
+
+    def stage_narrowed(self, parent: StagePlan, child: StagePlan, result: NarrowResult) -> None:
+        self._flush()
+        super().stage_narrowed(parent, child, result)
+
+    def message(self, text: str) -> None:
+        """Print ``text`` as it is: no markup, control characters escaped."""
+        self._flush()
+        self.console.print(literal(text), soft_wrap=True)
+
+    def _print(self, stage: str, now: float, what: tuple, line: str) -> None:
+        self.console.print(literal(line), soft_wrap=True)
+        self.printed[stage] = (now, what)
+        self.pending.pop(stage, None)
+
+    def _flush(self) -> None:
+        """Print what was held back (a stage closed early may never show its last count)."""
+        for stage, (what, line) in list(self.pending.items()):
+            if what != self.printed[stage][1]:
+                self._print(stage, self.now(), what, line)
+        self.pending.clear()
 
 
 finished = stageplan.finished_count  # the budget's rule has one home

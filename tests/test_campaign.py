@@ -12,7 +12,10 @@ import pytest
 from hpo.campaign import CampaignSpec, final_candidates, final_evaluation, run_campaign
 from storage import backend
 from tests.helpers import duplicate_trial_numbers, make_stage, states, worker_env
+from workers.data.datasets import kfold_splits
+from workers.run import cached_dataset, preprocess
 from workers.space import SearchSpace, build_space
+from workers.train import TrainConfig, train
 
 pytestmark = pytest.mark.slow
 
@@ -39,16 +42,27 @@ class Recorder:
 
 def test_cross_validation_scores_by_the_mean_over_folds(sqlite_url):
     space = build_space(None, None, ["hidden_sizes=32", "lr=log:1e-3..1e-2", "activation=relu", "bn=true", "init=he"])
-    spec = CampaignSpec(name="cv", space=space, stages=1, trials=[3], epochs=[3], cv=3)
+    spec = CampaignSpec(name="cv", space=space, stages=1, trials=[3], epochs=[4], cv=3)
     summary = run_campaign(sqlite_url, spec, Recorder(), workers=1)
     study = optuna.load_study(study_name="cv/stage-1", storage=backend.open_storage(sqlite_url))
     complete = [t for t in study.trials if t.state.name == "COMPLETE"]
     assert complete, [t.user_attrs.get("reason") for t in study.trials]
+    dataset = cached_dataset("digits", 0)
     for t in complete:
-        folds = t.user_attrs["fold_values"]
-        assert len(folds) == 3
-        assert t.value == pytest.approx(sum(folds) / 3)
-        assert sorted(t.intermediate_values) == [1, 2, 3]  # pruning looks at folds
+        # Each fold trained alone, here: what the pruner saw at epoch e is the mean over the
+        # folds of their accuracies at epoch e.
+        config = TrainConfig.from_dict(t.user_attrs["config"])
+        per_fold = []
+        for train_idx, val_idx in kfold_splits(dataset.y_train, 3, config.seed):
+            X_train, X_val = preprocess(config, dataset.X_train[train_idx], dataset.X_train[val_idx])
+            alone = train(config, X_train, dataset.y_train[train_idx], X_val, dataset.y_train[val_idx])
+            per_fold.append([report.val_accuracy for report in alone.history])
+        means = [sum(fold[e] for fold in per_fold) / 3 for e in range(4)]
+        assert sorted(t.intermediate_values) == [1, 2, 3, 4]  # the pruner looks at epochs
+        assert [t.intermediate_values[e] for e in (1, 2, 3, 4)] == pytest.approx(means, abs=1e-12)
+        assert t.user_attrs["curve"]["val_accuracy"] == pytest.approx(means, abs=1e-12)
+        assert t.user_attrs["fold_values"] == pytest.approx([fold[-1] for fold in per_fold], abs=1e-12)
+        assert t.value == pytest.approx(means[-1], abs=1e-12)
     assert summary.best.test_accuracy > 0.8
 
 

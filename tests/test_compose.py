@@ -198,9 +198,8 @@ def test_the_compose_services_run_a_campaign_as_local_processes(postgres_url, tm
         studies = _wait_for_dashboard(port, procs["dashboard"], logs["dashboard"])
         assert isinstance(studies, list)
 
-        finish("coordinator", 300)
-        for i in range(replicas):
-            finish(f"worker-{i}", 60)
+        coordinator_log = finish("coordinator", 300)
+        worker_logs = "".join(finish(f"worker-{i}", 60) for i in range(replicas))
         summary = json.loads((tmp_path / "coordinator.out").read_text())
         assert [s["study"] for s in summary["stages"]] == ["composed/stage-1", "composed/stage-2"]
         shown = _get_json(port, "/api/studies")["study_summaries"]
@@ -217,6 +216,13 @@ def test_the_compose_services_run_a_campaign_as_local_processes(postgres_url, tm
                 p.wait(5)
 
     assert_nothing_lost_or_repeated(postgres_url, "composed")
+    # What `docker compose logs` shows: the coordinator's progress as plain lines, each stage to
+    # its budget (no terminal: no bars, no escape codes), and each trial as a worker ended it.
+    assert "stage 1/2 · 2 epochs: 4/4 finished" in coordinator_log, coordinator_log
+    assert "stage 2/2 · 3 epochs: 3/3 finished" in coordinator_log, coordinator_log
+    assert "\x1b" not in coordinator_log and "\r" not in coordinator_log
+    ended = re.findall(r"trial \d+ of composed/stage-\d: (?:COMPLETE|PRUNED|DIVERGED|FAIL)\b.*; .*learning_rate=", worker_logs)
+    assert len(ended) >= 7, worker_logs
     everything = "".join(path.read_text(errors="replace") for path in tmp_path.glob("*.log"))
     assert "compose-test-pw-9c2d" not in everything
 

@@ -369,3 +369,44 @@ def test_trials_on_the_same_data_share_one_fit_of_the_preprocessing(monkeypatch)
         result = train(config, own_train, dataset.y_train, own_val, dataset.y_val)
         assert result.val_accuracy == score
     run._preprocessed_holdout.cache_clear()
+
+
+def test_folds_trained_side_by_side_are_the_folds_trained_alone(data):
+    """Cross-validation trains its folds epoch by epoch together, so that the pruner sees the
+    mean over the folds at each epoch; each fold ends bit-identical to a run of its own."""
+    from workers.train import fold_mean, train_folds
+
+    X, y = np.concatenate([data[0], data[2]]), np.concatenate([data[1], data[3]])
+    folds = [(X[:600], y[:600], X[600:], y[600:]), (X[400:], y[400:], X[:400], y[:400]),
+             (X[::2], y[::2], X[1::2], y[1::2])]
+    config = TrainConfig(hidden_sizes=(32,), epochs=3, batch_norm=True, lr_decay=0.9, seed=4)
+    seen = []
+    together = train_folds(config, folds, on_epoch=seen.append)
+    alone = [train(config, *fold) for fold in folds]
+    for a, b in zip(together, alone):
+        assert all(np.array_equal(a.params[k], b.params[k]) for k in b.params)
+        assert all(np.array_equal(a.bn_state[k], b.bn_state[k]) for k in b.bn_state)
+        assert [r.val_accuracy for r in a.history] == [r.val_accuracy for r in b.history]
+        assert [r.train_loss for r in a.history] == [r.train_loss for r in b.history]
+    assert [[r.epoch for r in reports] for reports in seen] == [[1, 1, 1], [2, 2, 2], [3, 3, 3]]
+    for e, reports in enumerate(seen):
+        mean = fold_mean(reports)
+        expected = np.mean([np.float64(b.history[e].val_accuracy) for b in alone])
+        assert mean.epoch == e + 1 and mean.val_accuracy == pytest.approx(expected, abs=1e-15)
+        assert mean.train_loss == pytest.approx(np.mean([b.history[e].train_loss for b in alone]), abs=1e-12)
+
+
+def test_a_stop_at_an_epoch_stops_every_fold(data):
+    from workers.train import train_folds
+
+    folds = [data, (data[2], data[3], data[0], data[1])]
+    epochs = []
+
+    def prune_at_two(reports):
+        epochs.append([r.epoch for r in reports])
+        if reports[0].epoch == 2:
+            raise RuntimeError("pruned at step 2")
+
+    with pytest.raises(RuntimeError, match="pruned at step 2"):
+        train_folds(TrainConfig(**SMALL), folds, on_epoch=prune_at_two)
+    assert epochs == [[1, 1], [2, 2]]

@@ -200,13 +200,18 @@ def _largest_use(dataset: Dataset, *, hidden, maxout_k, batch_size, itemsize, pc
     available = _machine_memory()
     if available is None:
         return None
-    # The largest run is the final retrain, on train + validation (a fold trains on less).
+    # The largest use is the final retrain, on train + validation, or with cross-validation
+    # the K folds, which train side by side (workers.train.train_folds), each on (K-1)/K of
+    # the training split.
     rows = dataset.X_train.shape[0] + (0 if cv else dataset.X_val.shape[0])
+    fold_rows = dataset.X_train.shape[0] - dataset.X_train.shape[0] // cv if cv else 0
+
+    def need(rows: int, sizes) -> int:
+        return training_bytes(dataset.num_features, dataset.num_classes, rows, sizes,
+                              maxout_k=maxout_k, batch_size=batch_size, itemsize=itemsize, pca=pca)
+
     for sizes in hidden:
-        needed = training_bytes(
-            dataset.num_features, dataset.num_classes, rows, sizes,
-            maxout_k=maxout_k, batch_size=batch_size, itemsize=itemsize, pca=pca,
-        )
+        needed = max(need(rows, sizes), cv * need(fold_rows, sizes)) if cv else need(rows, sizes)
         if needed > available:
             return tuple(sizes), needed, available
     return None

@@ -66,9 +66,10 @@ def run_trial(
 ) -> TrialOutcome:
     """Train the configuration of ``trial`` with ``trainer`` and decide its end state.
 
-    Validation accuracy is reported after each epoch (each fold with cross-validation) so the
-    pruner can stop a weak trial early. A diverged run ends PRUNED with its reason in the record;
-    a stop request raises :class:`StopRequested` at the next epoch boundary.
+    Validation accuracy is reported after each epoch (with cross-validation, its mean over the
+    folds at that epoch: the folds train side by side) so the pruner can stop a weak trial
+    early; the same figures are the trial's curve. A diverged run ends PRUNED with its reason
+    in the record; a stop request raises :class:`StopRequested` at the next epoch boundary.
     """
     seed = trial_seed(plan.seed, trial.number)
     config = config_for(plan, space, trial.params, seed)
@@ -99,9 +100,7 @@ def run_trial(
     record = TrialRecord(seed=seed, config=config.to_dict())
     started = time.perf_counter()
     try:
-        score = trainer(
-            config, dataset, cv=plan.cv, on_epoch=None if plan.cv else on_epoch, on_fold=report
-        )
+        score = trainer(config, dataset, cv=plan.cv, on_epoch=on_epoch)
     except (TrainingDiverged, optuna.TrialPruned) as e:
         record = replace(record, state="PRUNED", reason=str(e))
     else:

@@ -31,8 +31,9 @@ Layout, version 4 (user attr key: JSON value)::
     train_accuracy  float
     fold_values     [float]: the validation accuracy of each fold (cross-validated stages)
     curve           {"epoch": [int], "val_accuracy": [float], "train_loss": [float]}: one entry
-                    per epoch trained (empty lists with cross-validation, or when the run
-                    diverged in its first epoch)
+                    per epoch trained, with cross-validation the mean over the folds at that
+                    epoch (empty lists when the run diverged in its first epoch, and for a
+                    cross-validated trial of a worker before the folds trained side by side)
     timings         {"train_seconds": float, "overhead_seconds": float}: time in training, and
                     from the claim to the last report outside it
     seeded_from     the stage whose best trial this queued trial repeats (written by the

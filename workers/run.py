@@ -14,7 +14,7 @@ import numpy as np
 
 from workers.data.datasets import Dataset, kfold_splits, load_dataset
 from workers.data.preprocess import TAKES_COMPONENTS, Preprocessor, fit_preprocessor
-from workers.train import EpochReport, TrainConfig, TrainResult, accuracy, train
+from workers.train import EpochReport, TrainConfig, TrainResult, accuracy, fold_mean, train, train_folds
 
 
 @functools.lru_cache(maxsize=4)
@@ -85,30 +85,30 @@ def fit_and_score(
     *,
     cv: int = 0,
     on_epoch: Callable[[EpochReport], None] | None = None,
-    on_fold: Callable[[int, float], None] | None = None,
 ) -> Score:
-    """Train ``config`` and score it by validation accuracy.
+    """Train ``config`` and score it by validation accuracy, calling ``on_epoch`` after every
+    epoch (it may raise to stop the run; the exception propagates).
 
-    ``cv == 0`` uses the dataset's held-out validation split and calls ``on_epoch`` after every
-    epoch. ``cv = K >= 2`` runs stratified K-fold cross-validation on the training split and
-    calls ``on_fold(k, mean of the first k folds)`` after fold k, which is where a pruner looks.
-    Either callback may raise to stop the run; the exception propagates.
+    ``cv == 0`` uses the dataset's held-out validation split. ``cv = K >= 2`` runs stratified
+    K-fold cross-validation on the training split, the K folds side by side epoch by epoch
+    (``train_folds``): ``on_epoch`` gets the mean over the folds at that epoch
+    (``fold_mean``), which is where a pruner looks, and the score is that mean at the last
+    epoch.
     """
     if cv == 0:
         X_train, X_val = _preprocessed_holdout(dataset, config.preprocessing, _components(config), config.dtype)
         result = train(config, X_train, dataset.y_train, X_val, dataset.y_val, on_epoch=on_epoch)
         return Score(value=float(result.val_accuracy), result=result)
 
-    fold_values: list[float] = []
-    for k, (train_idx, val_idx) in enumerate(kfold_splits(dataset.y_train, cv, config.seed), 1):
+    folds = []
+    for train_idx, val_idx in kfold_splits(dataset.y_train, cv, config.seed):
         X_train, X_val = preprocess(config, dataset.X_train[train_idx], dataset.X_train[val_idx])
-        result = train(
-            config, X_train, dataset.y_train[train_idx], X_val, dataset.y_train[val_idx]
-        )
-        fold_values.append(float(result.val_accuracy))
-        if on_fold is not None:
-            on_fold(k, float(np.mean(fold_values)))
-    return Score(value=float(np.mean(fold_values)), result=result, fold_values=fold_values)
+        folds.append((X_train, dataset.y_train[train_idx], X_val, dataset.y_train[val_idx]))
+    each = None if on_epoch is None else (lambda reports: on_epoch(fold_mean(reports)))
+    results = train_folds(config, folds, on_epoch=each)
+    fold_values = [float(result.val_accuracy) for result in results]
+    last = fold_mean([result.history[-1] for result in results])
+    return Score(value=last.val_accuracy, result=results[-1], fold_values=fold_values)
 
 
 @dataclass

@@ -26,6 +26,7 @@ the threads it was allowed are used by the engine itself (see
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import time
@@ -45,6 +46,8 @@ __all__ = [
     "EpochReport",
     "TrainResult",
     "train",
+    "train_folds",
+    "fold_mean",
     "predict",
     "accuracy",
     "DTYPES",
@@ -379,112 +382,192 @@ def train(
     ||delta W|| / ||W||, both from the epoch's last step (cs231n: ~1e-3 is healthy);
     the same two for the output layer.
     """
-    dtype = np.dtype(config.dtype)
-    X_train = np.ascontiguousarray(X_train, dtype=dtype)
-    y_train = np.asarray(y_train)
-    X_val = np.asarray(X_val, dtype=dtype)
-    y_val = np.asarray(y_val)
-    if X_val.ndim == 1 and X_val.size == 0:
-        X_val = X_val.reshape(0, X_train.shape[1] if X_train.ndim == 2 else 0)
-    _check_data(X_train, y_train, "train", None)
-    _check_data(X_val, y_val, "val", X_train.shape[1])
-    n_train, input_dim = X_train.shape
-    if n_train == 0:
-        raise ValueError("X_train is empty")
-    max_label = int(max(y_train.max(), y_val.max() if y_val.size else 0))
-    if num_classes is None:
-        num_classes = max(max_label + 1, 2)
-    elif num_classes < 2:
-        raise ValueError(f"num_classes must be at least 2, got {num_classes}")
-    elif max_label >= num_classes:
-        raise ValueError(f"label {max_label} out of range for num_classes={num_classes}")
+    run = _Training(config, X_train, y_train, X_val, y_val, num_classes)
+    each = None if on_epoch is None else (lambda reports: on_epoch(reports[0]))
+    return _train_side_by_side([run], each)[0]
 
-    spec = config.network_spec(input_dim, num_classes)
-    init_seq, shuffle_seq, probe_seq = np.random.SeedSequence(config.seed).spawn(3)
-    params, bn_state = init_network(
-        spec, config.initializer, np.random.default_rng(init_seq), dtype=dtype, init_std=config.init_std
+
+Fold = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]  # X_train, y_train, X_val, y_val
+
+
+def train_folds(
+    config: TrainConfig,
+    folds: list[Fold],
+    on_epoch: Callable[[list[EpochReport]], None] | None = None,
+    num_classes: int | None = None,
+) -> list[TrainResult]:
+    """Train ``config`` on each fold, the folds side by side epoch by epoch.
+
+    folds: (X_train, y_train, X_val, y_val) per fold, as :func:`train` takes them.  After
+    epoch e of every fold, ``on_epoch(reports)`` gets the K reports of epoch e, in fold
+    order (see :func:`fold_mean`); what it raises propagates, so a cross-validated run is
+    pruned on all its folds at epoch e.  Each fold's result is bit-identical to
+    :func:`train` on that fold alone: each run keeps its own random streams, network and
+    optimizer, and only the BLAS threading is shared, set for the widest fold (with PCA
+    to a fraction of the variance folds may keep different numbers of directions).  The
+    price is memory: the K folds' data and networks are held at once.
+    """
+    if not folds:
+        raise ValueError("train_folds needs at least one fold")
+    runs = [_Training(config, *fold, num_classes) for fold in folds]
+    return _train_side_by_side(runs, on_epoch)
+
+
+def fold_mean(reports: list[EpochReport]) -> EpochReport:
+    """The report of one epoch over K folds: its mean training loss and validation accuracy
+    (None if any fold has none), the folds' training seconds summed.  No per-layer
+    diagnostics: they belong to one network, not to the mean of several."""
+    accuracies = [report.val_accuracy for report in reports]
+    return EpochReport(
+        epoch=reports[0].epoch,
+        train_loss=float(np.mean([report.train_loss for report in reports])),
+        val_accuracy=None if None in accuracies else float(np.mean(accuracies)),
+        seconds=float(sum(report.seconds for report in reports)),
+        lr=reports[0].lr,
     )
-    shuffle_rng = np.random.default_rng(shuffle_seq)
-    probe_rows = np.sort(np.random.default_rng(probe_seq).permutation(n_train)[:PROBE_SIZE])
-    X_probe = X_train[probe_rows]
 
-    onehot = np.zeros((n_train, num_classes), dtype=dtype)
-    onehot[np.arange(n_train), y_train] = 1
-    bounds = _batch_bounds(n_train, config.batch_size, config.batch_norm)
-    last_step = len(bounds)
-    # Gather each minibatch from the unshuffled data when a shuffled copy per epoch would
-    # be large (it would stream the whole set through memory once more per epoch).
-    gather_per_batch = X_train.nbytes > 32 * 2**20
-    weight_decay = config.weight_decay
 
-    history: list[EpochReport] = []
-    hidden: list[tuple[np.ndarray, np.ndarray]] = []
-    with blas_threads_for(spec, config.batch_size) as threads, \
-            FastNetwork(spec, params, bn_state, threads=threads) as net:
-        optimizer = net.optimizer(config.optimizer, config.learning_rate, config.momentum)
-        probe_loss = net.loss(X_probe, onehot[probe_rows], weight_decay)
-        uniform_guess_loss = math.log(num_classes)
+def _train_side_by_side(
+    runs: list["_Training"], on_epoch: Callable[[list[EpochReport]], None] | None
+) -> list[TrainResult]:
+    """Run every epoch of each run in turn, calling ``on_epoch`` with the runs' reports after
+    each; BLAS threading is set once around them all (its limit is process-wide, so nested
+    limits would restore each other out of order)."""
+    config = runs[0].config
+    widest = max(runs, key=lambda run: run.spec.input_dim)
+    with blas_threads_for(widest.spec, config.batch_size) as threads, contextlib.ExitStack() as opened:
+        for run in runs:
+            run.open(threads)
+            opened.callback(run.close)
+        for epoch in range(1, config.epochs + 1):
+            reports = [run.epoch(epoch) for run in runs]
+            if on_epoch is not None:
+                on_epoch(reports)
+        return [run.result() for run in runs]
+
+
+class _Training:
+    """One training run (see :func:`train`), advanced an epoch at a time: checked and set up
+    here, its network opened by :meth:`open`, each epoch by :meth:`epoch`, read out by
+    :meth:`result`, let go by :meth:`close`."""
+
+    def __init__(self, config: TrainConfig, X_train: np.ndarray, y_train: np.ndarray,
+                 X_val: np.ndarray, y_val: np.ndarray, num_classes: int | None) -> None:
+        dtype = np.dtype(config.dtype)
+        X_train = np.ascontiguousarray(X_train, dtype=dtype)
+        y_train = np.asarray(y_train)
+        X_val = np.asarray(X_val, dtype=dtype)
+        y_val = np.asarray(y_val)
+        if X_val.ndim == 1 and X_val.size == 0:
+            X_val = X_val.reshape(0, X_train.shape[1] if X_train.ndim == 2 else 0)
+        _check_data(X_train, y_train, "train", None)
+        _check_data(X_val, y_val, "val", X_train.shape[1])
+        n_train, input_dim = X_train.shape
+        if n_train == 0:
+            raise ValueError("X_train is empty")
+        max_label = int(max(y_train.max(), y_val.max() if y_val.size else 0))
+        if num_classes is None:
+            num_classes = max(max_label + 1, 2)
+        elif num_classes < 2:
+            raise ValueError(f"num_classes must be at least 2, got {num_classes}")
+        elif max_label >= num_classes:
+            raise ValueError(f"label {max_label} out of range for num_classes={num_classes}")
+
+        self.config, self.X_train, self.y_train, self.X_val, self.y_val = config, X_train, y_train, X_val, y_val
+        self.spec = spec = config.network_spec(input_dim, num_classes)
+        init_seq, shuffle_seq, probe_seq = np.random.SeedSequence(config.seed).spawn(3)
+        self.initial_params, self.initial_bn_state = init_network(
+            spec, config.initializer, np.random.default_rng(init_seq), dtype=dtype, init_std=config.init_std
+        )
+        self.shuffle_rng = np.random.default_rng(shuffle_seq)
+        self.probe_rows = np.sort(np.random.default_rng(probe_seq).permutation(n_train)[:PROBE_SIZE])
+        self.X_probe = X_train[self.probe_rows]
+
+        self.onehot = np.zeros((n_train, num_classes), dtype=dtype)
+        self.onehot[np.arange(n_train), y_train] = 1
+        self.bounds = _batch_bounds(n_train, config.batch_size, config.batch_norm)
+        # Gather each minibatch from the unshuffled data when a shuffled copy per epoch would
+        # be large (it would stream the whole set through memory once more per epoch).
+        self.gather_per_batch = X_train.nbytes > 32 * 2**20
+        self.history: list[EpochReport] = []
+        self.hidden: list[tuple[np.ndarray, np.ndarray]] = []
+        self.net: FastNetwork | None = None
+
+    def open(self, threads: int) -> None:
+        """Build the network on ``threads`` threads and measure the initial loss."""
+        config = self.config
+        self.net = net = FastNetwork(self.spec, self.initial_params, self.initial_bn_state, threads=threads)
+        self.initial_params = self.initial_bn_state = None  # the network holds its own copy
+        self.optimizer = net.optimizer(config.optimizer, config.learning_rate, config.momentum)
+        probe_loss = net.loss(self.X_probe, self.onehot[self.probe_rows], config.weight_decay)
+        self.uniform_guess_loss = math.log(self.spec.num_classes)
         if math.isfinite(probe_loss):
-            initial_loss: float | None = max(probe_loss, uniform_guess_loss)
-            loss_limit = DIVERGENCE_FACTOR * initial_loss
+            self.initial_loss: float | None = max(probe_loss, self.uniform_guess_loss)
+            self.loss_limit = DIVERGENCE_FACTOR * self.initial_loss
         else:
             # The probe holds a NaN or inf: take the bar from the first finite minibatch
             # instead (a limit of -inf sends every step to the check until then).
-            initial_loss, loss_limit = None, -math.inf
-        weights_before_last_step = np.empty_like(net.weight_flat)
-        for epoch in range(1, config.epochs + 1):
-            lr = optimizer.learning_rate
-            started = time.perf_counter()
-            order = shuffle_rng.permutation(n_train)
-            onehot_epoch = onehot[order]
-            X_epoch = X_train if gather_per_batch else X_train[order]
-            loss_sum = 0.0
-            for step, (start, stop) in enumerate(bounds, 1):
-                xb = X_train[order[start:stop]] if gather_per_batch else X_epoch[start:stop]
-                loss = net.loss_and_grads(xb, onehot_epoch[start:stop], weight_decay)
-                if not loss <= loss_limit:  # also catches nan
-                    if initial_loss is None and math.isfinite(loss):
-                        initial_loss = max(loss, uniform_guess_loss)
-                        loss_limit = DIVERGENCE_FACTOR * initial_loss
-                    else:
-                        reason = "exceeded" if math.isfinite(loss) else "non-finite"
-                        raise TrainingDiverged(
-                            epoch, step, loss, uniform_guess_loss if initial_loss is None else initial_loss, reason
-                        )
-                if step == last_step:
-                    np.copyto(weights_before_last_step, net.weight_flat)
-                optimizer.step()
-                loss_sum += loss * (stop - start)
-            seconds = time.perf_counter() - started
+            self.initial_loss, self.loss_limit = None, -math.inf
+        self.weights_before_last_step = np.empty_like(net.weight_flat)
 
-            diagnostics, hidden = _diagnostics(spec, net, X_probe, weights_before_last_step)
-            val_accuracy = accuracy(net, X_val, y_val) if X_val.shape[0] else None
-            report = EpochReport(
-                epoch=epoch,
-                train_loss=loss_sum / n_train,
-                val_accuracy=val_accuracy,
-                seconds=seconds,
-                lr=lr,
-                diagnostics=diagnostics,
-            )
-            history.append(report)
-            if on_epoch is not None:
-                on_epoch(report)
-            optimizer.decay_learning_rate(config.lr_decay)
+    def epoch(self, epoch: int) -> EpochReport:
+        """Train epoch ``epoch`` (1-based); its report. Raises TrainingDiverged."""
+        net, optimizer, X_train, onehot = self.net, self.optimizer, self.X_train, self.onehot
+        n_train, weight_decay, last_step = X_train.shape[0], self.config.weight_decay, len(self.bounds)
+        lr = optimizer.learning_rate
+        started = time.perf_counter()
+        order = self.shuffle_rng.permutation(n_train)
+        onehot_epoch = onehot[order]
+        X_epoch = X_train if self.gather_per_batch else X_train[order]
+        loss_sum = 0.0
+        for step, (start, stop) in enumerate(self.bounds, 1):
+            xb = X_train[order[start:stop]] if self.gather_per_batch else X_epoch[start:stop]
+            loss = net.loss_and_grads(xb, onehot_epoch[start:stop], weight_decay)
+            if not loss <= self.loss_limit:  # also catches nan
+                if self.initial_loss is None and math.isfinite(loss):
+                    self.initial_loss = max(loss, self.uniform_guess_loss)
+                    self.loss_limit = DIVERGENCE_FACTOR * self.initial_loss
+                else:
+                    reason = "exceeded" if math.isfinite(loss) else "non-finite"
+                    initial = self.uniform_guess_loss if self.initial_loss is None else self.initial_loss
+                    raise TrainingDiverged(epoch, step, loss, initial, reason)
+            if step == last_step:
+                np.copyto(self.weights_before_last_step, net.weight_flat)
+            optimizer.step()
+            loss_sum += loss * (stop - start)
+        seconds = time.perf_counter() - started
 
-        train_accuracy = accuracy(net, X_train, y_train)
-        final_params, final_bn_state = net.params_copy(), net.bn_state()
-    return TrainResult(
-        config=config,
-        history=history,
-        params=final_params,
-        bn_state=final_bn_state,
-        train_accuracy=train_accuracy,
-        val_accuracy=history[-1].val_accuracy,
-        epoch_seconds=[report.seconds for report in history],
-        diagnostics=history[-1].diagnostics,
-        histograms=_histograms(hidden),
-        spec=spec,
-        initial_loss=float(initial_loss),
-    )
+        diagnostics, self.hidden = _diagnostics(self.spec, net, self.X_probe, self.weights_before_last_step)
+        val_accuracy = accuracy(net, self.X_val, self.y_val) if self.X_val.shape[0] else None
+        report = EpochReport(
+            epoch=epoch,
+            train_loss=loss_sum / n_train,
+            val_accuracy=val_accuracy,
+            seconds=seconds,
+            lr=lr,
+            diagnostics=diagnostics,
+        )
+        self.history.append(report)
+        optimizer.decay_learning_rate(self.config.lr_decay)
+        return report
 
+    def result(self) -> TrainResult:
+        """The trained run (call it before :meth:`close`: it scores the training set)."""
+        history = self.history
+        return TrainResult(
+            config=self.config,
+            history=history,
+            params=self.net.params_copy(),
+            bn_state=self.net.bn_state(),
+            train_accuracy=accuracy(self.net, self.X_train, self.y_train),
+            val_accuracy=history[-1].val_accuracy,
+            epoch_seconds=[report.seconds for report in history],
+            diagnostics=history[-1].diagnostics,
+            histograms=_histograms(self.hidden),
+            spec=self.spec,
+            initial_loss=float(self.initial_loss),
+        )
+
+    def close(self) -> None:
+        if self.net is not None:
+            self.net.close()

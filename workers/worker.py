@@ -52,6 +52,7 @@ from optuna.trial import TrialState
 
 from storage import backend, optuna_access, records
 from storage.errors import CampaignNotFound, DatabaseUnavailable, StorageError
+from storage.states import is_diverged
 from storage.url import mask_url
 from storage.worker_storage import WorkerStorage
 from workers import stageplan
@@ -443,7 +444,7 @@ class Worker:
         self.summary.trials[state] = self.summary.trials.get(state, 0) + 1
         self.summary.train_seconds += outcome.train_seconds
         self.summary.overhead_seconds += overhead
-        log.info("trial %d of %s: %s %s", trial.number, plan.study_name, state, outcome.value)
+        log.info("%s", trial_log_line(trial.number, plan.study_name, outcome, trial.params))
 
     def _store(self, study: optuna.Study, trial: optuna.Trial, outcome: TrialOutcome, *, retry: bool = False) -> None:
         """Write the attrs, then the end state; safe to run again after a database error
@@ -545,6 +546,24 @@ class StageFailed(str):
 def _stage_failure(plan: StagePlan, attrs: dict[str, Any]) -> str:
     why = attrs.get(records.FAILURE_ATTR) or "its trials kept failing"
     return f"stage {plan.study_name} stopped: {why}"
+
+
+def trial_log_line(number: int, study_name: str, outcome: TrialOutcome, params: dict[str, Any]) -> str:
+    """What ``hpo worker -v`` logs when a trial ends: its number and stage, its outcome
+    (COMPLETE, PRUNED, DIVERGED or FAIL) with its value or the reason, how many epochs it
+    trained in how long, and its parameters, e.g.
+    ``trial 7 of c/stage-1: PRUNED (pruned at step 2: 0.4100 below the median) after 2 epochs
+    in 0.81s; activation=relu, learning_rate=0.00123``."""
+    record = outcome.record
+    state = "DIVERGED" if is_diverged(record.state, {"reason": record.reason}) else record.state
+    result = f"{state} {record.value:.4f}" if record.value is not None else state
+    if record.reason:
+        result += f" ({record.reason})"
+    epochs = len(record.curve.epoch) if record.curve is not None else 0
+    shown = ", ".join(f"{name}={value:.4g}" if isinstance(value, float) else f"{name}={value}"
+                      for name, value in params.items())
+    return (f"trial {number} of {study_name}: {result} after {epochs} epoch{'' if epochs == 1 else 's'} "
+            f"in {outcome.train_seconds:.2f}s; {shown or 'no parameters'}")
 
 
 def _first_line(error: BaseException) -> str:

@@ -306,7 +306,9 @@ def _stage_curves(stage: StageView) -> list[Figure | Words]:
     title = _stage_name(stage)
     if not stage.trials:
         return [Words(f"{_sentence(_stage_name(stage))} has no trials yet.")]
-    if stage.plan is not None and stage.plan.cv:
+    if stage.plan is not None and stage.plan.cv and not any(_curve(t)[0] for t in stage.trials):
+        # Workers before the folds trained side by side stored no curve for a cross-validated
+        # trial; today's store the mean over the folds at each epoch, drawn as any curve.
         return [Words(
             f"{_sentence(_stage_name(stage))} is cross-validated ({stage.plan.cv} folds): its trials store each "
             "fold's accuracy, not a curve per epoch, so there are no learning curves to draw."
