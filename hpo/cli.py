@@ -186,13 +186,14 @@ def train(ctx, dataset, split_seed, from_trial, save_path, as_json, storage_url,
         val = "" if epoch.val_accuracy is None else f"  val {epoch.val_accuracy:.4f}"
         err.print(f"epoch {epoch.epoch:>3}/{config.epochs}  loss {epoch.train_loss:.4f}{val}  {epoch.seconds:.3f}s")
 
-    def show_fold(k: int, mean: float) -> None:
-        err.print(f"fold {k}/{trial.cv}  mean validation accuracy so far {mean:.4f}")
+    def show_folds(epoch) -> None:  # the folds train side by side: their mean at each epoch
+        err.print(f"epoch {epoch.epoch:>3}/{config.epochs}  mean over {trial.cv} folds: loss {epoch.train_loss:.4f}"
+                  f"  val {epoch.val_accuracy:.4f}")
 
     try:
         folds = None
         if trial is not None and trial.cv:  # the trial's value is the mean over its folds: train them again
-            folds = fit_and_score(config, data, cv=trial.cv, on_fold=None if as_json else show_fold)
+            folds = fit_and_score(config, data, cv=trial.cv, on_epoch=None if as_json else show_folds)
         evaluation = train_and_test(config, data, on_epoch=None if as_json else show)
     except TrainingDiverged as e:
         err.print(str(e), style="red")
