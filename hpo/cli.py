@@ -22,6 +22,7 @@ from hpo import campaign as campaign_mod
 from hpo import cli_inspect, cli_report
 from hpo import STOPS, exit_interrupted, record_stop, stopped_by_signal
 from hpo.cli_types import TOP_FRACTION
+from hpo.extras import missing_extra
 from hpo.narrow import NarrowError
 from hpo.output import UsageError, err, format_option, literal, one_line, out, print_json, render_rows, storage_option
 from hpo.progress import RichProgress, narrowing_rows
@@ -48,11 +49,13 @@ class HpoGroup(click.Group):
             return super().invoke(ctx)
         except STOPS as e:  # Ctrl-C before a command took anything on: nothing to undo
             if not stopped_by_signal(e):
+                if missing := missing_extra(e):  # an optional package (a database driver) is not installed
+                    raise UsageError(missing) from None
                 raise
             ignore_stop_signals()
             exit_interrupted(ctx.invoked_subcommand)
         except INPUT_ERRORS as e:
-            raise UsageError(one_line(e)) from None
+            raise UsageError(missing_extra(e) or one_line(e)) from None
         except click.UsageError as e:  # click's own parse errors: one line too, no usage block
             raise UsageError(e.format_message()) from None
         except backend.DB_ERRORS as e:  # the database went away in the middle of a command

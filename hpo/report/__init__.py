@@ -58,6 +58,7 @@ INIT_SECTION = ("why-initialization", "Why initialization matters, on your data"
 def run_init_experiment(dataset: str | None, seed: int = 0) -> dict | str:
     """The lecture's initialization experiment on the campaign's own training inputs, or why
     it could not run here (the dataset is a file on another machine, say)."""
+    from hpo.extras import missing_extra
     from workers.data.datasets import DatasetError, load_dataset
     from workers.init_experiment import init_experiment
 
@@ -66,7 +67,8 @@ def run_init_experiment(dataset: str | None, seed: int = 0) -> dict | str:
     try:
         return init_experiment(load_dataset(dataset, seed=seed).X_train, seed=seed)
     except (DatasetError, OSError, ValueError) as e:
-        return f"the dataset {dataset} could not be loaded here ({e}), so the experiment did not run"
+        why = missing_extra(e) or str(e)
+        return f"the dataset {dataset} could not be loaded here ({why}), so the experiment did not run"
 
 
 def _init_section(data: ReportData) -> Section:
