@@ -24,7 +24,7 @@ from hpo import STOPS, exit_interrupted, record_stop, stopped_by_signal
 from hpo.cli_types import TOP_FRACTION
 from hpo.extras import missing_extra
 from hpo.narrow import NarrowError
-from hpo.output import UsageError, err, format_option, literal, one_line, out, print_json, render_rows, storage_option
+from hpo.output import UsageError, err, format_option, literal, one_line, out, plural, print_json, render_rows, storage_option
 from hpo.progress import RichProgress, narrowing_rows
 from storage import backend, records
 from storage.errors import DatabaseUnavailable, StorageError, StudyNotFound
@@ -212,7 +212,7 @@ def per_stage(values: list[int] | None, default: list[int], stages: int, option:
     if len(values) == 1:
         return values * stages
     if len(values) != stages:
-        raise UsageError(f"{option} has {len(values)} values for {stages} stages: give one value or one per stage")
+        raise UsageError(f"{option} has {len(values)} values for {plural(stages, 'stage')}: give one value or one per stage")
     return values
 
 
@@ -308,8 +308,8 @@ def search(ctx, name, dataset, stages, trials, epochs, workers, sampler, pruner,
         data = cached_dataset(spec.dataset, spec.seed)  # a bad dataset fails here, before anything is written
         check_feasible(spec.space, data, spec.cv)
         what = "resuming campaign" if stored else "campaign"
-        err.print(f"{what} {name} on {mask_url(storage_url)}: {spec.stages} stages, "
-                  f"trials {spec.trials}, epochs {spec.epochs}, {workers} local workers")
+        err.print(f"{what} {name} on {mask_url(storage_url)}: {plural(spec.stages, 'stage')}, "
+                  f"trials {spec.trials}, epochs {spec.epochs}, {plural(workers, 'local worker')}")
         progress = RichProgress(err)
         try:
             with progress:
@@ -451,6 +451,10 @@ def launch(n, campaign, study, seed, wait_seconds, blas_threads, storage_url) ->
     _interrupt_on_sigterm()
     current = _wait_for_target(storage_url, campaign, study, wait_seconds)
     storage = backend.retrying(lambda: backend.open_storage(storage_url, heartbeat=False), "open the storage", storage_url)
+    # "(resumed)" only on a stage that had run trials before these workers started: not on a
+    # fresh one, nor on a stage the campaign opens while they work
+    before = backend.retrying(lambda: records.count_outcomes(storage, current.study_name), "count the trials", storage_url)
+    resumed = current.study_name if any(count for state, count in before.items() if state != "WAITING") else None
     local = LocalWorkers(storage_url, n, campaign=campaign, study=study, seed=seed, blas_threads=blas_threads)
     progress = RichProgress(err)
     interrupted = False
@@ -460,7 +464,7 @@ def launch(n, campaign, study, seed, wait_seconds, blas_threads, storage_url) ->
                 with contextlib.suppress(*backend.DB_ERRORS):  # the workers ride out an outage; so does the display
                     if campaign:
                         current = stageplan.campaign_stages(storage, campaign)[-1]
-                    progress.stage_started(current, resumed=True)
+                    progress.stage_started(current, resumed=current.study_name == resumed)
                     progress.stage_progress(current, records.count_outcomes(storage, current.study_name),
                                             records.best_value(storage, current.study_name))
                 time.sleep(0.5)
@@ -549,7 +553,7 @@ def narrow(stage, into, space_file, params, top_quantile, top_k, trials, epochs,
                     "source_trials": result.source_trials})
         return
     render_rows(rows, ["param", "old", "new", "reason"], fmt,
-                title=f"{parent.study_name} -> {child.study_name} ({child.trials} trials x {child.epochs} epochs)")
+                title=f"{parent.study_name} -> {child.study_name} ({plural(child.trials, 'trial')} x {plural(child.epochs, 'epoch')})")
     if fmt == "table":
         err.print("dry run: nothing created" if dry_run else
                   f"created {child.study_name}; run it with: hpo worker --campaign {child.campaign}  (or hpo search --name {child.campaign} --stages {child.stage})")

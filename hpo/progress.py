@@ -14,7 +14,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from hpo.narrow import NarrowResult
-from hpo.output import literal
+from hpo.output import literal, plural
 from workers import stageplan
 from workers.space import SearchSpace
 from workers.stageplan import StagePlan
@@ -56,7 +56,7 @@ class RichProgress:
             return
         note = " (resumed)" if resumed else ""
         self.tasks[plan.study_name] = self.bars.add_task(
-            f"stage {plan.stage}/{plan.stages} · {plan.epochs} epochs{note}", total=plan.trials, status=""
+            f"stage {plan.stage}/{plan.stages} · {plural(plan.epochs, 'epoch')}{note}", total=plan.trials, status=""
         )
 
     def stage_progress(self, plan: StagePlan, counts: dict[str, int], best: float | None) -> None:

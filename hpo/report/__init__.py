@@ -16,6 +16,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from hpo.output import plural
 from hpo.report.collect import ReportData, collect
 from hpo.report.page import Figure, Section, Words, render_page
 from hpo.report.sections_layers import layers_section
@@ -44,7 +45,7 @@ def banner(data: ReportData) -> str | None:
         waiting = sum(t.outcome == "WAITING" for t in trials)
         where = f"stage {len(data.stages)} of {data.planned_stages}" if data.campaign else "trials are still queued or running"
         return (
-            f"Still running ({where}; {running} trials running, {waiting} queued): this report shows what existed "
+            f"Still running ({where}; {plural(running, 'trial')} running, {waiting} queued): this report shows what existed "
             "when it was written. Run hpo report again for a newer one."
         )
     if trials and all(t.outcome == "DIVERGED" for t in trials if t.outcome != "FAIL"):
