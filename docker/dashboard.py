@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from hpo.extras import missing_extra
 from storage.backend import open_storage
 from storage.errors import StorageError
 from storage.url import mask_url, resolve_url
@@ -26,10 +27,15 @@ def main(argv: list[str] | None = None) -> int:
     try:
         url = resolve_url()
         storage = open_storage(url, heartbeat=False)
+        from optuna_dashboard import run_server
     except StorageError as e:
         print(f"Error: {e}", file=sys.stderr)
         return 2
-    from optuna_dashboard import run_server
+    except ImportError as e:  # the database driver or optuna-dashboard is not installed
+        if (missing := missing_extra(e)) is None:
+            raise
+        print(f"Error: {missing}", file=sys.stderr)
+        return 2
 
     print(f"optuna-dashboard on {mask_url(url)}, listening on {args.host}:{args.port}", file=sys.stderr, flush=True)
     run_server(storage, host=args.host, port=args.port)

@@ -22,8 +22,9 @@ from hpo import campaign as campaign_mod
 from hpo import cli_importance, cli_inspect, cli_model, cli_report
 from hpo import STOPS, exit_interrupted, record_stop, stopped_by_signal
 from hpo.cli_types import TOP_FRACTION
+from hpo.extras import missing_extra
 from hpo.narrow import NarrowError
-from hpo.output import UsageError, err, format_option, literal, one_line, out, print_json, render_rows, storage_option
+from hpo.output import UsageError, err, format_option, literal, one_line, out, plural, print_json, render_rows, storage_option
 from hpo.progress import narrowing_rows, progress_for
 from storage import backend, records
 from storage.errors import DatabaseUnavailable, StorageError, StudyNotFound
@@ -48,11 +49,13 @@ class HpoGroup(click.Group):
             return super().invoke(ctx)
         except STOPS as e:  # Ctrl-C before a command took anything on: nothing to undo
             if not stopped_by_signal(e):
+                if missing := missing_extra(e):  # an optional package (a database driver) is not installed
+                    raise UsageError(missing) from None
                 raise
             ignore_stop_signals()
             exit_interrupted(ctx.invoked_subcommand)
         except INPUT_ERRORS as e:
-            raise UsageError(one_line(e)) from None
+            raise UsageError(missing_extra(e) or one_line(e)) from None
         except click.UsageError as e:  # click's own parse errors: one line too, no usage block
             raise UsageError(e.format_message()) from None
         except backend.DB_ERRORS as e:  # the database went away in the middle of a command
@@ -248,7 +251,7 @@ def per_stage(values: list[int] | None, default: list[int], stages: int, option:
     if len(values) == 1:
         return values * stages
     if len(values) != stages:
-        raise UsageError(f"{option} has {len(values)} values for {stages} stages: give one value or one per stage")
+        raise UsageError(f"{option} has {len(values)} values for {plural(stages, 'stage')}: give one value or one per stage")
     return values
 
 
@@ -345,8 +348,8 @@ def search(ctx, name, dataset, stages, trials, epochs, workers, sampler, pruner,
         data = cached_dataset(spec.dataset, spec.seed)  # a bad dataset fails here, before anything is written
         check_feasible(spec.space, data, spec.cv)
         what = "resuming campaign" if stored else "campaign"
-        err.print(f"{what} {name} on {mask_url(storage_url)}: {spec.stages} stages, "
-                  f"trials {spec.trials}, epochs {spec.epochs}, {workers} local workers", soft_wrap=True)
+        err.print(f"{what} {name} on {mask_url(storage_url)}: {plural(spec.stages, 'stage')}, "
+                  f"trials {spec.trials}, epochs {spec.epochs}, {plural(workers, 'local worker')}", soft_wrap=True)
         progress = progress_for(err)
         try:
             with progress:
@@ -513,6 +516,10 @@ def launch(n, campaign, study, seed, wait_seconds, blas_threads, storage_url) ->
     _interrupt_on_sigterm()
     current = _wait_for_target(storage_url, campaign, study, wait_seconds)
     storage = backend.retrying(lambda: backend.open_storage(storage_url, heartbeat=False), "open the storage", storage_url)
+    # "(resumed)" only on a stage that had run trials before these workers started: not on a
+    # fresh one, nor on a stage the campaign opens while they work
+    before = backend.retrying(lambda: records.count_outcomes(storage, current.study_name), "count the trials", storage_url)
+    resumed = current.study_name if any(count for state, count in before.items() if state != "WAITING") else None
     local = LocalWorkers(storage_url, n, campaign=campaign, study=study, seed=seed, blas_threads=blas_threads)
     progress = progress_for(err)
     interrupted = False
@@ -522,7 +529,7 @@ def launch(n, campaign, study, seed, wait_seconds, blas_threads, storage_url) ->
                 with contextlib.suppress(*backend.DB_ERRORS):  # the workers ride out an outage; so does the display
                     if campaign:
                         current = stageplan.campaign_stages(storage, campaign)[-1]
-                    progress.stage_started(current, resumed=True)
+                    progress.stage_started(current, resumed=current.study_name == resumed)
                     progress.stage_progress(current, records.count_outcomes(storage, current.study_name),
                                             records.best_value(storage, current.study_name))
                 time.sleep(0.5)
@@ -611,7 +618,7 @@ def narrow(stage, into, space_file, params, top_quantile, top_k, trials, epochs,
                     "source_trials": result.source_trials})
         return
     render_rows(rows, ["param", "old", "new", "reason"], fmt,
-                title=f"{parent.study_name} -> {child.study_name} ({child.trials} trials x {child.epochs} epochs)")
+                title=f"{parent.study_name} -> {child.study_name} ({plural(child.trials, 'trial')} x {plural(child.epochs, 'epoch')})")
     if fmt == "table":
         err.print("dry run: nothing created" if dry_run else
                   f"created {child.study_name}; run it with: hpo worker --campaign {child.campaign}  (or hpo search --name {child.campaign} --stages {child.stage})")

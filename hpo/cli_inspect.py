@@ -20,6 +20,7 @@ from hpo.output import (
     literal,
     one_line,
     out,
+    plural,
     print_json,
     render_rows,
     sparkline_lines,
@@ -85,7 +86,7 @@ def studies(fmt, storage_url) -> None:
         err.print(f"no studies in {mask_url(storage_url)}", soft_wrap=True)
         return
     shown = [{**r, "stage": f"{r['stage']}/{r['stages']}" if r["stage"] else ""} for r in rows]
-    render_rows(shown, STUDY_COLUMNS, fmt, title=f"Studies in {mask_url(storage_url)}")
+    render_rows(shown, STUDY_COLUMNS, fmt, title=f"Studies in {mask_url(storage_url)}", unbroken=STUDY_COLUMNS, name_column="study")
 
 
 @click.command()
@@ -125,9 +126,8 @@ def trials(study, states, where, sort, limit, columns, stage, fmt, storage_url) 
                                           columns=columns, stage=stage)
     listed = selection.study
     if selection.campaign is not None and stage is None:
-        count = len(selection.stages)
-        listed = f"{selection.study} ({count} stage{'s' if count != 1 else ''})"
-    title = f"{listed}: {len(selection.rows)} of {selection.total} trials"
+        listed = f"{selection.study} ({plural(len(selection.stages), 'stage')})"
+    title = f"{listed}: {len(selection.rows)} of {plural(selection.total, 'trial')}"
     render_rows(selection.rows, selection.columns, fmt, title=title)
 
 

@@ -28,7 +28,7 @@ from typing import Any
 
 import optuna
 
-from hpo.output import visible
+from hpo.output import plural, visible
 from storage import records
 from storage.errors import StudyNotFound
 from workers import stageplan
@@ -106,12 +106,12 @@ def _plan_words(plan: StagePlan) -> str:
     scored = (f"scored by {plan.cv}-fold cross-validation on the training split" if plan.cv
               else "scored on the held-out validation split")
     return (
-        f"**Plan:** a budget of {plan.trials} trials (finished complete, pruned or diverged) of "
-        f"{plan.epochs} epoch{'s' if plan.epochs != 1 else ''} each, on the dataset "
+        f"**Plan:** a budget of {plural(plan.trials, 'trial')} (finished complete, pruned or diverged) of "
+        f"{plural(plan.epochs, 'epoch')} each, on the dataset "
         f"{markdown_literal(plan.dataset)}, {scored}; sampler {markdown_literal(plan.sampler)}, "
-        f"pruner {markdown_literal(plan.pruner)}, seed {plan.seed}. The stage stops when "
-        f"{plan.max_failures_in_a_row} trials in a row fail with an error, or more than "
-        f"{plan.max_failure_share:.0%} of its budget does."
+        f"pruner {markdown_literal(plan.pruner)}, seed {plan.seed}. The stage stops after "
+        f"{plural(plan.max_failures_in_a_row, 'failure')} in a row (trials failed with an error), or when "
+        f"failures exceed {plan.max_failure_share:.0%} of its budget."
     )
 
 

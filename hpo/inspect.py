@@ -30,6 +30,7 @@ from optuna.storages import RDBStorage
 from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
+from hpo.output import plural
 from storage import backend, optuna_access, records, states
 from storage.errors import StorageError, StudyNotFound
 from storage.url import is_sqlite, mask_url, sqlite_path
@@ -382,7 +383,7 @@ def trial_record(storage: RDBStorage, name: str, number: int) -> dict[str, Any]:
     trials = storage.get_all_trials(study_id, deepcopy=False)
     trial = next((t for t in trials if t.number == number), None)
     if trial is None:
-        raise QueryError(f"no trial {number} in {study_name!r} (it has {len(trials)} trials, numbered from 0)")
+        raise QueryError(f"no trial {number} in {study_name!r} (it has {plural(len(trials), 'trial')}, numbered from 0)")
     ages = {hb["number"]: hb["age"] for hb in records.running_heartbeats(storage, study_id)}
     return {
         "study": study_name,

@@ -23,7 +23,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from hpo.output import err
+from hpo.output import err, plural
 from storage.url import URL_ENV, url_for_children
 
 BLAS_THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
@@ -146,7 +146,7 @@ class LocalWorkers:
         if keep_logs or failed:
             if not self._logs_reported:
                 self._logs_reported = True
-                what = f"{len(failed)} of {len(self.workers)} workers failed; " if failed else ""
+                what = f"{len(failed)} of {plural(len(self.workers), 'worker')} failed; " if failed else ""
                 err.print(f"{what}worker logs kept in {self.log_dir}", soft_wrap=True)
         else:
             shutil.rmtree(self.log_dir, ignore_errors=True)

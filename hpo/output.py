@@ -143,13 +143,21 @@ def cell(value: Any) -> str:
     return visible(str(value))
 
 
+HEADING_FOLD = 6  # a heading over narrow values folds onto lines of this many cells ("comple", "te")
+
+
 def render_rows(rows: Sequence[dict[str, Any]], columns: Sequence[str], fmt: str, title: str | None = None,
-                unbroken: Collection[str] = ()) -> None:
+                unbroken: Collection[str] = (), name_column: str | None = None) -> None:
     """Print ``rows`` (dicts) restricted to ``columns`` as a table, JSON or CSV on stdout.
 
     ``unbroken``: table columns whose values are never folded across lines (numbers, bars): on a
     narrow terminal their headings fold and the other columns give way, and a table that still
-    does not fit is printed wider than the terminal rather than "0.1" above "2"."""
+    does not fit is printed wider than the terminal rather than "0.1" above "2".
+
+    ``name_column``: the column that names each row (a study), never folded either. When the
+    table with its names and ``unbroken`` values whole does not fit the terminal (80 columns, or
+    $COLUMNS, in a pipe), its headings folded to no fewer than HEADING_FOLD cells, the rows are
+    printed as records instead (:func:`render_records`)."""
     if fmt == "json":
         print_json([{c: row.get(c) for c in columns} for row in rows])
     elif fmt == "csv":
@@ -159,14 +167,63 @@ def render_rows(rows: Sequence[dict[str, Any]], columns: Sequence[str], fmt: str
         for row in rows:
             writer.writerow(["" if row.get(c) is None else (json.dumps(jsonable(row[c])) if isinstance(row[c], (dict, list)) else row[c]) for c in columns])
         sys.stdout.write(buffer.getvalue())
+    elif name_column is not None and _table_width(rows, columns) > out.width:
+        render_records(rows, columns, name_column, title)
     else:
         table = Table(title=None if title is None else literal(title), title_justify="left")
         for c in columns:
             widest = max((cell_len(cell(row.get(c))) for row in rows), default=0) if c in unbroken else None
-            table.add_column(literal(c), overflow="fold", min_width=widest)
+            if name_column is not None:  # it fits: names and values whole, headings folded no narrower
+                widest = _column_width(rows, c)
+            table.add_column(literal(c), overflow="fold", min_width=widest, no_wrap=c == name_column)
         for row in rows:
             table.add_row(*(Text(cell(row.get(c))) for c in columns))
         out.print(table)
+
+
+def _column_width(rows: Sequence[dict[str, Any]], column: str) -> int:
+    """Cells of ``column`` with every value whole and its heading folded to HEADING_FOLD at most."""
+    widest = max((cell_len(cell(row.get(column))) for row in rows), default=0)
+    return max(widest, min(cell_len(visible(column)), HEADING_FOLD))
+
+
+def _table_width(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> int:
+    """The width of rich's default table with :func:`_column_width` columns: a space of padding on
+    each side of every column, and a rule before, between and after them."""
+    return sum(_column_width(rows, c) + 2 for c in columns) + len(columns) + 1
+
+
+def render_records(rows: Sequence[dict[str, Any]], columns: Sequence[str], name_column: str,
+                   title: str | None = None) -> None:
+    """Each row as a record, for a terminal too narrow for its table: the row's name whole on a
+    line of its own, then its other columns as ``column value`` pairs, indented and wrapped
+    between pairs at the terminal's width; columns without a value are left out. As psql's
+    expanded display, each heading is printed beside its value, so no heading has to fold::
+
+        demo/stage-1
+          stage 1/3   status done   budget 60   epochs 2   complete 30   pruned 19
+          diverged 11   fail 0   running 0   waiting 0   best 0.9721
+    """
+    indent, gap = "  ", "   "
+    lines = [] if title is None else [visible(title)]
+    for row in rows:
+        lines.append(cell(row.get(name_column)))
+        pairs = [f"{visible(c)} {cell(row.get(c))}" for c in columns if c != name_column and cell(row.get(c)) != ""]
+        line = ""
+        for pair in pairs:
+            if line and cell_len(indent + line + gap + pair) > out.width:
+                lines.append(indent + line)
+                line = ""
+            line = f"{line}{gap}{pair}" if line else pair
+        if line:
+            lines.append(indent + line)
+    out.print(Text("\n".join(lines)))
+
+
+def plural(count: int, noun: str, plural_noun: str | None = None) -> str:
+    """``count`` and ``noun``, the noun singular for exactly one: "1 stage", "3 stages", "0 trials".
+    ``plural_noun`` when adding an "s" is not the plural ("1 directory", "2 directories")."""
+    return f"{count} {noun if count == 1 else (plural_noun or noun + 's')}"
 
 
 def one_line(error: BaseException) -> str:

@@ -21,7 +21,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from hpo.narrow import NarrowResult
-from hpo.output import literal
+from hpo.output import literal, plural
 from workers import stageplan
 from workers.space import SearchSpace
 from workers.stageplan import StagePlan
@@ -106,7 +106,7 @@ class StageWatch:
 
 
 def stage_description(plan: StagePlan, resumed: bool) -> str:
-    return f"stage {plan.stage}/{plan.stages} · {plan.epochs} epochs" + (" (resumed)" if resumed else "")
+    return f"stage {plan.stage}/{plan.stages} · {plural(plan.epochs, 'epoch')}" + (" (resumed)" if resumed else "")
 
 
 def status_parts(counts: dict[str, int], best: float | None) -> list[str]:

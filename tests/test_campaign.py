@@ -116,3 +116,20 @@ def test_launch_runs_n_local_workers_to_the_end_of_a_stage(sqlite_url):
     # fast each process started; test_worker.py checks that two workers share a budget).
     workers = {t.user_attrs["worker"] for t in optuna.load_study(study_name=plan.study_name, storage=storage).trials}
     assert 1 <= len(workers) <= 2
+    # a stage no trial had run on is not "(resumed)" (nor "1 epochs", as it once was)
+    assert "stage 1/1 · 20 epochs" in process.stderr and "(resumed)" not in process.stderr, process.stderr
+
+
+def test_launch_labels_resumed_only_a_stage_that_had_run_trials(sqlite_url):
+    storage, plan = make_stage(sqlite_url, "relaunch", trials=3, epochs=1)
+    storage.engine.dispose()
+
+    def launch(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "hpo", *args, "--study", plan.study_name],
+                              env=worker_env(sqlite_url), capture_output=True, text=True, timeout=300)
+
+    first = launch("worker", "--max-trials", "1")
+    assert first.returncode == 0, first.stderr
+    again = launch("launch", "-n", "1")
+    assert again.returncode == 0, again.stderr
+    assert "stage 1/1 · 1 epoch (resumed)" in again.stderr, again.stderr

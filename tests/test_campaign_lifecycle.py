@@ -387,7 +387,7 @@ def test_a_bare_resume_after_stage_1_was_cut_short_follows_the_stored_campaign_p
         storage.engine.dispose()
     result = hpo(sqlite_url, "search", "--name", "cut2", "--workers", "1", "--json")
     assert result.returncode == 0, result.stderr
-    assert "1 stages, trials [3], epochs [1]" in result.stderr
+    assert "1 stage, trials [3], epochs [1], 1 local worker" in result.stderr
     assert [s["budget"] for s in json.loads(result.stdout)["stages"]] == [3]
     assert_nothing_lost_or_repeated(sqlite_url, "cut2")
 

@@ -6,6 +6,9 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
+import subprocess
+import sys
 
 import optuna
 import pytest
@@ -24,6 +27,7 @@ from tests.test_inspect import (  # noqa: F401 - fixtures and builders shared wi
     _open_db,
     add_trial,
     backdate_heartbeat,
+    build_campaign,
     build_running,
     campaign_db,
     db,
@@ -98,6 +102,44 @@ def test_studies_as_table_json_and_csv(campaign_db):
     records = list(csv.reader(io.StringIO(text)))
     assert records[0] == list(inspect.STUDY_KEYS)
     assert any(r[0] == f"{campaign_db.name}-plain" for r in records[1:])
+
+
+def assert_readable_at_80_columns(text: str, names: list[str]) -> None:
+    """Every study name whole on a line of its own, and no line past 80 but the title (which
+    holds the storage URL) and the names."""
+    title, *lines = text.splitlines()
+    assert title.startswith("Studies in ")
+    for name in names:
+        assert name in lines, f"{name!r} is not whole on one line:\n{text}"
+    assert all(len(line) <= 80 for line in lines if line not in names), text
+
+
+def test_studies_at_80_columns_keep_every_name_whole(db, monkeypatch):  # noqa: F811 - a fixture
+    monkeypatch.setattr(output.out, "width", 80)
+    campaign = f"{db.name}-digits-20261127-101500"  # as long as a default campaign name, and then some
+    build_campaign(db.storage, campaign)
+    names = [r["study"] for r in inspect.list_studies(db.storage)]
+    text = hpo(db.url, "studies").stdout
+    assert_readable_at_80_columns(text, names)
+    after = text.splitlines()[text.splitlines().index(f"{campaign}/stage-2") + 1:]
+    figures = " ".join(after[:3])
+    assert "stage 2/2" in figures and "running 1" in figures and "waiting 1" in figures and "test_accuracy 0.94" in figures
+
+    monkeypatch.setattr(output.out, "width", 250)  # wide enough: the table, a row per study
+    table = hpo(db.url, "studies").stdout
+    assert all(any(name in line and "│" in line for line in table.splitlines()) for name in names), table
+
+
+def test_studies_piped_at_80_columns_keep_every_name_whole(sqlite_template, tmp_path):  # noqa: F811 - a fixture
+    url = new_sqlite_url(sqlite_template, tmp_path)
+    storage = backend.open_storage(url)
+    build_campaign(storage, "digits-20261127-101500")
+    names = [r["study"] for r in inspect.list_studies(storage)]
+    storage.engine.dispose()
+    result = subprocess.run([sys.executable, "-m", "hpo", "studies", "--storage", url], capture_output=True, text=True,
+                            env={**os.environ, "COLUMNS": "80"}, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert_readable_at_80_columns(result.stdout, names)
 
 
 def test_studies_on_an_empty_storage(sqlite_template, tmp_path):

@@ -10,6 +10,7 @@ nothing lost or repeated, and the dashboard must answer on the same database.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -137,6 +138,81 @@ def test_docker_compose_validates_the_file(tmp_path):
     result = subprocess.run(["docker-compose", "-f", str(COMPOSE), "config", "-q"], cwd=ROOT, capture_output=True,
                             text=True, timeout=60, env={**os.environ, "HPO_DB_PASSWORD_FILE_HOST": str(secret)})
     assert result.returncode == 0, result.stderr
+
+
+# -- connections per process ----------------------------------------------------------------------
+def connections_per_process() -> int:
+    """What one hpo process may hold: the pool of ``storage.backend.engine_kwargs``."""
+    from storage import backend
+
+    kwargs = backend.engine_kwargs("postgresql+psycopg://hpo@db/hpo")
+    return kwargs["pool_size"] + kwargs["max_overflow"]
+
+
+def test_the_compose_file_and_the_cluster_docs_give_the_connections_each_process_holds():
+    compose_says = re.findall(r"#.*?(\d+) connections", COMPOSE.read_text())
+    docs_say = re.findall(r"\*\*at most (\d+) connections\*\*", (ROOT / "docs" / "cluster.md").read_text())
+    assert compose_says and docs_say
+    assert {int(n) for n in compose_says + docs_say} == {connections_per_process()}
+
+
+def _server_sockets(port: int) -> set[str]:
+    """Inodes of the established TCP connections to ``port`` on this machine (Linux /proc)."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with open(table) as f:
+            for line in list(f)[1:]:
+                fields = line.split()
+                if int(fields[2].rsplit(":", 1)[1], 16) == port and fields[3] == "01":
+                    inodes.add(fields[9])
+    return inodes
+
+
+def _sockets_held(pid: int, inodes: set[str]) -> int:
+    held = 0
+    with contextlib.suppress(OSError):
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            with contextlib.suppress(OSError):
+                link = os.readlink(f"/proc/{pid}/fd/{fd}")
+                held += link.startswith("socket:[") and link[8:-1] in inodes
+    return held
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for entry in os.listdir("/proc"):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            if entry.isdigit() and int(Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                found.append(int(entry))
+    return found
+
+
+@pytest.mark.slow
+@pytest.mark.postgres
+@pytest.mark.skipif(not Path("/proc/net/tcp").exists(), reason="reads the connections of each process from Linux's /proc")
+def test_no_hpo_process_holds_more_connections_than_the_docs_say(postgres_url, tmp_path):
+    """A whole search with two local workers; each process's connections to the server sampled
+    every 20 ms."""
+    port = make_url(postgres_url).port or 5432
+    with open(tmp_path / "search.log", "wb") as log:
+        search = subprocess.Popen(
+            [sys.executable, "-m", "hpo", "search", "--name", "pooled", "--workers", "2", "--stages", "2", "--trials", "6,3",
+             "--epochs", "1,2", "--param", "hidden_sizes=32", "--no-report", "--storage", postgres_url],
+            cwd=tmp_path, env={**os.environ, "OPENBLAS_NUM_THREADS": "1"}, stdout=subprocess.DEVNULL, stderr=log,
+        )
+    peaks: dict[int, int] = {}
+    try:
+        while search.poll() is None:
+            inodes = _server_sockets(port)
+            for pid in (search.pid, *_children(search.pid)):
+                peaks[pid] = max(peaks.get(pid, 0), _sockets_held(pid, inodes))
+            time.sleep(0.02)
+        assert search.wait() == 0, (tmp_path / "search.log").read_text()
+    finally:
+        if search.poll() is None:
+            search.kill()
+    assert sum(peak > 0 for peak in peaks.values()) == 3, peaks  # the coordinator and both workers were seen
+    assert max(peaks.values()) <= connections_per_process(), peaks
 
 
 # -- the services as local processes ------------------------------------------------------------

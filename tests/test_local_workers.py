@@ -63,7 +63,7 @@ def test_a_worker_that_failed_by_itself_is_reported_and_its_log_kept(temp_dir, c
     [folder] = log_folders(temp_dir)
     assert (folder / "worker-0.log").read_text().strip()
     lines = capsys.readouterr().err.strip().splitlines()
-    assert lines == [f"1 of 1 workers failed; worker logs kept in {folder}"]
+    assert lines == [f"1 of 1 worker failed; worker logs kept in {folder}"]
 
 
 def test_logs_asked_for_are_kept_and_their_place_said_once(sqlite_url, temp_dir, capsys):

@@ -359,7 +359,7 @@ def test_one_hidden_layer_in_a_plain_study():
     assert isinstance(dead, Figure)
     (heatmap,) = dead.figure.data
     assert [list(row) for row in heatmap.z] == [[0.0, 0.5]] and list(heatmap.x) == ["#1, lr 0.01", "#0, lr 0.1"]
-    assert "2 trials without a dead-unit measure" in dead.caption
+    assert "left out: 2 trials without a dead-unit measure" in dead.caption
     assert isinstance(saturation, Figure) and points(saturation.figure) == {("plain", 2, "tanh, layer 1"): (0.03, 0.4)}
     assert isinstance(ratio, Figure) and len(points(ratio.figure)) == 6
     render_page("t", [section])

@@ -246,7 +246,7 @@ def test_timeline_bars_are_the_stored_start_and_end_per_worker(campaign):
     assert by_key[retry].state.name == "WAITING" and retry not in bars
     assert bars[requeued][4] == REQUEUED_PATTERN
     assert {b[4] for k, b in bars.items() if k != requeued} == {""}
-    assert "1 trial not started yet" in words(section)
+    assert "Not drawn: 1 trial not started yet" in words(section)
 
 
 @pytest.mark.slow

@@ -165,7 +165,7 @@ def test_the_build_context_leaves_secrets_and_databases_out():
     assert ignore[0] == "*" or "*" in ignore, "everything is excluded unless listed"
     admitted = [line[1:].rstrip("/") for line in ignore if line.startswith("!")]
     assert "secrets" not in admitted and ".git" not in admitted
-    assert set(admitted) <= {"pyproject.toml", "README.md", "storage", "workers", "hpo", "docker"}
+    assert set(admitted) <= {"pyproject.toml", "README.md", "LICENSE", "storage", "workers", "hpo", "docker"}
 
 
 # -- datasets ----------------------------------------------------------------------------------

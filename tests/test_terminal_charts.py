@@ -16,7 +16,7 @@ from optuna.trial import TrialState
 import hpo.cli_inspect  # noqa: F401 - registers the commands on the group
 from hpo import inspect, output
 from hpo.cli import cli
-from hpo.output import BAR_EIGHTHS, bar, downsample, sparkline, sparkline_lines, with_bars
+from hpo.output import BAR_EIGHTHS, bar, downsample, plural, sparkline, sparkline_lines, with_bars
 from storage import backend
 from tests.helpers import make_stage, worker_env
 from tests.test_inspect import add_trial, db, pg_test_url, sqlite_template, trial_attrs  # noqa: F401 - fixtures
@@ -266,3 +266,9 @@ def test_no_chart_on_a_trial_without_a_curve_or_layers(stored):
     assert result.exit_code == 0 and "ValueError: bad" in result.stdout
     assert not set(result.stdout) & set(BLOCKS + BAR_EIGHTHS) and "min " not in result.stdout
 
+
+
+# -- counts in words -----------------------------------------------------------------------------
+def test_a_count_of_one_takes_the_singular():
+    assert [plural(n, "stage") for n in (0, 1, 2)] == ["0 stages", "1 stage", "2 stages"]
+    assert plural(1, "local worker") == "1 local worker" and plural(3, "directory", "directories") == "3 directories"

@@ -16,6 +16,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from hpo.output import plural
 from hpo.report.collect import ReportData, collect
 from hpo.report.page import Figure, Section, Words, render_page
 from hpo.report.sections_layers import layers_section
@@ -44,7 +45,7 @@ def banner(data: ReportData) -> str | None:
         waiting = sum(t.outcome == "WAITING" for t in trials)
         where = f"stage {len(data.stages)} of {data.planned_stages}" if data.campaign else "trials are still queued or running"
         return (
-            f"Still running ({where}; {running} trials running, {waiting} queued): this report shows what existed "
+            f"Still running ({where}; {plural(running, 'trial')} running, {waiting} queued): this report shows what existed "
             "when it was written. Run hpo report again for a newer one."
         )
     if trials and all(t.outcome == "DIVERGED" for t in trials if t.outcome != "FAIL"):
@@ -58,6 +59,7 @@ INIT_SECTION = ("why-initialization", "Why initialization matters, on your data"
 def run_init_experiment(dataset: str | None, seed: int = 0) -> dict | str:
     """The lecture's initialization experiment on the campaign's own training inputs, or why
     it could not run here (the dataset is a file on another machine, say)."""
+    from hpo.extras import missing_extra
     from workers.data.datasets import DatasetError, load_dataset
     from workers.init_experiment import init_experiment
 
@@ -66,7 +68,8 @@ def run_init_experiment(dataset: str | None, seed: int = 0) -> dict | str:
     try:
         return init_experiment(load_dataset(dataset, seed=seed).X_train, seed=seed)
     except (DatasetError, OSError, ValueError) as e:
-        return f"the dataset {dataset} could not be loaded here ({e}), so the experiment did not run"
+        why = missing_extra(e) or str(e)
+        return f"the dataset {dataset} could not be loaded here ({why}), so the experiment did not run"
 
 
 def _init_section(data: ReportData) -> Section:

@@ -25,6 +25,7 @@ from typing import Any
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from hpo.output import plural
 from hpo.report.collect import FINISHED, ReportData, TrialView
 from hpo.report.common import (
     FADED_OPACITY, GL_ABOVE, MAX_POINTS, PALETTE, SOLID_OPACITY, UPDATE_RATIO_RULE, faded, hover, layout, plot_text, sample, sampled_note, show,
@@ -303,7 +304,7 @@ def _dead_heatmap(data: ReportData) -> Item:
     caption = (
         "Each column is a trial (sorted left to right by learning rate), each row a hidden layer, and the colour the "
         "fraction of its units that output nothing for every probe example after the last epoch (dark: dead)"
-        + (f"; {left_out} trials without a dead-unit measure (sigmoid, tanh, or not complete) are left out" if left_out else "")
+        + (f"; left out: {plural(left_out, 'trial')} without a dead-unit measure (sigmoid, tanh, or not complete)" if left_out else "")
         + "."
     )
     if sampled:

@@ -13,6 +13,7 @@ from typing import Any
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from hpo.output import plural
 from hpo.report.collect import OUTCOMES, ReportData, StageView, TrialView
 from hpo.report.common import (
     FADED_OPACITY, SOLID_OPACITY, color_map, faded, hover, layout, plot_text, sample, sampled_note, scatter, show,
@@ -151,7 +152,7 @@ def _coarse_figure(stage: StageView, x_name: str, colors: dict[Any, str]) -> Fig
             marker={"symbol": "star", "size": 18, "color": "gold", "line": {"color": "black", "width": 1}},
             text=[hover(best)], hovertemplate="%{text}<extra></extra>",
         ))
-    epochs = f", {stage.epochs} epoch{'s' if stage.epochs != 1 else ''} per trial" if stage.epochs else ""
+    epochs = f", {plural(stage.epochs, 'epoch')} per trial" if stage.epochs else ""
     layout(figure, title=plot_text(f"{stage.study}{epochs}"), xaxis_title=plot_text(x_name), yaxis_title="validation accuracy", height=560,
            legend={"orientation": "h", "y": -0.2, "font": {"size": 11}})
     if log_x:
@@ -249,7 +250,7 @@ def history_section(data: ReportData) -> Section:
             continue
         figure.add_trace(scatter(
             x=[index[id(t)] for t in group], y=[_trial_y(t, floor) for t in group], mode="markers",
-            name=f"stage {stage.stage}" + (f" ({stage.epochs} epochs)" if stage.epochs else ""),
+            name=f"stage {stage.stage}" + (f" ({plural(stage.epochs, 'epoch')})" if stage.epochs else ""),
             marker={"color": stage_colors[stage.stage], "size": 7, "opacity": [FADED_OPACITY if faded(t) else SOLID_OPACITY for t in group],
                     "symbol": ["x" if t.outcome == "DIVERGED" else "circle" for t in group]},
             text=[hover(t) for t in group], hovertemplate="%{text}<extra></extra>",

@@ -20,6 +20,7 @@ from typing import Any
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from hpo.output import plural
 from hpo.report import common
 from hpo.report.collect import ReportData, StageView, TrialView
 from hpo.report.page import Figure, Section, Table, Words
@@ -330,7 +331,7 @@ def _stage_curves(stage: StageView) -> list[Figure | Words]:
     if longest < 2:
         epochs = stage.epochs or 1
         items.append(Words(
-            f"Curves need 2 or more epochs: the trials of {title} trained {epochs} epoch{'s' if epochs != 1 else ''} "
+            f"Curves need 2 or more epochs: the trials of {title} trained {plural(epochs, 'epoch')} "
             "each, so each trial below is a single point."
         ))
     if not top:
@@ -562,10 +563,7 @@ def workers_section(data: ReportData) -> Section:
     else:
         waiting = len(trials) - len(bars)
         if waiting:
-            items.append(Words(
-                f"{waiting} trial not started yet (waiting) is not drawn." if waiting == 1
-                else f"{waiting} trials not started yet (waiting) are not drawn."
-            ))
+            items.append(Words(f"Not drawn: {plural(waiting, 'trial')} not started yet (waiting)."))
         items.append(_timeline_figure(data, bars))
         # A waiting retry carries the attrs of the trial it retries, its worker among them:
         # only a trial that started was run by the worker it names.
