@@ -133,12 +133,13 @@ def test_only_a_terminal_gets_live_bars(tmp_path):
 # -- a real search, its stderr piped ---------------------------------------------------------
 @pytest.mark.slow
 def test_a_piped_search_prints_a_plain_line_per_trial_with_the_time_left(tmp_path):
-    # One worker, trials of a few seconds each (longer than PLAIN_EVERY_SECONDS), so each finish
-    # is its own line. FORCE_COLOR would make rich take the pipe for a terminal: it must not.
+    # One worker, trials of a few seconds each (longer than PLAIN_EVERY_SECONDS), so a finish is
+    # usually its own line; on a machine fast enough to finish two within PLAIN_EVERY_SECONDS they
+    # share one, which the rule allows. FORCE_COLOR would make rich take the pipe for a terminal: it must not.
     env = {**os.environ, "FORCE_COLOR": "1", "OPENBLAS_NUM_THREADS": "1"}
     process = subprocess.run(
         [sys.executable, "-m", "hpo", "search", "--name", "piped", "--stages", "1", "--trials", "4",
-         "--epochs", "110", "--workers", "1", "--pruner", "none", "--no-report", "--json",
+         "--epochs", "250", "--workers", "1", "--pruner", "none", "--no-report", "--json",
          "--storage", f"sqlite:///{tmp_path / 'hpo.db'}",
          "--param", "hidden_sizes=64", "--param", "batch_size=8", "--param", "lr=0.01",
          "--param", "activation=relu", "--param", "bn=true", "--param", "init=he"],
@@ -146,9 +147,10 @@ def test_a_piped_search_prints_a_plain_line_per_trial_with_the_time_left(tmp_pat
     )
     assert process.returncode == 0, process.stderr
     assert not CONTROL.search(process.stderr), repr(process.stderr)
-    lines = [line for line in process.stderr.splitlines() if line.startswith("stage 1/1 · 110 epochs: ")]
+    lines = [line for line in process.stderr.splitlines() if line.startswith("stage 1/1 · 250 epochs: ")]
     shown = [int(re.search(r": (\d)/4 finished", line)[1]) for line in lines]
-    assert shown == sorted(shown) and set(shown) == {0, 1, 2, 3, 4}, process.stderr  # a line per trial
+    assert shown == sorted(shown) and {0, 4} <= set(shown) and len(set(shown)) >= 4, process.stderr
+    assert any(2 <= done < 4 for done in shown), process.stderr
     for line in lines:
         done = int(re.search(r": (\d)/4 finished", line)[1])
         told = re.search(r" · ~\d+:\d\d left$", line)
