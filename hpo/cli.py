@@ -33,7 +33,7 @@ from workers.data.datasets import DatasetError
 from workers.knobs import KNOBS, Knob, parse_layers
 from workers.space import SpaceError, build_space
 from workers.stageplan import StagePlan
-from workers.strategy import PRUNERS, SAMPLERS
+from workers.strategy import PRUNERS, SAMPLERS, check_sampler
 from workers.train import TrainConfig, TrainingDiverged
 
 # Errors that mean "the input is wrong": one line, exit 2.
@@ -304,6 +304,7 @@ def search(ctx, name, dataset, stages, trials, epochs, workers, sampler, pruner,
             spec = campaign_mod.reconcile(stored_spec, requested, len(plans), replan=replan)
         data = cached_dataset(spec.dataset, spec.seed)  # a bad dataset fails here, before anything is written
         check_feasible(spec.space, data, spec.cv)
+        check_sampler(spec.sampler, spec.space)
         what = "resuming campaign" if stored else "campaign"
         err.print(f"{what} {name} on {mask_url(storage_url)}: {spec.stages} stages, "
                   f"trials {spec.trials}, epochs {spec.epochs}, {workers} local workers")

@@ -14,6 +14,7 @@ from optuna.storages import RDBStorage
 
 from hpo import inspect
 from hpo.output import (
+    NOT_APPLICABLE_CELL,
     UsageError,
     err,
     format_option,
@@ -104,7 +105,9 @@ def trials(study, states, where, sort, limit, columns, fmt, storage_url) -> None
     the reason a trial was pruned or failed. STUDY is a study name, or a campaign name for its newest stage. In --where, numbers
     compare as numbers (1e-3 < 0.01) and text case-insensitively; a trial without a value for
     the column passes only !=. A parameter may also be named by its short alias (lr, wd, bs, ...)
-    in --where, --sort and --columns. JSON: a list of objects keyed by the shown columns.
+    in --where, --sort and --columns. A parameter a trial did not sample because it does not
+    apply there (momentum with adam) shows as n/a and counts as without a value. JSON: a list
+    of objects keyed by the shown columns (null where a parameter does not apply).
 
     \b
     Examples:
@@ -115,7 +118,10 @@ def trials(study, states, where, sort, limit, columns, fmt, storage_url) -> None
     with opened(storage_url) as storage:
         selection = inspect.select_trials(storage, study, states=states, where=where, sort=sort, limit=limit, columns=columns)
     title = f"{selection.study}: {len(selection.rows)} of {selection.total} trials"
-    render_rows(selection.rows, selection.columns, fmt, title=title)
+    rows = selection.rows
+    if fmt == "table":  # a parameter a trial did not sample reads n/a (JSON: null, CSV: empty)
+        rows = [{**row, **dict.fromkeys(row.get(inspect.NOT_APPLICABLE, ()), NOT_APPLICABLE_CELL)} for row in rows]
+    render_rows(rows, selection.columns, fmt, title=title)
 
 
 @click.command()
@@ -145,6 +151,7 @@ def trial(study, number, fmt, storage_url) -> None:
         return
     render_rows(inspect.summary_rows(record), ["field", "value"], "table", title=f"{record['study']} trial {record['number']}")
     params = [{"param": k, "value": v} for k, v in record["params"].items()]
+    params += [{"param": k, "value": NOT_APPLICABLE_CELL} for k in record["not_applicable"]]
     if params:
         render_rows(params, ["param", "value"], "table", title="Parameters")
     stored = read_record(record["user_attrs"])
@@ -175,8 +182,8 @@ def best(study, top, fmt, storage_url) -> None:
 
     Value, parameters and seed of each. STUDY is a study name, or a campaign name for its newest stage; for a campaign the final
     result (the best configuration retrained and tested once) is shown too, when there is one.
-    JSON: {study, campaign, direction, trials: [{rank, number, value, params, seed,
-    train_accuracy}], final}. CSV: one row per trial, one column per parameter.
+    JSON: {study, campaign, direction, trials: [{rank, number, value, params, not_applicable,
+    seed, train_accuracy}], final}. CSV: one row per trial, one column per parameter.
 
     \b
     Examples:
@@ -188,8 +195,11 @@ def best(study, top, fmt, storage_url) -> None:
     if fmt == "json":
         print_json(result)
         return
-    rows = [{**{k: v for k, v in t.items() if k != "params"}, **t["params"]} for t in result["trials"]]
-    columns = ["rank", "number", "value", *inspect.row_columns([t["params"] for t in result["trials"]]), "seed", "train_accuracy"]
+    rows = [{**{k: v for k, v in t.items() if k not in ("params", "not_applicable")}, **t["params"],
+             **(dict.fromkeys(t["not_applicable"], NOT_APPLICABLE_CELL) if fmt == "table" else {})}
+            for t in result["trials"]]
+    columns = ["rank", "number", "value", *inspect.row_columns([{**t["params"], **dict.fromkeys(t["not_applicable"])} for t in result["trials"]]),
+               "seed", "train_accuracy"]
     render_rows(rows, columns, fmt, title=f"Best {len(rows)} complete trials of {result['study']} ({result['direction']})")
     if fmt == "table" and not rows:
         err.print(f"no complete trials in {result['study']} yet", soft_wrap=True)

@@ -35,6 +35,7 @@ from storage.url import is_sqlite, mask_url, sqlite_path
 from workers import stageplan
 from workers.knobs import canonical_name
 from workers.record import Curve, Diagnostics, Timings, read_record
+from workers.space import SearchSpace, SpaceError
 
 STATES = ("COMPLETE", "PRUNED", "FAIL", "RUNNING", "WAITING")
 # What the views count: the states, with diverged trials (stored PRUNED) apart from pruned ones.
@@ -51,6 +52,8 @@ TRIAL_COLUMNS = ("number", "state", "value", "duration", "worker", "reason")
 # ... and available to --columns / --sort / --where.
 EXTRA_TRIAL_COLUMNS = ("seed", "train_accuracy", "train_seconds", "overhead_seconds", "retry_of", "started", "completed")
 OPERATORS = ("!=", "<=", ">=", "==", "=", "<", ">")  # longest first, so "<=" is not read as "<"
+# The key of a trial row listing its parameter columns that do not apply to it (no column).
+NOT_APPLICABLE = "not_applicable"
 
 
 class QueryError(ValueError):
@@ -201,7 +204,8 @@ def select_trials(
     study_id = storage.get_study_id_from_name(study_name)
     trials = storage.get_all_trials(study_id, deepcopy=False, states=wanted_states)
     params = _param_names(storage, study_name, trials)
-    rows = [trial_row(t, params) for t in trials]
+    space = stage_space(storage, study_name)
+    rows = [trial_row(t, params, space) for t in trials]
     default = [*TRIAL_COLUMNS[:3], *params.values(), *TRIAL_COLUMNS[3:]]
     known = [*default, *EXTRA_TRIAL_COLUMNS]
     conditions = [replace(c, column=_column(c.column, known)) for c in conditions]
@@ -219,8 +223,12 @@ def select_trials(
     return TrialSelection(study_name, selected, shown, matched, len(rows))
 
 
-def trial_row(trial: FrozenTrial, params: dict[str, str]) -> dict[str, Any]:
-    """The flat row of one trial; ``params`` maps parameter names to their column names."""
+def trial_row(trial: FrozenTrial, params: dict[str, str], space: SearchSpace | None = None) -> dict[str, Any]:
+    """The flat row of one trial; ``params`` maps parameter names to their column names.
+
+    A parameter the trial did not sample because its condition in the stage's ``space`` does
+    not hold is None like any missing value, and its column is listed under
+    ``NOT_APPLICABLE`` (a table shows it as "n/a", not as blank or a default)."""
     record = read_record(trial)
     timings = record.timings or Timings()
     values = trial_params(trial)
@@ -239,7 +247,25 @@ def trial_row(trial: FrozenTrial, params: dict[str, str]) -> dict[str, Any]:
         "retry_of": trial.system_attrs.get("failed_trial"),
         "started": trial.datetime_start.isoformat(timespec="seconds") if trial.datetime_start else None,
         "completed": trial.datetime_complete.isoformat(timespec="seconds") if trial.datetime_complete else None,
+        NOT_APPLICABLE: [column for param, column in params.items() if not_applicable(space, param, values)],
     }
+
+
+def stage_space(storage: RDBStorage, study_name: str) -> SearchSpace | None:
+    """The search space of an hpo stage (None for a study hpo did not create, or a plan that
+    cannot be read)."""
+    plan = stageplan.read_plan(storage, study_name)
+    try:
+        return SearchSpace.from_dict(plan.space) if plan is not None else None
+    except SpaceError:
+        return None
+
+
+def not_applicable(space: SearchSpace | None, name: str, params: dict[str, Any]) -> bool:
+    """Whether parameter ``name`` is missing from a trial's sampled ``params`` because its
+    condition in ``space`` does not hold (momentum for a trial of adam)."""
+    return (space is not None and bool(params) and name not in params and name in space
+            and not space.applies(name, params))
 
 
 def trial_params(trial: FrozenTrial) -> dict[str, Any]:
@@ -314,7 +340,8 @@ def _compare(actual: float, op: str, wanted: float) -> bool:
 def trial_record(storage: RDBStorage, name: str, number: int) -> dict[str, Any]:
     """Everything stored about one trial, as Optuna holds it, plus its retry links.
 
-    Keys: study, number, state, value, params, datetime_start, datetime_complete,
+    Keys: study, number, state, value, params, not_applicable (the stage's parameters the
+    trial did not sample because their condition does not hold), datetime_start, datetime_complete,
     duration_seconds, heartbeat_age_seconds (RUNNING trials), intermediate_values (step ->
     value), user_attrs (as stored: workers.record describes them), system_attrs, retry
     {retry_of, history, retried_as}.
@@ -326,12 +353,14 @@ def trial_record(storage: RDBStorage, name: str, number: int) -> dict[str, Any]:
     if trial is None:
         raise QueryError(f"no trial {number} in {study_name!r} (it has {len(trials)} trials, numbered from 0)")
     ages = {hb["number"]: hb["age"] for hb in records.running_heartbeats(storage, study_id)}
+    space = stage_space(storage, study_name)
     return {
         "study": study_name,
         "number": trial.number,
         "state": trial.state.name,
         "value": trial.value if trial.values is not None and len(trial.values) == 1 else None,
         "params": trial_params(trial),
+        "not_applicable": [name for name in (space or ()) if not_applicable(space, name, trial_params(trial))],
         "datetime_start": trial.datetime_start.isoformat() if trial.datetime_start else None,
         "datetime_complete": trial.datetime_complete.isoformat() if trial.datetime_complete else None,
         "duration_seconds": trial.duration.total_seconds() if trial.duration is not None else None,
@@ -415,7 +444,8 @@ def best_trials(storage: RDBStorage, name: str, top: int = 5) -> dict[str, Any]:
     """The ``top`` best COMPLETE trials; for a campaign name also its final result.
 
     Keys: study, campaign (None when ``name`` named a study), direction, trials (each: rank,
-    number, value, params, seed, train_accuracy), final (the campaign's ``hpo_result`` or None).
+    number, value, params, not_applicable (as in :func:`trial_record`), seed, train_accuracy),
+    final (the campaign's ``hpo_result`` or None).
     """
     study_name, campaign = resolve_study(storage, name)
     study_id = storage.get_study_id_from_name(study_name)
@@ -426,6 +456,7 @@ def best_trials(storage: RDBStorage, name: str, top: int = 5) -> dict[str, Any]:
     complete = [t for t in storage.get_all_trials(study_id, deepcopy=False, states=(TrialState.COMPLETE,)) if t.value is not None]
     complete.sort(key=lambda t: (-t.value if maximize else t.value, t.number))
     final = records.study_attrs(storage, study_name).get(records.RESULT_ATTR) if campaign else None
+    space = stage_space(storage, study_name)
     return {
         "study": study_name,
         "campaign": campaign,
@@ -436,6 +467,7 @@ def best_trials(storage: RDBStorage, name: str, top: int = 5) -> dict[str, Any]:
                 "number": t.number,
                 "value": t.value,
                 "params": dict(t.params),
+                "not_applicable": [name for name in (space or ()) if not_applicable(space, name, t.params)],
                 "seed": record.seed,
                 "train_accuracy": record.train_accuracy,
             }
