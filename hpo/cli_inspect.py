@@ -146,12 +146,13 @@ def trial(study, number, fmt, storage_url) -> None:
     """
     with opened(storage_url) as storage:
         record = inspect.trial_record(storage, study, number)
+        space = inspect.stage_space(storage, record["study"]) if fmt != "json" else None
     if fmt == "json":
         print_json(record)
         return
     render_rows(inspect.summary_rows(record), ["field", "value"], "table", title=f"{record['study']} trial {record['number']}")
     params = [{"param": k, "value": v} for k, v in record["params"].items()]
-    params += [{"param": k, "value": NOT_APPLICABLE_CELL} for k in record["not_applicable"]]
+    params += [{"param": k, "value": NOT_APPLICABLE_CELL} for k in inspect.not_applicable_names(space, record["params"])]
     if params:
         render_rows(params, ["param", "value"], "table", title="Parameters")
     stored = read_record(record["user_attrs"])
@@ -182,8 +183,8 @@ def best(study, top, fmt, storage_url) -> None:
 
     Value, parameters and seed of each. STUDY is a study name, or a campaign name for its newest stage; for a campaign the final
     result (the best configuration retrained and tested once) is shown too, when there is one.
-    JSON: {study, campaign, direction, trials: [{rank, number, value, params, not_applicable,
-    seed, train_accuracy}], final}. CSV: one row per trial, one column per parameter.
+    JSON: {study, campaign, direction, trials: [{rank, number, value, params, seed,
+    train_accuracy}], final}. CSV: one row per trial, one column per parameter.
 
     \b
     Examples:
@@ -192,14 +193,15 @@ def best(study, top, fmt, storage_url) -> None:
     """
     with opened(storage_url) as storage:
         result = inspect.best_trials(storage, study, top)
+        space = inspect.stage_space(storage, result["study"]) if fmt == "table" else None
     if fmt == "json":
         print_json(result)
         return
-    rows = [{**{k: v for k, v in t.items() if k not in ("params", "not_applicable")}, **t["params"],
-             **(dict.fromkeys(t["not_applicable"], NOT_APPLICABLE_CELL) if fmt == "table" else {})}
-            for t in result["trials"]]
-    columns = ["rank", "number", "value", *inspect.row_columns([{**t["params"], **dict.fromkeys(t["not_applicable"])} for t in result["trials"]]),
-               "seed", "train_accuracy"]
+    # A parameter a trial did not sample reads n/a in the table (CSV: an empty field).
+    params = [{**t["params"], **dict.fromkeys(inspect.not_applicable_names(space, t["params"]), NOT_APPLICABLE_CELL)}
+              for t in result["trials"]]
+    rows = [{**{k: v for k, v in t.items() if k != "params"}, **p} for t, p in zip(result["trials"], params)]
+    columns = ["rank", "number", "value", *inspect.row_columns(params), "seed", "train_accuracy"]
     render_rows(rows, columns, fmt, title=f"Best {len(rows)} complete trials of {result['study']} ({result['direction']})")
     if fmt == "table" and not rows:
         err.print(f"no complete trials in {result['study']} yet", soft_wrap=True)

@@ -268,6 +268,12 @@ def not_applicable(space: SearchSpace | None, name: str, params: dict[str, Any])
             and not space.applies(name, params))
 
 
+def not_applicable_names(space: SearchSpace | None, params: dict[str, Any]) -> list[str]:
+    """The parameters of ``space`` a trial with these ``params`` did not sample because they do
+    not apply to it, in the space's order (what a table shows as n/a)."""
+    return [name for name in (space or ()) if not_applicable(space, name, params)]
+
+
 def trial_params(trial: FrozenTrial) -> dict[str, Any]:
     """The trial's parameters; for a queued (WAITING) trial, the ones it was queued with."""
     if trial.params or trial.state != TrialState.WAITING:
@@ -340,8 +346,7 @@ def _compare(actual: float, op: str, wanted: float) -> bool:
 def trial_record(storage: RDBStorage, name: str, number: int) -> dict[str, Any]:
     """Everything stored about one trial, as Optuna holds it, plus its retry links.
 
-    Keys: study, number, state, value, params, not_applicable (the stage's parameters the
-    trial did not sample because their condition does not hold), datetime_start, datetime_complete,
+    Keys: study, number, state, value, params, datetime_start, datetime_complete,
     duration_seconds, heartbeat_age_seconds (RUNNING trials), intermediate_values (step ->
     value), user_attrs (as stored: workers.record describes them), system_attrs, retry
     {retry_of, history, retried_as}.
@@ -353,14 +358,12 @@ def trial_record(storage: RDBStorage, name: str, number: int) -> dict[str, Any]:
     if trial is None:
         raise QueryError(f"no trial {number} in {study_name!r} (it has {len(trials)} trials, numbered from 0)")
     ages = {hb["number"]: hb["age"] for hb in records.running_heartbeats(storage, study_id)}
-    space = stage_space(storage, study_name)
     return {
         "study": study_name,
         "number": trial.number,
         "state": trial.state.name,
         "value": trial.value if trial.values is not None and len(trial.values) == 1 else None,
         "params": trial_params(trial),
-        "not_applicable": [name for name in (space or ()) if not_applicable(space, name, trial_params(trial))],
         "datetime_start": trial.datetime_start.isoformat() if trial.datetime_start else None,
         "datetime_complete": trial.datetime_complete.isoformat() if trial.datetime_complete else None,
         "duration_seconds": trial.duration.total_seconds() if trial.duration is not None else None,
@@ -444,8 +447,7 @@ def best_trials(storage: RDBStorage, name: str, top: int = 5) -> dict[str, Any]:
     """The ``top`` best COMPLETE trials; for a campaign name also its final result.
 
     Keys: study, campaign (None when ``name`` named a study), direction, trials (each: rank,
-    number, value, params, not_applicable (as in :func:`trial_record`), seed, train_accuracy),
-    final (the campaign's ``hpo_result`` or None).
+    number, value, params, seed, train_accuracy), final (the campaign's ``hpo_result`` or None).
     """
     study_name, campaign = resolve_study(storage, name)
     study_id = storage.get_study_id_from_name(study_name)
@@ -456,7 +458,6 @@ def best_trials(storage: RDBStorage, name: str, top: int = 5) -> dict[str, Any]:
     complete = [t for t in storage.get_all_trials(study_id, deepcopy=False, states=(TrialState.COMPLETE,)) if t.value is not None]
     complete.sort(key=lambda t: (-t.value if maximize else t.value, t.number))
     final = records.study_attrs(storage, study_name).get(records.RESULT_ATTR) if campaign else None
-    space = stage_space(storage, study_name)
     return {
         "study": study_name,
         "campaign": campaign,
@@ -467,7 +468,6 @@ def best_trials(storage: RDBStorage, name: str, top: int = 5) -> dict[str, Any]:
                 "number": t.number,
                 "value": t.value,
                 "params": dict(t.params),
-                "not_applicable": [name for name in (space or ()) if not_applicable(space, name, t.params)],
                 "seed": record.seed,
                 "train_accuracy": record.train_accuracy,
             }

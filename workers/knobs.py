@@ -31,6 +31,7 @@ numerical core's registries, so the training loop may import it.
 
 from __future__ import annotations
 
+import difflib
 import math
 import re
 from collections.abc import Mapping
@@ -138,7 +139,8 @@ class Condition:
         for raw, given in mapping.items():
             parent = canonical_name(raw)
             if parent is None or not KNOBS[parent].searched:
-                raise KnobError(f"a condition names unknown knob {raw!r}")
+                close = difflib.get_close_matches(str(raw), [n for n, k in KNOBS.items() if k.searched], n=1)
+                raise KnobError(f"a condition names unknown knob {raw!r}" + (f"; did you mean {close[0]}?" if close else ""))
             knob = KNOBS[parent]
             if knob.kind not in CONDITION_KINDS:
                 names = ", ".join(n for n, k in KNOBS.items() if k.kind in CONDITION_KINDS and k.searched)

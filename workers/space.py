@@ -21,7 +21,9 @@ A worker turns the whole space into Optuna distributions at once
 (``space.to_distributions()``) and suggests each parameter that applies on a new trial, in
 ``space.sampling_order()`` (the first suggestion samples every unconditional parameter in
 one relative-sampling call), then ``space.to_train_kwargs(trial.params)`` gives the
-``TrainConfig`` keyword arguments.
+``TrainConfig`` keyword arguments. ``epochs`` and ``seed`` are not search parameters: each
+stage of a campaign trains for a fixed number of epochs, and each trial's seed comes from
+the stage seed.
 
 Conditional parameters
 ----------------------
@@ -33,8 +35,7 @@ such a parameter only where its condition holds, so its ``params`` lack it elsew
 trains with the knob's default, unused. ``space.condition(name)`` is its condition,
 ``space.applies(name, params)`` whether it holds. ``build_space`` refuses a parameter
 named by the user whose condition can never hold (``momentum`` searched while
-``optimizer`` stays adam). ``epochs`` and ``seed`` are not search parameters: each stage of a campaign
-trains for a fixed number of epochs, and each trial's seed comes from the stage seed.
+``optimizer`` stays adam).
 
 Writing a space
 ---------------
@@ -68,8 +69,8 @@ In a TOML file, under ``[params]``; each value is a shorthand string, a plain va
     activation = ["relu", "tanh"]        # an array is a choice
     batch_norm = [true, false]
     hidden_sizes = ["100-100", [200]]    # "100-100" or an array of widths
-    optimizer = "adam"                   # a single value is fixed
-    momentum = 0.9
+    dtype = "float32"                    # a single value is fixed
+    optimizer = ["sgd", "nesterov", "adam"]
 
     [params.weight_decay]
     low = 1e-6
@@ -84,8 +85,8 @@ In a TOML file, under ``[params]``; each value is a shorthand string, a plain va
     [params.initializer]
     choices = ["xavier", "he"]
 
-    [params.momentum]                    # conditional: sampled only with these optimizers
-    low = 0.5
+    [params.momentum]                    # sampled only with nesterov (its own condition
+    low = 0.5                            # is momentum or nesterov)
     high = 0.99
     when = { optimizer = ["nesterov"] }
 
