@@ -159,7 +159,12 @@ def reconcile(stored: CampaignSpec, requested: dict[str, Any], started: int, *, 
                 kept = current[key][:n]
                 wanted[key] = kept + default[len(kept):]
     if "space" in wanted:
-        wanted["space"] = wanted["space"].to_dict()
+        space = wanted["space"]
+        # A campaign stored before conditions existed samples every parameter of its space in
+        # every trial; the same parameters asked for again are that space, not a new one.
+        if not stored.space.conditions and SearchSpace(dict(space), conditions={}) == stored.space:
+            space = stored.space
+        wanted["space"] = space.to_dict()
     changes = {k: (current[k], v) for k, v in wanted.items() if _differs(current[k], v)}
     if not changes:
         return stored
@@ -311,8 +316,10 @@ def narrow_from(storage, parent: StagePlan, *, top_k: int | None, top_quantile: 
 
 
 def seed_queue(result: NarrowResult, space: SearchSpace, parent: StagePlan, n: int) -> list[tuple[dict, dict]]:
-    """The parent's best configurations that fit ``space``, to queue first (params, user attrs)."""
-    fitting = [dict(p) for p in result.top_params if space.contains(p)]
+    """The parent's best configurations that fit ``space``, to queue first (params, user attrs);
+    each holds only the parameters ``space`` samples for it."""
+    fitting = [{k: v for k, v in p.items() if k in space and space.applies(k, p)}
+               for p in result.top_params if space.contains(p)]
     queued = record_attrs(TrialRecord(seeded_from=parent.study_name))
     return [(params, dict(queued)) for params in fitting[:n]]
 

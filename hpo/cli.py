@@ -34,7 +34,7 @@ from workers.data.datasets import DatasetError
 from workers.knobs import KNOBS, Knob, parse_layers
 from workers.space import SpaceError, build_space
 from workers.stageplan import StagePlan
-from workers.strategy import PRUNERS, SAMPLERS
+from workers.strategy import PRUNERS, SAMPLERS, check_sampler
 from workers.train import TrainConfig, TrainingDiverged
 
 # Errors that mean "the input is wrong": one line, exit 2.
@@ -279,8 +279,8 @@ def given_on_command_line(ctx: click.Context) -> set[str]:
 @click.option("--sampler", type=click.Choice(list(SAMPLERS)), default="tpe", show_default=True)
 @click.option("--pruner", type=click.Choice(list(PRUNERS)), default="median", show_default=True)
 @click.option("--cv", type=click.IntRange(min=0), default=0, show_default=True, help="K-fold cross-validation on the training split (0: held-out validation split).")
-@click.option("--space", "space_file", type=click.Path(dir_okay=False), help="Search space TOML file.")
-@click.option("--param", "params", multiple=True, metavar="NAME=SPEC", help="Override one parameter, e.g. lr=log:1e-5..1e-1 or activation=relu,tanh (repeatable).")
+@click.option("--space", "space_file", type=click.Path(dir_okay=False), help="Search space TOML file: a [params] table; a parameter's table may add when = {optimizer = [\"nesterov\"]} to sample it only with those values (see README, Search space).")
+@click.option("--param", "params", multiple=True, metavar="NAME=SPEC", help="Override one parameter, e.g. lr=log:1e-5..1e-1 or activation=relu,tanh (repeatable). A knob that applies only with some choices (momentum: optimizer momentum or nesterov) is sampled only with them.")
 @click.option("--top", "top_quantile", type=TOP_FRACTION, default=campaign_mod.DEFAULT_TOP_QUANTILE, show_default=True, help="Fraction of a stage's best trials the next stage's ranges come from.")
 @click.option("--seed", type=SEED, default=0, show_default=True, help="Seed of the data split, of every trial's training and of the samplers (see docs/cluster.md for what it reproduces).")
 @click.option("--max-failures-in-a-row", type=click.IntRange(min=1), default=StagePlan.max_failures_in_a_row, show_default=True, help="Stop a stage after this many trials in a row failed with an error.")
@@ -347,6 +347,7 @@ def search(ctx, name, dataset, stages, trials, epochs, workers, sampler, pruner,
             spec = campaign_mod.reconcile(stored_spec, requested, len(plans), replan=replan)
         data = cached_dataset(spec.dataset, spec.seed)  # a bad dataset fails here, before anything is written
         check_feasible(spec.space, data, spec.cv)
+        check_sampler(spec.sampler, spec.space)
         what = "resuming campaign" if stored else "campaign"
         err.print(f"{what} {name} on {mask_url(storage_url)}: {plural(spec.stages, 'stage')}, "
                   f"trials {spec.trials}, epochs {spec.epochs}, {plural(workers, 'local worker')}", soft_wrap=True)

@@ -14,6 +14,7 @@ from optuna.storages import RDBStorage
 
 from hpo import inspect
 from hpo.output import (
+    NOT_APPLICABLE_CELL,
     UsageError,
     err,
     format_option,
@@ -110,8 +111,10 @@ def trials(study, states, where, sort, limit, columns, stage, fmt, storage_url) 
     update_ratio_max and update_ratio_min (over every weight matrix). In --where, numbers
     compare as numbers (1e-3 < 0.01) and text case-insensitively (diverged=true); a trial
     without a value for the column passes only !=. A parameter may also be named by its short
-    alias (lr, wd, bs, ...) in --where, --sort and --columns. JSON: a list of objects keyed by
-    the shown columns.
+    alias (lr, wd, bs, ...) in --where, --sort and --columns. A parameter a trial did not
+    sample because it does not apply there (momentum with adam) shows as n/a and counts as
+    without a value. JSON: a list of objects keyed by the shown columns (null where a
+    parameter does not apply).
 
     \b
     Examples:
@@ -128,7 +131,10 @@ def trials(study, states, where, sort, limit, columns, stage, fmt, storage_url) 
     if selection.campaign is not None and stage is None:
         listed = f"{selection.study} ({plural(len(selection.stages), 'stage')})"
     title = f"{listed}: {len(selection.rows)} of {plural(selection.total, 'trial')}"
-    render_rows(selection.rows, selection.columns, fmt, title=title)
+    rows = selection.rows
+    if fmt == "table":  # a parameter a trial did not sample reads n/a (JSON: null, CSV: empty)
+        rows = [{**row, **dict.fromkeys(row.get(inspect.NOT_APPLICABLE, ()), NOT_APPLICABLE_CELL)} for row in rows]
+    render_rows(rows, selection.columns, fmt, title=title)
 
 
 @click.command()
@@ -153,11 +159,13 @@ def trial(study, number, fmt, storage_url) -> None:
     """
     with opened(storage_url) as storage:
         record = inspect.trial_record(storage, study, number)
+        space = inspect.stage_space(storage, record["study"]) if fmt != "json" else None
     if fmt == "json":
         print_json(record)
         return
     render_rows(inspect.summary_rows(record), ["field", "value"], "table", title=f"{record['study']} trial {record['number']}")
     params = [{"param": k, "value": v} for k, v in record["params"].items()]
+    params += [{"param": k, "value": NOT_APPLICABLE_CELL} for k in inspect.not_applicable_names(space, record["params"])]
     if params:
         render_rows(params, ["param", "value"], "table", title="Parameters")
     stored = read_record(record["user_attrs"])
@@ -198,11 +206,15 @@ def best(study, top, fmt, storage_url) -> None:
     """
     with opened(storage_url) as storage:
         result = inspect.best_trials(storage, study, top)
+        space = inspect.stage_space(storage, result["study"]) if fmt == "table" else None
     if fmt == "json":
         print_json(result)
         return
-    rows = [{**{k: v for k, v in t.items() if k != "params"}, **t["params"]} for t in result["trials"]]
-    columns = ["rank", "number", "value", *inspect.row_columns([t["params"] for t in result["trials"]]), "seed", "train_accuracy"]
+    # A parameter a trial did not sample reads n/a in the table (CSV: an empty field).
+    params = [{**t["params"], **dict.fromkeys(inspect.not_applicable_names(space, t["params"]), NOT_APPLICABLE_CELL)}
+              for t in result["trials"]]
+    rows = [{**{k: v for k, v in t.items() if k != "params"}, **p} for t, p in zip(result["trials"], params)]
+    columns = ["rank", "number", "value", *inspect.row_columns(params), "seed", "train_accuracy"]
     render_rows(rows, columns, fmt, title=f"Best {len(rows)} complete trials of {result['study']} ({result['direction']})")
     if fmt == "table" and not rows:
         err.print(f"no complete trials in {result['study']} yet", soft_wrap=True)

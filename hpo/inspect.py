@@ -37,6 +37,7 @@ from storage.url import is_sqlite, mask_url, sqlite_path
 from workers import stageplan
 from workers.knobs import canonical_name
 from workers.record import SUMMARY_ATTRS, Curve, Diagnostics, Timings, read_record, summary_attrs
+from workers.space import SearchSpace, SpaceError
 
 STATES = ("COMPLETE", "PRUNED", "FAIL", "RUNNING", "WAITING")
 # What the views count: the states, with diverged trials (stored PRUNED) apart from pruned ones.
@@ -59,6 +60,8 @@ EXTRA_TRIAL_COLUMNS = tuple(dict.fromkeys((
     *SUMMARY_ATTRS,
 )))
 OPERATORS = ("!=", "<=", ">=", "==", "=", "<", ">")  # longest first, so "<=" is not read as "<"
+# The key of a trial row listing its parameter columns that do not apply to it (no column).
+NOT_APPLICABLE = "not_applicable"
 
 
 class QueryError(ValueError):
@@ -249,7 +252,8 @@ def select_trials(
     params: dict[str, str] = {}
     for ref, trials in read:
         params.update(_param_names(storage, ref.study, trials))
-    rows = [trial_row(t, params, stage=ref.stage) for ref, trials in read for t in trials]
+    spaces = {ref.study: stage_space(storage, ref.study) for ref in stages}
+    rows = [trial_row(t, params, stage=ref.stage, space=spaces[ref.study]) for ref, trials in read for t in trials]
     default = [*(["stage"] if campaign else []), *TRIAL_COLUMNS[:3], *params.values(), *TRIAL_COLUMNS[3:]]
     known = list(dict.fromkeys([*default, *EXTRA_TRIAL_COLUMNS]))
     conditions = [replace(c, column=_column(c.column, known)) for c in conditions]
@@ -274,10 +278,14 @@ def _read_trials(storage: RDBStorage, study_name: str, wanted: Sequence[TrialSta
     return trials if wanted is None else [t for t in trials if t.state in wanted]
 
 
-def trial_row(trial: FrozenTrial, params: dict[str, str], stage: int | None = None) -> dict[str, Any]:
+def trial_row(trial: FrozenTrial, params: dict[str, str], stage: int | None = None,
+              space: SearchSpace | None = None) -> dict[str, Any]:
     """The flat row of one trial; ``params`` maps parameter names to their column names,
     ``stage`` is the trial's stage in its campaign. The diagnostic summaries are the record's
-    (``workers.record.summary_attrs``), derived again so older trials have them too."""
+    (``workers.record.summary_attrs``), derived again so older trials have them too. A
+    parameter the trial did not sample because its condition in its stage's ``space`` does
+    not hold is None like any missing value, and its column is listed under
+    ``NOT_APPLICABLE`` (a table shows it as "n/a", not as blank or a default)."""
     record = read_record(trial)
     timings = record.timings or Timings()
     values = trial_params(trial)
@@ -298,7 +306,31 @@ def trial_row(trial: FrozenTrial, params: dict[str, str], stage: int | None = No
         "started": trial.datetime_start.isoformat(timespec="seconds") if trial.datetime_start else None,
         "completed": trial.datetime_complete.isoformat(timespec="seconds") if trial.datetime_complete else None,
         **{key: summary.get(key) for key in SUMMARY_ATTRS},  # train_seconds among them
+        NOT_APPLICABLE: [column for param, column in params.items() if not_applicable(space, param, values)],
     }
+
+
+def stage_space(storage: RDBStorage, study_name: str) -> SearchSpace | None:
+    """The search space of an hpo stage (None for a study hpo did not create, or a plan that
+    cannot be read)."""
+    plan = stageplan.read_plan(storage, study_name)
+    try:
+        return SearchSpace.from_dict(plan.space) if plan is not None else None
+    except SpaceError:
+        return None
+
+
+def not_applicable(space: SearchSpace | None, name: str, params: dict[str, Any]) -> bool:
+    """Whether parameter ``name`` is missing from a trial's sampled ``params`` because its
+    condition in ``space`` does not hold (momentum for a trial of adam)."""
+    return (space is not None and bool(params) and name not in params and name in space
+            and not space.applies(name, params))
+
+
+def not_applicable_names(space: SearchSpace | None, params: dict[str, Any]) -> list[str]:
+    """The parameters of ``space`` a trial with these ``params`` did not sample because they do
+    not apply to it, in the space's order (what a table shows as n/a)."""
+    return [name for name in (space or ()) if not_applicable(space, name, params)]
 
 
 def trial_params(trial: FrozenTrial) -> dict[str, Any]:

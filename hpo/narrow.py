@@ -49,6 +49,15 @@ A choice
     Choices taken by no top trial are dropped (the best trial's is always among those
     kept); the order of the old choices is kept. A fixed parameter stays fixed.
 
+A conditional parameter (``momentum``, sampled only with the momentum and nesterov rules)
+    Its values exist only in the trials it applied to, so it is narrowed from those alone:
+    the top of them by the same rule (top ``top_k``, or ``top_quantile`` of them but at
+    least ``MIN_TOP``; never fewer than the top trials above that have it, so each stays
+    inside), as a range or a choice above. Applied to no trial that counts, it is left
+    unchanged. When the narrowed choices leave it no case where it applies (no top
+    trial kept momentum or nesterov), it is not searched by the next stage, which then
+    holds no value its condition could read.
+
 The best trial's parameters always lie inside the new space, so the next stage can be
 seeded with them (``study.enqueue_trial(result.best_params)``).
 """
@@ -72,6 +81,7 @@ __all__ = [
     "MIN_TOP",
     "MIN_WIDTH",
     "WIDEN",
+    "NOT_SEARCHED",
     "NarrowError",
     "NarrowResult",
     "NothingToNarrow",
@@ -115,22 +125,30 @@ class NarrowTrial:
     reason: str | None = None
 
 
+NOT_SEARCHED = "not searched"  # the new text of a conditional parameter the next stage drops
+
+
 @dataclass(frozen=True)
 class ParamChange:
-    """One parameter's old spec, new spec and the one-line reason."""
+    """One parameter's old spec, new spec (None: the next stage does not search it) and the
+    one-line reason."""
 
     name: str
     old: ParamSpec
-    new: ParamSpec
+    new: ParamSpec | None
     reason: str
+
+    @property
+    def new_text(self) -> str:
+        return NOT_SEARCHED if self.new is None else self.new.describe()
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "name": self.name,
             "old": self.old.to_dict(),
-            "new": self.new.to_dict(),
+            "new": None if self.new is None else self.new.to_dict(),
             "old_text": self.old.describe(),
-            "new_text": self.new.describe(),
+            "new_text": self.new_text,
             "reason": self.reason,
         }
 
@@ -179,8 +197,8 @@ class NarrowResult:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> NarrowResult:
         """The result ``to_dict`` wrote."""
-        def spec(name: str, d: Mapping[str, Any]) -> ParamSpec:
-            return SearchSpace.from_dict({"params": {name: d}})[name]
+        def spec(name: str, d: Mapping[str, Any] | None) -> ParamSpec | None:
+            return None if d is None else SearchSpace.from_dict({"params": {name: d}})[name]
 
         return cls(
             space=SearchSpace.from_dict(data["space"]),
@@ -244,27 +262,47 @@ def narrow(
     direction = _direction(direction)
     _check_settings(top_k, top_quantile, margin, widen, border_tolerance, min_width)
     ranked = _ranked(space, trials, direction, stage)
-    n_top = min(len(ranked), top_k if top_k is not None else max(MIN_TOP, math.ceil(top_quantile * len(ranked))))
+    n_top = _top_count(len(ranked), top_k, top_quantile)
     top = ranked[:n_top]
     best = top[0]
 
     new_specs: dict[str, ParamSpec] = {}
     changes: list[ParamChange] = []
     for name, old in space.items():
-        values = [t.params[name] for t in top]
+        here = top
+        if space.condition(name) is not None:  # only the trials it applied to hold a value
+            applied = [t for t in ranked if name in t.params and space.applies(name, t.params)]
+            in_top = sum(1 for t in top if name in t.params and space.applies(name, t.params))  # they lead `applied`
+            here = applied[:max(in_top, _top_count(len(applied), top_k, top_quantile))]
+            if not here:
+                changes.append(ParamChange(name, old, old, f"unchanged: it applied to none of the {len(ranked)} ranked trials"))
+                new_specs[name] = old
+                continue
+        values = [t.params[name] for t in here]
         if isinstance(old, Choice):
-            new, reason = _narrow_choice(old, values, n_top)
+            new, reason = _narrow_choice(old, values, len(here))
         else:
             new, reason = _narrow_range(
-                name, old, values, best.params[name], n_top,
+                name, old, values, here[0].params[name], len(here),
                 margin=margin, widen=widen, border_tolerance=border_tolerance, min_width=min_width,
                 limit=(limits or {}).get(name),
             )
+        if here is not top:
+            reason += f", among the {len(applied)} trials it applied to"
         new_specs[name] = new
         changes.append(ParamChange(name, old, new, reason))
 
-    new_space = SearchSpace(new_specs)
-    top_params = tuple({name: _plain(t.params[name]) for name in space} for t in top)
+    new_space = SearchSpace(new_specs, space.conditions)
+    # A conditional parameter the narrowed choices leave no case to apply is not searched on.
+    while never := [n for n in new_space.conditions if not new_space.can_apply(n)]:
+        new_space = new_space.without(never)
+        changes = [
+            dataclasses.replace(c, new=None, reason=f"dropped: it applies only with "
+                                f"{space.condition(c.name)}, which the next stage does not try")
+            if c.name in never else c
+            for c in changes
+        ]
+    top_params = tuple({name: _plain(t.params[name]) for name in space if name in t.params} for t in top)
     assert new_space.contains(top_params[0]), "narrowing must keep the best trial inside"
     return NarrowResult(
         space=new_space,
@@ -286,6 +324,11 @@ def narrow(
             "min_width": min_width,
         },
     )
+
+
+def _top_count(n_ranked: int, top_k: int | None, top_quantile: float) -> int:
+    """How many of ``n_ranked`` ranked trials are the top ones."""
+    return min(n_ranked, top_k if top_k is not None else max(MIN_TOP, math.ceil(top_quantile * n_ranked)))
 
 
 def _direction(direction: Any) -> str:

@@ -132,6 +132,11 @@ def print_json(data: Any) -> None:
     click.echo(json.dumps(jsonable(data), indent=2, sort_keys=False))
 
 
+# How a table shows a parameter a trial did not sample because its condition did not hold
+# (momentum for a trial of adam); JSON has null there, CSV an empty field.
+NOT_APPLICABLE_CELL = "n/a"
+
+
 def cell(value: Any) -> str:
     """A table cell: numbers rounded, lists and dicts as JSON, control characters escaped."""
     if value is None:

@@ -30,7 +30,7 @@ from workers.stageplan import StagePlan
 def narrowing_rows(result: NarrowResult, child: StagePlan) -> list[dict[str, Any]]:
     """One row per parameter: old range, new range, why it changed."""
     return [
-        {"param": c.name, "old": c.old.describe(), "new": c.new.describe(), "reason": c.reason}
+        {"param": c.name, "old": c.old.describe(), "new": c.new_text, "reason": c.reason}
         for c in result.changes
     ]
 

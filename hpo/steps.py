@@ -14,6 +14,7 @@ from workers.feasible import check_feasible
 from workers.run import cached_dataset
 from workers.space import build_space
 from workers.stageplan import StagePlan
+from workers.strategy import check_sampler
 
 def parse_stage_name(name: str) -> tuple[str, int]:
     parsed = stageplan.parse_stage_name(name)
@@ -69,6 +70,7 @@ def narrow_stage(
     check_feasible(space, cached_dataset(parent.dataset, parent.seed), parent.cv)
     child = campaign_mod.plan_next_stage(parent, spec, result, space, into=(campaign, number),
                                          trials=trials, epochs=epochs)
+    check_sampler(child.sampler, space)
     if dry_run:
         return parent, child, result
     with contextlib.suppress(StudyNotFound):  # before --force closes anything

@@ -88,7 +88,9 @@ def test_more_pca_directions_than_features_is_refused(digits):
     # What can train passes: at most 64 directions, a fraction, or no PCA kind to use them.
     check_feasible(build_space(None, None, ["preprocessing=none,pca_whiten", "pca_components=10..64"]), digits)
     check_feasible(build_space(None, None, ["preprocessing=pca", "pca_components=0.5..1.0"]), digits)
-    check_feasible(build_space(None, None, ["preprocessing=standardize", "pca_components=100,200"]), digits)
+    # Without a PCA kind, directions never apply: the space is refused for that instead.
+    with pytest.raises(SpaceError, match="pca_components never applies"):
+        build_space(None, None, ["preprocessing=standardize", "pca_components=100,200"])
 
 
 def test_train_with_more_pca_directions_than_features_exits_2():

@@ -36,8 +36,10 @@ def value_in(spec, rnd):
 
 @st.composite
 def stages(draw):
-    """(space, trials): a finished stage with at least one usable trial."""
-    space = draw(spaces())
+    """(space, trials): a finished stage with at least one usable trial. Every parameter applies
+    to every trial here (a space stored before conditions existed); tests/test_conditional.py
+    narrows conditional ones."""
+    space = SearchSpace(dict(draw(spaces())), conditions={})
     # Trials come from a Random that hypothesis controls (and shrinks): drawing every value
     # as its own strategy was ~20x slower.
     rnd = draw(st.randoms(use_true_random=False))
@@ -206,8 +208,10 @@ def test_best_learning_rate_at_the_bottom_widens_downward_and_stays_positive():
 
 
 def test_momentum_at_its_border_approaches_one_but_never_reaches_it():
-    space = SearchSpace({"learning_rate": FloatRange(1e-3, 1e-1, log=True), "momentum": FloatRange(0.5, 0.99)})
-    trials = [NarrowTrial(i, {"learning_rate": 1e-2, "momentum": m}, m) for i, m in enumerate([0.99, 0.9, 0.8, 0.6])]
+    space = SearchSpace({"learning_rate": FloatRange(1e-3, 1e-1, log=True), "optimizer": Choice(("nesterov",)),
+                         "momentum": FloatRange(0.5, 0.99)})
+    trials = [NarrowTrial(i, {"learning_rate": 1e-2, "optimizer": "nesterov", "momentum": m}, m)
+              for i, m in enumerate([0.99, 0.9, 0.8, 0.6])]
     momentum = narrow(space, trials).space["momentum"]
     assert momentum.high == pytest.approx(0.995) and momentum.high < 1
     assert momentum.low <= 0.8
@@ -225,8 +229,8 @@ def test_a_border_at_an_inclusive_domain_limit_stays():
 
 
 def test_integer_ranges_stay_integers_on_their_step():
-    space = SearchSpace({"batch_size": IntRange(32, 512, step=32), "maxout_k": IntRange(2, 8)})
-    trials = [NarrowTrial(i, {"batch_size": b, "maxout_k": k}, v)
+    space = SearchSpace({"batch_size": IntRange(32, 512, step=32), "activation": Choice(("maxout",)), "maxout_k": IntRange(2, 8)})
+    trials = [NarrowTrial(i, {"batch_size": b, "activation": "maxout", "maxout_k": k}, v)
               for i, (b, k, v) in enumerate([(512, 3, 0.9), (480, 3, 0.8), (448, 4, 0.7), (64, 8, 0.1), (32, 2, 0.1)])]
     result = narrow(space, trials)
     bs, k = result.space["batch_size"], result.space["maxout_k"]

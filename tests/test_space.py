@@ -327,7 +327,7 @@ def test_missing_file_is_a_space_error(tmp_path):
 
 def test_build_space_overlays_base_then_file_then_params(tmp_path):
     path = tmp_path / "space.toml"
-    path.write_text('[params]\nlearning_rate = "log:1e-5..1"\nmomentum = "0.5..0.9"\n')
+    path.write_text('[params]\nlearning_rate = "log:1e-5..1"\noptimizer = "nesterov"\nmomentum = "0.5..0.9"\n')
     space = build_space(None, path, ["momentum=0.8..0.99", "lr=log:1e-4..1e-2", "momentum=0.9"])
     assert space["learning_rate"] == FloatRange(1e-4, 1e-2, log=True)  # the later --param wins
     assert space["momentum"] == Choice((0.9,))
@@ -377,7 +377,7 @@ def test_from_dict_rejects_what_to_dict_never_writes():
     with pytest.raises(SpaceError, match="'params' dict"):
         SearchSpace.from_dict({"learning_rate": 1})
     with pytest.raises(SpaceError, match="version"):
-        SearchSpace.from_dict({"version": 2, "params": {}})
+        SearchSpace.from_dict({"version": 3, "params": {}})
     with pytest.raises(SpaceError, match="params.learning_rate: expected a table"):
         SearchSpace.from_dict({"params": {"learning_rate": "log:1e-3..1"}})
 
@@ -385,7 +385,7 @@ def test_from_dict_rejects_what_to_dict_never_writes():
 # -- what a worker gets ------------------------------------------------------------------------
 
 def test_to_distributions_matches_the_specs():
-    space = build_space(None, None, ["bs=int:32..256:32", "hidden_sizes=100,100-100", "momentum=0.5..0.99"])
+    space = build_space(None, None, ["bs=int:32..256:32", "hidden_sizes=100,100-100", "opt=momentum", "momentum=0.5..0.99"])
     dists = space.to_distributions()
     assert list(dists) == list(space)
     assert dists["learning_rate"] == FloatDistribution(1e-6, 10.0, log=True)
@@ -405,13 +405,13 @@ def test_one_ask_samples_every_parameter_inside_the_space():
 
 
 def test_to_train_kwargs_converts_to_config_types():
-    space = build_space(None, None, ["hidden_sizes=100-50,200", "bs=32,64", "momentum=0.5..0.99"])
+    space = build_space(None, None, ["hidden_sizes=100-50,200", "bs=32,64", "opt=momentum", "momentum=0.5..0.99"])
     params = {"learning_rate": np.float64(1e-3), "activation": "relu", "initializer": "he",
               "batch_norm": np.bool_(True), "hidden_sizes": "100-50", "batch_size": np.int64(64),
-              "momentum": 0.9}
+              "optimizer": "momentum", "momentum": 0.9}
     kwargs = space.to_train_kwargs(params)
     assert kwargs == {"learning_rate": 1e-3, "activation": "relu", "initializer": "he", "batch_norm": True,
-                      "hidden_sizes": (100, 50), "batch_size": 64, "momentum": 0.9}
+                      "hidden_sizes": (100, 50), "batch_size": 64, "optimizer": "momentum", "momentum": 0.9}
     assert type(kwargs["batch_size"]) is int and type(kwargs["batch_norm"]) is bool
     assert type(kwargs["learning_rate"]) is float
     json.dumps(kwargs)
@@ -475,7 +475,7 @@ def test_pca_components_domains_and_types_survive_storage(tmp_path):
     with pytest.raises(SpaceError, match="pca_components must be >= 1, got low 0"):
         parse_param("pca_components=0..5")
     path = tmp_path / "space.toml"
-    path.write_text("[params]\npca_components = [1, 1.0]\n")  # one direction, all the variance
+    path.write_text('[params]\npreprocessing = "pca"\npca_components = [1, 1.0]\n')  # one direction, all the variance
     space = load_space_file(path)
     assert [type(c) for c in space["pca_components"].choices] == [int, float]
     assert str(space["pca_components"]) == "{1, 1.0}"
@@ -483,14 +483,14 @@ def test_pca_components_domains_and_types_survive_storage(tmp_path):
     assert [type(c) for c in back["pca_components"].choices] == [int, float]
     full = build_space(space, None, [])
     params = {"learning_rate": 1e-3, "activation": "relu", "initializer": "he", "batch_norm": True,
-              "pca_components": 1.0}
+              "preprocessing": "pca", "pca_components": 1.0}
     assert type(full.to_train_kwargs(params)["pca_components"]) is float
 
 
 # -- grids -------------------------------------------------------------------------------------
 
 def test_grid_values_spaces_ranges_and_keeps_choices():
-    space = build_space(None, None, ["lr=log:1e-4..1e-2", "momentum=0.5..0.9", "bs=int-log:16..256",
+    space = build_space(None, None, ["lr=log:1e-4..1e-2", "opt=momentum", "momentum=0.5..0.9", "bs=int-log:16..256",
                                      "act=relu,tanh", "init=he", "bn=true"])
     grid = grid_values(space, points_per_range=3)
     assert grid["learning_rate"] == pytest.approx([1e-4, 1e-3, 1e-2])

@@ -14,6 +14,15 @@
 A bad value gives the same one line wherever it came from: ``momentum must be in
 [0, 1), got 1.5``.
 
+A knob that means something only with some values of another knob says so once, with its
+declaration: ``applies_when`` is a :class:`Condition` (momentum with the momentum and
+Nesterov rules, leaky_slope with Leaky ReLU, elu_alpha with ELU, maxout_k with Maxout,
+init_std with the small initializer, pca_components with PCA, PCA whitening and ZCA). The
+values are read from the registries (the entries whose ``config_fields`` name the knob, the
+preprocessing kinds that take components), so a new optimizer that reads ``momentum`` gets
+it searched with no edit here. A search samples such a knob only where its condition holds
+(workers/space.py); a run where it does not hold trains with its default, unused.
+
 Defaults that belong to a network kernel (the Leaky ReLU slope, the ELU alpha, the maxout
 piece count, the momentum coefficient) are read from the ``workers.nn`` registries, not
 written again here. This module imports only NumPy, the standard library and the
@@ -22,6 +31,7 @@ numerical core's registries, so the training loop may import it.
 
 from __future__ import annotations
 
+import difflib
 import math
 import re
 from collections.abc import Mapping
@@ -31,15 +41,17 @@ from typing import Any
 
 import numpy as np
 
-from workers.data.preprocess import PREPROCESSING
+from workers.data.preprocess import PREPROCESSING, TAKES_COMPONENTS
 from workers.nn.activations import ACTIVATIONS, ParamRange, config_default, config_range
 from workers.nn.initializers import INITIALIZERS, SMALL_STD
 from workers.nn.optimizers import DEFAULT_MOMENTUM, OPTIMIZERS
 
 __all__ = [
     "ALIASES",
+    "CONDITION_KINDS",
     "DTYPES",
     "KNOBS",
+    "Condition",
     "Knob",
     "KnobError",
     "as_int",
@@ -100,6 +112,109 @@ def parse_layers(name: str, v: Any) -> tuple[int, ...]:
     return tuple(widths)
 
 
+# The kinds of knob a condition may name: a switch between code paths (a registry name, or
+# true/false), whose every value can be listed.
+CONDITION_KINDS = ("name", "bool")
+
+
+@dataclass(frozen=True)
+class Condition:
+    """Where a knob means something: each named knob (a *parent*, a choice of names or
+    true/false) takes one of the listed values, e.g. ``optimizer`` in (momentum, nesterov).
+
+    ``requires`` is ((parent, values), ...), parents in the order given. A parent a run does
+    not set (not searched, or itself not applicable) has its default, as the training does.
+    """
+
+    requires: tuple[tuple[str, tuple[Any, ...]], ...]
+
+    @classmethod
+    def of(cls, mapping: Mapping[str, Any], owner: str | None = None) -> Condition:
+        """A condition from ``{parent: value or [values]}`` as a user writes it (aliases
+        allowed); KnobError naming what is wrong (an unknown knob or value, a numeric parent,
+        ``owner`` conditioned on itself)."""
+        if not isinstance(mapping, Mapping) or not mapping:
+            raise KnobError("a condition names at least one knob and its values, e.g. {optimizer = [\"momentum\"]}")
+        requires: dict[str, tuple[Any, ...]] = {}
+        for raw, given in mapping.items():
+            parent = canonical_name(raw)
+            if parent is None or not KNOBS[parent].searched:
+                close = difflib.get_close_matches(str(raw), [n for n, k in KNOBS.items() if k.searched], n=1)
+                raise KnobError(f"a condition names unknown knob {raw!r}" + (f"; did you mean {close[0]}?" if close else ""))
+            knob = KNOBS[parent]
+            if knob.kind not in CONDITION_KINDS:
+                names = ", ".join(n for n, k in KNOBS.items() if k.kind in CONDITION_KINDS and k.searched)
+                raise KnobError(f"a condition names a choice of names or true/false ({names}), not {parent}")
+            if parent == owner:
+                raise KnobError(f"{parent} cannot depend on itself")
+            if parent in requires:
+                raise KnobError(f"a condition names {parent} twice")
+            values = given if isinstance(given, (list, tuple)) else [given]
+            if not values:
+                raise KnobError(f"a condition on {parent} lists no value")
+            checked = tuple(dict.fromkeys(knob.check(v) for v in values))  # repeats dropped, order kept
+            requires[parent] = checked
+        return cls(tuple(requires.items()))
+
+    @property
+    def parents(self) -> tuple[str, ...]:
+        return tuple(parent for parent, _ in self.requires)
+
+    def allowed(self, parent: str) -> tuple[Any, ...] | None:
+        """The values of ``parent`` this condition allows; None if it does not name it."""
+        return dict(self.requires).get(parent)
+
+    def holds(self, params: Mapping[str, Any]) -> bool:
+        """Whether the knob applies to a run with these values (missing parents: defaults)."""
+        return all(_value_of(params, parent) in values for parent, values in self.requires)
+
+    def both(self, other: Condition) -> Condition | None:
+        """Both conditions at once (the values of a parent both name, intersected); None when
+        no run can meet both."""
+        merged = dict(self.requires)
+        for parent, values in other.requires:
+            if parent in merged:
+                merged[parent] = tuple(v for v in merged[parent] if v in values)
+                if not merged[parent]:
+                    return None
+            else:
+                merged[parent] = values
+        return Condition(tuple(merged.items()))
+
+    def to_dict(self) -> dict[str, list[Any]]:
+        """``{parent: [values]}``, JSON-ready; :meth:`of` reads it back."""
+        return {parent: list(values) for parent, values in self.requires}
+
+    def words(self) -> str:
+        """``optimizer momentum or nesterov``; several parents joined by "and"."""
+        def one(values: tuple[Any, ...]) -> str:
+            texts = [str(v).lower() if isinstance(v, bool) else str(v) for v in values]
+            return texts[0] if len(texts) == 1 else f"{', '.join(texts[:-1])} or {texts[-1]}"
+
+        return " and ".join(f"{parent} {one(values)}" for parent, values in self.requires)
+
+    def __str__(self) -> str:
+        return self.words()
+
+
+def _value_of(params: Mapping[str, Any], name: str) -> Any:
+    """The value of knob ``name`` in a run: its value in ``params``, else its default."""
+    value = params.get(name, KNOBS[name].default)
+    return value.item() if isinstance(value, np.generic) else value
+
+
+def _only_with(parent: str, names: Any) -> Condition:
+    """The condition of a knob that only the registry entries ``names`` of ``parent`` read."""
+    names = tuple(names)
+    assert names, f"no {parent} reads this knob"  # a registry edit that leaves it unused
+    return Condition(((parent, names),))
+
+
+def _reading(registry: Mapping[str, Any], field_name: str) -> list[str]:
+    """The entries of ``registry`` whose ``config_fields`` name ``field_name``, in its order."""
+    return [name for name, entry in registry.items() if field_name in getattr(entry, "config_fields", ())]
+
+
 @dataclass(frozen=True)
 class Knob:
     """One ``TrainConfig`` field: what it accepts, its default and its help line.
@@ -110,7 +225,8 @@ class Knob:
     An "int" knob with a ``fraction`` domain also takes real numbers in that domain
     (pca_components: 20 directions, or 0.95 of the variance); ``for_value`` picks the
     domain that applies. A knob whose default is None also takes None. ``searched`` is
-    False for the fields a campaign sets itself (epochs, seed).
+    False for the fields a campaign sets itself (epochs, seed). ``applies_when`` is the
+    :class:`Condition` under which the knob means something (None: always).
     """
 
     name: str
@@ -125,6 +241,7 @@ class Knob:
     fraction: Knob | None = None
     aliases: tuple[str, ...] = ()
     searched: bool = True
+    applies_when: Condition | None = None
 
     # domains -------------------------------------------------------------------------
     def for_value(self, value: Any) -> Knob:
@@ -248,10 +365,12 @@ def parse_int(name: str, text: str) -> int:
 
 
 def _kernel_knob(name: str, kind: str, help: str) -> Knob:
-    """A knob an activation kernel reads: its default and its range are the registry's."""
+    """A knob an activation kernel reads: its default, its range and the activations it
+    applies with are the registry's."""
     allowed = config_range(name)
     return Knob(name, kind, config_default(name), help, low=allowed.low, high=allowed.high,
-                low_open=allowed.low_open, high_open=allowed.high_open)
+                low_open=allowed.low_open, high_open=allowed.high_open,
+                applies_when=_only_with("activation", _reading(ACTIVATIONS, name)))
 
 
 def _table(*knobs: Knob) -> Mapping[str, Knob]:
@@ -271,10 +390,12 @@ KNOBS: Mapping[str, Knob] = _table(
     _kernel_knob("leaky_slope", "float", "Slope of Leaky ReLU for x < 0."),
     _kernel_knob("elu_alpha", "float", "ELU's saturation value for x -> -inf."),
     _kernel_knob("maxout_k", "int", "Pieces per Maxout unit."),
-    Knob("init_std", "float", SMALL_STD, "Std of the 'small' initializer.", low=0.0, low_open=True),
+    Knob("init_std", "float", SMALL_STD, "Std of the 'small' initializer.", low=0.0, low_open=True,
+         applies_when=_only_with("initializer", _reading(INITIALIZERS, "init_std"))),
     Knob("optimizer", "name", "adam", "Update rule.", registry=OPTIMIZERS, aliases=("opt",)),
     Knob("momentum", "float", DEFAULT_MOMENTUM,
-         "Momentum of the momentum and nesterov rules (adam uses its own beta1).", low=0.0, high=1.0, high_open=True),
+         "Momentum of the momentum and nesterov rules (adam uses its own beta1).", low=0.0, high=1.0, high_open=True,
+         applies_when=_only_with("optimizer", _reading(OPTIMIZERS, "momentum"))),
     Knob("lr_decay", "float", 0.95, "Learning rate multiplier after each epoch.", low=0.0, high=1.0, low_open=True),
     Knob("weight_decay", "float", 1e-3, "L2 penalty on weights.", low=0.0, aliases=("wd",)),
     Knob("batch_size", "int", 64, "Minibatch size.", low=1, aliases=("bs",)),
@@ -283,7 +404,8 @@ KNOBS: Mapping[str, Knob] = _table(
     Knob("pca_components", "int", None,
          "PCA / whitening: directions kept (an integer such as 20; 1 keeps one) or the fraction of "
          "variance kept (such as 0.95; 1.0 keeps it all).",
-         low=1, fraction=Knob("pca_components", "float", None, "", low=0.0, high=1.0, low_open=True)),
+         low=1, fraction=Knob("pca_components", "float", None, "", low=0.0, high=1.0, low_open=True),
+         applies_when=_only_with("preprocessing", (k for k in PREPROCESSING if k in TAKES_COMPONENTS))),
     Knob("dtype", "name", "float32", "Floating dtype of the network.", registry=DTYPES),
     Knob("epochs", "int", 40, "Passes over the training data.", low=1, searched=False),
     Knob("seed", "int", 0, "Seed of initialization and shuffling.", low=0, searched=False),

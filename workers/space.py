@@ -18,11 +18,24 @@ are read from the registries (``ACTIVATIONS``, ``INITIALIZERS``, ``OPTIMIZERS``,
 ``PREPROCESSING``), so the space can never offer a name the trainer does not know.
 
 A worker turns the whole space into Optuna distributions at once
-(``space.to_distributions()``) and suggests each of them on a new trial, as
-``study.ask(fixed_distributions=...)`` does (the first suggestion samples them all in one
-relative-sampling call), then ``space.to_train_kwargs(trial.params)`` gives the ``TrainConfig`` keyword
-arguments. ``epochs`` and ``seed`` are not search parameters: each stage of a campaign
-trains for a fixed number of epochs, and each trial's seed comes from the stage seed.
+(``space.to_distributions()``) and suggests each parameter that applies on a new trial, in
+``space.sampling_order()`` (the first suggestion samples every unconditional parameter in
+one relative-sampling call), then ``space.to_train_kwargs(trial.params)`` gives the
+``TrainConfig`` keyword arguments. ``epochs`` and ``seed`` are not search parameters: each
+stage of a campaign trains for a fixed number of epochs, and each trial's seed comes from
+the stage seed.
+
+Conditional parameters
+----------------------
+A parameter may apply only with some values of a choice parameter: each knob declares
+where it means something (``Knob.applies_when`` in workers/knobs.py: ``momentum`` with the
+momentum and nesterov optimizers, ``pca_components`` with pca, pca_whiten and zca, ...),
+and a TOML space may state a condition for a parameter of its own (below). A trial samples
+such a parameter only where its condition holds, so its ``params`` lack it elsewhere and it
+trains with the knob's default, unused. ``space.condition(name)`` is its condition,
+``space.applies(name, params)`` whether it holds. ``build_space`` refuses a parameter
+named by the user whose condition can never hold (``momentum`` searched while
+``optimizer`` stays adam).
 
 Writing a space
 ---------------
@@ -56,8 +69,8 @@ In a TOML file, under ``[params]``; each value is a shorthand string, a plain va
     activation = ["relu", "tanh"]        # an array is a choice
     batch_norm = [true, false]
     hidden_sizes = ["100-100", [200]]    # "100-100" or an array of widths
-    optimizer = "adam"                   # a single value is fixed
-    momentum = 0.9
+    dtype = "float32"                    # a single value is fixed
+    optimizer = ["sgd", "nesterov", "adam"]
 
     [params.weight_decay]
     low = 1e-6
@@ -72,8 +85,22 @@ In a TOML file, under ``[params]``; each value is a shorthand string, a plain va
     [params.initializer]
     choices = ["xavier", "he"]
 
+    [params.momentum]                    # sampled only with nesterov (its own condition
+    low = 0.5                            # is momentum or nesterov)
+    high = 0.99
+    when = { optimizer = ["nesterov"] }
+
 A table may also name its ``type`` ("float", "int" or "choice"); this is the form
 ``SearchSpace.to_dict()`` writes, so ``from_dict`` and the TOML reader share one parser.
+``when`` maps choice parameters (names or true/false: activation, initializer, optimizer,
+preprocessing, dtype, batch_norm) to the value or values the parameter applies with; every
+one named must hold. It adds to the knob's own condition: ``momentum`` with ``when = {
+batch_norm = false }`` is sampled with momentum or nesterov and without batch norm, and a
+``when`` that leaves no case (``momentum`` with ``optimizer = "adam"``) is refused.
+
+A stored space (``to_dict``) writes each parameter's whole condition under ``when``
+(version 2); a space stored without conditions (version 1, as every space was before
+conditions existed) reads back without any, so an old campaign resumes as it was planned.
 
 ``build_space(base, file, params)`` starts from ``base`` (or ``default_space()``),
 overlays the file, then each ``--param`` in order: the later spec of a parameter wins.
@@ -105,6 +132,7 @@ from optuna.distributions import (
 from workers.knobs import (
     ALIASES,
     KNOBS,
+    Condition,
     Knob,
     KnobError,
     as_int,
@@ -450,24 +478,80 @@ def _knob_errors() -> Iterator[None]:
         raise SpaceError(str(e)) from None
 
 
+def _split_when(value: Any) -> tuple[Any, Any]:
+    """(the spec, the ``when`` of a parameter table or None)."""
+    if isinstance(value, Mapping) and "when" in value:
+        return {k: v for k, v in value.items() if k != "when"}, value["when"]
+    return value, None
+
+
+def _parse_when(name: str, raw: Any) -> Condition:
+    """The condition written ``when = {parent = values}`` for parameter ``name``."""
+    with _knob_errors():
+        return Condition.of(raw, owner=name)
+
+
+def _checked_conditions(specs: Mapping[str, ParamSpec], conditions: Mapping[str, Condition]) -> dict[str, Condition]:
+    checked: dict[str, Condition] = {}
+    for raw_name, condition in conditions.items():
+        name = resolve_name(raw_name)
+        if name not in specs:
+            raise SpaceError(f"a condition is given for {name}, which the space does not search")
+        if not isinstance(condition, Condition):
+            raise SpaceError(f"{name}: expected a Condition, got {condition!r}")
+        if name in condition.parents:
+            raise SpaceError(f"{name} cannot depend on itself")
+        checked[name] = condition
+    return checked
+
+
+def _sampling_order(specs: Mapping[str, ParamSpec], conditions: Mapping[str, Condition]) -> tuple[str, ...]:
+    """Each parameter after the searched parents its condition names (a trial knows their
+    values before it decides), otherwise in the space's order; SpaceError for a loop."""
+    order: list[str] = []
+    pending = list(specs)
+    while pending:
+        ready = [
+            n for n in pending
+            if n not in conditions or all(p in order or p not in specs for p in conditions[n].parents)
+        ]
+        if not ready:
+            raise SpaceError(f"the conditions of {', '.join(pending)} depend on each other in a loop")
+        order += ready
+        pending = [n for n in pending if n not in ready]
+    return tuple(order)
+
+
+def _plain_default(name: str) -> Any:
+    return KNOBS[name].default
+
+
 # ---------------------------------------------------------------------------
 # the space
 # ---------------------------------------------------------------------------
 
 
 class SearchSpace(Mapping[str, ParamSpec]):
-    """An ordered, immutable mapping from parameter name to spec.
+    """An ordered, immutable mapping from parameter name to spec, with each parameter's
+    condition (see "Conditional parameters" in the module docstring).
 
     Construction validates every (name, spec) pair: aliases are resolved to the
     canonical ``TrainConfig`` field name, unknown names, ``epochs`` and ``seed`` are rejected,
     numeric ranges must lie in the parameter's domain (e.g. learning_rate > 0,
     momentum in [0, 1)), and choices must be typed as the parameter (batch_size ints,
-    batch_norm bools, activation names from ``ACTIVATIONS``). Errors are ``SpaceError``.
+    batch_norm bools, activation names from ``ACTIVATIONS``). ``conditions`` maps a
+    parameter to its :class:`~workers.knobs.Condition`; None gives each parameter its knob's
+    own (``Knob.applies_when``), a mapping exactly those listed (``{}``: none at all, as a
+    space stored before conditions existed). Errors are ``SpaceError``.
     """
 
-    __slots__ = ("_specs",)
+    __slots__ = ("_specs", "_conditions", "_order")
 
-    def __init__(self, specs: Mapping[str, ParamSpec] | Iterable[tuple[str, ParamSpec]] = ()) -> None:
+    def __init__(
+        self,
+        specs: Mapping[str, ParamSpec] | Iterable[tuple[str, ParamSpec]] = (),
+        conditions: Mapping[str, Condition] | None = None,
+    ) -> None:
         items = specs.items() if isinstance(specs, Mapping) else specs
         validated: dict[str, ParamSpec] = {}
         for raw_name, spec in items:
@@ -475,7 +559,11 @@ class SearchSpace(Mapping[str, ParamSpec]):
             if name in validated:
                 raise SpaceError(f"{name} is given twice (as {raw_name!r})")
             validated[name] = _normalized(name, spec)
+        if conditions is None:
+            conditions = {n: PARAMETERS[n].applies_when for n in validated if PARAMETERS[n].applies_when is not None}
         self._specs: Mapping[str, ParamSpec] = MappingProxyType(validated)
+        self._conditions: Mapping[str, Condition] = MappingProxyType(_checked_conditions(validated, conditions))
+        self._order: tuple[str, ...] = _sampling_order(validated, self._conditions)
 
     # Mapping protocol -------------------------------------------------------------
     def __getitem__(self, name: str) -> ParamSpec:
@@ -487,24 +575,104 @@ class SearchSpace(Mapping[str, ParamSpec]):
     def __len__(self) -> int:
         return len(self._specs)
 
+    def __eq__(self, other: object) -> bool:
+        # Two spaces are equal when their specs and their conditions are; a plain mapping of
+        # specs compares by the specs alone, as Mapping does.
+        if isinstance(other, SearchSpace):
+            return dict(self._specs) == dict(other._specs) and dict(self._conditions) == dict(other._conditions)
+        return Mapping.__eq__(self, other)
+
     def __hash__(self) -> int:
         # Mapping equality ignores order, so the hash must too.
-        return hash(frozenset(self._specs.items()))
+        return hash((frozenset(self._specs.items()), frozenset(self._conditions.items())))
 
     def __repr__(self) -> str:
-        return f"SearchSpace({dict(self._specs)!r})"
+        if not self._conditions:
+            return f"SearchSpace({dict(self._specs)!r})"
+        return f"SearchSpace({dict(self._specs)!r}, conditions={dict(self._conditions)!r})"
 
     def __str__(self) -> str:
         width = max((len(n) for n in self), default=0)
-        return "\n".join(f"{n:<{width}}  {s.describe()}" for n, s in self.items())
+        return "\n".join(
+            f"{n:<{width}}  {s.describe()}" + (f"  when {self._conditions[n]}" if n in self._conditions else "")
+            for n, s in self.items()
+        )
 
     # building ---------------------------------------------------------------------
     def updated(self, other: Mapping[str, ParamSpec]) -> SearchSpace:
-        """A new space: ``other``'s specs replace this one's (in place), new names go last."""
-        merged = dict(self._specs)
-        for name, spec in SearchSpace(other).items():
+        """A new space: ``other``'s specs replace this one's (in place), new names go last.
+
+        A ``SearchSpace`` brings its conditions for its names (a TOML file's); a plain mapping
+        of specs keeps the condition a name had here, and gives a new name its knob's own.
+        """
+        merged, conditions = dict(self._specs), dict(self._conditions)
+        theirs = other if isinstance(other, SearchSpace) else SearchSpace(other, conditions={})
+        for name, spec in theirs.items():
+            if isinstance(other, SearchSpace):
+                conditions.pop(name, None)
+                if name in other._conditions:
+                    conditions[name] = other._conditions[name]
+            elif name not in merged and PARAMETERS[name].applies_when is not None:
+                conditions[name] = PARAMETERS[name].applies_when
             merged[name] = spec
-        return SearchSpace(merged)
+        return SearchSpace(merged, conditions)
+
+    def without(self, names: Iterable[str]) -> SearchSpace:
+        """This space without the parameters ``names`` (and their conditions)."""
+        gone = set(names)
+        return SearchSpace(
+            {n: s for n, s in self.items() if n not in gone},
+            {n: c for n, c in self._conditions.items() if n not in gone},
+        )
+
+    # conditions -------------------------------------------------------------------
+    @property
+    def conditions(self) -> Mapping[str, Condition]:
+        """Parameter -> its condition, for the conditional parameters only."""
+        return self._conditions
+
+    def condition(self, name: str) -> Condition | None:
+        """The condition of parameter ``name`` (None: it always applies)."""
+        return self._conditions.get(name)
+
+    def applies(self, name: str, params: Mapping[str, Any]) -> bool:
+        """Whether parameter ``name`` applies to a trial with these ``params`` (a parent the
+        trial lacks counts at its knob's default, as the training takes it)."""
+        condition = self._conditions.get(name)
+        return condition is None or condition.holds(params)
+
+    def sampling_order(self) -> tuple[str, ...]:
+        """The parameters in the order to sample them: each after the parents its condition
+        names, otherwise in the space's order."""
+        return self._order
+
+    def parent_values(self, parent: str) -> tuple[Any, ...]:
+        """The values a trial of this space can give knob ``parent``: its choices when it is
+        searched (and its default too when it may not apply), else its default."""
+        spec = self._specs.get(parent)
+        default = _plain_default(parent)
+        if not isinstance(spec, Choice):
+            return (default,)
+        if parent in self._conditions and not any(default == c and type(default) is type(c) for c in spec.choices):
+            return (*spec.choices, default)
+        return spec.choices
+
+    def can_apply(self, name: str) -> bool:
+        """Whether some trial of this space samples ``name``: every parent its condition names
+        can take one of the values it needs."""
+        condition = self._conditions.get(name)
+        if condition is None:
+            return True
+        return all(any(v in values for v in self.parent_values(parent)) for parent, values in condition.requires)
+
+    def varying(self) -> tuple[str, ...]:
+        """The parameters some trials sample and others do not (their condition depends on
+        a choice the space leaves open)."""
+        return tuple(
+            name for name, condition in self._conditions.items()
+            if self.can_apply(name)
+            and not all(all(v in values for v in self.parent_values(parent)) for parent, values in condition.requires)
+        )
 
     # for workers -----------------------------------------------------------------
     def to_distributions(self) -> dict[str, BaseDistribution]:
@@ -512,27 +680,35 @@ class SearchSpace(Mapping[str, ParamSpec]):
         return {name: spec.to_distribution() for name, spec in self.items()}
 
     def contains(self, params: Mapping[str, Any]) -> bool:
-        """True when ``params`` (name -> value) holds a value inside every spec of this space."""
+        """True when ``params`` (name -> value) holds a value inside the spec of every
+        parameter of this space that applies to it."""
         if not isinstance(params, Mapping):
             raise TypeError(f"params must be a mapping of parameter name to value, got {type(params).__name__}")
-        return all(name in params and spec.contains(params[name]) for name, spec in self.items())
+        return all(
+            (name in params and spec.contains(params[name])) or not self.applies(name, params)
+            for name, spec in self.items()
+        )
 
     def to_train_kwargs(self, params: Mapping[str, Any]) -> dict[str, Any]:
         """``TrainConfig`` keyword arguments from sampled values (e.g. ``trial.params``).
 
-        ``params`` must hold exactly this space's names. Values are converted to plain
-        Python types (hidden_sizes "100-100" -> (100, 100), NumPy scalars -> int / float /
-        bool) and checked against the parameter's domain; they need not lie inside the
-        spec's range (Optuna lets an enqueued trial go outside it).
+        ``params`` must hold every parameter of this space that applies to it, and nothing
+        outside the space; a parameter that does not apply is left out (the training takes
+        its default, which it does not use). Values are converted to plain Python types
+        (hidden_sizes "100-100" -> (100, 100), NumPy scalars -> int / float / bool) and
+        checked against the parameter's domain; they need not lie inside the spec's range
+        (Optuna lets an enqueued trial go outside it).
         """
         unknown = sorted(set(params) - set(self))
-        missing = [n for n in self if n not in params]
+        missing = [n for n in self if n not in params and self.applies(n, params)]
         problems = [f"not in the space: {', '.join(unknown)}"] if unknown else []
         problems += [f"missing: {', '.join(missing)}"] if missing else []
         if problems:
             raise SpaceError("params do not match the space: " + "; ".join(problems))
         kwargs: dict[str, Any] = {}
         for name in self:
+            if name not in params or not self.applies(name, params):
+                continue
             v = params[name]
             if isinstance(v, np.generic):
                 v = v.item()
@@ -551,23 +727,36 @@ class SearchSpace(Mapping[str, ParamSpec]):
         return {name: spec.describe() for name, spec in self.items()}
 
     def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready dict (for study user attrs); ``from_dict`` gives back an equal space."""
-        return {"version": 1, "params": {name: spec.to_dict() for name, spec in self.items()}}
+        """A JSON-ready dict (for study user attrs); ``from_dict`` gives back an equal space.
+
+        A conditional parameter's dict holds its whole condition under ``when`` (version 2);
+        a space without conditions is written as version 1, as before conditions existed."""
+        params = {}
+        for name, spec in self.items():
+            params[name] = spec.to_dict()
+            if name in self._conditions:
+                params[name]["when"] = self._conditions[name].to_dict()
+        return {"version": 2 if self._conditions else 1, "params": params}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> SearchSpace:
-        """The space ``to_dict`` wrote; SpaceError for anything else."""
+        """The space ``to_dict`` wrote; SpaceError for anything else. A version 1 space (stored
+        before conditions existed) has none: every parameter applies to every trial."""
         if not isinstance(data, Mapping) or not isinstance(data.get("params"), Mapping):
             raise SpaceError("a stored search space must be a dict with a 'params' dict")
-        if data.get("version", 1) != 1:
-            raise SpaceError(f"unsupported search space version {data.get('version')!r}; expected 1")
-        specs = {}
+        version = data.get("version", 1)
+        if version not in (1, 2):
+            raise SpaceError(f"unsupported search space version {version!r}; expected 1 or 2")
+        specs, conditions = {}, {}
         for raw_name, value in data["params"].items():
             with _about(f"params.{raw_name}"):
                 name = resolve_name(raw_name)
             with _about(f"params.{raw_name}", name):
+                value, when = _split_when(value) if version == 2 else (value, None)
                 specs[name] = _normalized(name, _spec_from_value(name, value, shorthand=False))
-        return cls(specs)
+                if when is not None:
+                    conditions[name] = _parse_when(name, when)
+        return cls(specs, conditions)
 
 
 # ---------------------------------------------------------------------------
@@ -796,6 +985,7 @@ def load_space_file(path: str | Path) -> SearchSpace:
     if not isinstance(params, dict):
         raise SpaceError(f"{path}: no [params] table")
     specs: dict[str, ParamSpec] = {}
+    conditions: dict[str, Condition] = {}
     for raw_name, value in params.items():
         where = f"{path}: params.{raw_name}"
         with _about(where):
@@ -803,8 +993,19 @@ def load_space_file(path: str | Path) -> SearchSpace:
         with _about(where, name):
             if name in specs:
                 raise SpaceError(f"{name} is given twice")
+            value, when = _split_when(value)
             specs[name] = _normalized(name, _spec_from_value(name, value))
-    return SearchSpace(specs)
+            own = PARAMETERS[name].applies_when
+            if when is not None:
+                stated = _parse_when(name, when)
+                both = stated if own is None else own.both(stated)
+                if both is None:
+                    raise SpaceError(f"when {stated} leaves no case where {name} applies: it applies only with {own}")
+                conditions[name] = both
+            elif own is not None:
+                conditions[name] = own
+    with _about(str(path)):
+        return SearchSpace(specs, conditions)
 
 
 def build_space(
@@ -816,6 +1017,10 @@ def build_space(
 
     Each layer replaces the specs of the parameters it names; the later wins. The result
     always holds the ``ALWAYS_SEARCHED`` parameters: a base lacking one gets the default's.
+    A conditional parameter that can never apply (its parent is fixed, or searched without
+    the values it needs) is refused with SpaceError when ``file`` or ``params`` name it, and
+    left out when only ``base`` holds it (``hpo narrow --param optimizer=adam`` over a
+    narrowed space that searched momentum).
     """
     if isinstance(params, str):
         params = [params]  # one --param given as a bare string, not its characters
@@ -823,12 +1028,42 @@ def build_space(
     missing = {n: s for n, s in default_space().items() if n not in space}
     if missing:
         space = space.updated(missing)
+    named: set[str] = set()
     if file is not None:
-        space = space.updated(load_space_file(file))
+        from_file = load_space_file(file)
+        space = space.updated(from_file)
+        named.update(from_file)
     for text in params:
         name, spec = parse_param(text)
         space = space.updated({name: spec})
+        named.add(name)
+    return _only_applicable(space, named)
+
+
+def _only_applicable(space: SearchSpace, named: set[str]) -> SearchSpace:
+    """``space`` without the parameters that can never apply; SpaceError if one is ``named``."""
+    while never := [n for n in space.conditions if not space.can_apply(n)]:
+        asked = [n for n in never if n in named]
+        if asked:
+            raise SpaceError(_never_applies(space, asked[0]))
+        space = space.without(never)  # a parent dropped in turn may leave others out
     return space
+
+
+def _never_applies(space: SearchSpace, name: str) -> str:
+    condition = space.condition(name)
+    assert condition is not None
+    for parent, values in condition.requires:
+        possible = space.parent_values(parent)
+        if any(v in values for v in possible):
+            continue
+        spec = space.get(parent)
+        searched = isinstance(spec, Choice) and not spec.is_fixed
+        has = f"{parent} is searched over {spec.describe()}" if searched else f"the space leaves {parent} at {_choice_text(possible[0])}"
+        wanted = ",".join(_choice_text(v) for v in (*(spec.choices if searched else ()), *values))
+        return (f"{name} never applies: it applies only with {condition}, and {has}; let {parent} "
+                f"take one of those (e.g. --param {parent}={wanted}) or leave {name} out")
+    return f"{name} never applies: it applies only with {condition}"
 
 
 # ---------------------------------------------------------------------------

@@ -47,7 +47,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import optuna
-from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
+from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import TrialState
 
 from storage import backend, optuna_access, records
@@ -387,7 +387,7 @@ class Worker:
         # constant-liar TPE and for `hpo trials`; if that write fails they go with the next one.
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            suggest_all(trial, space.to_distributions())
+            suggest_all(trial, space)
         with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError, *backend.DB_ERRORS):
             self.study_storage.flush_alone(optuna_access.trial_id(trial))  # failed under us: the first report says so
         self.heartbeat.start(optuna_access.trial_id(trial), beat=False)  # its first beat was written in the claim
@@ -517,10 +517,18 @@ class _RetryingTrial:
         return getattr(self._trial, name)
 
 
-def suggest_all(trial: optuna.Trial, distributions: dict[str, BaseDistribution]) -> None:
-    """Sample every parameter of ``distributions`` (one relative-sampling call for TPE, at the
-    first one), through the public ``suggest_*`` of each distribution's type."""
-    for name, d in distributions.items():
+def suggest_all(trial: optuna.Trial, space: SearchSpace) -> None:
+    """Sample every parameter of ``space`` that applies to ``trial``, in the space's sampling
+    order (a conditional parameter after the choices its condition names, so it is suggested
+    only where it means something), through the public ``suggest_*`` of each distribution's
+    type. For TPE the first suggestion samples the parameters every trial has in one
+    relative-sampling call; a conditional one is sampled on its own from the trials that
+    have it (workers/strategy.py)."""
+    distributions = space.to_distributions()
+    for name in space.sampling_order():
+        if name in space.conditions and not space.applies(name, trial.params):
+            continue
+        d = distributions[name]
         if isinstance(d, FloatDistribution):
             trial.suggest_float(name, d.low, d.high, log=d.log, step=d.step)
         elif isinstance(d, IntDistribution):

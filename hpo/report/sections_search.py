@@ -19,6 +19,7 @@ from hpo.report.common import (
     FADED_OPACITY, SOLID_OPACITY, color_map, faded, hover, layout, plot_text, sample, sampled_note, scatter, show,
 )
 from hpo.report.page import Figure, Item, Section, Table, Words
+from workers.knobs import Condition, KnobError
 
 # The parameter drawn on the x axis of the coarse-to-fine scatter, when the stage searches it.
 LEARNING_RATE = "learning_rate"
@@ -164,9 +165,20 @@ def _coarse_figure(stage: StageView, x_name: str, colors: dict[Any, str]) -> Fig
         + (f", the green band the range stage {stage.stage + 1} searches" if narrowed else "")
         + ", the star the best trial."
     )
+    if (when := _condition(stage.ranges.get(x_name))) is not None:
+        caption += f" {x_name} is sampled only with {when}, so only the {len(trials)} finished trials that have it are drawn."
     if sampled:
         caption += sampled_note(len(shown), len(trials))
     return Figure(figure, caption)
+
+
+def _condition(spec: Any) -> Condition | None:
+    """The condition a stored parameter spec carries under ``when`` (None: it always applies)."""
+    when = spec.get("when") if isinstance(spec, Mapping) else None
+    try:
+        return Condition.of(when) if when else None
+    except KnobError:  # not what hpo stores: say nothing rather than something wrong
+        return None
 
 
 def _pair_figure(stage: StageView, x_name: str, y_name: str) -> Figure | None:
@@ -188,6 +200,10 @@ def _pair_figure(stage: StageView, x_name: str, y_name: str) -> Figure | None:
         if stage.ranges.get(name, {}).get("log"):
             figure.update_layout(**{axis: {"type": "log"}})
     caption = f"Each complete trial of {stage.study} at its {x_name} and {y_name}, coloured by validation accuracy (yellow is best): a bright corner is where the next stage should look."
+    for name in (x_name, y_name):
+        if (when := _condition(stage.ranges.get(name))) is not None:
+            caption += f" {name} is sampled only with {when}, so only the {len(trials)} trials that have both are drawn."
+            break
     if sampled:
         caption += sampled_note(len(shown), len(trials))
     return Figure(figure, caption)

@@ -96,15 +96,19 @@ def he_std(
 @dataclass(frozen=True)
 class Initializer:
     """One registry entry: ``std(fan_in, fan_out, *, activation, leaky_slope, std)``
-    returns the standard deviation of the zero-mean Gaussian to draw from."""
+    returns the standard deviation of the zero-mean Gaussian to draw from.
+    ``config_fields``: the training-config fields only this initializer reads (the
+    search samples such a knob only with it: workers/knobs.py)."""
 
     name: str
     std: Callable[..., float]
     description: str
+    config_fields: tuple[str, ...] = ()
 
 
 INITIALIZERS: dict[str, Initializer] = {
-    "small": Initializer("small", small_std, f"N(0, std^2), std = init_std (default {SMALL_STD:g})"),
+    "small": Initializer("small", small_std, f"N(0, std^2), std = init_std (default {SMALL_STD:g})",
+                         config_fields=("init_std",)),
     "xavier": Initializer("xavier", xavier_std, "Glorot normal, std = sqrt(2 / (fan_in + fan_out))"),
     "he": Initializer("he", he_std, "He normal, std = sqrt(2 / fan_in) (leaky ReLU: / (1 + a^2))"),
 }

@@ -59,6 +59,9 @@ class Optimizer:
     """
 
     name = "base"
+    # The training-config fields this rule reads besides the learning rate (the search
+    # samples such a knob only with the rules that read it: workers/knobs.py).
+    config_fields: tuple[str, ...] = ()
 
     def __init__(self, params: Sequence[np.ndarray], learning_rate: float, **_unused: float) -> None:
         if learning_rate <= 0:
@@ -92,6 +95,7 @@ class Momentum(Optimizer):
     """SGD with momentum mu (default DEFAULT_MOMENTUM): v <- mu v - lr g; p <- p + v."""
 
     name = "momentum"
+    config_fields = ("momentum",)
 
     def __init__(self, params: Sequence[np.ndarray], learning_rate: float, momentum: float = DEFAULT_MOMENTUM,
                  **_unused: float) -> None:
