@@ -35,7 +35,8 @@ from optuna.trial import TrialState
 
 from hpo import dashboard
 from hpo.local import LocalWorkers
-from hpo.narrow import KEEP_CHOICES, MIN_CHOICE_TRIALS, NarrowResult, NarrowRule, NarrowTrial, NothingToNarrow, narrow
+from hpo.narrow import (EARLIER_CHOICE_RULE, KEEP_CHOICES, MIN_CHOICE_TRIALS, NarrowResult, NarrowRule, NarrowTrial,
+                        NothingToNarrow, narrow)
 from storage import backend, optuna_access, records
 from storage.errors import StorageError, StudyNotFound
 from workers import stageplan
@@ -132,10 +133,8 @@ class CampaignSpec:
     def from_dict(cls, data: dict[str, Any]) -> CampaignSpec:
         names = {f.name for f in dataclasses.fields(cls)}
         kwargs = {k: v for k, v in data.items() if k in names}
-        # A plan stored before choices needed evidence goes on dropping every choice outside the
-        # top trials, as it did when it was created.
-        legacy = {"min_choice_trials": 1, "keep_choices": 1}
-        return cls(**{**legacy, **kwargs, "space": SearchSpace.from_dict(data["space"])})
+        # A plan stored before choices needed evidence goes on narrowing as it did when created.
+        return cls(**{**EARLIER_CHOICE_RULE, **kwargs, "space": SearchSpace.from_dict(data["space"])})
 
     @classmethod
     def from_stages(cls, plans: Sequence[StagePlan]) -> CampaignSpec:

@@ -81,6 +81,7 @@ from workers.space import PARAMETERS, Choice, FloatRange, IntRange, ParamSpec, S
 
 __all__ = [
     "BORDER_TOLERANCE",
+    "EARLIER_CHOICE_RULE",
     "KEEP_CHOICES",
     "MIN_CHOICE_TRIALS",
     "MIN_TOP",
@@ -102,6 +103,9 @@ BORDER_TOLERANCE = 0.02  # "at the border": within this fraction of the old widt
 MIN_WIDTH = 0.1  # a narrowed range keeps at least this fraction of the old width
 MIN_CHOICE_TRIALS = 3  # a choice tried fewer times than this is kept: too little evidence to drop it
 KEEP_CHOICES = 1  # each categorical parameter keeps at least this many choices
+# The rule before choices needed evidence (every choice outside the top trials dropped): what a
+# lineage or a campaign plan stored without these settings was narrowed by.
+EARLIER_CHOICE_RULE = {"min_choice_trials": 1, "keep_choices": 1}
 
 
 class NarrowError(ValueError):
@@ -175,8 +179,7 @@ class NarrowRule:
         """The rule ``to_dict`` wrote. A rule stored before choices needed evidence dropped
         every choice outside the top trials: it reads back as such."""
         names = {f.name for f in dataclasses.fields(cls)}
-        legacy = {"min_choice_trials": 1, "keep_choices": 1}
-        return cls(**{**legacy, **{k: v for k, v in data.items() if k in names}})
+        return cls(**{**EARLIER_CHOICE_RULE, **{k: v for k, v in data.items() if k in names}})
 
 
 @dataclass(frozen=True)
