@@ -1,36 +1,44 @@
 """Search quality per unit of compute: coarse-to-fine against random search and one TPE stage.
 
-On digits, for each seed (the data split, the samplers and the trial seeds follow it):
+On digits or MNIST-1D (``--dataset``), for each seed (the data split, the samplers and the
+trial seeds follow it):
 
 - **c2f**: the coarse-to-fine campaign ``hpo search`` runs by default: 3 stages of 60 / 30 / 15
   trials at 2 / 8 / 30 epochs, TPE with the median pruner in each, the ranges narrowed between
-  stages, the parent's best configuration queued first in the next stage;
-- **c2f-half**: the same campaign with half the trials per stage (30 / 15 / 8), held to half
-  the epochs c2f spent: if it spends more, its result is what it would have ended with had it
-  been stopped at that point (its trials in the order they ran, those within the budget kept,
-  the pick made and retrained as ``hpo search`` makes it);
+  stages, the parent's best configuration queued first in the next stage. ``--rule MIN:KEEP``
+  (repeatable) runs it once per narrowing rule for categorical choices (``hpo search
+  --min-choice-trials MIN --keep-choices KEEP``), each named ``c2f MIN/KEEP``; without it, the
+  defaults, named ``c2f``;
+- **c2f-half**: the same campaign (the first rule) with half the trials per stage
+  (30 / 15 / 8), held to half the epochs c2f spent: if it spends more, its result is what it
+  would have ended with had it been stopped at that point (its trials in the order they ran,
+  those within the budget kept, the pick made and retrained as ``hpo search`` makes it);
+  ``--no-half`` leaves it out;
 - **random**: one stage of random search over the default space at 30 epochs per trial,
   without pruning (the lecture's random search);
 - **tpe**: one TPE stage over the default space at 30 epochs per trial, with the median
   pruner (the stage default).
 
 The budget is training epochs actually run: per trial the epochs its learning curve holds
-(plus the one a diverged run broke off in), summed over the search. The campaign runs first,
-and what it spent is the budget random search and TPE get: they take trials until the next
-one could overrun it; c2f-half gets half of it. Every method ends as
-``hpo search`` does: the best configuration (from the last stage) is retrained on train +
-validation for 30 epochs and tested once; that retrain is the same for all and is not counted.
+(plus the one a diverged run broke off in), summed over the search. The campaigns run first,
+and the most any of them spent is the budget random search and TPE get (equal or larger
+epochs than each campaign's): they take trials until the next one could overrun it;
+c2f-half gets half of the first campaign's. Every method ends as ``hpo search`` does: the
+best configuration (from the last stage) is retrained on train + validation for 30 epochs and
+tested once; that retrain is the same for all and is not counted.
 
-Reported per method, median over the seeds: the best validation accuracy (the value of the
-trial retrained) and the test accuracy of the retrained model, with the epochs spent.
-Targets (issue): c2f >= the best of random and tpe at the same budget; c2f-half (at most half
-the budget) >= their final accuracy. Each worker runs in this process, one at a time, so a
-seed gives the same search every time.
+Reported per method, median over the seeds, with the range over seeds: the best validation
+accuracy (the value of the trial retrained) and the test accuracy of the retrained model,
+with the epochs spent. Targets: c2f >= the best of random and tpe at the same budget;
+c2f-half (at most half the budget) >= their final accuracy. Each campaign's worker runs in
+the process of its seed, one trial at a time, so a seed gives the same search every time;
+``--jobs N`` runs N seeds at once, each in its own process with one BLAS thread.
 
 Usage::
 
     python benchmarks/search_quality.py            # 5 seeds (~1-2 min on 2 cores)
     python benchmarks/search_quality.py --seeds 3  # fewer seeds
+    python benchmarks/search_quality.py --dataset mnist1d --seeds 10 --jobs 2 --rule 1:1 --rule 3:1
     python benchmarks/search_quality.py --quick    # a smoke run: 1 seed, a small schedule
     python benchmarks/search_quality.py --json     # one JSON object with every figure
 """
@@ -38,7 +46,10 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import logging
+import multiprocessing
+import os
 import sys
 import tempfile
 import threading
@@ -54,13 +65,15 @@ import optuna  # noqa: E402
 
 from benchmarks.common import dump_json, machine, median, print_table, sqlite_database  # noqa: E402
 from hpo.campaign import FINAL_CANDIDATES, CampaignSpec, final_candidates, final_evaluation, run_campaign  # noqa: E402
+from hpo.local import BLAS_THREAD_VARS  # noqa: E402
+from hpo.narrow import KEEP_CHOICES, MIN_CHOICE_TRIALS  # noqa: E402
 from storage import backend  # noqa: E402
 from workers import stageplan  # noqa: E402
 from workers.space import default_space  # noqa: E402
 from workers.worker import Worker, WorkerOptions  # noqa: E402
 
 FINAL_EPOCHS = 30
-METHODS = ("c2f", "c2f-half", "random", "tpe")
+DATASETS = ("digits", "mnist1d")  # built in, no files: the same data on every machine
 
 
 class Quiet:
@@ -128,10 +141,13 @@ def stopped_at(storage, plans: list, budget: int) -> dict[str, Any]:
 
 
 def campaign(url: str, name: str, seed: int, trials: list[int], epochs: list[int],
-             budget: int | None = None) -> dict[str, Any]:
+             budget: int | None = None, *, dataset: str = "digits",
+             rule: tuple[int, int] = (MIN_CHOICE_TRIALS, KEEP_CHOICES)) -> dict[str, Any]:
     """A coarse-to-fine campaign, its coordinator and one worker in this process (``budget``:
-    the result as if it had been stopped once it spent that many epochs, see stopped_at)."""
-    spec = CampaignSpec(name=name, space=default_space(), stages=len(trials), trials=trials, epochs=epochs, seed=seed)
+    the result as if it had been stopped once it spent that many epochs, see stopped_at;
+    ``rule``: the narrowing's (min_choice_trials, keep_choices))."""
+    spec = CampaignSpec(name=name, space=default_space(), dataset=dataset, stages=len(trials), trials=trials,
+                        epochs=epochs, seed=seed, min_choice_trials=rule[0], keep_choices=rule[1])
     backend.ensure_schema(url)
     worker = Worker(WorkerOptions(storage_url=url, campaign=name, seed=seed, poll_seconds=0.05))
     thread = threading.Thread(target=worker.run, name="worker", daemon=True)
@@ -157,10 +173,11 @@ def campaign(url: str, name: str, seed: int, trials: list[int], epochs: list[int
             "trials": sum(sum(s["counts"].get(k, 0) for k in ("COMPLETE", "PRUNED")) for s in summary.stages)}
 
 
-def single_stage(url: str, name: str, seed: int, sampler: str, pruner: str, budget: int) -> dict[str, Any]:
+def single_stage(url: str, name: str, seed: int, sampler: str, pruner: str, budget: int,
+                 dataset: str = "digits") -> dict[str, Any]:
     """One stage at FINAL_EPOCHS per trial, trials taken until the next could overrun ``budget``."""
     space = default_space()
-    spec = CampaignSpec(name=name, space=space, stages=1, trials=[100_000], epochs=[FINAL_EPOCHS],
+    spec = CampaignSpec(name=name, space=space, dataset=dataset, stages=1, trials=[100_000], epochs=[FINAL_EPOCHS],
                         sampler=sampler, pruner=pruner, seed=seed)
     plan = spec.plan(1, space)
     backend.ensure_schema(url)
@@ -186,77 +203,157 @@ def single_stage(url: str, name: str, seed: int, sampler: str, pruner: str, budg
             "trials": trials, "worker_runs": runs}
 
 
-def run(seeds: list[int], trials: list[int], epochs: list[int], log) -> dict[str, Any]:
+def rule_label(rule: tuple[int, int], rules: list[tuple[int, int]]) -> str:
+    """``c2f`` for the only rule, ``c2f MIN/KEEP`` among several."""
+    return "c2f" if len(rules) == 1 else f"c2f {rule[0]}/{rule[1]}"
+
+
+def run_seed(seed: int, dataset: str, trials: list[int], epochs: list[int], rules: list[tuple[int, int]],
+             half: bool, final_epochs: int) -> dict[str, Any]:
+    """Every method on one seed, in throwaway SQLite files: the campaigns first, then random
+    search and TPE at the most any campaign spent."""
+    global FINAL_EPOCHS
+    FINAL_EPOCHS = final_epochs  # a fresh process (--jobs) starts from the module's value
+    warnings.simplefilter("ignore")
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    logging.getLogger("hpo.worker").setLevel(logging.ERROR)
+    row: dict[str, Any] = {"seed": seed}
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="hpo-quality-") as tmp:
+        folder = Path(tmp)
+        for i, rule in enumerate(rules):
+            with sqlite_database(folder, f"c2f-{seed}-{i}") as url:
+                row[rule_label(rule, rules)] = campaign(url, f"c2f{seed}", seed, trials, epochs, dataset=dataset, rule=rule)
+        budget = max(row[rule_label(rule, rules)]["epochs"] for rule in rules)
+        if half:
+            first = row[rule_label(rules[0], rules)]["epochs"]
+            halved = [max(2, (n + 1) // 2) for n in trials]
+            with sqlite_database(folder, f"half-{seed}") as url:
+                row["c2f-half"] = campaign(url, f"half{seed}", seed, halved, epochs, budget=first // 2,
+                                           dataset=dataset, rule=rules[0])
+        with sqlite_database(folder, f"random-{seed}") as url:
+            row["random"] = single_stage(url, f"random{seed}", seed, "random", "none", budget, dataset)
+        with sqlite_database(folder, f"tpe-{seed}") as url:
+            row["tpe"] = single_stage(url, f"tpe{seed}", seed, "tpe", "median", budget, dataset)
+    row["seconds"] = round(time.monotonic() - started, 1)
+    return row
+
+
+def run(seeds: list[int], trials: list[int], epochs: list[int], log, *, dataset: str = "digits",
+        rules: list[tuple[int, int]] | None = None, half: bool = True, jobs: int = 1) -> dict[str, Any]:
+    rules = rules or [(MIN_CHOICE_TRIALS, KEEP_CHOICES)]
+    methods = [rule_label(rule, rules) for rule in rules] + (["c2f-half"] if half else []) + ["random", "tpe"]
+    args = (dataset, trials, epochs, rules, half, FINAL_EPOCHS)
     per_seed = []
-    half = [max(2, (n + 1) // 2) for n in trials]
-    with tempfile.TemporaryDirectory(prefix="hpo-quality-") as folder:
+
+    def done(row: dict[str, Any]) -> None:
+        log(f"seed {row['seed']} ({row['seconds']} s): " + ", ".join(
+            f"{m} val {row[m]['val_accuracy']:.4f} test {row[m]['test_accuracy']:.4f} ({row[m]['epochs']} epochs)"
+            for m in methods))
+        per_seed.append(row)
+
+    if jobs == 1:
         for seed in seeds:
-            row: dict[str, Any] = {"seed": seed}
-            started = time.monotonic()
-            with sqlite_database(Path(folder), f"c2f-{seed}") as url:
-                row["c2f"] = campaign(url, f"c2f{seed}", seed, trials, epochs)
-            budget = row["c2f"]["epochs"]
-            with sqlite_database(Path(folder), f"half-{seed}") as url:
-                row["c2f-half"] = campaign(url, f"half{seed}", seed, half, epochs, budget=budget // 2)
-            with sqlite_database(Path(folder), f"random-{seed}") as url:
-                row["random"] = single_stage(url, f"random{seed}", seed, "random", "none", budget)
-            with sqlite_database(Path(folder), f"tpe-{seed}") as url:
-                row["tpe"] = single_stage(url, f"tpe{seed}", seed, "tpe", "median", budget)
-            row["seconds"] = round(time.monotonic() - started, 1)
-            log(f"seed {seed} ({row['seconds']} s): " + ", ".join(
-                f"{m} val {row[m]['val_accuracy']:.4f} test {row[m]['test_accuracy']:.4f} ({row[m]['epochs']} epochs)"
-                for m in METHODS))
-            per_seed.append(row)
+            done(run_seed(seed, *args))
+    else:
+        for var in BLAS_THREAD_VARS:  # N seeds at once on N cores: one BLAS thread each
+            os.environ[var] = "1"
+        with concurrent.futures.ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+            for future in concurrent.futures.as_completed([pool.submit(run_seed, seed, *args) for seed in seeds]):
+                done(future.result())
+        per_seed.sort(key=lambda row: row["seed"])
     medians = {
-        m: {k: median([r[m][k] for r in per_seed]) for k in ("val_accuracy", "test_accuracy", "epochs", "trials")}
-        for m in METHODS
+        m: {**{k: median([r[m][k] for r in per_seed]) for k in ("val_accuracy", "test_accuracy", "epochs", "trials")},
+            "test_min": min(r[m]["test_accuracy"] for r in per_seed),
+            "test_max": max(r[m]["test_accuracy"] for r in per_seed)}
+        for m in methods
     }
     others_val = max(medians["random"]["val_accuracy"], medians["tpe"]["val_accuracy"])
     others_test = max(medians["random"]["test_accuracy"], medians["tpe"]["test_accuracy"])
-    targets = {
-        "c2f_at_least_as_good_val": medians["c2f"]["val_accuracy"] >= others_val,
-        "c2f_at_least_as_good_test": medians["c2f"]["test_accuracy"] >= others_test,
-        "half_budget_fraction": round(medians["c2f-half"]["epochs"] / medians["c2f"]["epochs"], 3),
-        "half_reaches_others_test": medians["c2f-half"]["test_accuracy"] >= others_test,
-        "half_reaches_others_val": medians["c2f-half"]["val_accuracy"] >= others_val,
+    campaigns = methods[:len(rules)]
+    first = campaigns[0]
+    targets: dict[str, Any] = {
+        "c2f_at_least_as_good_val": medians[first]["val_accuracy"] >= others_val,
+        "c2f_at_least_as_good_test": medians[first]["test_accuracy"] >= others_test,
+        # per campaign: above TPE's median test accuracy, and a spread between seeds narrower than TPE's
+        "above_tpe_test": {m: medians[m]["test_accuracy"] > medians["tpe"]["test_accuracy"] for m in campaigns},
+        "spread": {m: round(medians[m]["test_max"] - medians[m]["test_min"], 4) for m in methods},
     }
-    return {"benchmark": "search_quality", "machine": machine(), "dataset": "digits", "seeds": seeds,
-            "schedule": {"trials": trials, "epochs": epochs, "half_trials": half, "single_stage_epochs": FINAL_EPOCHS},
+    if half:
+        targets.update({
+            "half_budget_fraction": round(medians["c2f-half"]["epochs"] / medians[first]["epochs"], 3),
+            "half_reaches_others_test": medians["c2f-half"]["test_accuracy"] >= others_test,
+            "half_reaches_others_val": medians["c2f-half"]["val_accuracy"] >= others_val,
+        })
+    return {"benchmark": "search_quality", "machine": machine(), "dataset": dataset, "seeds": seeds, "jobs": jobs,
+            "methods": methods, "rules": {rule_label(r, rules): {"min_choice_trials": r[0], "keep_choices": r[1]} for r in rules},
+            "schedule": {"trials": trials, "epochs": epochs, "half_trials": [max(2, (n + 1) // 2) for n in trials] if half else None,
+                         "single_stage_epochs": FINAL_EPOCHS},
             "per_seed": per_seed, "medians": medians, "targets": targets}
 
 
 def print_report(report: dict[str, Any]) -> None:
     m = report["machine"]
     sched = report["schedule"]
+    methods = report["methods"]
     print(f"{m['date']}, {m['cpu']}, {m['cores']} cores, Python {m['python']}, Optuna {m['optuna']}")
-    print(f"digits, seeds {report['seeds']}; c2f trials {sched['trials']} at epochs {sched['epochs']}, "
-          f"c2f-half trials {sched['half_trials']}; random / tpe at {sched['single_stage_epochs']} epochs per trial\n")
+    rules = "; ".join(f"{label}: --min-choice-trials {r['min_choice_trials']} --keep-choices {r['keep_choices']}"
+                      for label, r in report["rules"].items())
+    half = f", c2f-half trials {sched['half_trials']}" if sched["half_trials"] else ""
+    print(f"{report['dataset']}, seeds {report['seeds']}; c2f trials {sched['trials']} at epochs {sched['epochs']} ({rules})"
+          f"{half}; random / tpe at {sched['single_stage_epochs']} epochs per trial\n")
     rows = []
     for r in report["per_seed"]:
-        for method in METHODS:
+        for method in methods:
             x = r[method]
             rows.append({"seed": r["seed"], "method": method, "epochs": x["epochs"], "trials": x["trials"],
                          "best val": round(x["val_accuracy"], 4), "test (retrained)": round(x["test_accuracy"], 4)})
     print_table(rows, list(rows[0]))
     med = report["medians"]
     print_table([{"method": k, "median epochs": v["epochs"], "median best val": round(v["val_accuracy"], 4),
-                  "median test": round(v["test_accuracy"], 4)} for k, v in med.items()],
-                ["method", "median epochs", "median best val", "median test"], title="medians over seeds")
+                  "median test": round(v["test_accuracy"], 4), "test range": f"{v['test_min']:.4f}-{v['test_max']:.4f}"}
+                 for k, v in med.items()],
+                ["method", "median epochs", "median best val", "median test", "test range"], title="medians over seeds")
     t = report["targets"]
-    print(f"c2f >= best of random / tpe at the same budget: val {'PASS' if t['c2f_at_least_as_good_val'] else 'MISS'}, "
+    print(f"{methods[0]} >= best of random / tpe at the same budget: val {'PASS' if t['c2f_at_least_as_good_val'] else 'MISS'}, "
           f"test {'PASS' if t['c2f_at_least_as_good_test'] else 'MISS'}")
-    print(f"c2f-half spends {t['half_budget_fraction']:.0%} of c2f's epochs; reaches the others' test accuracy: "
-          f"{'PASS' if t['half_reaches_others_test'] and t['half_budget_fraction'] <= 0.5 else 'MISS'} "
-          f"(val: {'PASS' if t['half_reaches_others_val'] else 'MISS'})")
+    for label, above in t["above_tpe_test"].items():
+        narrower = t["spread"][label] < t["spread"]["tpe"]
+        print(f"{label} median test above tpe's: {'PASS' if above else 'MISS'}; spread between seeds "
+              f"{t['spread'][label]:.4f} vs tpe's {t['spread']['tpe']:.4f}: {'narrower' if narrower else 'not narrower'}")
+    if "half_budget_fraction" in t:
+        print(f"c2f-half spends {t['half_budget_fraction']:.0%} of {methods[0]}'s epochs; reaches the others' test accuracy: "
+              f"{'PASS' if t['half_reaches_others_test'] and t['half_budget_fraction'] <= 0.5 else 'MISS'} "
+              f"(val: {'PASS' if t['half_reaches_others_val'] else 'MISS'})")
+
+
+def parse_rule(text: str) -> tuple[int, int]:
+    """``MIN:KEEP`` -> (min_choice_trials, keep_choices), each an integer >= 1."""
+    try:
+        low, keep = (int(part) for part in text.split(":"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected MIN:KEEP (two integers), got {text!r}") from None
+    if low < 1 or keep < 1:
+        raise argparse.ArgumentTypeError(f"MIN and KEEP must be >= 1, got {text!r}")
+    return low, keep
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--dataset", choices=DATASETS, default="digits", help="digits (359 test images) or mnist1d (1,000)")
     parser.add_argument("--seeds", type=int, default=None, help="how many seeds (default 5)")
     parser.add_argument("--first-seed", type=int, default=0, help="seeds first-seed .. first-seed + seeds - 1")
+    parser.add_argument("--rule", dest="rules", type=parse_rule, action="append", metavar="MIN:KEEP",
+                        help="run the campaign with --min-choice-trials MIN --keep-choices KEEP (repeatable; "
+                             f"default {MIN_CHOICE_TRIALS}:{KEEP_CHOICES})")
+    parser.add_argument("--no-half", action="store_true", help="leave out c2f-half")
+    parser.add_argument("--jobs", type=int, default=1, help="seeds run at once, each in its own process")
+    parser.add_argument("--trials", help="trials per stage, a comma list (default 60,30,15; --quick 12,6,3)")
     parser.add_argument("--quick", action="store_true", help="a smoke run: 1 seed, trials 12/6/3 at 2/4/8 epochs")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
     args = parser.parse_args(argv)
+    if args.jobs < 1:
+        parser.error("--jobs must be >= 1")
     warnings.simplefilter("ignore")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     logging.getLogger("hpo.worker").setLevel(logging.ERROR)
@@ -270,7 +367,12 @@ def main(argv: list[str] | None = None) -> int:
         seeds = list(range(args.first_seed, args.first_seed + (args.seeds or 5)))
         trials, epochs = list(DEFAULT_TRIALS), list(DEFAULT_EPOCHS)
         FINAL_EPOCHS = epochs[-1]
-    report = run(seeds, trials, epochs, log=lambda s: print(s, file=sys.stderr, flush=True))
+    if args.trials:
+        trials = [int(n) for n in args.trials.split(",")]
+        if len(trials) != len(epochs) or min(trials) < 1:
+            parser.error(f"--trials needs {len(epochs)} positive integers, got {args.trials!r}")
+    report = run(seeds, trials, epochs, log=lambda s: print(s, file=sys.stderr, flush=True), dataset=args.dataset,
+                 rules=args.rules, half=not args.no_half, jobs=args.jobs)
     if args.json:
         dump_json(report)
     else:

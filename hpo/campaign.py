@@ -35,7 +35,8 @@ from optuna.trial import TrialState
 
 from hpo import dashboard
 from hpo.local import LocalWorkers
-from hpo.narrow import NarrowResult, NarrowTrial, NothingToNarrow, narrow
+from hpo.narrow import (EARLIER_CHOICE_RULE, KEEP_CHOICES, MIN_CHOICE_TRIALS, NarrowResult, NarrowRule, NarrowTrial,
+                        NothingToNarrow, narrow)
 from storage import backend, optuna_access, records
 from storage.errors import StorageError, StudyNotFound
 from workers import stageplan
@@ -91,6 +92,8 @@ class CampaignSpec:
     top_quantile: float = DEFAULT_TOP_QUANTILE
     top_k: int | None = None
     seed_best: int = 1  # the parent's best configurations queued first in the next stage
+    min_choice_trials: int = MIN_CHOICE_TRIALS  # a choice tried fewer times is kept for lack of evidence
+    keep_choices: int = KEEP_CHOICES  # each categorical parameter keeps at least this many choices
     max_failures_in_a_row: int = StagePlan.max_failures_in_a_row
     max_failure_share: float = StagePlan.max_failure_share
     replans: list[dict[str, Any]] = field(default_factory=list)
@@ -98,7 +101,7 @@ class CampaignSpec:
     # What a resume may change with --replan (for the stages not yet started); the rest
     # (dataset, seed, cross-validation, the first stage's space) defines the campaign.
     REPLANNABLE = ("stages", "trials", "epochs", "sampler", "pruner", "top_quantile", "top_k",
-                   "seed_best", "max_failures_in_a_row", "max_failure_share")
+                   "seed_best", "max_failures_in_a_row", "max_failure_share", "min_choice_trials", "keep_choices")
 
     def plan(self, stage: int, space: SearchSpace, lineage: dict[str, Any] | None = None) -> StagePlan:
         return StagePlan(
@@ -118,6 +121,11 @@ class CampaignSpec:
             max_failure_share=self.max_failure_share,
         )
 
+    def narrow_rule(self) -> NarrowRule:
+        """How this campaign narrows a stage into the next."""
+        return NarrowRule(top_k=self.top_k, top_quantile=self.top_quantile,
+                          min_choice_trials=self.min_choice_trials, keep_choices=self.keep_choices)
+
     def to_dict(self) -> dict[str, Any]:
         data = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         return {**data, "space": self.space.to_dict(), "trials": list(self.trials), "epochs": list(self.epochs)}
@@ -126,7 +134,8 @@ class CampaignSpec:
     def from_dict(cls, data: dict[str, Any]) -> CampaignSpec:
         names = {f.name for f in dataclasses.fields(cls)}
         kwargs = {k: v for k, v in data.items() if k in names}
-        return cls(**{**kwargs, "space": SearchSpace.from_dict(data["space"])})
+        # A plan stored before choices needed evidence goes on narrowing as it did when created.
+        return cls(**{**EARLIER_CHOICE_RULE, **kwargs, "space": SearchSpace.from_dict(data["space"])})
 
     @classmethod
     def from_stages(cls, plans: Sequence[StagePlan]) -> CampaignSpec:
@@ -307,12 +316,13 @@ def narrow_trials(storage, study_name: str) -> list[NarrowTrial]:
     ]
 
 
-def narrow_from(storage, parent: StagePlan, *, top_k: int | None, top_quantile: float) -> NarrowResult:
-    """Narrow the space of a finished stage; NothingToNarrow if it has no complete trial. A range
-    widened at its border stops where the data ends (no more PCA directions than features)."""
+def narrow_from(storage, parent: StagePlan, rule: NarrowRule) -> NarrowResult:
+    """Narrow the space of a finished stage by ``rule``; NothingToNarrow if it has no complete
+    trial. A range widened at its border stops where the data ends (no more PCA directions than
+    features)."""
     limits = data_limits(cached_dataset(parent.dataset, parent.seed))
     return narrow(SearchSpace.from_dict(parent.space), narrow_trials(storage, parent.study_name),
-                  top_k=top_k, top_quantile=top_quantile, limits=limits, stage=parent.study_name)
+                  **dataclasses.asdict(rule), limits=limits, stage=parent.study_name)
 
 
 def seed_queue(result: NarrowResult, space: SearchSpace, parent: StagePlan, n: int) -> list[tuple[dict, dict]]:
@@ -380,7 +390,7 @@ def open_next_stage(url: str, storage, spec: CampaignSpec, parent: StagePlan) ->
             if existing is not None:
                 return existing, None
         try:
-            result = narrow_from(storage, parent, top_k=spec.top_k, top_quantile=spec.top_quantile)
+            result = narrow_from(storage, parent, spec.narrow_rule())
         except NothingToNarrow as e:  # the campaign cannot go on: it ends here, naming the stage
             raise StageFailed(str(e)) from None
         child = plan_next_stage(parent, spec, result, result.space)

@@ -23,9 +23,9 @@ from hpo import cli_importance, cli_inspect, cli_model, cli_report
 from hpo import STOPS, exit_interrupted, record_stop, stopped_by_signal
 from hpo.cli_types import TOP_FRACTION
 from hpo.extras import missing_extra
-from hpo.narrow import NarrowError
+from hpo.narrow import KEEP_CHOICES, MIN_CHOICE_TRIALS, NarrowError
 from hpo.output import UsageError, err, format_option, literal, one_line, out, plural, print_json, render_rows, storage_option
-from hpo.progress import narrowing_rows, progress_for
+from hpo.progress import narrowing_rows, narrowing_table_rows, progress_for
 from storage import backend, records
 from storage.errors import DatabaseUnavailable, StorageError, StudyNotFound
 from storage.url import mask_url
@@ -261,7 +261,8 @@ SEED = click.IntRange(0, 2**32 - 1)  # NumPy's seed range: the split and every t
 PLAN_OPTIONS = {"dataset": "dataset", "stages": "stages", "trials": "trials", "epochs": "epochs",
                 "sampler": "sampler", "pruner": "pruner", "cv": "cv", "seed": "seed",
                 "top_quantile": "top_quantile", "max_failures_in_a_row": "max_failures_in_a_row",
-                "max_failure_share": "max_failure_share"}
+                "max_failure_share": "max_failure_share", "min_choice_trials": "min_choice_trials",
+                "keep_choices": "keep_choices"}
 
 
 def given_on_command_line(ctx: click.Context) -> set[str]:
@@ -282,6 +283,8 @@ def given_on_command_line(ctx: click.Context) -> set[str]:
 @click.option("--space", "space_file", type=click.Path(dir_okay=False), help="Search space TOML file: a [params] table; a parameter's table may add when = {optimizer = [\"nesterov\"]} to sample it only with those values (see README, Search space).")
 @click.option("--param", "params", multiple=True, metavar="NAME=SPEC", help="Override one parameter, e.g. lr=log:1e-5..1e-1 or activation=relu,tanh (repeatable). A knob that applies only with some choices (momentum: optimizer momentum or nesterov) is sampled only with them.")
 @click.option("--top", "top_quantile", type=TOP_FRACTION, default=campaign_mod.DEFAULT_TOP_QUANTILE, show_default=True, help="Fraction of a stage's best trials the next stage's ranges come from.")
+@click.option("--min-choice-trials", type=click.IntRange(min=1), default=MIN_CHOICE_TRIALS, show_default=True, help="A categorical choice tried fewer times in a stage is kept for lack of evidence.")
+@click.option("--keep-choices", type=click.IntRange(min=1), default=KEEP_CHOICES, show_default=True, help="Keep at least this many choices of each categorical parameter when narrowing.")
 @click.option("--seed", type=SEED, default=0, show_default=True, help="Seed of the data split, of every trial's training and of the samplers (see docs/cluster.md for what it reproduces).")
 @click.option("--max-failures-in-a-row", type=click.IntRange(min=1), default=StagePlan.max_failures_in_a_row, show_default=True, help="Stop a stage after this many trials in a row failed with an error.")
 @click.option("--max-failure-share", type=click.FloatRange(0, 1, min_open=True), default=StagePlan.max_failure_share, show_default=True, help="Stop a stage when trials failed with an error exceed this share of its budget.")
@@ -292,8 +295,9 @@ def given_on_command_line(ctx: click.Context) -> set[str]:
 @click.option("--no-model", is_flag=True, help="Do not write the final model to NAME-best.npz (hpo evaluate, hpo predict) when the campaign ends.")
 @storage_option
 @click.pass_context
-def search(ctx, name, dataset, stages, trials, epochs, workers, sampler, pruner, cv, space_file, params, top_quantile, seed,
-           max_failures_in_a_row, max_failure_share, replan, blas_threads, as_json, no_report, no_model, storage_url) -> None:
+def search(ctx, name, dataset, stages, trials, epochs, workers, sampler, pruner, cv, space_file, params, top_quantile,
+           min_choice_trials, keep_choices, seed, max_failures_in_a_row, max_failure_share, replan, blas_threads, as_json,
+           no_report, no_model, storage_url) -> None:
     """Run a coarse-to-fine search: stages that narrow the ranges and train longer.
 
     Each stage runs its trial budget on local workers (or on workers attached elsewhere with
@@ -333,6 +337,7 @@ def search(ctx, name, dataset, stages, trials, epochs, workers, sampler, pruner,
                 trials=per_stage(trials, default_trials, stages, "--trials"),
                 epochs=per_stage(epochs, default_epochs, stages, "--epochs"),
                 sampler=sampler, pruner=pruner, cv=cv, seed=seed, top_quantile=top_quantile,
+                min_choice_trials=min_choice_trials, keep_choices=keep_choices,
                 max_failures_in_a_row=max_failures_in_a_row, max_failure_share=max_failure_share,
             )
         else:
@@ -580,6 +585,8 @@ def _wait_for_target(url: str, campaign: str | None, study: str | None, seconds:
 @click.option("--param", "params", multiple=True, metavar="NAME=SPEC", help="Override one derived parameter (repeatable).")
 @click.option("--top", "top_quantile", type=TOP_FRACTION, default=None, help="Fraction of best trials the ranges come from. [default: the campaign's, else 0.25]")
 @click.option("--top-k", type=click.IntRange(min=1), help="Use the K best trials instead of a fraction.")
+@click.option("--min-choice-trials", type=click.IntRange(min=1), help=f"Keep a categorical choice tried fewer times, for lack of evidence. [default: the campaign's, else {MIN_CHOICE_TRIALS}]")
+@click.option("--keep-choices", type=click.IntRange(min=1), help=f"Keep at least this many choices of each categorical parameter. [default: the campaign's, else {KEEP_CHOICES}]")
 @click.option("--trials", type=click.IntRange(min=1), help="Budget of the new stage [default: the parent's / 2, at least 8].")
 @click.option("--epochs", type=click.IntRange(min=1), help="Epochs per trial of the new stage [default: 4x the parent's].")
 @click.option("--seed-best", type=click.IntRange(min=0), default=1, show_default=True, help="Queue the parent's K best configurations first.")
@@ -587,15 +594,17 @@ def _wait_for_target(url: str, campaign: str | None, study: str | None, seconds:
 @click.option("--dry-run", is_flag=True, help="Show the new ranges without creating the stage.")
 @format_option
 @storage_option
-def narrow(stage, into, space_file, params, top_quantile, top_k, trials, epochs, seed_best, force, dry_run, fmt, storage_url) -> None:
+def narrow(stage, into, space_file, params, top_quantile, top_k, min_choice_trials, keep_choices, trials, epochs, seed_best,
+           force, dry_run, fmt, storage_url) -> None:
     """Derive the next stage's search space from a finished stage (coarse to fine).
 
     A stage that has not met its budget is refused (it says what is left) unless --force.
 
     Numeric ranges shrink to the best trials (in log space for log-scaled parameters) with a
     margin; a best value at the border of its range widens the range past that border instead;
-    categorical choices that never reach the top are dropped. Prints old and new ranges side by
-    side with the reason for each change.
+    categorical choices that never reach the top are dropped, unless tried too few times to judge
+    (--min-choice-trials) or needed to keep --keep-choices of them. Prints old and new ranges side
+    by side with the reason for each change, and each choice's trials, best and median.
 
     \b
     Examples:
@@ -609,7 +618,8 @@ def narrow(stage, into, space_file, params, top_quantile, top_k, trials, epochs,
     storage = backend.open_storage(storage_url, heartbeat=False)
     parent, child, result = narrow_stage(
         storage_url, storage, stage, into=into, space_file=space_file, params=list(params),
-        top_quantile=top_quantile, top_k=top_k, trials=trials, epochs=epochs,
+        top_quantile=top_quantile, top_k=top_k, min_choice_trials=min_choice_trials, keep_choices=keep_choices,
+        trials=trials, epochs=epochs,
         seed_best=seed_best, force=force, dry_run=dry_run,
     )
     rows = narrowing_rows(result, child)
@@ -618,7 +628,7 @@ def narrow(stage, into, space_file, params, top_quantile, top_k, trials, epochs,
                     "trials": child.trials, "epochs": child.epochs, "changes": rows,
                     "source_trials": result.source_trials})
         return
-    render_rows(rows, ["param", "old", "new", "reason"], fmt,
+    render_rows(narrowing_table_rows(rows), ["param", "old", "new", "reason"], fmt,
                 title=f"{parent.study_name} -> {child.study_name} ({plural(child.trials, 'trial')} x {plural(child.epochs, 'epoch')})")
     if fmt == "table":
         err.print("dry run: nothing created" if dry_run else

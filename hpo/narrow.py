@@ -46,8 +46,20 @@ A range (float or int; in log10 units when it is log-scaled, else linear units)
        from 2), the border stays.
 
 A choice
-    Choices taken by no top trial are dropped (the best trial's is always among those
-    kept); the order of the old choices is kept. A fixed parameter stays fixed.
+    Each choice's evidence: how many finished trials (COMPLETE or PRUNED, inside the old
+    space) tried it, and the best and median value of those that completed. A pruned trial
+    counts as tried: it was stopped for looking worse than the others at the same epoch.
+    1. The choices taken by a top trial are kept (the best trial's among them).
+    2. A choice tried fewer than ``min_choice_trials`` times is kept too, for lack of
+       evidence: a sampler that liked another choice early tries it rarely, and a few short
+       runs say little about how it does with longer training.
+    3. While fewer than ``keep_choices`` are kept, the best of the others (by their best
+       value, then their median) is kept.
+    The others are dropped; the order of the old choices is kept. A fixed parameter stays
+    fixed.
+
+The rule (``NarrowRule``: how many top trials, the margins, the evidence a choice needs) is
+stored with the result, so the next stage's lineage says how it was derived.
 
 A conditional parameter (``momentum``, sampled only with the momentum and nesterov rules)
     Its values exist only in the trials it applied to, so it is narrowed from those alone:
@@ -78,12 +90,17 @@ from workers.space import PARAMETERS, Choice, FloatRange, IntRange, ParamSpec, S
 
 __all__ = [
     "BORDER_TOLERANCE",
+    "EARLIER_CHOICE_RULE",
+    "KEEP_CHOICES",
+    "MIN_CHOICE_TRIALS",
     "MIN_TOP",
     "MIN_WIDTH",
     "WIDEN",
     "NOT_SEARCHED",
+    "ChoiceEvidence",
     "NarrowError",
     "NarrowResult",
+    "NarrowRule",
     "NothingToNarrow",
     "ParamChange",
     "NarrowTrial",
@@ -94,6 +111,11 @@ MIN_TOP = 3  # "at least a few trials": the smallest top set the quantile rule p
 WIDEN = 0.5  # a border side moves out by this fraction of the old width
 BORDER_TOLERANCE = 0.02  # "at the border": within this fraction of the old width
 MIN_WIDTH = 0.1  # a narrowed range keeps at least this fraction of the old width
+MIN_CHOICE_TRIALS = 3  # a choice tried fewer times than this is kept: too little evidence to drop it
+KEEP_CHOICES = 1  # each categorical parameter keeps at least this many choices
+# The rule before choices needed evidence (every choice outside the top trials dropped): what a
+# lineage or a campaign plan stored without these settings was narrowed by.
+EARLIER_CHOICE_RULE = {"min_choice_trials": 1, "keep_choices": 1}
 
 
 class NarrowError(ValueError):
@@ -129,14 +151,83 @@ NOT_SEARCHED = "not searched"  # the new text of a conditional parameter the nex
 
 
 @dataclass(frozen=True)
+class NarrowRule:
+    """How a stage is narrowed (see the module docstring); stored whole in the result.
+
+    ``min_choice_trials``: a choice tried fewer times is kept for lack of evidence;
+    ``keep_choices``: each categorical parameter keeps at least this many choices. The
+    others are ``narrow``'s arguments of the same names.
+    """
+
+    top_k: int | None = None
+    top_quantile: float = 0.25
+    margin: float = 0.25
+    direction: str = "maximize"
+    widen: float = WIDEN
+    border_tolerance: float = BORDER_TOLERANCE
+    min_width: float = MIN_WIDTH
+    min_choice_trials: int = MIN_CHOICE_TRIALS
+    keep_choices: int = KEEP_CHOICES
+
+    def checked(self) -> NarrowRule:
+        """This rule with its direction spelled "maximize" or "minimize"; NarrowError names
+        the first bad setting."""
+        rule = dataclasses.replace(self, direction=_direction(self.direction))
+        for name in ("top_k", "min_choice_trials", "keep_choices"):
+            value = getattr(rule, name)
+            if (value is not None or name != "top_k") and (
+                isinstance(value, bool) or not isinstance(value, int) or value < 1
+            ):
+                raise NarrowError(f"{name} must be an integer >= 1{' or None' if name == 'top_k' else ''}, got {value!r}")
+        _check_settings(rule.top_quantile, rule.margin, rule.widen, rule.border_tolerance, rule.min_width)
+        return rule
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready; ``min_top`` says how few top trials the quantile rule ever picks."""
+        data = dataclasses.asdict(self)
+        return {**data, "min_top": MIN_TOP}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> NarrowRule:
+        """The rule ``to_dict`` wrote. A rule stored before choices needed evidence dropped
+        every choice outside the top trials: it reads back as such."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{**EARLIER_CHOICE_RULE, **{k: v for k, v in data.items() if k in names}})
+
+
+@dataclass(frozen=True)
+class ChoiceEvidence:
+    """What a stage says about one choice of a categorical parameter: how many finished
+    trials tried it (``trials``, pruned ones included), how many of those completed, the best
+    and the median of their values (None without a complete one), and whether the narrowed
+    space keeps it."""
+
+    choice: Any
+    trials: int
+    complete: int
+    best: float | None
+    median: float | None
+    kept: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ChoiceEvidence:
+        return cls(**{f.name: data[f.name] for f in dataclasses.fields(cls)})
+
+
+@dataclass(frozen=True)
 class ParamChange:
     """One parameter's old spec, new spec (None: the next stage does not search it) and the
-    one-line reason."""
+    one-line reason; for a categorical parameter, the evidence of each old choice (``choices``,
+    in the old order)."""
 
     name: str
     old: ParamSpec
     new: ParamSpec | None
     reason: str
+    choices: tuple[ChoiceEvidence, ...] = ()
 
     @property
     def new_text(self) -> str:
@@ -150,6 +241,7 @@ class ParamChange:
             "old_text": self.old.describe(),
             "new_text": self.new_text,
             "reason": self.reason,
+            "choices": [c.to_dict() for c in self.choices],
         }
 
 
@@ -171,7 +263,7 @@ class NarrowResult:
     best_params: Mapping[str, Any]
     top_params: tuple[Mapping[str, Any], ...]
     n_ranked: int
-    rule: Mapping[str, Any]
+    rule: NarrowRule
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready, for study user attrs; ``from_dict`` reads it back."""
@@ -184,7 +276,7 @@ class NarrowResult:
             "best_params": dict(self.best_params),
             "top_params": [dict(p) for p in self.top_params],
             "n_ranked": self.n_ranked,
-            "rule": dict(self.rule),
+            "rule": self.rule.to_dict(),
         }
 
     def change(self, name: str) -> ParamChange:
@@ -203,7 +295,8 @@ class NarrowResult:
         return cls(
             space=SearchSpace.from_dict(data["space"]),
             changes=tuple(
-                ParamChange(c["name"], spec(c["name"], c["old"]), spec(c["name"], c["new"]), c["reason"])
+                ParamChange(c["name"], spec(c["name"], c["old"]), spec(c["name"], c["new"]), c["reason"],
+                            tuple(ChoiceEvidence.from_dict(e) for e in c.get("choices", ())))
                 for c in data["changes"]
             ),
             source_trials=tuple(data["source_trials"]),
@@ -212,7 +305,7 @@ class NarrowResult:
             best_params=dict(data["best_params"]),
             top_params=tuple(dict(p) for p in data["top_params"]),
             n_ranked=data["n_ranked"],
-            rule=dict(data["rule"]),
+            rule=NarrowRule.from_dict(data["rule"]),
         )
 
 
@@ -230,6 +323,8 @@ def narrow(
     widen: float = WIDEN,
     border_tolerance: float = BORDER_TOLERANCE,
     min_width: float = MIN_WIDTH,
+    min_choice_trials: int = MIN_CHOICE_TRIALS,
+    keep_choices: int = KEEP_CHOICES,
     limits: Mapping[str, int] | None = None,
     stage: str | None = None,
 ) -> NarrowResult:
@@ -250,6 +345,10 @@ def narrow(
             border", in [0, 0.5).
         min_width: the narrowest a range becomes, as a fraction of the old width, in
             (0, 1].
+        min_choice_trials: a choice tried by fewer finished trials is kept for lack of
+            evidence, >= 1 (1: only a choice no trial tried).
+        keep_choices: each categorical parameter keeps at least this many choices (the
+            best by their best value), >= 1.
         limits: upper limits the data sets on integer parameters, {name: largest
             value} (pca_components: the number of features; see
             ``workers.feasible.data_limits``): a range widened upward stops there.
@@ -259,12 +358,14 @@ def narrow(
         NothingToNarrow: no COMPLETE trial with a finite value inside ``space``.
         NarrowError: a bad setting.
     """
-    direction = _direction(direction)
-    _check_settings(top_k, top_quantile, margin, widen, border_tolerance, min_width)
+    rule = NarrowRule(top_k, top_quantile, margin, direction, widen, border_tolerance, min_width,
+                      min_choice_trials, keep_choices).checked()
+    direction = rule.direction
     ranked = _ranked(space, trials, direction, stage)
     n_top = _top_count(len(ranked), top_k, top_quantile)
     top = ranked[:n_top]
     best = top[0]
+    tried = _tried(space, trials)
 
     new_specs: dict[str, ParamSpec] = {}
     changes: list[ParamChange] = []
@@ -279,8 +380,9 @@ def narrow(
                 new_specs[name] = old
                 continue
         values = [t.params[name] for t in here]
+        choices: tuple[ChoiceEvidence, ...] = ()
         if isinstance(old, Choice):
-            new, reason = _narrow_choice(old, values, len(here))
+            new, reason, choices = _narrow_choice(name, old, values, len(here), tried, ranked, rule)
         else:
             new, reason = _narrow_range(
                 name, old, values, here[0].params[name], len(here),
@@ -290,7 +392,7 @@ def narrow(
         if here is not top:
             reason += f", among the {len(applied)} trials it applied to"
         new_specs[name] = new
-        changes.append(ParamChange(name, old, new, reason))
+        changes.append(ParamChange(name, old, new, reason, choices))
 
     new_space = SearchSpace(new_specs, space.conditions)
     # A conditional parameter the narrowed choices leave no case to apply is not searched on.
@@ -313,16 +415,7 @@ def narrow(
         best_params=top_params[0],
         top_params=top_params,
         n_ranked=len(ranked),
-        rule={
-            "direction": direction,
-            "top_k": top_k,
-            "top_quantile": top_quantile,
-            "min_top": MIN_TOP,
-            "margin": margin,
-            "widen": widen,
-            "border_tolerance": border_tolerance,
-            "min_width": min_width,
-        },
+        rule=rule,
     )
 
 
@@ -339,9 +432,7 @@ def _direction(direction: Any) -> str:
     return text
 
 
-def _check_settings(top_k, top_quantile, margin, widen, border_tolerance, min_width) -> None:
-    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
-        raise NarrowError(f"top_k must be an integer >= 1 or None, got {top_k!r}")
+def _check_settings(top_quantile, margin, widen, border_tolerance, min_width) -> None:
     checks = [
         ("top_quantile", top_quantile, 0 < top_quantile <= 1, "in (0, 1]"),
         ("margin", margin, 0 <= margin < math.inf, ">= 0"),
@@ -393,6 +484,11 @@ def _ranked(
     return sorted(usable, key=lambda t: (sign * float(t.value), t.number))
 
 
+def _tried(space: SearchSpace, trials: Sequence[NarrowTrial]) -> list[NarrowTrial]:
+    """The trials that ran to an end inside ``space``: COMPLETE or PRUNED (a choice's tries)."""
+    return [t for t in trials if state_name(t.state) in ("COMPLETE", "PRUNED") and space.contains(t.params)]
+
+
 def _plain(v: Any) -> Any:
     """A JSON-ready Python value (NumPy scalars from a caller become int / float / bool)."""
     return v.item() if isinstance(v, np.generic) else v
@@ -411,18 +507,62 @@ def _fmt(x: float) -> str:
 # ---------------------------------------------------------------------------
 
 
-def _narrow_choice(old: Choice, values: list[Any], n_top: int) -> tuple[Choice, str]:
+def _narrow_choice(
+    name: str,
+    old: Choice,
+    values: list[Any],
+    n_top: int,
+    tried: Sequence[NarrowTrial],
+    ranked: Sequence[NarrowTrial],
+    rule: NarrowRule,
+) -> tuple[Choice, str, tuple[ChoiceEvidence, ...]]:
+    """The choices kept, the reason, and each old choice's evidence (the module docstring's
+    steps 1-3)."""
     if old.is_fixed:
-        return old, "unchanged: fixed"
-    # The top trials all lie inside the old space, so the best trial's choice is kept.
-    in_top = [any(Choice((c,)).contains(v) for v in values) for c in old.choices]
-    kept = tuple(c for c, keep in zip(old.choices, in_top) if keep)
-    dropped = [c for c, keep in zip(old.choices, in_top) if not keep]
+        return old, "unchanged: fixed", ()
+    sign = 1.0 if rule.direction == "maximize" else -1.0
+
+    def taking(c: Any, among: Sequence[NarrowTrial]) -> list[NarrowTrial]:
+        return [t for t in among if name in t.params and Choice((c,)).contains(t.params[name])]
+
+    stats = []
+    for c in old.choices:
+        scores = [float(t.value) for t in taking(c, ranked)]
+        stats.append((c, len(taking(c, tried)), len(scores),
+                      max(scores, key=lambda v: sign * v) if scores else None,
+                      float(np.median(scores)) if scores else None))
+
+    # 1. In the top (the top trials lie inside the old space, so the best trial's is here).
+    kept = {i for i, c in enumerate(old.choices) if any(Choice((c,)).contains(v) for v in values)}
+    # 2. Too few tries to judge.
+    unjudged = [i for i, s in enumerate(stats) if i not in kept and s[1] < rule.min_choice_trials]
+    kept |= set(unjudged)
+    # 3. At least keep_choices, the best of the rest first (best value, then median; none last).
+    rest = sorted(
+        (i for i in range(len(old.choices)) if i not in kept),
+        key=lambda i: (stats[i][3] is None, -sign * (stats[i][3] or 0.0), -sign * (stats[i][4] or 0.0), i),
+    )
+    topped_up = rest[: max(0, rule.keep_choices - len(kept))]
+    kept |= set(topped_up)
+
+    evidence = tuple(ChoiceEvidence(*s, kept=i in kept) for i, s in enumerate(stats))
+    dropped = [c for i, c in enumerate(old.choices) if i not in kept]
+
+    def words(indices: Sequence[int]) -> str:  # in the old order
+        return ", ".join(Choice((old.choices[i],)).shorthand() for i in sorted(indices))
+
+    parts = []
+    if unjudged:
+        counts = ", ".join(str(stats[i][1]) for i in unjudged)
+        parts.append(f"{words(unjudged)} kept for lack of evidence "
+                     f"(tried {counts} time{'' if counts == '1' else 's'}, fewer than {rule.min_choice_trials})")
+    if topped_up:
+        parts.append(f"{words(topped_up)} kept: at least {rule.keep_choices} choices stay")
     if not dropped:
-        return old, f"unchanged: every choice is in the {_top(n_top)}"
-    new = Choice(kept)
-    words = ", ".join(Choice((c,)).shorthand() for c in dropped)
-    return new, f"dropped {words}: not in {_top(n_top)}"
+        return old, "unchanged: " + ("; ".join(parts) or f"every choice is in the {_top(n_top)}"), evidence
+    gone = ", ".join(Choice((c,)).shorthand() for c in dropped)
+    new = Choice(tuple(c for i, c in enumerate(old.choices) if i in kept))
+    return new, "; ".join([f"dropped {gone}: not in {_top(n_top)}", *parts]), evidence
 
 
 # ---------------------------------------------------------------------------

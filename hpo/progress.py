@@ -23,16 +23,37 @@ from rich.table import Table
 from hpo.narrow import NarrowResult
 from hpo.output import literal, plural
 from workers import stageplan
-from workers.space import SearchSpace
+from workers.space import Choice, SearchSpace
 from workers.stageplan import StagePlan
 
 
 def narrowing_rows(result: NarrowResult, child: StagePlan) -> list[dict[str, Any]]:
-    """One row per parameter: old range, new range, why it changed."""
+    """One row per parameter: old range, new range, why it changed; a categorical parameter's
+    row lists each old choice's evidence under ``choices`` (trials that tried it, complete
+    ones, best, median, kept)."""
     return [
-        {"param": c.name, "old": c.old.describe(), "new": c.new_text, "reason": c.reason}
+        {"param": c.name, "old": c.old.describe(), "new": c.new_text, "reason": c.reason,
+         "choices": [{**e.to_dict(), "choice": Choice((e.choice,)).shorthand()} for e in c.choices]}
         for c in result.changes
     ]
+
+
+def narrowing_table_rows(rows: list[dict[str, Any]]) -> list[dict[str, str]]:
+    """``narrowing_rows`` for a table: under a categorical parameter's row, a row per choice
+    (indented) with how many trials tried it, whether it is kept, its best and its median."""
+    table = []
+    for row in rows:
+        table.append({key: row[key] for key in ("param", "old", "new", "reason")})
+        for choice in row.get("choices", ()):
+            if choice["best"] is None:
+                scores = "no complete trial"
+            else:
+                scores = f"best {choice['best']:.4g}, median {choice['median']:.4g}"
+                if choice["complete"] < choice["trials"]:
+                    scores += f" of {choice['complete']} complete"
+            table.append({"param": f"  {choice['choice']}", "old": f"{choice['trials']} tried",
+                          "new": "kept" if choice["kept"] else "dropped", "reason": scores})
+    return table
 
 
 # -- the time left ---------------------------------------------------------------------------
@@ -179,7 +200,7 @@ class RichProgress:
         table = Table(title=literal(f"{parent.study_name} -> {child.study_name}"), title_justify="left")
         for column in ("param", "old", "new", "reason"):
             table.add_column(column, overflow="fold")
-        for row in narrowing_rows(result, child):
+        for row in narrowing_table_rows(narrowing_rows(result, child)):
             table.add_row(*(literal(str(row[key])) for key in ("param", "old", "new", "reason")))
         self.console.print(table)
 

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 
 from hpo import campaign as campaign_mod
 from hpo.campaign import CampaignError
-from hpo.narrow import NarrowResult
+from hpo.narrow import NarrowResult, NarrowRule
 from storage import records
 from storage.errors import StorageError, StudyNotFound
 from workers import stageplan
@@ -36,6 +37,8 @@ def narrow_stage(
     params: list[str] | None = None,
     top_quantile: float | None = None,
     top_k: int | None = None,
+    min_choice_trials: int | None = None,
+    keep_choices: int | None = None,
     trials: int | None = None,
     epochs: int | None = None,
     seed_best: int = 1,
@@ -44,7 +47,10 @@ def narrow_stage(
 ) -> tuple[StagePlan, StagePlan, NarrowResult]:
     """Derive the next stage from the finished ``stage``; create it unless ``dry_run``.
 
-    The derived space can be overridden by a TOML file and ``--param`` specs (applied on top).
+    The narrowing follows the campaign's stored rule (its top fraction, the evidence a choice
+    needs), or the defaults; ``top_quantile``, ``top_k``, ``min_choice_trials`` and
+    ``keep_choices`` override it. The derived space can be overridden by a TOML file and
+    ``--param`` specs (applied on top).
     The new stage is planned as `hpo search` would open it (``campaign.plan_next_stage``). A
     stage that has not met its budget is refused unless ``force``, which closes it first: its
     queued trials are failed, the rest of its budget recorded as cancelled, so nothing waits
@@ -63,9 +69,11 @@ def narrow_stage(
             f"trials done{running}; wait for it, or pass --force to close it and narrow from what is done"
         )
     spec = _campaign_spec(storage, campaign)
-    if top_quantile is None:
-        top_quantile = spec.top_quantile if spec else campaign_mod.DEFAULT_TOP_QUANTILE
-    result = campaign_mod.narrow_from(storage, parent, top_k=top_k, top_quantile=top_quantile)
+    rule = spec.narrow_rule() if spec else NarrowRule(top_quantile=campaign_mod.DEFAULT_TOP_QUANTILE)
+    given = {"top_quantile": top_quantile, "top_k": top_k, "min_choice_trials": min_choice_trials,
+             "keep_choices": keep_choices}
+    rule = dataclasses.replace(rule, **{k: v for k, v in given.items() if v is not None})
+    result = campaign_mod.narrow_from(storage, parent, rule)
     space = build_space(result.space, space_file, list(params or []))
     check_feasible(space, cached_dataset(parent.dataset, parent.seed), parent.cv)
     child = campaign_mod.plan_next_stage(parent, spec, result, space, into=(campaign, number),

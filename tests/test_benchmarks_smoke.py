@@ -138,6 +138,19 @@ def test_search_quality_quick_json_keeps_every_budget():
     assert set(report["targets"]) >= {"c2f_at_least_as_good_val", "half_budget_fraction", "half_reaches_others_test"}
 
 
+def test_search_quality_compares_narrowing_rules_on_mnist1d_at_equal_budgets():
+    report = _quick("search_quality.py", "--dataset", "mnist1d", "--rule", "1:1", "--rule", "3:2", "--no-half")
+    assert report["dataset"] == "mnist1d" and report["methods"] == ["c2f 1/1", "c2f 3/2", "random", "tpe"]
+    assert report["rules"]["c2f 3/2"] == {"min_choice_trials": 3, "keep_choices": 2}
+    (row,) = report["per_seed"]
+    budget = max(row["c2f 1/1"]["epochs"], row["c2f 3/2"]["epochs"])  # equal or larger epochs for the others
+    for method in ("random", "tpe"):
+        assert budget - report["schedule"]["single_stage_epochs"] < row[method]["epochs"] <= budget, row
+    for method, figures in report["medians"].items():
+        assert figures["test_min"] <= figures["test_accuracy"] <= figures["test_max"], method
+    assert set(report["targets"]["above_tpe_test"]) == {"c2f 1/1", "c2f 3/2"}
+
+
 def test_report_json_times_the_report_and_keeps_the_file(tmp_path):
     process = subprocess.run([sys.executable, str(BENCHMARKS / "report.py"), "--sizes", "30", "--json", "--out", str(tmp_path)],
                              capture_output=True, text=True, timeout=600)

@@ -5,12 +5,13 @@ from __future__ import annotations
 import json
 import math
 
+import numpy as np
 import optuna
 import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from hpo.narrow import MIN_TOP, NarrowError, NarrowResult, NarrowTrial, narrow
+from hpo.narrow import MIN_TOP, NarrowError, NarrowResult, NarrowRule, NarrowTrial, narrow
 from tests.test_space import spaces
 from workers.space import PARAMETERS, Choice, FloatRange, IntRange, SearchSpace, default_space
 
@@ -332,3 +333,162 @@ def test_the_best_params_seed_the_next_stage():
     trial = study.ask(fixed_distributions=result.space.to_distributions())
     assert trial.params == result.best_params
     assert [dict(p) for p in result.top_params][:2] == [trials[0].params, trials[1].params]
+
+
+# -- careful narrowing: the evidence a choice needs -------------------------------------------------
+
+def choice_trials(rows, state="COMPLETE"):
+    """Trials (activation, value) at one learning rate, numbered in order."""
+    return [NarrowTrial(i, {"learning_rate": 1e-3, "activation": a, "initializer": "he", "batch_norm": True}, v, state)
+            for i, (a, v) in enumerate(rows)]
+
+
+ONE_INIT = default_space().updated({"initializer": Choice(("he",)), "batch_norm": Choice((True,))})
+
+
+def test_a_choice_tried_fewer_than_the_minimum_is_kept_for_lack_of_evidence():
+    # relu fills the top 4 of 16; sigmoid and tanh were tried 5 times each, maxout twice, elu
+    # and leaky_relu never.
+    rows = [("relu", 0.9 - i / 100) for i in range(4)] + [("sigmoid", 0.5)] * 5 + [("tanh", 0.4)] * 5 + [("maxout", 0.3)] * 2
+    result = narrow(ONE_INIT, choice_trials(rows))
+    assert result.space["activation"] == Choice(("relu", "leaky_relu", "elu", "maxout"))
+    assert result.change("activation").reason == (
+        "dropped sigmoid, tanh: not in top 4 trials; "
+        "leaky_relu, elu, maxout kept for lack of evidence (tried 0, 0, 2 times, fewer than 3)")
+    # Today's rule before this one: every choice outside the top is dropped once anything tried it.
+    old_rule = narrow(ONE_INIT, choice_trials(rows), min_choice_trials=1)
+    assert old_rule.space["activation"] == Choice(("relu", "leaky_relu", "elu"))
+    assert "leaky_relu, elu kept for lack of evidence (tried 0, 0 times, fewer than 1)" in old_rule.change("activation").reason
+    assert narrow(ONE_INIT, choice_trials(rows), min_choice_trials=6).space["activation"] == Choice(tuple(default_space()["activation"].choices))
+
+
+def test_pruned_trials_count_as_tries_but_not_for_best_and_median():
+    rows = [("relu", 0.9), ("relu", 0.8), ("relu", 0.7)]
+    pruned = [NarrowTrial(10 + i, t.params, 0.2, "PRUNED") for i, t in enumerate(choice_trials([("tanh", 0)] * 3))]
+    result = narrow(ONE_INIT.updated({"activation": Choice(("relu", "tanh"))}), choice_trials(rows) + pruned)
+    assert result.space["activation"] == Choice(("relu",))  # tanh ran three times, each stopped early
+    relu, tanh = result.change("activation").choices
+    assert (relu.choice, relu.trials, relu.complete, relu.best, relu.median, relu.kept) == ("relu", 3, 3, 0.9, 0.8, True)
+    assert (tanh.choice, tanh.trials, tanh.complete, tanh.best, tanh.median, tanh.kept) == ("tanh", 3, 0, None, None, False)
+
+
+def test_keep_choices_keeps_the_n_best_choices():
+    # Every choice tried 3 times; relu alone in the top 3 of 18. Best values after relu's:
+    # elu 0.8, tanh 0.7 (median 0.6), maxout 0.7 (median 0.5), then sigmoid and leaky_relu.
+    values = {"relu": (0.95, 0.94, 0.93), "elu": (0.8, 0.3, 0.2), "tanh": (0.7, 0.6, 0.1),
+              "maxout": (0.7, 0.5, 0.4), "sigmoid": (0.6, 0.6, 0.6), "leaky_relu": (0.2, 0.2, 0.2)}
+    rows = [(a, v) for a, vs in values.items() for v in vs]
+    trials = choice_trials(rows)
+    assert narrow(ONE_INIT, trials, top_k=3).space["activation"] == Choice(("relu",))
+    result = narrow(ONE_INIT, trials, top_k=3, keep_choices=3)
+    assert result.space["activation"] == Choice(("tanh", "relu", "elu"))  # the old order; tanh beats maxout on median
+    assert result.change("activation").reason == (
+        "dropped sigmoid, leaky_relu, maxout: not in top 3 trials; tanh, elu kept: at least 3 choices stay")
+    assert [c.kept for c in result.change("activation").choices] == [False, True, True, False, True, False]
+    assert narrow(ONE_INIT, trials, top_k=3, keep_choices=6).space["activation"] == default_space()["activation"]
+    # Minimizing, the lowest values are best: leaky_relu is the best of the rest, then elu.
+    flipped = narrow(ONE_INIT, trials, top_k=1, keep_choices=3, direction="minimize")
+    assert set(flipped.space["activation"].choices) == {"tanh", "leaky_relu", "elu"}
+    # A choice in the top never counts against KEEP: with two in the top, keep_choices=2 adds nothing.
+    two_on_top = narrow(ONE_INIT, trials, top_k=4, keep_choices=2)
+    assert two_on_top.space["activation"] == Choice(("relu", "elu"))
+
+
+def test_the_table_rows_carry_each_choices_trials_best_and_median():
+    from hpo.progress import narrowing_rows, narrowing_table_rows
+
+    rows = [("relu", 0.9), ("relu", 0.7), ("relu", 0.8), ("relu", 0.6), ("tanh", 0.5), ("tanh", 0.2),
+            ("tanh", 0.3), ("tanh", 0.4), ("sigmoid", 0.1)]
+    space = ONE_INIT.updated({"activation": Choice(("relu", "tanh", "sigmoid"))})
+    result = narrow(space, choice_trials(rows))
+    param_rows = narrowing_rows(result, None)
+    (activation,) = [r for r in param_rows if r["param"] == "activation"]
+    assert activation["new"] == "{relu, sigmoid}"
+    assert [(c["choice"], c["trials"], c["complete"], c["kept"]) for c in activation["choices"]] == [
+        ("relu", 4, 4, True), ("tanh", 4, 4, False), ("sigmoid", 1, 1, True)]
+    medians = [np.median(np.array(v, dtype=np.float64)) for v in ([0.9, 0.7, 0.8, 0.6], [0.5, 0.2, 0.3, 0.4], [0.1])]
+    assert [c["best"] for c in activation["choices"]] == [0.9, 0.5, 0.1]
+    assert [c["median"] for c in activation["choices"]] == pytest.approx(medians, abs=0, rel=1e-15)
+    table = narrowing_table_rows(param_rows)
+    at = next(i for i, r in enumerate(table) if r["param"] == "activation")
+    assert table[at + 1: at + 4] == [
+        {"param": "  relu", "old": "4 tried", "new": "kept", "reason": "best 0.9, median 0.75"},
+        {"param": "  tanh", "old": "4 tried", "new": "dropped", "reason": "best 0.5, median 0.35"},
+        {"param": "  sigmoid", "old": "1 tried", "new": "kept", "reason": "best 0.1, median 0.1"},
+    ]
+    assert table[at + 4]["param"] == "initializer"  # a fixed parameter has no rows per choice
+    assert "sigmoid kept for lack of evidence (tried 1 time, fewer than 3)" in table[at]["reason"]
+
+
+@pytest.mark.parametrize("name", ["min_choice_trials", "keep_choices"])
+@pytest.mark.parametrize("bad", [0, -1, 2.5, True, None])
+def test_bad_choice_evidence_settings_are_narrow_errors(name, bad):
+    with pytest.raises(NarrowError, match=f"{name} must be an integer >= 1, got"):
+        narrow(default_space(), lr_trials([(1e-3, 0.5)]), **{name: bad})
+
+
+def test_the_rule_is_stored_with_the_result_and_reads_back():
+    result = narrow(default_space(), lr_trials([(1e-3, 0.5), (1e-2, 0.4)]), min_choice_trials=4, keep_choices=2)
+    assert result.rule == NarrowRule(min_choice_trials=4, keep_choices=2)
+    stored = json.loads(json.dumps(result.to_dict()))
+    assert stored["rule"]["min_choice_trials"] == 4 and stored["rule"]["keep_choices"] == 2
+    assert NarrowResult.from_dict(stored) == result
+    # A lineage written before choices needed evidence: the rule it was narrowed by then.
+    del stored["rule"]["min_choice_trials"], stored["rule"]["keep_choices"]
+    for change in stored["changes"]:
+        del change["choices"]
+    old = NarrowResult.from_dict(stored)
+    assert (old.rule.min_choice_trials, old.rule.keep_choices) == (1, 1) and old.change("activation").choices == ()
+
+
+def test_a_resume_narrows_by_the_rule_stored_with_the_campaign(tmp_path):
+    """The campaign's plan holds its narrowing rule: a resume (the plan read back from storage)
+    narrows stage 1 by it, and the child's lineage says so."""
+    from hpo import campaign as campaign_mod
+    from storage import backend, records
+
+    url = f"sqlite:///{tmp_path / 'hpo.db'}"
+    backend.ensure_schema(url)
+    storage = backend.open_storage(url, heartbeat=False)
+    space = ONE_INIT.updated({"learning_rate": FloatRange(1e-4, 1e-1, log=True)})
+    spec = campaign_mod.CampaignSpec(name="careful", space=space, stages=2, trials=[12, 4], epochs=[1, 2],
+                                     min_choice_trials=5, keep_choices=2)
+    (plan,), _ = campaign_mod.open_campaign(url, storage, spec)
+    study = optuna.load_study(study_name=plan.study_name, storage=storage)
+    for i, activation in enumerate(["relu"] * 6 + ["tanh"] * 4 + ["sigmoid"] * 2):
+        study.enqueue_trial({"learning_rate": 1e-3, "activation": activation, "initializer": "he", "batch_norm": True})
+        trial = study.ask(space.to_distributions())
+        study.tell(trial, {"relu": 0.9, "tanh": 0.5, "sigmoid": 0.6}[activation] - i / 1000)
+
+    resumed, plans = campaign_mod.load_campaign(url, "careful")
+    assert (resumed.min_choice_trials, resumed.keep_choices) == (5, 2) and resumed == spec
+    child, result = campaign_mod.open_next_stage(url, storage, resumed, plans[0])
+    # relu fills the top 3; tanh (4 tries) and sigmoid (2) are under 5 tries: both kept.
+    assert SearchSpace.from_dict(child.space)["activation"] == Choice(("sigmoid", "tanh", "relu", "leaky_relu", "elu", "maxout"))
+    assert child.lineage["rule"]["min_choice_trials"] == 5 and child.lineage["rule"]["keep_choices"] == 2
+    assert result.rule == NarrowRule(top_quantile=spec.top_quantile, min_choice_trials=5, keep_choices=2)
+    # A resume asking for another rule is refused unless --replan, naming what differs.
+    with pytest.raises(campaign_mod.CampaignError, match=r"--keep-choices 1 \(stored: 2\).*--replan"):
+        campaign_mod.reconcile(resumed, {"keep_choices": 1}, 1, replan=False)
+    assert campaign_mod.reconcile(resumed, {"keep_choices": 1}, 1, replan=True).keep_choices == 1
+    # A plan stored before these options goes on narrowing as it did then.
+    legacy = {k: v for k, v in records.study_attrs(storage, plan.study_name)[records.CAMPAIGN_ATTR].items()
+              if k not in ("min_choice_trials", "keep_choices")}
+    assert campaign_mod.CampaignSpec.from_dict(legacy).narrow_rule().min_choice_trials == 1
+    storage.engine.dispose()
+
+
+@pytest.mark.parametrize("command", [["search", "--name", "c"], ["narrow", "c/stage-1"]])
+@pytest.mark.parametrize("option", ["--min-choice-trials", "--keep-choices"])
+@pytest.mark.parametrize("bad", ["0", "-1", "2.5", "two"])
+def test_a_bad_choice_evidence_option_is_one_line_and_exit_2(tmp_path, command, option, bad):
+    from click.testing import CliRunner
+
+    from hpo.cli import cli
+
+    db = tmp_path / "hpo.db"
+    result = CliRunner().invoke(cli, [*command, option, bad, "--storage", f"sqlite:///{db}"])
+    assert result.exit_code == 2, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: ") and option in lines[0], lines
+    assert not db.exists()  # refused before anything was written
