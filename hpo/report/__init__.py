@@ -25,12 +25,15 @@ from hpo.report.sections_search import (
 )
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.-]+")
+# Characters of a name kept in its default file name: a file name ends at 255 bytes, and an
+# Optuna study name may have 512 characters.
+_NAME_CHARS = 200
 
 
 def default_path(name: str) -> Path:
     """``NAME-report.html`` in the working folder, with what a file name cannot hold (``/`` of
-    a stage study, spaces, ...) written as ``-``."""
-    safe = _UNSAFE.sub("-", name).strip("-.") or "study"
+    a stage study, spaces, ...) written as ``-``, and a name too long for a file cut short."""
+    safe = _UNSAFE.sub("-", name).strip("-.")[:_NAME_CHARS].rstrip("-.") or "study"
     return Path(f"{safe}-report.html")
 
 
@@ -108,7 +111,11 @@ def target_path(name: str, path: str | os.PathLike | None = None) -> Path:
     folder = target.parent
     if not folder.is_dir():
         raise ReportPathError(f"cannot write the report to {target}: there is no folder {folder}")
-    if target.is_dir():
+    try:
+        is_folder = target.is_dir()
+    except OSError as e:  # a file name too long for the file system, say
+        raise ReportPathError(f"cannot write the report to {target}: {e.strerror or e}") from None
+    if is_folder:
         raise ReportPathError(f"cannot write the report to {target}: it is a folder")
     if not os.access(folder, os.W_OK):
         raise ReportPathError(f"cannot write the report to {target}: the folder {folder} is not writable")
@@ -163,7 +170,8 @@ def write_report(storage, url: str, name: str, path: str | os.PathLike | None = 
         attach_to_dashboard(storage, data)
     page = render(data)
     folder = target.parent
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=folder)
+    # The temporary file's name stays short: the target's own name may be near the limit.
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name[:100]}.", suffix=".tmp", dir=folder)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(page)

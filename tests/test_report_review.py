@@ -1,0 +1,52 @@
+"""`hpo report` as users break it: odd names, odd studies, odd places to write to.
+
+Each test is a case a review found wrong, checked the way a user meets it: the command's exit
+status and its one line, the words and figures of the page against the database.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import optuna
+
+from storage import backend
+from tests.helpers import worker_env
+
+HPO = [sys.executable, "-c", "import hpo; hpo.main()"]
+
+
+def hpo(url: str, *args: str, cwd) -> subprocess.CompletedProcess:
+    return subprocess.run([*HPO, *args], cwd=cwd, env=worker_env(url), capture_output=True, text=True, timeout=300)
+
+
+def plain_study(url: str, name: str, n_trials: int = 3, **create) -> optuna.Study:
+    """A study hpo did not create, with a learning rate searched."""
+    backend.ensure_schema(url)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(study_name=name, storage=url, **create)
+    study.optimize(lambda t: t.suggest_float("learning_rate", 1e-4, 1, log=True), n_trials=n_trials)
+    return study
+
+
+# -- where the page is written -----------------------------------------------------------------
+def test_a_study_name_too_long_for_a_file_name_gets_a_default_file_that_fits(sqlite_url, tmp_path):
+    name = "L" * 400  # Optuna takes names of up to 512 characters; a file name ends at 255 bytes
+    plain_study(sqlite_url, name)
+    done = hpo(sqlite_url, "report", name, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    written = tmp_path / done.stdout.strip()
+    assert written.is_file() and len(written.name) <= 255 and written.name.endswith("-report.html")
+    # The same name given with -o is the user's to shorten: one line, exit 2, no traceback.
+    too_long = hpo(sqlite_url, "report", name, "-o", f"{name}.html", cwd=tmp_path)
+    assert too_long.returncode == 2 and "Traceback" not in too_long.stderr
+    assert len(too_long.stderr.strip().splitlines()) == 1 and "too long" in too_long.stderr
+
+
+def test_a_file_name_near_the_limit_is_written_in_place(sqlite_url, tmp_path):
+    plain_study(sqlite_url, "s")
+    target = "r" * 250 + ".html"  # 255 bytes: a valid name, whatever the temporary file's is
+    done = hpo(sqlite_url, "report", "s", "-o", target, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / target).is_file() and [p.name for p in tmp_path.iterdir() if p.suffix == ".tmp"] == []
