@@ -6,11 +6,15 @@ status and its one line, the words and figures of the page against the database.
 
 from __future__ import annotations
 
+import os
+import stat
 import subprocess
 import sys
 
 import optuna
+import pytest
 
+from hpo.report import ReportPathError, target_path
 from storage import backend
 from tests.helpers import worker_env
 
@@ -50,3 +54,16 @@ def test_a_file_name_near_the_limit_is_written_in_place(sqlite_url, tmp_path):
     done = hpo(sqlite_url, "report", "s", "-o", target, cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     assert (tmp_path / target).is_file() and [p.name for p in tmp_path.iterdir() if p.suffix == ".tmp"] == []
+
+
+def test_a_target_that_is_not_a_regular_file_is_refused_and_left_as_it_is(sqlite_url, tmp_path):
+    # Written atomically (a temporary file renamed over the target), a report sent to a pipe, or
+    # as root to /dev/null, would put a regular file in its place.
+    plain_study(sqlite_url, "s")
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    done = hpo(sqlite_url, "report", "s", "-o", str(fifo), cwd=tmp_path)
+    assert done.returncode == 2 and done.stderr.strip() == f"Error: cannot write the report to {fifo}: it is not a regular file"
+    assert stat.S_ISFIFO(fifo.lstat().st_mode)
+    with pytest.raises(ReportPathError, match="not a regular file"):
+        target_path("s", fifo)

@@ -113,10 +113,14 @@ def target_path(name: str, path: str | os.PathLike | None = None) -> Path:
         raise ReportPathError(f"cannot write the report to {target}: there is no folder {folder}")
     try:
         is_folder = target.is_dir()
+        # The page is renamed over the target: a pipe or a device (/dev/null) would be replaced.
+        is_special = not is_folder and target.exists() and not target.is_file()
     except OSError as e:  # a file name too long for the file system, say
         raise ReportPathError(f"cannot write the report to {target}: {e.strerror or e}") from None
     if is_folder:
         raise ReportPathError(f"cannot write the report to {target}: it is a folder")
+    if is_special:
+        raise ReportPathError(f"cannot write the report to {target}: it is not a regular file")
     if not os.access(folder, os.W_OK):
         raise ReportPathError(f"cannot write the report to {target}: the folder {folder} is not writable")
     return target
