@@ -14,7 +14,8 @@ import sys
 import optuna
 import pytest
 
-from hpo.report import ReportPathError, target_path
+from hpo.report import ReportPathError, banner, target_path
+from hpo.report.collect import collect
 from storage import backend
 from tests.helpers import worker_env
 
@@ -67,3 +68,18 @@ def test_a_target_that_is_not_a_regular_file_is_refused_and_left_as_it_is(sqlite
     assert stat.S_ISFIFO(fifo.lstat().st_mode)
     with pytest.raises(ReportPathError, match="not a regular file"):
         target_path("s", fifo)
+
+
+# -- what the page says ------------------------------------------------------------------------
+def test_a_study_whose_every_trial_failed_is_not_said_to_have_diverged(sqlite_url):
+    backend.ensure_schema(sqlite_url)
+    study = optuna.create_study(study_name="errors", storage=sqlite_url)
+
+    def broken(trial):
+        trial.suggest_float("learning_rate", 1e-4, 1, log=True)
+        raise RuntimeError("out of memory")
+
+    study.optimize(broken, n_trials=3, catch=(RuntimeError,))
+    data = collect(backend.open_storage(sqlite_url), sqlite_url, "errors")
+    assert {t.outcome for t in data.trials} == {"FAIL"}
+    assert "diverged" not in (banner(data) or "")

@@ -50,7 +50,8 @@ def banner(data: ReportData) -> str | None:
             f"Still running ({where}; {running} trials running, {waiting} queued): this report shows what existed "
             "when it was written. Run hpo report again for a newer one."
         )
-    if trials and all(t.outcome == "DIVERGED" for t in trials if t.outcome != "FAIL"):
+    finished = [t for t in trials if t.outcome != "FAIL"]
+    if finished and all(t.outcome == "DIVERGED" for t in finished):
         return "Every trial diverged: no configuration trained. Lower the learning rate's range, or try batch norm."
     return None
 
