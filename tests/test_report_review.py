@@ -16,6 +16,9 @@ import pytest
 
 from hpo.report import ReportPathError, banner, target_path
 from hpo.report.collect import collect
+from hpo.report.page import Figure, Words
+from hpo.report.sections_search import coarse_section, history_section, summary_section
+from hpo.report.sections_trials import choices_section
 from storage import backend
 from tests.helpers import worker_env
 
@@ -83,3 +86,44 @@ def test_a_study_whose_every_trial_failed_is_not_said_to_have_diverged(sqlite_ur
     data = collect(backend.open_storage(sqlite_url), sqlite_url, "errors")
     assert {t.outcome for t in data.trials} == {"FAIL"}
     assert "diverged" not in (banner(data) or "")
+
+
+def words(section) -> str:
+    return " ".join(item.text for item in section.items if isinstance(item, Words))
+
+
+def figures(section) -> list[Figure]:
+    return [item for item in section.items if isinstance(item, Figure)]
+
+
+def test_a_multi_objective_study_is_said_so_rather_than_drawn_at_made_up_values(sqlite_url):
+    backend.ensure_schema(sqlite_url)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(study_name="two goals", storage=sqlite_url, directions=["maximize", "minimize"])
+    study.optimize(lambda t: (t.suggest_float("learning_rate", 1e-4, 1, log=True), t.suggest_float("weight_decay", 0, 1)), n_trials=6)
+    data = collect(backend.open_storage(sqlite_url), sqlite_url, "two goals")
+    assert {t.outcome for t in data.trials} == {"COMPLETE"}
+    assert "several objectives" in banner(data)
+    summary = words(summary_section(data))
+    assert "No trial has completed" not in summary and "several objectives" in summary
+    # Every trial has two values, none a single one: no mark may stand at a value it never had.
+    assert not figures(coarse_section(data)) and not figures(history_section(data))
+    assert "has a value to draw" in words(coarse_section(data)) and "has a value to draw" in words(history_section(data))
+    assert "completed" not in words(choices_section(data)).replace("6 complete", "")
+
+
+def test_pruned_trials_without_a_value_are_said_so_rather_than_drawn_at_zero(sqlite_url):
+    backend.ensure_schema(sqlite_url)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(study_name="pruned early", storage=sqlite_url, direction="maximize")
+
+    def pruned(trial):
+        trial.suggest_float("learning_rate", 1e-4, 1, log=True)
+        raise optuna.TrialPruned()
+
+    study.optimize(pruned, n_trials=3)
+    data = collect(backend.open_storage(sqlite_url), sqlite_url, "pruned early")
+    assert not figures(coarse_section(data)) and not figures(history_section(data))
+    assert "has a value to draw (3 pruned)" in words(coarse_section(data))
+    assert "has a value to draw (3 pruned)" in words(history_section(data))
+

@@ -16,7 +16,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from hpo.report.collect import ReportData, collect
+from hpo.report.collect import MULTI_OBJECTIVE, ReportData, collect
 from hpo.report.page import Figure, Section, Words, render_page
 from hpo.report.sections_layers import layers_section
 from hpo.report.sections_trials import choices_section, curves_section, workers_section
@@ -49,6 +49,12 @@ def banner(data: ReportData) -> str | None:
         return (
             f"Still running ({where}; {running} trials running, {waiting} queued): this report shows what existed "
             "when it was written. Run hpo report again for a newer one."
+        )
+    several = [s.study for s in data.stages if s.direction == MULTI_OBJECTIVE]
+    if several:
+        return (
+            f"{', '.join(several)} optimizes several objectives at once: this report draws a single objective's "
+            "values, so it shows these trials' parameters and outcomes only."
         )
     finished = [t for t in trials if t.outcome != "FAIL"]
     if finished and all(t.outcome == "DIVERGED" for t in finished):

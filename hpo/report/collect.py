@@ -29,6 +29,9 @@ from workers import stageplan
 from workers.record import TrialRecord, read_record
 from workers.stageplan import StagePlan
 
+# A study of several objectives: its trials have no single value to draw or rank.
+MULTI_OBJECTIVE = "multi-objective"
+
 # Outcomes in the order the report lists them (diverged trials are stored PRUNED).
 OUTCOMES = ("COMPLETE", "PRUNED", "DIVERGED", "FAIL", "RUNNING", "WAITING")
 FINISHED = ("COMPLETE", "PRUNED", "DIVERGED", "FAIL")
@@ -72,7 +75,7 @@ class StageView:
     stage: int
     plan: StagePlan | None
     status: str | None  # RUNNING, DONE, FAILED (hpo's stage status), None for a plain study
-    direction: str  # "maximize" or "minimize"
+    direction: str  # "maximize", "minimize" or MULTI_OBJECTIVE
     ranges: Mapping[str, Mapping[str, Any]]  # the searched space, as workers.space's to_dict
     trials: tuple[TrialView, ...]
     child_ranges: Mapping[str, Mapping[str, Any]] | None = None  # the next stage's space
@@ -243,7 +246,7 @@ def _stage_view(storage: BaseStorage, study_name: str, stage: int, *, importance
         stage=stage,
         plan=plan,
         status=attrs.get(records.STATUS_ATTR) if isinstance(attrs.get(records.STATUS_ATTR), str) else None,
-        direction=directions[0].name.lower() if len(directions) == 1 else "multi-objective",
+        direction=directions[0].name.lower() if len(directions) == 1 else MULTI_OBJECTIVE,
         ranges=ranges,
         trials=trials,
         importance=scores,

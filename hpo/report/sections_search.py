@@ -13,7 +13,7 @@ from typing import Any
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from hpo.report.collect import OUTCOMES, ReportData, StageView, TrialView
+from hpo.report.collect import MULTI_OBJECTIVE, OUTCOMES, ReportData, StageView, TrialView
 from hpo.report.common import (
     FADED_OPACITY, SOLID_OPACITY, color_map, faded, hover, layout, plot_text, sample, sampled_note, scatter, show,
 )
@@ -76,7 +76,9 @@ def summary_section(data: ReportData) -> Section:
         ))
     items.append(Table(("stage", "budget", "epochs", *(o.lower() for o in OUTCOMES), "best", "status"), tuple(stage_rows), "Trials per stage and how they ended (diverged trials are counted apart from pruned ones)."))
     best = data.best
-    if best is None:
+    if best is None and any(s.direction == MULTI_OBJECTIVE for s in data.stages):
+        items.append(Words("This study optimizes several objectives at once, so there is no single best configuration."))
+    elif best is None:
         items.append(Words("No trial has completed yet, so there is no best configuration."))
     else:
         params = data.result.get("params") if data.result else None
@@ -105,6 +107,16 @@ def _band(spec: Mapping[str, Any] | None) -> tuple[float, float] | None:
     return float(spec["low"]), float(spec["high"])
 
 
+def _no_values(trials: list[TrialView], what: str) -> Words | None:
+    """Words for finished trials none of which has a value (pruned before reporting one,
+    diverged in their first epoch, several objectives): drawn at a made-up floor they would
+    read as a value."""
+    if any(t.last_accuracy is not None for t in trials):
+        return None
+    counts = ", ".join(f"{sum(t.outcome == o for t in trials)} {o.lower()}" for o in OUTCOMES if any(t.outcome == o for t in trials))
+    return Words(f"{what}: no finished trial has a value to draw ({counts}).")
+
+
 def _trial_y(trial: TrialView, floor: float) -> float:
     y = trial.last_accuracy
     return floor if y is None else y
@@ -114,6 +126,8 @@ def _coarse_figure(stage: StageView, x_name: str, colors: dict[Any, str]) -> Fig
     trials = [t for t in stage.trials if x_name in t.params and t.outcome in ("COMPLETE", "PRUNED", "DIVERGED")]
     if not trials:
         return Words(f"{stage.study}: no trial has finished yet, so there is nothing to draw.")
+    if (words := _no_values(trials, stage.study)) is not None:
+        return words
     best = stage.best
     shown, sampled = sample(trials, keep=[best] if best else [])
     values = [t.last_accuracy for t in shown if t.last_accuracy is not None]
@@ -228,6 +242,8 @@ def history_section(data: ReportData) -> Section:
     ordered = [t for stage in data.stages for t in sorted(stage.trials, key=lambda t: t.number) if t.outcome in ("COMPLETE", "PRUNED", "DIVERGED")]
     if not ordered:
         return Section("history", "History", (Words("No trial has finished yet."),))
+    if (words := _no_values(ordered, "History")) is not None:
+        return Section("history", "History", (words,))
     maximize = data.stages[-1].direction != "minimize"
     index = {id(t): i + 1 for i, t in enumerate(ordered)}
     best_so_far: list[float | None] = []

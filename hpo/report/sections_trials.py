@@ -142,8 +142,9 @@ def _stage_choices(stage: StageView) -> list[Figure | Words | Table]:
     if (words := _all_diverged(stage)) is not None:
         items.append(words)
     elif not ranked:
+        what = "has a single value" if stage.counts["COMPLETE"] else "completed"  # several objectives
         items.append(Words(
-            f"No trial of {title} completed ({_counts_text(stage)}): there is no accuracy to "
+            f"No trial of {title} {what} ({_counts_text(stage)}): there is no accuracy to "
             f"compare per choice; the table counts the trials.{fixed_note}"
         ))
     else:
