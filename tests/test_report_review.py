@@ -17,7 +17,7 @@ import pytest
 from hpo.report import ReportPathError, banner, target_path
 from hpo.report.collect import collect
 from hpo.report.page import Figure, Words
-from hpo.report.sections_search import coarse_section, history_section, summary_section
+from hpo.report.sections_search import coarse_section, history_section, importance_section, summary_section
 from hpo.report.sections_trials import choices_section
 from storage import backend
 from tests.helpers import worker_env
@@ -127,3 +127,25 @@ def test_pruned_trials_without_a_value_are_said_so_rather_than_drawn_at_zero(sql
     assert "has a value to draw (3 pruned)" in words(coarse_section(data))
     assert "has a value to draw (3 pruned)" in words(history_section(data))
 
+
+def test_a_plain_study_s_value_is_its_objective_value_not_a_validation_accuracy(sqlite_url):
+    # A study hpo did not create minimizes or maximizes whatever its objective returns.
+    backend.ensure_schema(sqlite_url)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(study_name="loss", storage=sqlite_url)
+    study.optimize(lambda t: t.suggest_float("x", 1e-3, 10, log=True) + t.suggest_float("y", 0, 1), n_trials=6)
+    data = collect(backend.open_storage(sqlite_url), sqlite_url, "loss")
+    sections = [summary_section(data), coarse_section(data), history_section(data), importance_section(data)]
+    for section in sections:
+        for item in section.items:
+            shown = [item.text] if isinstance(item, Words) else [item.caption] if isinstance(item, Figure) else [
+                str(cell) for row in item.rows for cell in row]
+            if isinstance(item, Figure):
+                layout = item.figure.layout
+                shown += [layout.xaxis.title.text or "", layout.yaxis.title.text or ""]
+            for text in shown:
+                assert "accuracy" not in text, (section.key, text)
+                assert "activation" not in text and "batch norm" not in text, (section.key, text)
+                assert "retrain" not in text, (section.key, text)
+    coarse = figures(coarse_section(data))[0]
+    assert coarse.figure.layout.yaxis.title.text == "objective value"

@@ -13,7 +13,7 @@ from typing import Any
 
 import plotly.graph_objects as go
 
-from hpo.report.collect import TrialView
+from hpo.report.collect import StageView, TrialView
 
 # Plotly's qualitative palette (D3), assigned in order of first appearance: stable per report.
 PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf")
@@ -37,6 +37,12 @@ GL_ABOVE = 1000
 
 # The lecture's rule of thumb for the update/weight ratio of a layer per step.
 UPDATE_RATIO_RULE = 1e-3
+
+
+def value_name(stage: StageView) -> str:
+    """What a stage's trial values are: hpo's stages score the validation accuracy; a study hpo
+    did not create, whatever its objective returns."""
+    return "validation accuracy" if stage.plan is not None else "objective value"
 
 
 def color_map(values: Sequence[Any]) -> dict[Any, str]:
