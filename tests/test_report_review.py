@@ -18,7 +18,7 @@ from hpo.report import ReportPathError, banner, target_path
 from hpo.report.collect import collect
 from hpo.report.page import Figure, Words
 from hpo.report.sections_search import coarse_section, history_section, importance_section, summary_section
-from hpo.report.sections_trials import choices_section
+from hpo.report.sections_trials import choices_section, curves_section
 from storage import backend
 from tests.helpers import worker_env
 
@@ -149,3 +149,39 @@ def test_a_plain_study_s_value_is_its_objective_value_not_a_validation_accuracy(
                 assert "retrain" not in text, (section.key, text)
     coarse = figures(coarse_section(data))[0]
     assert coarse.figure.layout.yaxis.title.text == "objective value"
+
+
+def section_texts(section) -> list[str]:
+    """Every sentence a reader meets in a section: words, captions, table cells, figure titles."""
+    texts = []
+    for item in section.items:
+        if isinstance(item, Words):
+            texts.append(item.text)
+        elif isinstance(item, Figure):
+            texts += [item.caption, item.figure.layout.title.text or ""]
+        else:
+            texts += [item.caption, *(str(cell) for row in item.rows for cell in row)]
+    return texts
+
+
+@pytest.mark.slow
+def test_a_stage_study_reported_alone_is_named_by_its_stage_and_knows_its_next_stage(sqlite_url):
+    from tests.test_report import run_small_campaign
+
+    run_small_campaign(sqlite_url, "c", stages=2, trials=(8, 4), epochs=(1, 1))
+    storage = backend.open_storage(sqlite_url)
+    campaign = collect(storage, sqlite_url, "c")
+    first, second = (collect(storage, sqlite_url, f"c/stage-{k}") for k in (1, 2))
+
+    assert second.stages[0].stage == 2 and {t.stage for t in second.trials} == {2}
+    for section in (choices_section(second), curves_section(second), history_section(second)):
+        assert not any("stage 1" in text.lower() for text in section_texts(section)), section.key
+
+    # Stage 1 alone shows how stage 2 was narrowed from it, as the campaign's report does.
+    assert first.stages[0].child_ranges == campaign.stages[0].child_ranges
+    assert first.stages[0].narrowing == campaign.stages[0].narrowing and first.stages[0].narrowing
+    choices = " ".join(section_texts(choices_section(first)))
+    assert "not planned yet" not in choices and "kept" in choices
+    # The campaign's final retrain ran; stage 1's report does not say it has yet to run.
+    summary = " ".join(section_texts(summary_section(first)))
+    assert "not yet" not in summary and "hpo report c" in summary

@@ -89,6 +89,9 @@ def summary_section(data: ReportData) -> Section:
         if data.result:
             best_rows.append(("final retrain: train accuracy", _fmt(data.result.get("train_accuracy"))))
             best_rows.append(("final retrain: test accuracy", _fmt(data.result.get("test_accuracy"))))
+        elif best_stage.plan is not None and data.campaign is None and not best_stage.plan.is_last:
+            # A stage reported alone: the retrain is of the campaign's best, in its last stage.
+            best_rows.append(("final retrain", f"of the campaign's best, after its last stage: hpo report {best_stage.plan.campaign}"))
         elif best_stage.plan is not None:  # a study hpo did not create has no final retrain
             best_rows.append(("final retrain", "not yet: it runs when the last stage ends"))
         items.append(Table(("best configuration", f"{best.study} #{best.number}"), tuple(best_rows)))
