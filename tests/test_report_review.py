@@ -20,7 +20,7 @@ from hpo.report.page import Figure, Words
 from hpo.report.sections_search import coarse_section, history_section, importance_section, summary_section
 from hpo.report.sections_trials import choices_section, curves_section
 from storage import backend
-from tests.helpers import worker_env
+from tests.helpers import make_stage, worker_env
 
 HPO = [sys.executable, "-c", "import hpo; hpo.main()"]
 
@@ -185,3 +185,20 @@ def test_a_stage_study_reported_alone_is_named_by_its_stage_and_knows_its_next_s
     # The campaign's final retrain ran; stage 1's report does not say it has yet to run.
     summary = " ".join(section_texts(summary_section(first)))
     assert "not yet" not in summary and "hpo report c" in summary
+
+
+def test_a_campaign_with_nothing_running_is_not_said_to_be_running(sqlite_url):
+    # What a campaign stopped with Ctrl-C leaves (or one whose workers have not started yet):
+    # a stage open, no trial running or queued. Nothing will change until it is resumed.
+    storage, _ = make_stage(sqlite_url, "paused", trials=4, stages=2)
+    data = collect(storage, sqlite_url, "paused")
+    said = banner(data)
+    assert "Still running" not in said and "Not finished" in said and "stage 1 of 2" in said
+    assert "hpo search --name paused" in said
+    status = dict(summary_section(data).items[0].rows)["status"]
+    assert status != "running"
+    # Once a worker runs a trial, it is running again.
+    optuna.load_study(study_name="paused/stage-1", storage=sqlite_url).ask()
+    data = collect(storage, sqlite_url, "paused")
+    assert "Still running (stage 1 of 2; 1 trials running" in banner(data)
+    assert dict(summary_section(data).items[0].rows)["status"] == "running"

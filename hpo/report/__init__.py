@@ -46,6 +46,12 @@ def banner(data: ReportData) -> str | None:
         running = sum(t.outcome == "RUNNING" for t in trials)
         waiting = sum(t.outcome == "WAITING" for t in trials)
         where = f"stage {len(data.stages)} of {data.planned_stages}" if data.campaign else "trials are still queued or running"
+        if not running and not waiting:  # stopped (Ctrl-C), or its workers not started yet
+            return (
+                f"Not finished ({where}), and no trial is running or queued now: its workers are starting or none "
+                f"is attached, or the campaign was stopped (hpo search --name {data.campaign} resumes it). "
+                "This report shows what existed when it was written."
+            )
         return (
             f"Still running ({where}; {running} trials running, {waiting} queued): this report shows what existed "
             "when it was written. Run hpo report again for a newer one."

@@ -43,7 +43,10 @@ def _duration(seconds: float | None) -> str:
 def _status(data: ReportData) -> str:
     if data.failed:
         return "failed"
-    return "running" if data.running else "finished"
+    if not data.running:
+        return "finished"
+    busy = any(t.outcome in ("RUNNING", "WAITING") for t in data.trials)
+    return "running" if busy else "not finished, nothing running now"
 
 
 # -- 1. summary --------------------------------------------------------------------------------
