@@ -202,3 +202,22 @@ def test_a_campaign_with_nothing_running_is_not_said_to_be_running(sqlite_url):
     data = collect(storage, sqlite_url, "paused")
     assert "Still running (stage 1 of 2; 1 trials running" in banner(data)
     assert dict(summary_section(data).items[0].rows)["status"] == "running"
+
+
+@pytest.mark.slow
+def test_search_stopped_by_a_failing_stage_says_where_it_wrote_the_report(sqlite_url, tmp_path):
+    from workers.worker import Worker, WorkerOptions
+
+    storage, plan = make_stage(sqlite_url, "boom", trials=20, epochs=1)
+    storage.engine.dispose()
+
+    def broken_trainer(*args, **kwargs):
+        raise RuntimeError("the GPU caught fire")
+
+    worker = Worker(WorkerOptions(storage_url=sqlite_url, study=plan.study_name, poll_seconds=0.1), trainer=broken_trainer)
+    worker.run()
+    worker.close()
+    done = hpo(sqlite_url, "search", "--name", "boom", "--workers", "0", cwd=tmp_path)
+    assert done.returncode == 1 and "5 trials in a row failed" in done.stderr
+    assert (tmp_path / "boom-report.html").is_file()
+    assert "report: boom-report.html" in done.stderr
