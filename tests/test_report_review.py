@@ -14,7 +14,7 @@ import sys
 import optuna
 import pytest
 
-from hpo.report import ReportPathError, banner, target_path
+from hpo.report import ReportPathError, banner, default_path, target_path
 from hpo.report.collect import collect
 from hpo.report.page import Figure, Words
 from hpo.report.sections_search import coarse_section, history_section, importance_section, summary_section
@@ -221,3 +221,11 @@ def test_search_stopped_by_a_failing_stage_says_where_it_wrote_the_report(sqlite
     assert done.returncode == 1 and "5 trials in a row failed" in done.stderr
     assert (tmp_path / "boom-report.html").is_file()
     assert "report: boom-report.html" in done.stderr
+
+
+def test_names_in_other_scripts_keep_their_letters_in_the_default_file_name():
+    # Written as "-" they left nothing, and two studies' reports fell on one file.
+    assert default_path("数据").name == "数据-report.html" != default_path("实验").name
+    assert default_path("étude 2").name == "étude-2-report.html"
+    assert default_path("a\u202eb/c").name == "a-b-c-report.html"  # a bidi override is no letter
+    assert len(default_path("数" * 300).name.encode()) <= 255

@@ -24,16 +24,18 @@ from hpo.report.sections_search import (
     activation_colors, coarse_section, history_section, importance_section, stage_coarse_items, summary_section,
 )
 
-_UNSAFE = re.compile(r"[^A-Za-z0-9_.-]+")
-# Characters of a name kept in its default file name: a file name ends at 255 bytes, and an
-# Optuna study name may have 512 characters.
-_NAME_CHARS = 200
+_UNSAFE = re.compile(r"[^\w.-]+")  # \w: letters and digits of any script, and "_"
+# Bytes of a name kept in its default file name: a file name ends at 255 bytes, and an Optuna
+# study name may have 512 characters (of up to 4 bytes each in UTF-8).
+_NAME_BYTES = 200
 
 
 def default_path(name: str) -> Path:
-    """``NAME-report.html`` in the working folder, with what a file name cannot hold (``/`` of
-    a stage study, spaces, ...) written as ``-``, and a name too long for a file cut short."""
-    safe = _UNSAFE.sub("-", name).strip("-.")[:_NAME_CHARS].rstrip("-.") or "study"
+    """``NAME-report.html`` in the working folder, with what a file name should not hold (``/``
+    of a stage study, spaces, punctuation, control characters, ...) written as ``-``, and a
+    name too long for a file cut short."""
+    safe = _UNSAFE.sub("-", name).strip("-.")
+    safe = safe.encode()[:_NAME_BYTES].decode(errors="ignore").rstrip("-.") or "study"
     return Path(f"{safe}-report.html")
 
 
