@@ -229,3 +229,18 @@ def test_names_in_other_scripts_keep_their_letters_in_the_default_file_name():
     assert default_path("étude 2").name == "étude-2-report.html"
     assert default_path("a\u202eb/c").name == "a-b-c-report.html"  # a bidi override is no letter
     assert len(default_path("数" * 300).name.encode()) <= 255
+
+
+def test_infinite_values_that_no_figure_can_draw_are_said_missing(sqlite_url):
+    # Optuna stores an objective's inf as a complete trial's value; a figure draws it nowhere
+    # (JSON has no infinity), so the best trial's star and the best-so-far line vanish unsaid.
+    backend.ensure_schema(sqlite_url)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(study_name="overflow", storage=sqlite_url, direction="maximize")
+    for value in (0.5, float("inf"), 0.7):
+        trial = study.ask({"learning_rate": optuna.distributions.FloatDistribution(1e-4, 1, log=True)})
+        study.tell(trial, value)
+    data = collect(backend.open_storage(sqlite_url), sqlite_url, "overflow")
+    assert "1 trial stored an infinite value" in banner(data)
+    plain_study(sqlite_url, "finite")
+    assert banner(collect(backend.open_storage(sqlite_url), sqlite_url, "finite")) is None

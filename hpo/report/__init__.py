@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import re
 import tempfile
@@ -40,7 +41,21 @@ def default_path(name: str) -> Path:
 
 
 def banner(data: ReportData) -> str | None:
-    """The line above the sections: a campaign still running, stopped, or with nothing to show."""
+    """The line above the sections: a campaign still running, stopped, or with nothing to show;
+    and trials whose value no figure can draw."""
+    said = _state(data)
+    infinite = sum(t.value is not None and not math.isfinite(t.value) for t in data.trials)
+    if infinite:
+        them = "it" if infinite == 1 else "them"
+        note = (
+            f"{infinite} trial{'s' if infinite != 1 else ''} stored an infinite value, which no figure can draw: "
+            f"the figures leave {them} out, and the best-so-far line stops where one is the best."
+        )
+        said = f"{said} {note}" if said else note
+    return said
+
+
+def _state(data: ReportData) -> str | None:
     trials = data.trials
     if data.failed:
         return f"This campaign stopped: {data.failed}. The report shows the trials it ran."
