@@ -14,7 +14,7 @@ import sys
 import optuna
 import pytest
 
-from hpo.report import ReportPathError, banner, default_path, target_path
+from hpo.report import ReportPathError, banner, default_path, render, target_path
 from hpo.report.collect import collect
 from hpo.report.page import Figure, Words
 from hpo.report.sections_search import coarse_section, history_section, importance_section, summary_section
@@ -244,3 +244,14 @@ def test_infinite_values_that_no_figure_can_draw_are_said_missing(sqlite_url):
     assert "1 trial stored an infinite value" in banner(data)
     plain_study(sqlite_url, "finite")
     assert banner(collect(backend.open_storage(sqlite_url), sqlite_url, "finite")) is None
+
+
+def test_control_and_bidi_characters_of_a_name_are_shown_as_escapes_as_the_cli_shows_them(sqlite_url):
+    # U+202E makes "report\u202elmth.exe" read as "reportexe.html"; hpo's CLI and the dashboard
+    # notes show it as \u202e (hpo.output.visible), and so does the page, in its text and figures.
+    name = "report\u202elmth.exe \x1b[31m"
+    plain_study(sqlite_url, name, n_trials=4)
+    page = render(collect(backend.open_storage(sqlite_url), sqlite_url, name))
+    assert "\u202e" not in page and "\x1b" not in page
+    assert page.count("report\\u202elmth.exe \\x1b[31m") >= 3  # title, heading, summary at least
+    assert "report\\\\u202elmth.exe" in page  # in the figures' JSON too

@@ -13,6 +13,7 @@ from typing import Any
 
 import plotly.graph_objects as go
 
+from hpo.output import visible
 from hpo.report.collect import StageView, TrialView
 
 # Plotly's qualitative palette (D3), assigned in order of first appearance: stable per report.
@@ -66,8 +67,9 @@ def show(value: Any) -> str:
 def plot_text(text: Any) -> str:
     """Text from the user or storage as Plotly shows it literally in a title, trace name, axis
     label or hover. Plotly reads a few HTML tags (<b>, <br>, <a>...) and entities there; it
-    does not decode &quot;, so quotes stay as they are."""
-    return html.escape(str(text), quote=False)
+    does not decode &quot;, so quotes stay as they are. Control and bidirectional characters are
+    shown as escapes, as on the rest of the page."""
+    return html.escape(visible(str(text)), quote=False)
 
 
 def hover(trial: TrialView) -> str:
