@@ -14,6 +14,7 @@ import sys
 import optuna
 import pytest
 
+from hpo.output import visible
 from hpo.report import ReportPathError, banner, default_path, render, target_path
 from hpo.report.collect import collect
 from hpo.report.page import Figure, Words
@@ -244,6 +245,61 @@ def test_infinite_values_that_no_figure_can_draw_are_said_missing(sqlite_url):
     assert "1 trial stored an infinite value" in banner(data)
     plain_study(sqlite_url, "finite")
     assert banner(collect(backend.open_storage(sqlite_url), sqlite_url, "finite")) is None
+
+
+ODD_NAME = '<script>alert("x")</script> &amp; \'q\' a/b %{y} 数据 \u202eevil'
+
+
+def odd_studies(url: str) -> list[str]:
+    """Plain Optuna studies a user may point hpo report at, each odd in its own way."""
+    backend.ensure_schema(url)
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    lr = optuna.distributions.FloatDistribution(1e-4, 1, log=True)
+
+    def told(name, values, **create):
+        study = optuna.create_study(study_name=name, storage=url, **create)
+        for value in values:
+            trial = study.ask({"learning_rate": lr})
+            trial.set_user_attr("worker", "<b>host</b> & co")
+            study.tell(trial, value, state=None if value is not None else optuna.trial.TrialState.PRUNED)
+
+    study = optuna.create_study(study_name=ODD_NAME, storage=url, direction="maximize")
+    study.optimize(lambda t: t.suggest_float("learning_rate", 1e-4, 1, log=True)
+                   + t.suggest_int("width", 1, 8) * len(t.suggest_categorical("act", ["<i>a</i>", "&lt;", "%{x}"])), n_trials=8)
+    optuna.create_study(study_name="L" * 400, storage=url).optimize(lambda t: t.suggest_int("k", 1, 3), n_trials=4)
+    optuna.create_study(study_name="two goals", storage=url, directions=["maximize", "minimize"]).optimize(
+        lambda t: (t.suggest_float("learning_rate", 1e-4, 1, log=True), t.suggest_float("weight_decay", 0, 1)), n_trials=5)
+    told("pruned early", [None, None, None])
+    told("overflow", [0.5, float("inf"), 0.7], direction="maximize")
+    optuna.create_study(study_name="categories", storage=url).optimize(
+        lambda t: len(t.suggest_categorical("act", ["relu", "tanh"])) + t.suggest_int("k", 1, 4), n_trials=6)
+    optuna.create_study(study_name="empty", storage=url)
+    study = optuna.create_study(study_name="errors", storage=url)
+
+    def broken(trial):
+        trial.suggest_float("learning_rate", 1e-4, 1, log=True)
+        raise RuntimeError("<b>out</b> of memory")
+
+    study.optimize(broken, n_trials=2, catch=(RuntimeError,))
+    return [ODD_NAME, "L" * 400, "two goals", "pruned early", "overflow", "categories", "empty", "errors"]
+
+
+@pytest.mark.browser
+def test_odd_studies_load_offline_with_every_figure_drawn_and_their_text_literal(sqlite_url, tmp_path):
+    from hpo.report import write_report
+    from tests.browser import check_page
+
+    names = odd_studies(sqlite_url)
+    storage = backend.open_storage(sqlite_url)
+    for name in names:
+        path = write_report(storage, sqlite_url, name, tmp_path / default_path(name))
+        check = check_page(path)
+        assert check.problems() == [], (name[:40], check.problems())
+        assert not check.blank
+        if name == ODD_NAME:  # the name and the choices shown as they are stored
+            assert visible(name) in check.text and "<i>a</i> (n=" in check.text and "%{x} (n=" in check.text
+        if name == "overflow":
+            assert "<b>host</b> & co" in check.text  # the worker's name
 
 
 def test_control_and_bidi_characters_of_a_name_are_shown_as_escapes_as_the_cli_shows_them(sqlite_url):
