@@ -311,3 +311,22 @@ def test_control_and_bidi_characters_of_a_name_are_shown_as_escapes_as_the_cli_s
     assert "\u202e" not in page and "\x1b" not in page
     assert page.count("report\\u202elmth.exe \\x1b[31m") >= 3  # title, heading, summary at least
     assert "report\\\\u202elmth.exe" in page  # in the figures' JSON too
+
+
+def test_the_initialization_experiment_on_inputs_that_never_vary_says_why_it_did_not_run(tmp_path):
+    # One training example, or features all constant: standardized, the batch is all zeros, every
+    # layer's std is 0, and the figures would be empty log axes under words that read a trend.
+    import numpy as np
+
+    from hpo.report import run_init_experiment
+    from workers.init_experiment import init_experiment
+
+    with pytest.raises(ValueError, match="varies"):
+        init_experiment(np.ones((10, 4)))
+    rng = np.random.default_rng(0)
+    arrays = {f"X_{s}": np.ones((n, 4)) for s, n in (("train", 1), ("val", 4), ("test", 4))}
+    arrays.update({f"y_{s}": rng.integers(0, 2, size=len(arrays[f"X_{s}"])) for s in ("train", "val", "test")})
+    arrays["y_val"][:2] = (0, 1)
+    np.savez(tmp_path / "flat.npz", **arrays)
+    said = run_init_experiment(f"npz:{tmp_path / 'flat.npz'}")
+    assert isinstance(said, str) and "varies" in said and "could not be loaded" not in said

@@ -97,9 +97,13 @@ def run_init_experiment(dataset: str | None, seed: int = 0) -> dict | str:
     if dataset is None:
         return "this study does not record its dataset, so the experiment has no data to run on"
     try:
-        return init_experiment(load_dataset(dataset, seed=seed).X_train, seed=seed)
+        inputs = load_dataset(dataset, seed=seed).X_train
     except (DatasetError, OSError, ValueError) as e:
         return f"the dataset {dataset} could not be loaded here ({e}), so the experiment did not run"
+    try:
+        return init_experiment(inputs, seed=seed)
+    except ValueError as e:
+        return f"the experiment did not run on the training inputs of {dataset}: {e}"
 
 
 def _init_section(data: ReportData) -> Section:
