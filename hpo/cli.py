@@ -361,8 +361,8 @@ def search(ctx, name, dataset, stages, trials, epochs, workers, sampler, pruner,
             with progress:
                 summary = campaign_mod.run_campaign(storage_url, spec, progress, workers=workers, blas_threads=blas_threads)
         except campaign_mod.StageFailed as e:
-            if not no_report:
-                _write_report(storage_url, name)
+            if not no_report and (report := _write_report(storage_url, name)):
+                err.print(literal(f"report: {report}"), soft_wrap=True)  # a path is not folded
             click.echo(f"Error: {one_line(e)}", err=True)
             sys.exit(1)
     report = None if no_report else _write_report(storage_url, name)

@@ -149,7 +149,7 @@ def test_a_running_campaign_says_so_and_shows_what_exists(sqlite_url):
     storage, plan = make_stage(sqlite_url, "busy", trials=4, stages=2)
     data = collect(storage, sqlite_url, "busy")
     assert data.running
-    assert "Still running" in banner(data) and "stage 1 of 2" in banner(data)
+    assert "Not finished" in banner(data) and "stage 1 of 2" in banner(data)  # no trial runs yet
     assert "No trial has completed yet" in words(summary_section(data))
     assert "no trial has finished yet" in words(coarse_section(data))
     assert "No trial has finished yet" in words(history_section(data))
@@ -233,7 +233,7 @@ def test_reports_load_offline_in_a_browser_with_every_figure_drawn(sqlite_url, t
     study = optuna.create_study(study_name="plain <b>study</b>", storage=sqlite_url, direction="maximize")
     study.optimize(lambda t: t.suggest_float("learning_rate", 1e-4, 1, log=True), n_trials=5)
     storage = backend.open_storage(sqlite_url)
-    for name, says in [("done", None), ("busy", "Still running"), ("boom", "Every trial diverged"), ("plain <b>study</b>", None)]:
+    for name, says in [("done", None), ("busy", "Not finished"), ("boom", "Every trial diverged"), ("plain <b>study</b>", None)]:
         path = write_report(storage, sqlite_url, name, tmp_path / f"{default_path(name)}")
         check = check_page(path)
         assert check.problems() == [], (name, check.problems())

@@ -167,6 +167,9 @@ def init_experiment(
         JSON-ready ``{"depth", "width", "batch_size" (rows used), "input_dim" (D),
         "runs": [{"activation", "initializer", "layers": [forward_at_init's dicts]}, ...]}``,
         runs ordered activation-major.
+
+    Raises:
+        ValueError: X is not a non-empty 2-D array, or no feature varies across the batch.
     """
     X = np.asarray(X, dtype=np.float64)
     if X.ndim != 2 or X.shape[0] == 0:
@@ -176,6 +179,8 @@ def init_experiment(
     rows = np.random.default_rng(seed).choice(X.shape[0], size=min(batch_size, X.shape[0]), replace=False)
     batch = X[np.sort(rows)]
     batch = fit_preprocessor("standardize", batch).transform(batch)
+    if not batch.any():  # one row, or constant features: every activation of every layer would be 0
+        raise ValueError(f"no feature varies across the {batch.shape[0]} rows of the batch, so the network sees no signal")
     runs = [
         {
             "activation": activation,

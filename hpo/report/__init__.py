@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import re
 import tempfile
@@ -17,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from hpo.output import plural
-from hpo.report.collect import ReportData, collect
+from hpo.report.collect import MULTI_OBJECTIVE, ReportData, collect
 from hpo.report.page import Figure, Section, Words, render_page
 from hpo.report.sections_layers import layers_section
 from hpo.report.sections_trials import choices_section, curves_section, workers_section
@@ -25,18 +26,37 @@ from hpo.report.sections_search import (
     activation_colors, coarse_section, history_section, importance_section, stage_coarse_items, summary_section,
 )
 
-_UNSAFE = re.compile(r"[^A-Za-z0-9_.-]+")
+_UNSAFE = re.compile(r"[^\w.-]+")  # \w: letters and digits of any script, and "_"
+# Bytes of a name kept in its default file name: a file name ends at 255 bytes, and an Optuna
+# study name may have 512 characters (of up to 4 bytes each in UTF-8).
+_NAME_BYTES = 200
 
 
 def default_path(name: str) -> Path:
-    """``NAME-report.html`` in the working folder, with what a file name cannot hold (``/`` of
-    a stage study, spaces, ...) written as ``-``."""
-    safe = _UNSAFE.sub("-", name).strip("-.") or "study"
+    """``NAME-report.html`` in the working folder, with what a file name should not hold (``/``
+    of a stage study, spaces, punctuation, control characters, ...) written as ``-``, and a
+    name too long for a file cut short."""
+    safe = _UNSAFE.sub("-", name).strip("-.")
+    safe = safe.encode()[:_NAME_BYTES].decode(errors="ignore").rstrip("-.") or "study"
     return Path(f"{safe}-report.html")
 
 
 def banner(data: ReportData) -> str | None:
-    """The line above the sections: a campaign still running, stopped, or with nothing to show."""
+    """The line above the sections: a campaign still running, stopped, or with nothing to show;
+    and trials whose value no figure can draw."""
+    said = _state(data)
+    infinite = sum(t.value is not None and not math.isfinite(t.value) for t in data.trials)
+    if infinite:
+        them = "it" if infinite == 1 else "them"
+        note = (
+            f"{infinite} trial{'s' if infinite != 1 else ''} stored an infinite value, which no figure can draw: "
+            f"the figures leave {them} out, and the best-so-far line stops where one is the best."
+        )
+        said = f"{said} {note}" if said else note
+    return said
+
+
+def _state(data: ReportData) -> str | None:
     trials = data.trials
     if data.failed:
         return f"This campaign stopped: {data.failed}. The report shows the trials it ran."
@@ -44,11 +64,24 @@ def banner(data: ReportData) -> str | None:
         running = sum(t.outcome == "RUNNING" for t in trials)
         waiting = sum(t.outcome == "WAITING" for t in trials)
         where = f"stage {len(data.stages)} of {data.planned_stages}" if data.campaign else "trials are still queued or running"
+        if not running and not waiting:  # stopped (Ctrl-C), or its workers not started yet
+            return (
+                f"Not finished ({where}), and no trial is running or queued now: its workers are starting or none "
+                f"is attached, or the campaign was stopped (hpo search --name {data.campaign} resumes it). "
+                "This report shows what existed when it was written."
+            )
         return (
             f"Still running ({where}; {plural(running, 'trial')} running, {waiting} queued): this report shows what existed "
             "when it was written. Run hpo report again for a newer one."
         )
-    if trials and all(t.outcome == "DIVERGED" for t in trials if t.outcome != "FAIL"):
+    several = [s.study for s in data.stages if s.direction == MULTI_OBJECTIVE]
+    if several:
+        return (
+            f"{', '.join(several)} optimizes several objectives at once: this report draws a single objective's "
+            "values, so it shows these trials' parameters and outcomes only."
+        )
+    finished = [t for t in trials if t.outcome != "FAIL"]
+    if finished and all(t.outcome == "DIVERGED" for t in finished):
         return "Every trial diverged: no configuration trained. Lower the learning rate's range, or try batch norm."
     return None
 
@@ -66,10 +99,14 @@ def run_init_experiment(dataset: str | None, seed: int = 0) -> dict | str:
     if dataset is None:
         return "this study does not record its dataset, so the experiment has no data to run on"
     try:
-        return init_experiment(load_dataset(dataset, seed=seed).X_train, seed=seed)
+        inputs = load_dataset(dataset, seed=seed).X_train
     except (DatasetError, OSError, ValueError) as e:
         why = missing_extra(e) or str(e)
         return f"the dataset {dataset} could not be loaded here ({why}), so the experiment did not run"
+    try:
+        return init_experiment(inputs, seed=seed)
+    except ValueError as e:
+        return f"the experiment did not run on the training inputs of {dataset}: {e}"
 
 
 def _init_section(data: ReportData) -> Section:
@@ -111,8 +148,16 @@ def target_path(name: str, path: str | os.PathLike | None = None) -> Path:
     folder = target.parent
     if not folder.is_dir():
         raise ReportPathError(f"cannot write the report to {target}: there is no folder {folder}")
-    if target.is_dir():
+    try:
+        is_folder = target.is_dir()
+        # The page is renamed over the target: a pipe or a device (/dev/null) would be replaced.
+        is_special = not is_folder and target.exists() and not target.is_file()
+    except OSError as e:  # a file name too long for the file system, say
+        raise ReportPathError(f"cannot write the report to {target}: {e.strerror or e}") from None
+    if is_folder:
         raise ReportPathError(f"cannot write the report to {target}: it is a folder")
+    if is_special:
+        raise ReportPathError(f"cannot write the report to {target}: it is not a regular file")
     if not os.access(folder, os.W_OK):
         raise ReportPathError(f"cannot write the report to {target}: the folder {folder} is not writable")
     return target
@@ -166,7 +211,8 @@ def write_report(storage, url: str, name: str, path: str | os.PathLike | None = 
         attach_to_dashboard(storage, data)
     page = render(data)
     folder = target.parent
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=folder)
+    # The temporary file's name stays short: the target's own name may be near the limit.
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name[:100]}.", suffix=".tmp", dir=folder)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(page)

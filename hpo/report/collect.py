@@ -28,6 +28,9 @@ from workers import stageplan
 from workers.record import TrialRecord, read_record
 from workers.stageplan import StagePlan
 
+# A study of several objectives: its trials have no single value to draw or rank.
+MULTI_OBJECTIVE = "multi-objective"
+
 # Outcomes in the order the report lists them (diverged trials are stored PRUNED).
 OUTCOMES = ("COMPLETE", "PRUNED", "DIVERGED", "FAIL", "RUNNING", "WAITING")
 FINISHED = ("COMPLETE", "PRUNED", "DIVERGED", "FAIL")
@@ -71,7 +74,7 @@ class StageView:
     stage: int
     plan: StagePlan | None
     status: str | None  # RUNNING, DONE, FAILED (hpo's stage status), None for a plain study
-    direction: str  # "maximize" or "minimize"
+    direction: str  # "maximize", "minimize" or MULTI_OBJECTIVE
     ranges: Mapping[str, Mapping[str, Any]]  # the searched space, as workers.space's to_dict
     trials: tuple[TrialView, ...]
     child_ranges: Mapping[str, Mapping[str, Any]] | None = None  # the next stage's space
@@ -220,7 +223,7 @@ def _stage_view(storage: BaseStorage, study_name: str, stage: int, *, importance
         stage=stage,
         plan=plan,
         status=attrs.get(records.STATUS_ATTR) if isinstance(attrs.get(records.STATUS_ATTR), str) else None,
-        direction=directions[0].name.lower() if len(directions) == 1 else "multi-objective",
+        direction=directions[0].name.lower() if len(directions) == 1 else MULTI_OBJECTIVE,
         ranges=ranges,
         trials=trials,
         importance=scores,
@@ -228,12 +231,12 @@ def _stage_view(storage: BaseStorage, study_name: str, stage: int, *, importance
     )
 
 
-def _with_child(stage: StageView, child: StageView) -> StageView:
-    """``stage`` with the ranges its child searches and the narrowing that produced them."""
-    lineage = child.plan.lineage if child.plan else {}
+def _with_child(stage: StageView, child: StagePlan) -> StageView:
+    """``stage`` with the ranges its child stage searches and the narrowing that produced them."""
+    lineage = child.lineage
     changes = lineage.get("changes") if isinstance(lineage, Mapping) else None
     rows = tuple(c for c in changes if isinstance(c, Mapping)) if isinstance(changes, list) else ()
-    return StageView(**{**stage.__dict__, "child_ranges": child.ranges, "narrowing": rows})
+    return StageView(**{**stage.__dict__, "child_ranges": dict(child.space.get("params", {})), "narrowing": rows})
 
 
 def collect(storage: BaseStorage, url: str, name: str, *, importance: bool = True) -> ReportData:
@@ -242,8 +245,10 @@ def collect(storage: BaseStorage, url: str, name: str, *, importance: bool = Tru
     A study of exactly that name wins over a campaign (as everywhere in hpo). StudyNotFound
     when neither exists."""
     try:
-        storage.get_study_id_from_name(name)
-        study_names = [(name, 1)]
+        study_id = storage.get_study_id_from_name(name)
+        # A stage study reported alone keeps its stage's number.
+        own_plan = stageplan.plan_from_attr(storage.get_study_user_attrs(study_id).get(records.PLAN_ATTR))
+        study_names = [(name, own_plan.stage if own_plan else 1)]
         campaign = None
     except KeyError:
         plans = stageplan.campaign_stages(storage, name)
@@ -256,8 +261,17 @@ def collect(storage: BaseStorage, url: str, name: str, *, importance: bool = Tru
         campaign_of_study = stages[0].plan.campaign
     else:
         campaign_of_study = campaign
+    if campaign is None and stages[0].plan is not None:  # a stage study alone: its child, if planned
+        plan = stages[0].plan
+        try:
+            child = stageplan.read_plan(storage, stageplan.stage_study_name(plan.campaign, plan.stage + 1))
+        except StudyNotFound:
+            child = None
+        if child is not None:
+            stages[0] = _with_child(stages[0], child)
     for i in range(len(stages) - 1):
-        stages[i] = _with_child(stages[i], stages[i + 1])
+        if stages[i + 1].plan is not None:
+            stages[i] = _with_child(stages[i], stages[i + 1].plan)
     result = None
     failed = None
     for stage in stages:

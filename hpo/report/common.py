@@ -13,7 +13,8 @@ from typing import Any
 
 import plotly.graph_objects as go
 
-from hpo.report.collect import TrialView
+from hpo.output import visible
+from hpo.report.collect import StageView, TrialView
 
 # Plotly's qualitative palette (D3), assigned in order of first appearance: stable per report.
 PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf")
@@ -39,6 +40,12 @@ GL_ABOVE = 1000
 UPDATE_RATIO_RULE = 1e-3
 
 
+def value_name(stage: StageView) -> str:
+    """What a stage's trial values are: hpo's stages score the validation accuracy; a study hpo
+    did not create, whatever its objective returns."""
+    return "validation accuracy" if stage.plan is not None else "objective value"
+
+
 def color_map(values: Sequence[Any]) -> dict[Any, str]:
     """A colour per distinct value, in order of first appearance."""
     colors: dict[Any, str] = {}
@@ -60,8 +67,9 @@ def show(value: Any) -> str:
 def plot_text(text: Any) -> str:
     """Text from the user or storage as Plotly shows it literally in a title, trace name, axis
     label or hover. Plotly reads a few HTML tags (<b>, <br>, <a>...) and entities there; it
-    does not decode &quot;, so quotes stay as they are."""
-    return html.escape(str(text), quote=False)
+    does not decode &quot;, so quotes stay as they are. Control and bidirectional characters are
+    shown as escapes, as on the rest of the page."""
+    return html.escape(visible(str(text)), quote=False)
 
 
 def hover(trial: TrialView) -> str:

@@ -21,6 +21,8 @@ import plotly.graph_objects as go
 import plotly.utils
 import plotly.offline
 
+from hpo.output import visible
+
 # What each figure's tool bar offers: zoom and pan are Plotly's defaults; "download as PNG"
 # saves the figure as an image from the page, at twice the screen's resolution.
 PLOT_CONFIG = {
@@ -82,7 +84,9 @@ p.words { background: #f6f6f6; padding: .6em 1em; }
 
 
 def _text(value: Any) -> str:
-    return html.escape(value if isinstance(value, str) else str(value))
+    """Text as the page shows it: HTML escaped, and control and bidirectional characters as
+    escapes (``\\u202e``), as the CLI shows them."""
+    return html.escape(visible(value if isinstance(value, str) else str(value)))
 
 
 def script_json(value: Any) -> str:

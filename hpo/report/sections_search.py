@@ -14,9 +14,9 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from hpo.output import plural
-from hpo.report.collect import OUTCOMES, ReportData, StageView, TrialView
+from hpo.report.collect import MULTI_OBJECTIVE, OUTCOMES, ReportData, StageView, TrialView
 from hpo.report.common import (
-    FADED_OPACITY, SOLID_OPACITY, color_map, faded, hover, layout, plot_text, sample, sampled_note, scatter, show,
+    FADED_OPACITY, SOLID_OPACITY, color_map, faded, hover, layout, plot_text, sample, sampled_note, scatter, show, value_name,
 )
 from hpo.report.page import Figure, Item, Section, Table, Words
 from workers.knobs import Condition, KnobError
@@ -45,7 +45,10 @@ def _duration(seconds: float | None) -> str:
 def _status(data: ReportData) -> str:
     if data.failed:
         return "failed"
-    return "running" if data.running else "finished"
+    if not data.running:
+        return "finished"
+    busy = any(t.outcome in ("RUNNING", "WAITING") for t in data.trials)
+    return "running" if busy else "not finished, nothing running now"
 
 
 # -- 1. summary --------------------------------------------------------------------------------
@@ -78,17 +81,23 @@ def summary_section(data: ReportData) -> Section:
         ))
     items.append(Table(("stage", "budget", "epochs", *(o.lower() for o in OUTCOMES), "best", "status"), tuple(stage_rows), "Trials per stage and how they ended (diverged trials are counted apart from pruned ones)."))
     best = data.best
-    if best is None:
+    if best is None and any(s.direction == MULTI_OBJECTIVE for s in data.stages):
+        items.append(Words("This study optimizes several objectives at once, so there is no single best configuration."))
+    elif best is None:
         items.append(Words("No trial has completed yet, so there is no best configuration."))
     else:
         params = data.result.get("params") if data.result else None
         shown = params if isinstance(params, Mapping) else best.params
         best_rows = [(name, show(value)) for name, value in shown.items()]
-        best_rows.append(("validation accuracy", _fmt(best.value)))
+        best_stage = next(s for s in data.stages if s.study == best.study)
+        best_rows.append((value_name(best_stage), _fmt(best.value)))
         if data.result:
             best_rows.append(("final retrain: train accuracy", _fmt(data.result.get("train_accuracy"))))
             best_rows.append(("final retrain: test accuracy", _fmt(data.result.get("test_accuracy"))))
-        else:
+        elif best_stage.plan is not None and data.campaign is None and not best_stage.plan.is_last:
+            # A stage reported alone: the retrain is of the campaign's best, in its last stage.
+            best_rows.append(("final retrain", f"of the campaign's best, after its last stage: hpo report {best_stage.plan.campaign}"))
+        elif best_stage.plan is not None:  # a study hpo did not create has no final retrain
             best_rows.append(("final retrain", "not yet: it runs when the last stage ends"))
         items.append(Table(("best configuration", f"{best.study} #{best.number}"), tuple(best_rows)))
     return Section("summary", "Summary", tuple(items))
@@ -107,6 +116,16 @@ def _band(spec: Mapping[str, Any] | None) -> tuple[float, float] | None:
     return float(spec["low"]), float(spec["high"])
 
 
+def _no_values(trials: list[TrialView], what: str) -> Words | None:
+    """Words for finished trials none of which has a value (pruned before reporting one,
+    diverged in their first epoch, several objectives): drawn at a made-up floor they would
+    read as a value."""
+    if any(t.last_accuracy is not None for t in trials):
+        return None
+    counts = ", ".join(f"{sum(t.outcome == o for t in trials)} {o.lower()}" for o in OUTCOMES if any(t.outcome == o for t in trials))
+    return Words(f"{what}: no finished trial has a value to draw ({counts}).")
+
+
 def _trial_y(trial: TrialView, floor: float) -> float:
     y = trial.last_accuracy
     return floor if y is None else y
@@ -116,6 +135,8 @@ def _coarse_figure(stage: StageView, x_name: str, colors: dict[Any, str]) -> Fig
     trials = [t for t in stage.trials if x_name in t.params and t.outcome in ("COMPLETE", "PRUNED", "DIVERGED")]
     if not trials:
         return Words(f"{stage.study}: no trial has finished yet, so there is nothing to draw.")
+    if (words := _no_values(trials, stage.study)) is not None:
+        return words
     best = stage.best
     shown, sampled = sample(trials, keep=[best] if best else [])
     values = [t.last_accuracy for t in shown if t.last_accuracy is not None]
@@ -154,14 +175,18 @@ def _coarse_figure(stage: StageView, x_name: str, colors: dict[Any, str]) -> Fig
             text=[hover(best)], hovertemplate="%{text}<extra></extra>",
         ))
     epochs = f", {plural(stage.epochs, 'epoch')} per trial" if stage.epochs else ""
-    layout(figure, title=plot_text(f"{stage.study}{epochs}"), xaxis_title=plot_text(x_name), yaxis_title="validation accuracy", height=560,
+    layout(figure, title=plot_text(f"{stage.study}{epochs}"), xaxis_title=plot_text(x_name), yaxis_title=value_name(stage), height=560,
            legend={"orientation": "h", "y": -0.2, "font": {"size": 11}})
     if log_x:
         figure.update_xaxes(type="log")
+    looks = [
+        *(["coloured by activation"] if any("activation" in t.params for t in shown) else []),
+        *(["circles with batch norm and diamonds without"] if any("batch_norm" in t.params for t in shown) else []),
+    ]
     caption = (
-        f"Each mark is a trial of {stage.study}: its {x_name} (x) and the validation accuracy it reached (y), "
-        "coloured by activation, circles with batch norm and diamonds without; faded marks were pruned, x marks diverged "
-        "(hover for the reason); the grey band is the range searched"
+        f"Each mark is a trial of {stage.study}: its {x_name} (x) and the {value_name(stage)} it reached (y)"
+        + "".join(f", {look}" for look in looks)
+        + "; faded marks were pruned, x marks diverged (hover for the reason); the grey band is the range searched"
         + (f", the green band the range stage {stage.stage + 1} searches" if narrowed else "")
         + ", the star the best trial."
     )
@@ -190,7 +215,9 @@ def _pair_figure(stage: StageView, x_name: str, y_name: str) -> Figure | None:
         x=[t.params[x_name] for t in shown],
         y=[t.params[y_name] for t in shown],
         mode="markers",
-        marker={"color": [t.value for t in shown], "colorscale": "Viridis", "showscale": True, "colorbar": {"title": "accuracy"}, "size": 9},
+        marker={"color": [t.value for t in shown], "colorscale": "Viridis", "showscale": True, "colorbar": {"title": value_name(stage)}, "size": 9,
+                # yellow is the best value whichever way the study optimizes
+                "reversescale": stage.direction == "minimize"},
         text=[hover(t) for t in shown],
         hovertemplate="%{text}<extra></extra>",
         showlegend=False,
@@ -199,7 +226,8 @@ def _pair_figure(stage: StageView, x_name: str, y_name: str) -> Figure | None:
     for axis, name in (("xaxis", x_name), ("yaxis", y_name)):
         if stage.ranges.get(name, {}).get("log"):
             figure.update_layout(**{axis: {"type": "log"}})
-    caption = f"Each complete trial of {stage.study} at its {x_name} and {y_name}, coloured by validation accuracy (yellow is best): a bright corner is where the next stage should look."
+    caption = (f"Each complete trial of {stage.study} at its {x_name} and {y_name}, coloured by {value_name(stage)} "
+               "(yellow is best): a bright corner is where the next stage should look.")
     for name in (x_name, y_name):
         if (when := _condition(stage.ranges.get(name))) is not None:
             caption += f" {name} is sampled only with {when}, so only the {len(trials)} trials that have both are drawn."
@@ -245,6 +273,8 @@ def history_section(data: ReportData) -> Section:
     ordered = [t for stage in data.stages for t in sorted(stage.trials, key=lambda t: t.number) if t.outcome in ("COMPLETE", "PRUNED", "DIVERGED")]
     if not ordered:
         return Section("history", "History", (Words("No trial has finished yet."),))
+    if (words := _no_values(ordered, "History")) is not None:
+        return Section("history", "History", (words,))
     maximize = data.stages[-1].direction != "minimize"
     index = {id(t): i + 1 for i, t in enumerate(ordered)}
     best_so_far: list[float | None] = []
@@ -282,11 +312,14 @@ def history_section(data: ReportData) -> Section:
     for stage in data.stages[:-1]:
         boundary += sum(1 for t in ordered if t.stage == stage.stage)
         figure.add_vline(x=boundary + 0.5, line_dash="dash", line_color="#888", annotation_text=f"stage {stage.stage + 1}", annotation_position="top right")
-    layout(figure, title="Every trial in order", xaxis_title="trial (in stage order)", yaxis_title="validation accuracy", height=420)
-    caption = (
-        "Every finished trial in order, stage after stage (dashed lines), with the best value so far as a black step line; "
-        "faded marks were pruned, x marks diverged. Later stages train longer, so their values are higher for the same configuration."
-    )
+    layout(figure, title="Every trial in order", xaxis_title="trial (in stage order)", yaxis_title=value_name(data.stages[-1]), height=420)
+    if len(data.stages) > 1:
+        caption = (
+            "Every finished trial in order, stage after stage (dashed lines), with the best value so far as a black step line; "
+            "faded marks were pruned, x marks diverged. Later stages train longer, so their values are higher for the same configuration."
+        )
+    else:
+        caption = "Every finished trial in order, with the best value so far as a black step line; faded marks were pruned, x marks diverged."
     if sampled:
         caption += sampled_note(len(shown), len(ordered))
     return Section("history", "History", (Figure(figure, caption),))
@@ -310,7 +343,7 @@ def importance_section(data: ReportData) -> Section:
             figure.update_xaxes(range=[0, 1], title_text="importance", row=1, col=col)
         layout(figure, height=120 + 40 * max(len(s.importance) for s in with_scores))
         items.insert(0, Figure(figure, (
-            "How much of the variation in validation accuracy each parameter explains within a stage "
+            f"How much of the variation in {value_name(with_scores[0])} each parameter explains within a stage "
             "(Optuna's get_param_importances with its default evaluator, PED-ANOVA; each stage sums to 1): a parameter that stays important after narrowing still matters inside the new range."
         )))
     return Section("importance", "Importance", tuple(items))

@@ -43,10 +43,6 @@ def _stage_name(stage: StageView) -> str:
     return f"stage {stage.stage} ({stage.study})" if stage.plan is not None else f"study {stage.study}"
 
 
-def _value_name(stage: StageView) -> str:
-    return "validation accuracy" if stage.plan is not None else "objective value"
-
-
 def _ranked_complete(stage: StageView) -> list[TrialView]:
     """The stage's complete trials with a value, best first (ties: the lower number first)."""
     complete = [t for t in stage.trials if t.outcome == "COMPLETE" and t.value is not None]
@@ -143,8 +139,9 @@ def _stage_choices(stage: StageView) -> list[Figure | Words | Table]:
     if (words := _all_diverged(stage)) is not None:
         items.append(words)
     elif not ranked:
+        what = "has a single value" if stage.counts["COMPLETE"] else "completed"  # several objectives
         items.append(Words(
-            f"No trial of {title} completed ({_counts_text(stage)}): there is no accuracy to "
+            f"No trial of {title} {what} ({_counts_text(stage)}): there is no accuracy to "
             f"compare per choice; the table counts the trials.{fixed_note}"
         ))
     else:
@@ -194,7 +191,7 @@ def _choices_figure(stage: StageView, varying: Mapping[str, list], ranked: list[
                     x=label, y=1, xref=f"x{suffix}", yref=f"y{suffix} domain", yanchor="top", showarrow=False,
                     text="dropped", font={"color": DROPPED_COLOR}, hovertext=common.plot_text(reason),
                 )
-    figure.update_yaxes(title_text=_value_name(stage), col=1)
+    figure.update_yaxes(title_text=common.value_name(stage), col=1)
     common.layout(
         figure,
         title=common.plot_text(_sentence(_stage_name(stage))), height=260 + 280 * rows, boxmode="overlay",
@@ -212,7 +209,7 @@ def _choices_figure(stage: StageView, varying: Mapping[str, list], ranked: list[
         if boxes_anywhere else "each green dot is a complete trial"
     )
     caption = (
-        f"{_sentence(_value_name(stage))} of the trials of {_stage_name(stage)} by the choice they took "
+        f"{_sentence(common.value_name(stage))} of the trials of {_stage_name(stage)} by the choice they took "
         f"(n: trials that took it, whatever their outcome): {how}; faded dots are pruned or diverged "
         f"trials' last accuracy, and a red \"dropped\" marks a choice the next stage no longer searches "
         f"(hover it for why).{fixed_note}"
@@ -264,7 +261,7 @@ def _choices_table(stage: StageView, varying: Mapping[str, list], ranked: list[T
             ))
     caption = (
         f"{_sentence(_stage_name(stage))}: per choice, the trials that took it, how many completed, "
-        f"the best and median {_value_name(stage)} of those, and whether the next stage kept it (and why not)."
+        f"the best and median {common.value_name(stage)} of those, and whether the next stage kept it (and why not)."
     )
     columns = ("parameter", "choice", "trials", "complete", "best", "median", "next stage", "why dropped")
     return Table(columns, tuple(rows), caption)
@@ -351,7 +348,7 @@ def _curves_figure(
     n_points = 2 * sum(len(_curve(t)[0]) for t in lines) + len(marks)
     scatter = go.Scattergl if n_points > common.GL_ABOVE else go.Scatter
     mode = "markers" if longest < 2 else "lines+markers" if longest <= 30 else "lines"
-    figure = make_subplots(rows=1, cols=2, subplot_titles=("training loss", _value_name(stage)), horizontal_spacing=0.08)
+    figure = make_subplots(rows=1, cols=2, subplot_titles=("training loss", common.value_name(stage)), horizontal_spacing=0.08)
     colors = common.color_map([t.number for t in top])
 
     def add(trial: TrialView, *, name: str, group: str, color: str, solid: bool, legend: bool) -> None:
@@ -397,7 +394,7 @@ def _curves_figure(
     if marks:
         shown.append("an x at the top of the loss panel at the epoch each diverged trial stopped in (hover for its reason)")
     caption = (
-        f"Training loss (left) and {_value_name(stage)} (right) per epoch of the trials of {_stage_name(stage)}: "
+        f"Training loss (left) and {common.value_name(stage)} (right) per epoch of the trials of {_stage_name(stage)}: "
         + ", ".join(shown) + "."
     )
     if sampled:
