@@ -201,7 +201,7 @@ def test_a_campaign_with_nothing_running_is_not_said_to_be_running(sqlite_url):
     # Once a worker runs a trial, it is running again.
     optuna.load_study(study_name="paused/stage-1", storage=sqlite_url).ask()
     data = collect(storage, sqlite_url, "paused")
-    assert "Still running (stage 1 of 2; 1 trials running" in banner(data)
+    assert "Still running (stage 1 of 2; 1 trial running" in banner(data)
     assert dict(summary_section(data).items[0].rows)["status"] == "running"
 
 
