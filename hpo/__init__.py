@@ -27,9 +27,23 @@ def record_stop() -> None:
     _stopped = True
 
 
+def _redeliver_swallowed_stop(unraisable) -> None:
+    """A Ctrl-C that lands while a finalizer runs (a weakref callback during garbage
+    collection) cannot propagate: Python would print it as "Exception ignored ... Traceback"
+    and carry on as if it had not been pressed. Deliver it again instead, so the command stops
+    the way a Ctrl-C anywhere else stops it."""
+    if isinstance(unraisable.exc_value, KeyboardInterrupt):
+        import signal
+
+        signal.raise_signal(signal.SIGINT)
+        return
+    sys.__unraisablehook__(unraisable)
+
+
 def main() -> None:
     """The `hpo` command. The CLI is imported in here, so that a Ctrl-C while its modules load
     (a second or so) ends the command quietly instead of with a traceback."""
+    sys.unraisablehook = _redeliver_swallowed_stop
     try:
         try:
             from hpo.cli import main as cli_main
