@@ -134,7 +134,8 @@ def trials(study, states, where, sort, limit, columns, stage, fmt, storage_url) 
     rows = selection.rows
     if fmt == "table":  # a parameter a trial did not sample reads n/a (JSON: null, CSV: empty)
         rows = [{**row, **dict.fromkeys(row.get(inspect.NOT_APPLICABLE, ()), NOT_APPLICABLE_CELL)} for row in rows]
-    render_rows(rows, selection.columns, fmt, title=title)
+    # Values stay whole (a state, a number, a worker's name): headings fold, and the reason gives way.
+    render_rows(rows, selection.columns, fmt, title=title, unbroken=[c for c in selection.columns if c != "reason"])
 
 
 @click.command()
