@@ -136,7 +136,7 @@ def stopped_at(storage, plans: list, budget: int) -> dict[str, Any]:
         except TrainingDiverged:
             continue
         return {"epochs": spent, "val_accuracy": float(t.value), "test_accuracy": evaluation.test_accuracy,
-                "trials": len(kept), "picked_from_stage": plan.stage}
+                "trials": len(kept), "picked_from_stage": plan.stage, "params": dict(t.params)}
     raise RuntimeError("nothing completed within the budget")
 
 
@@ -170,7 +170,8 @@ def campaign(url: str, name: str, seed: int, trials: list[int], epochs: list[int
         storage.engine.dispose()
     best = summary.best
     return {"epochs": spent, "val_accuracy": best.val_accuracy, "test_accuracy": best.test_accuracy,
-            "trials": sum(sum(s["counts"].get(k, 0) for k in ("COMPLETE", "PRUNED")) for s in summary.stages)}
+            "trials": sum(sum(s["counts"].get(k, 0) for k in ("COMPLETE", "PRUNED")) for s in summary.stages),
+            "params": best.params, "last_space": summary.stages[-1]["ranges"]}
 
 
 def single_stage(url: str, name: str, seed: int, sampler: str, pruner: str, budget: int,
@@ -200,7 +201,7 @@ def single_stage(url: str, name: str, seed: int, sampler: str, pruner: str, budg
     finally:
         storage.engine.dispose()
     return {"epochs": spent, "val_accuracy": best.val_accuracy, "test_accuracy": best.test_accuracy,
-            "trials": trials, "worker_runs": runs}
+            "trials": trials, "worker_runs": runs, "params": best.params}
 
 
 def rule_label(rule: tuple[int, int], rules: list[tuple[int, int]]) -> str:

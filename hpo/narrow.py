@@ -112,7 +112,7 @@ WIDEN = 0.5  # a border side moves out by this fraction of the old width
 BORDER_TOLERANCE = 0.02  # "at the border": within this fraction of the old width
 MIN_WIDTH = 0.1  # a narrowed range keeps at least this fraction of the old width
 MIN_CHOICE_TRIALS = 3  # a choice tried fewer times than this is kept: too little evidence to drop it
-KEEP_CHOICES = 1  # each categorical parameter keeps at least this many choices
+KEEP_CHOICES = 2  # each categorical parameter keeps at least this many (docs/benchmarks.md, MNIST-1D)
 # The rule before choices needed evidence (every choice outside the top trials dropped): what a
 # lineage or a campaign plan stored without these settings was narrowed by.
 EARLIER_CHOICE_RULE = {"min_choice_trials": 1, "keep_choices": 1}

@@ -157,12 +157,14 @@ def test_narrow_creates_the_next_stage_and_explains_each_change(tmp_path):
         trial = study.ask(space.to_distributions())
         # relu beats the others at any learning rate; the best sit around lr 1e-3
         study.tell(trial, (0.5 if activation == "relu" else 0.0) + 0.4 * math.exp(-((math.log10(lr) + 3) ** 2)))
-    result = run("narrow", "steps/stage-1", "--storage", url, "--format", "json", "--epochs", "5")
+    result = run("narrow", "steps/stage-1", "--storage", url, "--format", "json", "--epochs", "5", "--keep-choices", "1")
     assert result.exit_code == 0, result.output
     data = json.loads(result.stdout)
     assert data["study"] == "steps/stage-2" and data["created"] and data["epochs"] == 5
     changes = {c["param"]: c for c in data["changes"]}
-    assert changes["activation"]["new"] == "{relu}"
+    assert changes["activation"]["new"] == "{relu}"  # each tried 4 times: enough to drop tanh and sigmoid
+    assert [(c["choice"], c["trials"], c["kept"]) for c in changes["activation"]["choices"]] == [
+        ("relu", 4, True), ("tanh", 4, False), ("sigmoid", 4, False)]
     assert changes["learning_rate"]["reason"]
     child = stageplan.read_plan(storage, "steps/stage-2")
     assert child.lineage["parent"] == "steps/stage-1"

@@ -365,7 +365,7 @@ def test_a_choice_tried_fewer_than_the_minimum_is_kept_for_lack_of_evidence():
 def test_pruned_trials_count_as_tries_but_not_for_best_and_median():
     rows = [("relu", 0.9), ("relu", 0.8), ("relu", 0.7)]
     pruned = [NarrowTrial(10 + i, t.params, 0.2, "PRUNED") for i, t in enumerate(choice_trials([("tanh", 0)] * 3))]
-    result = narrow(ONE_INIT.updated({"activation": Choice(("relu", "tanh"))}), choice_trials(rows) + pruned)
+    result = narrow(ONE_INIT.updated({"activation": Choice(("relu", "tanh"))}), choice_trials(rows) + pruned, keep_choices=1)
     assert result.space["activation"] == Choice(("relu",))  # tanh ran three times, each stopped early
     relu, tanh = result.change("activation").choices
     assert (relu.choice, relu.trials, relu.complete, relu.best, relu.median, relu.kept) == ("relu", 3, 3, 0.9, 0.8, True)
@@ -379,7 +379,8 @@ def test_keep_choices_keeps_the_n_best_choices():
               "maxout": (0.7, 0.5, 0.4), "sigmoid": (0.6, 0.6, 0.6), "leaky_relu": (0.2, 0.2, 0.2)}
     rows = [(a, v) for a, vs in values.items() for v in vs]
     trials = choice_trials(rows)
-    assert narrow(ONE_INIT, trials, top_k=3).space["activation"] == Choice(("relu",))
+    assert narrow(ONE_INIT, trials, top_k=3, keep_choices=1).space["activation"] == Choice(("relu",))
+    assert narrow(ONE_INIT, trials, top_k=3).space["activation"] == Choice(("relu", "elu"))  # the default keeps 2
     result = narrow(ONE_INIT, trials, top_k=3, keep_choices=3)
     assert result.space["activation"] == Choice(("tanh", "relu", "elu"))  # the old order; tanh beats maxout on median
     assert result.change("activation").reason == (
