@@ -91,6 +91,21 @@ def test_digits_splits_partition_the_data(digits):
     assert sorted(map(bytes, ours)) == full
 
 
+def test_digits_arrays_are_scikit_learns_exactly_and_load_without_importing_it():
+    from sklearn.datasets import load_digits
+
+    X, y = datasets_module._digits_arrays()
+    bunch = load_digits()
+    assert X.dtype == np.float64 and y.dtype == np.int64
+    np.testing.assert_array_equal(X, bunch.data)
+    np.testing.assert_array_equal(y, bunch.target)
+    # what a worker pays at start: scikit-learn (and SciPy with it) took a second to import
+    code = "import sys; from workers.data import load_dataset; load_dataset('digits'); print(sorted(m for m in ('sklearn', 'scipy') if m in sys.modules))"
+    shown = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                           cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    assert shown.stdout.strip() == "[]"
+
+
 def test_dataset_arrays_are_read_only(digits):
     # loaders cache arrays across calls: an in-place edit must not leak into later trials
     with pytest.raises(ValueError, match="read-only"):
