@@ -87,8 +87,8 @@ def cli_default_mismatches() -> list[str]:
         problems.append("dataset")
     if tuple(parsed.pop("hidden_sizes")) != default.hidden_sizes:
         problems.append("hidden_sizes")
-    for name in ("split_seed", "as_json"):
-        parsed.pop(name)
+    for name in ("split_seed", "as_json", "from_trial", "save_path", "storage_flag"):  # options that are not knobs
+        parsed.pop(name, None)
     for name, value in parsed.items():
         if getattr(default, name) != value:
             problems.append(f"{name} ({value!r} vs {getattr(default, name)!r})")

@@ -295,7 +295,7 @@ def test_a_conditional_knob_is_narrowed_only_from_the_trials_it_applied_to():
 
 def test_a_conditional_knob_whose_choices_are_narrowed_away_is_not_searched_on():
     space, trials = momentum_stage()
-    result = narrow(space, trials, top_k=1)  # adam alone
+    result = narrow(space, trials, top_k=1, min_choice_trials=1, keep_choices=1)  # adam alone
     assert result.space["optimizer"] == Choice(("adam",))
     # No top trial tried momentum or nesterov: the next stage holds no momentum to sample.
     assert "momentum" not in result.space
