@@ -63,6 +63,12 @@ PLAN = ["--stages", "2", "--trials", "3,2", "--epochs", "1,1",
         "--param", "hidden_sizes=32", "--param", "lr=log:1e-3..1e-1"]
 BUDGETS = {1: 3, 2: 2}
 STAGES = [stageplan.stage_study_name(CAMPAIGN, stage) for stage in BUDGETS]
+# The coordinator's options besides the plan. What `hpo search` does once the result is stored
+# (the report, whose figures it attaches to the stage studies in some 90 writes of 2 KB, and the
+# model file) is left out: it changes nothing the campaign depends on, and a kill at each of
+# those writes would multiply this test's time (tests/test_report.py and test_dashboard.py
+# cover them).
+AFTER_THE_RESULT = ("--workers", "0", "--json", "--no-report", "--no-model")
 RUN_SECONDS = 60  # one coordinator run or resume of this tiny campaign, outages aside
 WORKER_EXIT_SECONDS = 30  # a worker's exit once its campaign is finished
 OUTAGES = (2, 4, 6, 3, 5)  # seconds the cluster is down, by K; the write of the result gets LONG_OUTAGE
@@ -229,7 +235,7 @@ class Reference:
         be, and the user runs the command that was cut short again."""
         plan_write = self.first_plan_write()
         landed = plan_write is not None and (k > plan_write or (k == plan_write and mode == "kill-after"))
-        return ["search", "--name", CAMPAIGN, *([] if landed else PLAN), "--workers", "0", "--json"]
+        return ["search", "--name", CAMPAIGN, *([] if landed else PLAN), *AFTER_THE_RESULT]
 
 
 def problems_with(url: str, best: dict[str, Any] | None, reference: Reference) -> list[str]:
@@ -324,7 +330,7 @@ def run_case(dbs: Databases, mode: str, k: int, folder: Path, reference: Referen
     cutter = Cutter(cluster, folder, outage_for(k, reference)) if mode == "cut" else None
     with Procs(folder, url) as procs:
         worker = procs.worker("worker", "--campaign", CAMPAIGN, "--wait", str(RUN_SECONDS))
-        coordinator = procs.hpo("coordinator", "search", "--name", CAMPAIGN, *PLAN, "--workers", "0", "--json",
+        coordinator = procs.hpo("coordinator", "search", "--name", CAMPAIGN, *PLAN, *AFTER_THE_RESULT,
                                 stdout_apart=True, **fault_env(mode, k, folder))
         if cutter:
             cutter.start()
@@ -438,7 +444,7 @@ def dry_run(dbs: Databases, folder: Path) -> Reference:
     url = dbs.fresh("dry")
     with Procs(folder, url) as procs:
         worker = procs.worker("worker", "--campaign", CAMPAIGN, "--wait", str(RUN_SECONDS))
-        coordinator = procs.hpo("coordinator", "search", "--name", CAMPAIGN, *PLAN, "--workers", "0", "--json",
+        coordinator = procs.hpo("coordinator", "search", "--name", CAMPAIGN, *PLAN, *AFTER_THE_RESULT,
                                 stdout_apart=True, **fault_env("kill", 0, folder))
         assert finish(coordinator, RUN_SECONDS) == 0, f"the clean run failed:\n{coordinator.output()[-3000:]}"
         assert finish(worker, WORKER_EXIT_SECONDS) == 0, f"the worker of the clean run:\n{worker.output()[-3000:]}"
