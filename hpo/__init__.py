@@ -31,11 +31,17 @@ def _redeliver_swallowed_stop(unraisable) -> None:
     """A Ctrl-C that lands while a finalizer runs (a weakref callback during garbage
     collection) cannot propagate: Python would print it as "Exception ignored ... Traceback"
     and carry on as if it had not been pressed. Deliver it again instead, so the command stops
-    the way a Ctrl-C anywhere else stops it."""
+    the way a Ctrl-C anywhere else stops it. Not from inside this hook: a signal raised here is
+    handled before the hook returns, and its KeyboardInterrupt would be one more unraisable
+    error. A short timer delivers it once the hook has returned."""
     if isinstance(unraisable.exc_value, KeyboardInterrupt):
-        import signal
+        import _thread
+        import threading
 
-        signal.raise_signal(signal.SIGINT)
+        try:
+            threading.Timer(0.05, _thread.interrupt_main).start()
+        except RuntimeError:  # the interpreter is shutting down: the command is ending anyway
+            pass
         return
     sys.__unraisablehook__(unraisable)
 

@@ -365,8 +365,9 @@ def search(ctx, name, dataset, stages, trials, epochs, workers, sampler, pruner,
                 err.print(literal(f"report: {report}"), soft_wrap=True)  # a path is not folded
             click.echo(f"Error: {one_line(e)}", err=True)
             sys.exit(1)
-    report = None if no_report else _write_report(storage_url, name)
-    model = None if no_model else _write_model(spec, summary)
+    with _stops_after_the_result(name):
+        report = None if no_report else _write_report(storage_url, name)
+        model = None if no_model else _write_model(spec, summary)
     if as_json:
         print_json({**summary.to_dict(), "storage": mask_url(storage_url), "report": str(report) if report else None,
                     "model": str(model) if model else None})
@@ -426,6 +427,22 @@ def _stops_resumably(name: str):
         record_stop()
         ignore_stop_signals()  # stopping already: a second Ctrl-C must not cut this short
         click.echo(f"interrupted: nothing is left running; resume with: hpo search --name {name}", err=True)
+        sys.exit(130)
+
+
+@contextlib.contextmanager
+def _stops_after_the_result(name: str):
+    """Ctrl-C (or SIGTERM) while the report or the model is written: the campaign's result is
+    stored already, and running the search again writes what is missing without searching."""
+    try:
+        yield
+    except STOPS as e:
+        if not stopped_by_signal(e):
+            raise
+        record_stop()
+        ignore_stop_signals()
+        click.echo(f"interrupted: the campaign is finished and stored; its report or model may be missing; "
+                   f"write them with: hpo search --name {name}", err=True)
         sys.exit(130)
 
 

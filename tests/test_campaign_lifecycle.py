@@ -418,3 +418,55 @@ def test_a_ctrl_c_while_the_search_loads_its_data_exits_130_every_time(tmp_path)
         assert process.returncode == 130, (delay, process.returncode, stderr[-2000:])
         assert "Traceback" not in stderr, stderr
     print(f"pressed again {pressed_again} of {len(delays)} times")
+
+
+def test_a_ctrl_c_that_lands_in_a_finalizer_stops_the_command_without_a_traceback():
+    """A KeyboardInterrupt raised inside a finalizer (a __del__ or weakref callback run by the
+    garbage collector) cannot propagate. hpo's hook delivers it again once the finalizer is
+    done, so the code around it sees an ordinary Ctrl-C, and nothing prints a traceback."""
+    script = (
+        "import gc, sys, time, hpo\n"
+        "sys.unraisablehook = hpo._redeliver_swallowed_stop\n"
+        "class Finalizer:\n"
+        "    def __del__(self):\n"
+        "        raise KeyboardInterrupt\n"
+        "try:\n"
+        "    Finalizer()\n"
+        "    gc.collect()\n"
+        "    time.sleep(5)\n"
+        "    print('not stopped')\n"
+        "except KeyboardInterrupt:\n"
+        "    print('stopped')\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=30)
+    assert done.stdout.strip() == "stopped", (done.stdout, done.stderr)
+    assert "Traceback" not in done.stderr and "Exception ignored" not in done.stderr, done.stderr
+
+
+def test_a_ctrl_c_while_the_report_is_written_says_how_to_write_it_and_the_next_run_does(tmp_path):
+    """The campaign's result is stored before its report and model are written: a Ctrl-C then
+    exits 130 naming the command that writes them, and that command does, without searching."""
+    url = f"sqlite:///{tmp_path / 'hpo.db'}"
+    args = ("search", "--name", "c", "--workers", "1", "--stages", "1", "--trials", "3", "--epochs", "1")
+    process = subprocess.Popen([sys.executable, "-m", "hpo", *args], env=worker_env(url, **FAST_HEARTBEAT),
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+                               stdin=subprocess.DEVNULL, cwd=tmp_path)
+    seen = []
+    for line in process.stderr:
+        seen.append(line)
+        if line.startswith("writing the report"):
+            process.send_signal(signal.SIGINT)
+            break
+    _, rest = process.communicate(timeout=60)
+    stderr = "".join(seen) + rest
+    assert process.returncode == 130, stderr
+    assert "Traceback" not in stderr, stderr
+    assert stderr.splitlines()[-1] == ("interrupted: the campaign is finished and stored; its report or model may be "
+                                       "missing; write them with: hpo search --name c"), stderr
+    again = subprocess.run([sys.executable, "-m", "hpo", *args, "--json"], env=worker_env(url), cwd=tmp_path,
+                           capture_output=True, text=True, timeout=120)
+    assert again.returncode == 0, again.stderr
+    summary = json.loads(again.stdout)
+    assert (tmp_path / "c-report.html").is_file() and (tmp_path / "c-best.npz").is_file()
+    assert summary["report"] and summary["model"]
+    assert len(trials_of(url, summary["best"]["study"])) == 3  # nothing searched again
