@@ -77,7 +77,7 @@ def cli_default_mismatches() -> list[str]:
     Parses an empty ``hpo train`` command line with click (nothing runs) and compares
     each option's value with the dataclass default; empty when they agree.
     """
-    from hpo.cli import train as train_command
+    from hpo.cli_run import train as train_command
 
     ctx = train_command.make_context("train", [], resilient_parsing=False)
     parsed = dict(ctx.params)

@@ -27,6 +27,16 @@ def record_stop() -> None:
     _stopped = True
 
 
+def ignore_stop_signals() -> None:
+    """From here on SIGINT and SIGTERM are ignored: the process is stopping already, and a
+    second Ctrl-C (or its coordinator's SIGTERM on top of a terminal's SIGINT) must not turn a
+    clean stop into a traceback or another exit status."""
+    import signal
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_IGN)
+
+
 def _redeliver_swallowed_stop(unraisable) -> None:
     """A Ctrl-C that lands while a finalizer runs (a weakref callback during garbage
     collection) cannot propagate: Python would print it as "Exception ignored ... Traceback"

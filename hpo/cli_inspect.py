@@ -57,7 +57,19 @@ def opened(storage_url: str, *, heartbeat: bool = False) -> Iterator[RDBStorage]
     except StorageError as e:
         raise UsageError(one_line(e)) from None
     except backend.DB_ERRORS as e:
-        raise UsageError(backend.describe_db_error(storage_url, e)) from None
+        raise UsageError(_version_mismatch(storage_url) or backend.describe_db_error(storage_url, e)) from None
+
+
+def _version_mismatch(storage_url: str) -> str | None:
+    """Optuna's own line when a failed read came from a schema of another Optuna version (the
+    commands that read skip that check when they open the storage), else None."""
+    try:
+        inspect.open_for_reading(storage_url, check_version=True).engine.dispose()
+    except StorageError as e:
+        return one_line(e)
+    except backend.DB_ERRORS:
+        pass
+    return None
 
 
 STUDY_COLUMNS = ["study", "stage", "status", "budget", "epochs", "complete", "pruned", "diverged", "fail", "running", "waiting", "best", "test_accuracy"]

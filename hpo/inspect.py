@@ -69,13 +69,15 @@ class QueryError(ValueError):
 
 
 # -- opening and naming ------------------------------------------------------------------------
-def open_for_reading(url: str, *, heartbeat: bool = False) -> RDBStorage:
-    """The storage at ``url``; a SQLite file that does not exist is an error, not created."""
+def open_for_reading(url: str, *, heartbeat: bool = False, check_version: bool = False) -> RDBStorage:
+    """The storage at ``url``; a SQLite file that does not exist is an error, not created. Its
+    schema version is checked only with ``check_version`` (see ``backend.open_storage``): a
+    command that reads checks it when a read fails (``hpo.cli_inspect.opened``)."""
     if is_sqlite(url):
         path = sqlite_path(url)
         if path is not None and not os.path.exists(path):
             raise StorageError(f"no database at {mask_url(url)}: nothing to inspect yet")
-    return backend.open_storage(url, heartbeat=heartbeat)
+    return backend.open_storage(url, heartbeat=heartbeat, check_version=check_version)
 
 
 def resolve_study(storage: RDBStorage, name: str) -> tuple[str, str | None]:
@@ -412,10 +414,11 @@ def trial_record(storage: RDBStorage, name: str, number: int) -> dict[str, Any]:
     """
     study_name, _ = resolve_study(storage, name)
     study_id = storage.get_study_id_from_name(study_name)
-    trials = storage.get_all_trials(study_id, deepcopy=False)
-    trial = next((t for t in trials if t.number == number), None)
-    if trial is None:
-        raise QueryError(f"no trial {number} in {study_name!r} (it has {plural(len(trials), 'trial')}, numbered from 0)")
+    try:  # one trial read, not the study's every trial
+        trial = storage.get_trial(storage.get_trial_id_from_study_id_trial_number(study_id, number))
+    except KeyError:
+        n = storage.get_n_trials(study_id)
+        raise QueryError(f"no trial {number} in {study_name!r} (it has {plural(n, 'trial')}, numbered from 0)") from None
     ages = {hb["number"]: hb["age"] for hb in records.running_heartbeats(storage, study_id)}
     return {
         "study": study_name,
@@ -433,7 +436,7 @@ def trial_record(storage: RDBStorage, name: str, number: int) -> dict[str, Any]:
         "retry": {
             "retry_of": trial.system_attrs.get("failed_trial"),
             "history": list(trial.system_attrs.get("retry_history", [])),
-            "retried_as": [t.number for t in trials if _retried_from(t) == trial.number],
+            "retried_as": records.retries_of(storage, study_id, trial.number),
         },
     }
 
@@ -553,7 +556,7 @@ def study_health(storage: RDBStorage, name: str, grace: float | None = None) -> 
     study_name, _ = resolve_study(storage, name)
     study_id = storage.get_study_id_from_name(study_name)
     beats = records.running_heartbeats(storage, study_id)
-    trials = storage.get_all_trials(study_id, deepcopy=False)
+    trials = records.read_all_trials(storage, study_id)
     by_number = {t.number: t for t in trials}
     counts = dict.fromkeys(OUTCOMES, 0)
     for t in trials:

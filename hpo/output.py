@@ -23,7 +23,6 @@ from typing import Any
 import click
 from rich.cells import cell_len
 from rich.console import Console
-from rich.table import Table
 from rich.text import Text
 
 from storage.errors import StorageError
@@ -175,15 +174,98 @@ def render_rows(rows: Sequence[dict[str, Any]], columns: Sequence[str], fmt: str
     elif name_column is not None and _table_width(rows, columns) > out.width:
         render_records(rows, columns, name_column, title)
     else:
-        table = Table(title=None if title is None else literal(title), title_justify="left")
-        for c in columns:
-            widest = max((cell_len(cell(row.get(c))) for row in rows), default=0) if c in unbroken else None
-            if name_column is not None:  # it fits: names and values whole, headings folded no narrower
-                widest = _column_width(rows, c)
-            table.add_column(literal(c), overflow="fold", min_width=widest, no_wrap=c == name_column)
-        for row in rows:
-            table.add_row(*(Text(cell(row.get(c))) for c in columns))
-        out.print(table)
+        minimum = {c: _column_width(rows, c) if name_column is not None
+                   else max((cell_len(cell(row.get(c))) for row in rows), default=0) if c in unbroken else 1
+                   for c in columns}
+        lines = table_lines([visible(c) for c in columns], [[cell(row.get(c)) for c in columns] for row in rows],
+                            [minimum[c] for c in columns], out.width)
+        rule = lines.index(_RULE_MARK)
+        if title is not None:
+            out.print(literal(title))
+        out.print(Text("\n".join(lines[:rule]), style="bold"))  # bold headings on a terminal
+        # The rest as it is: rich would split and measure each of its lines once more.
+        out.file.write("\n".join(lines[rule + 1:]) + "\n")
+        out.file.flush()
+
+
+# A table as rich draws one by default (box.HEAVY_HEAD, a space of padding on each side of a cell),
+# drawn here directly: rich measures and wraps every cell as an object, about 2 ms a row, so a
+# study of 1,000 trials took over a second to print.
+_RULE_MARK = "\0"  # where the header ends in table_lines' result
+
+
+def table_lines(headings: Sequence[str], rows: Sequence[Sequence[str]], minimum: Sequence[int],
+                width: int) -> list[str]:
+    """The lines of a table of ``rows`` under ``headings``, at most ``width`` cells wide where the
+    columns' ``minimum`` widths allow (else as narrow as they allow). Columns start at their widest
+    cell; while the table is too wide, the widest column that can give way loses a cell. A cell
+    wraps at spaces and folds a longer word; headings sit at the bottom of the header, values at
+    the top of their row. The header's last line is followed by ``_RULE_MARK``."""
+    lengths = [[cell_len(text) for text in row] for row in rows]
+    widths = [max([cell_len(h), *(r[i] for r in lengths)]) for i, h in enumerate(headings)]
+    widths = [max(w, m, 1) for w, m in zip(widths, minimum)]
+    excess = sum(widths) + 3 * len(widths) + 1 - width
+    while excess > 0:
+        shrinkable = [i for i, w in enumerate(widths) if w > max(minimum[i], 1)]
+        if not shrinkable:
+            break
+        widest = max(widths[i] for i in shrinkable)
+        at_widest = [i for i in shrinkable if widths[i] == widest]
+        floor = max([widths[i] for i in shrinkable if widths[i] < widest] + [max(minimum[i], 1) for i in at_widest])
+        step = max(1, min(widest - floor, excess // len(at_widest)))
+        for i in at_widest:
+            if excess <= 0:
+                break
+            widths[i] -= step
+            excess -= step
+
+    def block(cells: Sequence[str], edge: str, bottom: bool, cell_lengths: Sequence[int] | None = None) -> list[str]:
+        if cell_lengths is not None and all(n <= w for n, w in zip(cell_lengths, widths)):  # one line, the common case
+            return [edge + edge.join(f" {text}{' ' * (w - n)} " for text, n, w in zip(cells, cell_lengths, widths)) + edge]
+        wrapped = [_wrap(text, w) for text, w in zip(cells, widths)]
+        height = max(len(w) for w in wrapped)
+        padded = [([""] * (height - len(w)) + w) if bottom else (w + [""] * (height - len(w))) for w in wrapped]
+        return [edge + edge.join(f" {_pad(p[k], w)} " for p, w in zip(padded, widths)) + edge for k in range(height)]
+
+    lines = ["┏" + "┳".join("━" * (w + 2) for w in widths) + "┓"]
+    lines += block(headings, "┃", bottom=True)
+    lines += [_RULE_MARK, "┡" + "╇".join("━" * (w + 2) for w in widths) + "┩"]
+    for row, row_lengths in zip(rows, lengths):
+        lines += block(row, "│", bottom=False, cell_lengths=row_lengths)
+    lines.append("└" + "┴".join("─" * (w + 2) for w in widths) + "┘")
+    return lines
+
+
+def _pad(text: str, width: int) -> str:
+    return text + " " * (width - cell_len(text))
+
+
+def _wrap(text: str, width: int) -> list[str]:
+    """``text`` in lines of at most ``width`` cells: broken at spaces, a longer word folded."""
+    if cell_len(text) <= width:
+        return [text]
+    lines: list[str] = []
+    line = ""
+    for word in text.split(" "):
+        if line and cell_len(line) + 1 + cell_len(word) <= width:
+            line += " " + word
+            continue
+        if line:
+            lines.append(line)
+        line = ""
+        while cell_len(word) > width:  # fold: as many characters as fit
+            taken = ""
+            for char in word:
+                if cell_len(taken + char) > width:
+                    break
+                taken += char
+            taken = taken or word[0]
+            lines.append(taken)
+            word = word[len(taken):]
+        line = word
+    if line or not lines:
+        lines.append(line)
+    return lines
 
 
 def _column_width(rows: Sequence[dict[str, Any]], column: str) -> int:

@@ -163,11 +163,14 @@ def retrying(
             delay = min(delay * 2, 5.0)
 
 
-def open_storage(url: str, *, heartbeat: bool = True) -> RDBStorage:
+def open_storage(url: str, *, heartbeat: bool = True, check_version: bool = True) -> RDBStorage:
     """An Optuna storage on ``url`` whose schema already exists (see :func:`ensure_schema`).
 
     With ``heartbeat``, stale RUNNING trials are failed and retried at most once
     (``RetryHeartbeatStaleTrialCallback``) when a worker calls ``fail_stale_trials``.
+    Without ``check_version``, the schema's version is not compared with this Optuna's: that
+    check loads Alembic and its migration scripts (about 0.3 s), most of what a command that
+    only reads spends before its first query. Such a command checks only when a read fails.
     """
     check_settings(url)
     path = sqlite_path(url) if is_sqlite(url) else None
@@ -186,7 +189,8 @@ def open_storage(url: str, *, heartbeat: bool = True) -> RDBStorage:
         }
     try:
         with _quiet_experimental_warnings():
-            return RDBStorage(url, engine_kwargs=engine_kwargs(url), skip_table_creation=True, **hb)
+            return RDBStorage(url, engine_kwargs=engine_kwargs(url), skip_table_creation=True,
+                              skip_compatibility_check=not check_version, **hb)
     except DB_ERRORS as e:
         raise DatabaseUnavailable(describe_db_error(url, e)) from None
     except RuntimeError as e:  # Optuna's schema-version mismatch
@@ -376,18 +380,26 @@ def fail_with_retry(study: optuna.Study, trial_id: int) -> bool:
 def _retries(study: optuna.Study) -> dict[int, int]:
     """{number of a trial: id of the trial queued as its retry} in one query."""
     rdb = optuna_access.rdb_storage(optuna_access.study_storage(study))
+    return {origin: retry_id for retry_id, _, origin in retry_origins(rdb.engine, optuna_access.study_id(study))}
+
+
+def retry_origins(engine: sqlalchemy.engine.Engine, study_id: int) -> list[tuple[int, int, int]]:
+    """(trial id, trial number, number of the trial it retries) of each retry in the study, in
+    number order, in one query: the last entry of the ``retry_history`` Optuna's retry callback
+    writes."""
     query = sqlalchemy.text(
-        "SELECT a.trial_id, a.value_json FROM trial_system_attributes a "
-        "JOIN trials t ON t.trial_id = a.trial_id WHERE t.study_id = :study_id AND a.key = 'retry_history'"
+        "SELECT a.trial_id, t.number, a.value_json FROM trial_system_attributes a "
+        "JOIN trials t ON t.trial_id = a.trial_id WHERE t.study_id = :study_id AND a.key = 'retry_history' "
+        "ORDER BY t.number"
     )
-    with rdb.engine.connect() as conn:
-        rows = conn.execute(query, {"study_id": optuna_access.study_id(study)}).all()
-    retries = {}
-    for retry_id, value in rows:
+    with engine.connect() as conn:
+        rows = conn.execute(query, {"study_id": study_id}).all()
+    origins = []
+    for retry_id, number, value in rows:
         history = json.loads(value)
-        if history:
-            retries[int(history[-1])] = int(retry_id)
-    return retries
+        if isinstance(history, list) and history:
+            origins.append((int(retry_id), int(number), int(history[-1])))
+    return origins
 
 
 @contextlib.contextmanager

@@ -251,6 +251,11 @@ def _outcomes(storage: BaseStorage, study_id: int | None) -> dict[int, dict[str,
     return counts
 
 
+def retries_of(storage: BaseStorage, study_id: int, number: int) -> list[int]:
+    """The numbers of the trials queued as retries of trial ``number``."""
+    return [retry for _, retry, origin in backend.retry_origins(storage.engine, study_id) if origin == number]
+
+
 def read_all_trials(storage: BaseStorage, study_id: int) -> list[optuna.trial.FrozenTrial]:
     """Every trial of a study, in number order, read in two queries (the workers' snapshot
     reader) instead of Optuna's ORM objects: a report of 10,000 trials reads them about 4x

@@ -24,10 +24,51 @@ def run(*args: str, env: dict | None = None):
 
 
 def all_commands(group: click.Group, prefix=()):
-    for name, command in group.commands.items():
+    ctx = click.Context(group)
+    for name in group.list_commands(ctx):
+        command = group.get_command(ctx, name)
         yield (*prefix, name)
         if isinstance(command, click.Group):
             yield from all_commands(command, (*prefix, name))
+
+
+def test_each_command_is_listed_once_with_the_module_that_holds_it():
+    """hpo/cli.py names each command's module, so that running one imports only that module: a
+    command a module defines but the table does not name would be missing from `hpo`."""
+    import importlib
+
+    from hpo.cli import COMMAND_MODULES
+
+    defined = {command.name: module for module in set(COMMAND_MODULES.values())
+               for command in importlib.import_module(module).COMMANDS}
+    assert defined == COMMAND_MODULES
+
+
+def test_a_command_that_reads_does_not_load_the_training_code(tmp_path):
+    """`hpo studies` and `hpo trials` answer without importing the campaign, the network or the
+    report (imports were about half of their time)."""
+    url = f"sqlite:///{tmp_path / 'hpo.db'}"
+    script = (
+        "import sys\n"
+        "from hpo.cli import main\n"
+        f"sys.argv = ['hpo', 'init', '--storage', {url!r}]\n"
+        "try:\n    main()\nexcept SystemExit:\n    pass\n"
+    )
+    subprocess.run([sys.executable, "-c", script], check=True, capture_output=True)
+    for command in ("studies", "trials x", "health x", "trial x 0"):
+        probe = (
+            "import sys\n"
+            "from hpo.cli import cli\n"
+            "try:\n"
+            f"    cli.main({command.split()!r} + ['--storage', {url!r}], prog_name='hpo')\n"
+            "except SystemExit:\n"
+            "    pass\n"
+            "heavy = [m for m in ('hpo.campaign', 'hpo.narrow', 'hpo.report', 'workers.train', 'workers.worker', 'plotly', 'sklearn')"
+            " if m in sys.modules]\n"
+            "print(heavy)\n"
+        )
+        done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
+        assert done.stdout.strip().splitlines()[-1] == "[]", (command, done.stdout, done.stderr)
 
 
 def test_every_command_has_help_with_an_example():
