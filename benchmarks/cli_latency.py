@@ -39,6 +39,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import signal
@@ -126,12 +127,14 @@ def during_a_run(url: str, runs: int, log) -> list[dict[str, Any]]:
     try:
         deadline = time.monotonic() + 60
         hpo = script("hpo")
-        while time.monotonic() < deadline:  # until trials run
+        while time.monotonic() < deadline:  # until both workers train
             out = subprocess.run([*hpo, "health", "busy/stage-1", "--storage", url, "--format", "json"],
                                  capture_output=True, text=True, env=env)
-            if out.returncode == 0 and '"RUNNING": 0' not in out.stdout.replace(" ", "").replace('":0', '": 0'):
+            if out.returncode == 0 and json.loads(out.stdout)["counts"].get("RUNNING", 0) >= 2:
                 break
-            time.sleep(1)
+            time.sleep(0.5)
+        else:
+            raise SystemExit("cli_latency.py: the search started for the timings during a run never ran two trials")
         rows = [r for r in compare(url, "busy/stage-1", 0, runs, log) if r["command"] in ("hpo health", "hpo trials")]
         for r in rows:
             r["command"] += " (during a run)"

@@ -7,7 +7,9 @@ trial seeds follow it):
   trials at 2 / 8 / 30 epochs, TPE with the median pruner in each, the ranges narrowed between
   stages, the parent's best configuration queued first in the next stage. ``--rule MIN:KEEP``
   (repeatable) runs it once per narrowing rule for categorical choices (``hpo search
-  --min-choice-trials MIN --keep-choices KEEP``), each named ``c2f MIN/KEEP``; without it, the
+  --min-choice-trials MIN --keep-choices KEEP``), each named ``c2f MIN/KEEP``;
+  ``--rule MIN:KEEP:MARGIN:WIDTH`` also sets the ranges' rule (the campaign's ``margin`` and
+  ``min_width``, see hpo/narrow.py), named ``c2f MIN/KEEP/MARGIN/WIDTH``; without it, the
   defaults, named ``c2f``;
 - **c2f-half**: the same campaign (the first rule) with half the trials per stage
   (30 / 15 / 8), held to half the epochs c2f spent: if it spends more, its result is what it
@@ -39,6 +41,7 @@ Usage::
     python benchmarks/search_quality.py            # 5 seeds (~1-2 min on 2 cores)
     python benchmarks/search_quality.py --seeds 3  # fewer seeds
     python benchmarks/search_quality.py --dataset mnist1d --seeds 10 --jobs 2 --rule 1:1 --rule 3:1
+    python benchmarks/search_quality.py --dataset mnist1d --seeds 10 --jobs 2 --rule 3:2:0.25:0.1 --rule 3:2:0.5:0.5
     python benchmarks/search_quality.py --quick    # a smoke run: 1 seed, a small schedule
     python benchmarks/search_quality.py --json     # one JSON object with every figure
 """
@@ -66,13 +69,14 @@ import optuna  # noqa: E402
 from benchmarks.common import dump_json, machine, median, print_table, sqlite_database  # noqa: E402
 from hpo.campaign import FINAL_CANDIDATES, CampaignSpec, final_candidates, final_evaluation, run_campaign  # noqa: E402
 from hpo.local import BLAS_THREAD_VARS  # noqa: E402
-from hpo.narrow import KEEP_CHOICES, MIN_CHOICE_TRIALS  # noqa: E402
+from hpo.narrow import KEEP_CHOICES, MARGIN, MIN_CHOICE_TRIALS, MIN_WIDTH  # noqa: E402
 from storage import backend  # noqa: E402
 from workers import stageplan  # noqa: E402
 from workers.space import default_space  # noqa: E402
 from workers.worker import Worker, WorkerOptions  # noqa: E402
 
 FINAL_EPOCHS = 30
+Rule = tuple  # (min_choice_trials, keep_choices) or (min_choice_trials, keep_choices, margin, min_width)
 DATASETS = ("digits", "mnist1d")  # built in, no files: the same data on every machine
 
 
@@ -142,12 +146,14 @@ def stopped_at(storage, plans: list, budget: int) -> dict[str, Any]:
 
 def campaign(url: str, name: str, seed: int, trials: list[int], epochs: list[int],
              budget: int | None = None, *, dataset: str = "digits",
-             rule: tuple[int, int] = (MIN_CHOICE_TRIALS, KEEP_CHOICES)) -> dict[str, Any]:
+             rule: Rule = (MIN_CHOICE_TRIALS, KEEP_CHOICES)) -> dict[str, Any]:
     """A coarse-to-fine campaign, its coordinator and one worker in this process (``budget``:
     the result as if it had been stopped once it spent that many epochs, see stopped_at;
-    ``rule``: the narrowing's (min_choice_trials, keep_choices))."""
+    ``rule``: the narrowing's (min_choice_trials, keep_choices[, margin, min_width]))."""
+    margin, min_width = rule[2:] if len(rule) == 4 else (MARGIN, MIN_WIDTH)
     spec = CampaignSpec(name=name, space=default_space(), dataset=dataset, stages=len(trials), trials=trials,
-                        epochs=epochs, seed=seed, min_choice_trials=rule[0], keep_choices=rule[1])
+                        epochs=epochs, seed=seed, min_choice_trials=rule[0], keep_choices=rule[1],
+                        margin=margin, min_width=min_width)
     backend.ensure_schema(url)
     worker = Worker(WorkerOptions(storage_url=url, campaign=name, seed=seed, poll_seconds=0.05))
     thread = threading.Thread(target=worker.run, name="worker", daemon=True)
@@ -204,12 +210,12 @@ def single_stage(url: str, name: str, seed: int, sampler: str, pruner: str, budg
             "trials": trials, "worker_runs": runs, "params": best.params}
 
 
-def rule_label(rule: tuple[int, int], rules: list[tuple[int, int]]) -> str:
-    """``c2f`` for the only rule, ``c2f MIN/KEEP`` among several."""
-    return "c2f" if len(rules) == 1 else f"c2f {rule[0]}/{rule[1]}"
+def rule_label(rule: Rule, rules: list[Rule]) -> str:
+    """``c2f`` for the only rule, ``c2f MIN/KEEP[/MARGIN/WIDTH]`` among several."""
+    return "c2f" if len(rules) == 1 else "c2f " + "/".join(f"{part:g}" for part in rule)
 
 
-def run_seed(seed: int, dataset: str, trials: list[int], epochs: list[int], rules: list[tuple[int, int]],
+def run_seed(seed: int, dataset: str, trials: list[int], epochs: list[int], rules: list[Rule],
              half: bool, final_epochs: int) -> dict[str, Any]:
     """Every method on one seed, in throwaway SQLite files: the campaigns first, then random
     search and TPE at the most any campaign spent."""
@@ -241,7 +247,7 @@ def run_seed(seed: int, dataset: str, trials: list[int], epochs: list[int], rule
 
 
 def run(seeds: list[int], trials: list[int], epochs: list[int], log, *, dataset: str = "digits",
-        rules: list[tuple[int, int]] | None = None, half: bool = True, jobs: int = 1) -> dict[str, Any]:
+        rules: list[Rule] | None = None, half: bool = True, jobs: int = 1) -> dict[str, Any]:
     rules = rules or [(MIN_CHOICE_TRIALS, KEEP_CHOICES)]
     methods = [rule_label(rule, rules) for rule in rules] + (["c2f-half"] if half else []) + ["random", "tpe"]
     args = (dataset, trials, epochs, rules, half, FINAL_EPOCHS)
@@ -287,7 +293,7 @@ def run(seeds: list[int], trials: list[int], epochs: list[int], log, *, dataset:
             "half_reaches_others_val": medians["c2f-half"]["val_accuracy"] >= others_val,
         })
     return {"benchmark": "search_quality", "machine": machine(), "dataset": dataset, "seeds": seeds, "jobs": jobs,
-            "methods": methods, "rules": {rule_label(r, rules): {"min_choice_trials": r[0], "keep_choices": r[1]} for r in rules},
+            "methods": methods, "rules": {rule_label(r, rules): rule_dict(r) for r in rules},
             "schedule": {"trials": trials, "epochs": epochs, "half_trials": [max(2, (n + 1) // 2) for n in trials] if half else None,
                          "single_stage_epochs": FINAL_EPOCHS},
             "per_seed": per_seed, "medians": medians, "targets": targets}
@@ -298,7 +304,8 @@ def print_report(report: dict[str, Any]) -> None:
     sched = report["schedule"]
     methods = report["methods"]
     print(f"{m['date']}, {m['cpu']}, {m['cores']} cores, Python {m['python']}, Optuna {m['optuna']}")
-    rules = "; ".join(f"{label}: --min-choice-trials {r['min_choice_trials']} --keep-choices {r['keep_choices']}"
+    rules = "; ".join(f"{label}: --min-choice-trials {r['min_choice_trials']} --keep-choices {r['keep_choices']}, "
+                      f"margin {r['margin']:g}, min_width {r['min_width']:g}"
                       for label, r in report["rules"].items())
     half = f", c2f-half trials {sched['half_trials']}" if sched["half_trials"] else ""
     print(f"{report['dataset']}, seeds {report['seeds']}; c2f trials {sched['trials']} at epochs {sched['epochs']} ({rules})"
@@ -328,15 +335,27 @@ def print_report(report: dict[str, Any]) -> None:
               f"(val: {'PASS' if t['half_reaches_others_val'] else 'MISS'})")
 
 
-def parse_rule(text: str) -> tuple[int, int]:
-    """``MIN:KEEP`` -> (min_choice_trials, keep_choices), each an integer >= 1."""
+def rule_dict(rule: Rule) -> dict[str, Any]:
+    margin, min_width = rule[2:] if len(rule) == 4 else (MARGIN, MIN_WIDTH)
+    return {"min_choice_trials": rule[0], "keep_choices": rule[1], "margin": margin, "min_width": min_width}
+
+
+def parse_rule(text: str) -> Rule:
+    """``MIN:KEEP`` -> (min_choice_trials, keep_choices), each an integer >= 1;
+    ``MIN:KEEP:MARGIN:WIDTH`` -> the same and the ranges' margin (>= 0) and min_width (in (0, 1])."""
+    parts = text.split(":")
     try:
-        low, keep = (int(part) for part in text.split(":"))
+        if len(parts) not in (2, 4):
+            raise ValueError
+        low, keep = int(parts[0]), int(parts[1])
+        ranges = tuple(float(p) for p in parts[2:])
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected MIN:KEEP (two integers), got {text!r}") from None
+        raise argparse.ArgumentTypeError(f"expected MIN:KEEP or MIN:KEEP:MARGIN:WIDTH, got {text!r}") from None
     if low < 1 or keep < 1:
         raise argparse.ArgumentTypeError(f"MIN and KEEP must be >= 1, got {text!r}")
-    return low, keep
+    if ranges and not (ranges[0] >= 0 and 0 < ranges[1] <= 1):
+        raise argparse.ArgumentTypeError(f"MARGIN must be >= 0 and WIDTH in (0, 1], got {text!r}")
+    return (low, keep, *ranges)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -344,9 +363,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dataset", choices=DATASETS, default="digits", help="digits (359 test images) or mnist1d (1,000)")
     parser.add_argument("--seeds", type=int, default=None, help="how many seeds (default 5)")
     parser.add_argument("--first-seed", type=int, default=0, help="seeds first-seed .. first-seed + seeds - 1")
-    parser.add_argument("--rule", dest="rules", type=parse_rule, action="append", metavar="MIN:KEEP",
-                        help="run the campaign with --min-choice-trials MIN --keep-choices KEEP (repeatable; "
-                             f"default {MIN_CHOICE_TRIALS}:{KEEP_CHOICES})")
+    parser.add_argument("--rule", dest="rules", type=parse_rule, action="append", metavar="MIN:KEEP[:MARGIN:WIDTH]",
+                        help="run the campaign with --min-choice-trials MIN --keep-choices KEEP, and the ranges' "
+                             "margin and min_width (repeatable; default "
+                             f"{MIN_CHOICE_TRIALS}:{KEEP_CHOICES}:{MARGIN:g}:{MIN_WIDTH:g})")
     parser.add_argument("--no-half", action="store_true", help="leave out c2f-half")
     parser.add_argument("--jobs", type=int, default=1, help="seeds run at once, each in its own process")
     parser.add_argument("--trials", help="trials per stage, a comma list (default 60,30,15; --quick 12,6,3)")

@@ -35,8 +35,8 @@ from optuna.trial import TrialState
 
 from hpo import dashboard
 from hpo.local import LocalWorkers
-from hpo.narrow import (EARLIER_CHOICE_RULE, KEEP_CHOICES, MIN_CHOICE_TRIALS, NarrowResult, NarrowRule, NarrowTrial,
-                        NothingToNarrow, narrow)
+from hpo.narrow import (EARLIER_CHOICE_RULE, EARLIER_RANGE_RULE, KEEP_CHOICES, MARGIN, MIN_CHOICE_TRIALS, MIN_WIDTH,
+                        NarrowResult, NarrowRule, NarrowTrial, NothingToNarrow, narrow)
 from storage import backend, optuna_access, records
 from storage.errors import StorageError, StudyNotFound
 from workers import stageplan
@@ -94,6 +94,8 @@ class CampaignSpec:
     seed_best: int = 1  # the parent's best configurations queued first in the next stage
     min_choice_trials: int = MIN_CHOICE_TRIALS  # a choice tried fewer times is kept for lack of evidence
     keep_choices: int = KEEP_CHOICES  # each categorical parameter keeps at least this many choices
+    margin: float = MARGIN  # a narrowed range's padding, a fraction of its top trials' span
+    min_width: float = MIN_WIDTH  # a narrowed range keeps at least this fraction of the old width
     max_failures_in_a_row: int = StagePlan.max_failures_in_a_row
     max_failure_share: float = StagePlan.max_failure_share
     replans: list[dict[str, Any]] = field(default_factory=list)
@@ -101,7 +103,8 @@ class CampaignSpec:
     # What a resume may change with --replan (for the stages not yet started); the rest
     # (dataset, seed, cross-validation, the first stage's space) defines the campaign.
     REPLANNABLE = ("stages", "trials", "epochs", "sampler", "pruner", "top_quantile", "top_k",
-                   "seed_best", "max_failures_in_a_row", "max_failure_share", "min_choice_trials", "keep_choices")
+                   "seed_best", "max_failures_in_a_row", "max_failure_share", "min_choice_trials", "keep_choices",
+                   "margin", "min_width")
 
     def plan(self, stage: int, space: SearchSpace, lineage: dict[str, Any] | None = None) -> StagePlan:
         return StagePlan(
@@ -123,7 +126,7 @@ class CampaignSpec:
 
     def narrow_rule(self) -> NarrowRule:
         """How this campaign narrows a stage into the next."""
-        return NarrowRule(top_k=self.top_k, top_quantile=self.top_quantile,
+        return NarrowRule(top_k=self.top_k, top_quantile=self.top_quantile, margin=self.margin, min_width=self.min_width,
                           min_choice_trials=self.min_choice_trials, keep_choices=self.keep_choices)
 
     def to_dict(self) -> dict[str, Any]:
@@ -134,8 +137,9 @@ class CampaignSpec:
     def from_dict(cls, data: dict[str, Any]) -> CampaignSpec:
         names = {f.name for f in dataclasses.fields(cls)}
         kwargs = {k: v for k, v in data.items() if k in names}
-        # A plan stored before choices needed evidence goes on narrowing as it did when created.
-        return cls(**{**EARLIER_CHOICE_RULE, **kwargs, "space": SearchSpace.from_dict(data["space"])})
+        # A plan stored before choices needed evidence, or before ranges kept more of their
+        # width, goes on narrowing as it did when created.
+        return cls(**{**EARLIER_CHOICE_RULE, **EARLIER_RANGE_RULE, **kwargs, "space": SearchSpace.from_dict(data["space"])})
 
     @classmethod
     def from_stages(cls, plans: Sequence[StagePlan]) -> CampaignSpec:
@@ -610,13 +614,14 @@ def run_campaign(url: str, spec: CampaignSpec, progress: Progress, *, workers: i
     started = time.monotonic()
     model = None
     step = retried(url)
-    step(lambda: backend.ensure_schema(url), "create the schema")
-    storage = step(lambda: backend.open_storage(url), "open the storage")
-    plans, resumed = step(lambda: open_campaign(url, storage, spec), "open the campaign")
-    local = None
+    storage, plans = None, []
+    # The workers start first: their imports (a second or so) overlap the schema and the
+    # campaign's creation, which they wait for.
+    local = LocalWorkers(url, workers, campaign=spec.name, seed=None, blas_threads=blas_threads) if workers else None
     try:
-        if workers:
-            local = LocalWorkers(url, workers, campaign=spec.name, seed=None, blas_threads=blas_threads)
+        step(lambda: backend.ensure_schema(url), "create the schema")
+        storage = step(lambda: backend.open_storage(url), "open the storage")
+        plans, resumed = step(lambda: open_campaign(url, storage, spec), "open the campaign")
         while True:
             plan = plans[-1]
             progress.stage_started(plan, resumed)
@@ -648,7 +653,8 @@ def run_campaign(url: str, spec: CampaignSpec, progress: Progress, *, workers: i
         with _signals_held():
             if local is not None:
                 local.stop(keep_logs=not isinstance(e, KeyboardInterrupt))  # a failed run keeps its logs
-                step(lambda: release_trials(url, storage, plans, local.worker_ids()), "release the workers' trials")
+                if storage is not None:  # else the workers had no storage to take a trial from either
+                    step(lambda: release_trials(url, storage, plans, local.worker_ids()), "release the workers' trials")
             if isinstance(e, StageFailed):  # nothing runs its queued trials now
                 step(lambda: close_stage(url, storage, plans[-1], "the stage failed"), "close the failed stage")
         raise

@@ -317,6 +317,10 @@ def search(ctx, name, dataset, stages, trials, epochs, workers, sampler, pruner,
         what = "resuming campaign" if stored else "campaign"
         err.print(f"{what} {name} on {mask_url(storage_url)}: {plural(spec.stages, 'stage')}, "
                   f"trials {spec.trials}, epochs {spec.epochs}, {plural(workers, 'local worker')}", soft_wrap=True)
+        if not no_report:
+            from hpo.report_ahead import prepare_in_background
+
+            prepare_in_background(spec.dataset, spec.seed)
         progress = progress_for(err)
         try:
             with progress:
@@ -571,7 +575,8 @@ def narrow(stage, into, space_file, params, top_quantile, top_k, min_choice_tria
     A stage that has not met its budget is refused (it says what is left) unless --force.
 
     Numeric ranges shrink to the best trials (in log space for log-scaled parameters) with a
-    margin; a best value at the border of its range widens the range past that border instead;
+    margin of half their span, keeping at least half of the old width; a best value at the
+    border of its range widens the range past that border instead;
     categorical choices that never reach the top are dropped, unless tried too few times to judge
     (--min-choice-trials) or needed to keep --keep-choices of them. Prints old and new ranges side
     by side with the reason for each change, and each choice's trials, best and median.

@@ -91,9 +91,11 @@ from workers.space import PARAMETERS, Choice, FloatRange, IntRange, ParamSpec, S
 __all__ = [
     "BORDER_TOLERANCE",
     "EARLIER_CHOICE_RULE",
+    "EARLIER_RANGE_RULE",
     "KEEP_CHOICES",
     "MIN_CHOICE_TRIALS",
     "MIN_TOP",
+    "MARGIN",
     "MIN_WIDTH",
     "WIDEN",
     "NOT_SEARCHED",
@@ -110,12 +112,20 @@ __all__ = [
 MIN_TOP = 3  # "at least a few trials": the smallest top set the quantile rule picks
 WIDEN = 0.5  # a border side moves out by this fraction of the old width
 BORDER_TOLERANCE = 0.02  # "at the border": within this fraction of the old width
-MIN_WIDTH = 0.1  # a narrowed range keeps at least this fraction of the old width
+# A narrowed range keeps at least this fraction of the old width, padded by MARGIN of the top
+# trials' span: ranges narrowed from the few trials a pruned stage completes were too narrow
+# (a third of a decade of learning rate by stage 3) and missed the optimum of longer training.
+# Measured on MNIST-1D against 0.1 and 0.25 (docs/benchmarks.md).
+MIN_WIDTH = 0.5
+MARGIN = 0.5
 MIN_CHOICE_TRIALS = 3  # a choice tried fewer times than this is kept: too little evidence to drop it
 KEEP_CHOICES = 2  # each categorical parameter keeps at least this many (docs/benchmarks.md, MNIST-1D)
 # The rule before choices needed evidence (every choice outside the top trials dropped): what a
 # lineage or a campaign plan stored without these settings was narrowed by.
 EARLIER_CHOICE_RULE = {"min_choice_trials": 1, "keep_choices": 1}
+# The ranges' rule before MIN_WIDTH and MARGIN were raised: what a campaign plan stored without
+# these settings narrows by.
+EARLIER_RANGE_RULE = {"margin": 0.25, "min_width": 0.1}
 
 
 class NarrowError(ValueError):
@@ -161,7 +171,7 @@ class NarrowRule:
 
     top_k: int | None = None
     top_quantile: float = 0.25
-    margin: float = 0.25
+    margin: float = MARGIN
     direction: str = "maximize"
     widen: float = WIDEN
     border_tolerance: float = BORDER_TOLERANCE
@@ -318,7 +328,7 @@ def narrow(
     *,
     top_k: int | None = None,
     top_quantile: float = 0.25,
-    margin: float = 0.25,
+    margin: float = MARGIN,
     direction: str = "maximize",
     widen: float = WIDEN,
     border_tolerance: float = BORDER_TOLERANCE,
@@ -605,7 +615,8 @@ def _narrow_range(
     # 1. The top trials' span, padded, and at least min_width of the old width.
     pad = margin * (hi - lo)
     nl, nh = lo - pad, hi + pad
-    if nh - nl < min_width * width:
+    kept_width = nh - nl < min_width * width
+    if kept_width:
         centre, half = (lo + hi) / 2, min_width * width / 2
         nl, nh = centre - half, centre + half
 
@@ -670,6 +681,8 @@ def _narrow_range(
         return new, f"best {_fmt(best)} at lower border, the limit of {name} ({info.domain()}): kept"
     if new == old:
         return old, f"unchanged: the {_top(n_top)} span the range"
+    if kept_width:
+        return new, f"narrowed to {min_width:.0%} of its width around the {_top(n_top)} ({scale})"
     return new, f"narrowed to {_top(n_top)} ± {margin:.0%} ({scale})"
 
 

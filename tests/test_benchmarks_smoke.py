@@ -139,16 +139,17 @@ def test_search_quality_quick_json_keeps_every_budget():
 
 
 def test_search_quality_compares_narrowing_rules_on_mnist1d_at_equal_budgets():
-    report = _quick("search_quality.py", "--dataset", "mnist1d", "--rule", "1:1", "--rule", "3:2", "--no-half")
-    assert report["dataset"] == "mnist1d" and report["methods"] == ["c2f 1/1", "c2f 3/2", "random", "tpe"]
-    assert report["rules"]["c2f 3/2"] == {"min_choice_trials": 3, "keep_choices": 2}
+    report = _quick("search_quality.py", "--dataset", "mnist1d", "--rule", "1:1", "--rule", "3:2:0.25:0.1", "--no-half")
+    assert report["dataset"] == "mnist1d" and report["methods"] == ["c2f 1/1", "c2f 3/2/0.25/0.1", "random", "tpe"]
+    assert report["rules"]["c2f 1/1"] == {"min_choice_trials": 1, "keep_choices": 1, "margin": 0.5, "min_width": 0.5}
+    assert report["rules"]["c2f 3/2/0.25/0.1"] == {"min_choice_trials": 3, "keep_choices": 2, "margin": 0.25, "min_width": 0.1}
     (row,) = report["per_seed"]
-    budget = max(row["c2f 1/1"]["epochs"], row["c2f 3/2"]["epochs"])  # equal or larger epochs for the others
+    budget = max(row["c2f 1/1"]["epochs"], row["c2f 3/2/0.25/0.1"]["epochs"])  # equal or larger epochs for the others
     for method in ("random", "tpe"):
         assert budget - report["schedule"]["single_stage_epochs"] < row[method]["epochs"] <= budget, row
     for method, figures in report["medians"].items():
         assert figures["test_min"] <= figures["test_accuracy"] <= figures["test_max"], method
-    assert set(report["targets"]["above_tpe_test"]) == {"c2f 1/1", "c2f 3/2"}
+    assert set(report["targets"]["above_tpe_test"]) == {"c2f 1/1", "c2f 3/2/0.25/0.1"}
 
 
 def test_report_json_times_the_report_and_keeps_the_file(tmp_path):
@@ -213,3 +214,17 @@ def test_report_benchmark_stores_trials_as_optuna_add_trials_does(storage_url):
         assert stored("inserted") == added
     finally:
         storage.engine.dispose()
+
+
+@pytest.mark.postgres
+def test_cli_latency_times_hpo_against_optuna_and_the_one_trial_search(postgres_server):
+    report = _quick("cli_latency.py")
+    assert report["benchmark"] == "cli_latency" and report["trials"] == 60
+    commands = [row["command"] for row in report["inspection"] + report["during_run"]]
+    assert commands == ["hpo studies", "hpo trials", "hpo trial", "hpo health",
+                        "hpo trials (during a run)", "hpo health (during a run)"]
+    for row in report["inspection"] + report["during_run"]:
+        assert row["seconds"] > 0 and row["optuna_seconds"] > 0
+        assert row["ratio"] == round(row["seconds"] / row["optuna_seconds"], 3)
+    search = report["one_trial_search"]
+    assert search["seconds"] > search["python_floor_seconds"] > 0 and len(search["all_seconds"]) == 1

@@ -281,7 +281,7 @@ def momentum_stage() -> tuple[SearchSpace, list[NarrowTrial]]:
 
 def test_a_conditional_knob_is_narrowed_only_from_the_trials_it_applied_to():
     space, trials = momentum_stage()
-    result = narrow(space, trials)  # the top 4 of 16: adam 0.95, then momentum 0.9, 0.92, 0.88
+    result = narrow(space, trials, margin=0.25, min_width=0.1)  # the top 4 of 16: adam 0.95, then momentum 0.9, 0.92, 0.88
     assert result.space["optimizer"] == Choice(("adam", "momentum", "nesterov"))
     # From the best 3 of the 8 trials that had a momentum (adam's trials have none), padded
     # by 25% of their span: 0.87 .. 0.93.

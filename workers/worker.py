@@ -42,7 +42,7 @@ import socket
 import threading
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -170,6 +170,7 @@ class Worker:
                 log.warning("database error while looking for the schema: %s", backend.driver_message(e))
                 return False
 
+        pauses = self._startup_pauses()
         while not ready():
             if self._stop.is_set():
                 return False
@@ -178,7 +179,7 @@ class Worker:
                     f"no hpo schema in {mask_url(url)} after {self.options.wait_for_campaign_seconds:g}s: "
                     "create it with `hpo init`"
                 )
-            self._stop.wait(self.options.poll_seconds)
+            self._stop.wait(next(pauses))
         self._lock_engine = self.storage.engine
         # The studies run on a snapshot with batched writes (see storage.worker_storage);
         # self.storage stays the plain RDBStorage for everything read fresh.
@@ -286,8 +287,18 @@ class Worker:
         )
         return study, plan, space
 
+    def _startup_pauses(self) -> Iterator[float]:
+        """The pauses between looks for the schema or the campaign: short at first, so a worker
+        started together with its campaign (`hpo search` starts its workers first) takes its
+        first trial as soon as the stage exists, then ``poll_seconds``."""
+        pause = min(0.05, self.options.poll_seconds)
+        while True:
+            yield pause
+            pause = min(self.options.poll_seconds, 2 * pause)
+
     def _wait_for_campaign(self) -> list[StagePlan]:
         deadline = time.monotonic() + self.options.wait_for_campaign_seconds
+        pauses = self._startup_pauses()
         while True:
             stages = self._retrying(
                 lambda: stageplan.campaign_stages(self.storage, self.options.campaign), "read the campaign"
@@ -299,7 +310,7 @@ class Worker:
                     f"no campaign named {self.options.campaign!r} appeared in "
                     f"{self.options.wait_for_campaign_seconds:g}s: check the name (hpo studies)"
                 )
-            self._stop.wait(self.options.poll_seconds)
+            self._stop.wait(next(pauses))
 
     def _wait_for_next_stage(self, plan: StagePlan) -> None:
         """The stage is full: wait until the coordinator opens the next one (or stops)."""

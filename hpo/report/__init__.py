@@ -206,7 +206,9 @@ def write_report(storage, url: str, name: str, path: str | os.PathLike | None = 
     campaign or study."""
     target = target_path(name, path)
     data = collect(storage, url, name)
-    data = dataclasses.replace(data, init_experiment=run_init_experiment(data.dataset, data.seed))
+    from hpo.report_ahead import init_experiment_for
+
+    data = dataclasses.replace(data, init_experiment=init_experiment_for(data.dataset, data.seed))
     if dashboard:
         attach_to_dashboard(storage, data)
     page = render(data)

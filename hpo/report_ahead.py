@@ -1,0 +1,52 @@
+"""What the report at the end of `hpo search` needs, started ahead while the workers train.
+
+The report imports what the search itself does not (Plotly, optuna-dashboard, Optuna's
+importance module, which loads scikit-learn and SciPy: a second or more) and runs the
+initialization experiment on the campaign's data. :func:`prepare_in_background` does all of
+it on a thread of its own at the campaign's start, while the coordinator only waits for the
+workers; :func:`init_experiment_for` hands the experiment to ``hpo.report.write_report``. This
+module stays apart from ``hpo.report`` so that starting it imports nothing heavy.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import contextlib
+import threading
+
+# (dataset, seed) -> the initialization experiment's result, computed ahead.
+_PREPARED: dict[tuple[str, int], concurrent.futures.Future] = {}
+
+
+def prepare_in_background(dataset: str, seed: int) -> None:
+    """Start the report's imports and its initialization experiment on a daemon thread."""
+    future: concurrent.futures.Future = concurrent.futures.Future()
+    _PREPARED[(dataset, seed)] = future
+
+    def prepare() -> None:
+        try:
+            import optuna.importance  # noqa: F401 - imported ahead, see the module docstring
+
+            from hpo.report import run_init_experiment
+
+            with contextlib.suppress(ImportError):
+                import optuna_dashboard  # noqa: F401
+            future.set_result(run_init_experiment(dataset, seed))
+        except BaseException as e:  # noqa: BLE001 - handed to the report, which says it in words
+            future.set_exception(e)
+
+    threading.Thread(target=prepare, name="prepare-report", daemon=True).start()
+
+
+def init_experiment_for(dataset: str | None, seed: int) -> dict | str:
+    """The initialization experiment for the report: computed ahead when
+    :func:`prepare_in_background` ran for this dataset and seed, else now."""
+    from hpo.report import run_init_experiment
+
+    future = _PREPARED.get((dataset, seed)) if dataset is not None else None
+    if future is None:
+        return run_init_experiment(dataset, seed)
+    try:
+        return future.result()
+    except Exception as e:  # noqa: BLE001 - said in words in the report's section
+        return f"the experiment did not run: {e}"
