@@ -286,7 +286,7 @@ def search(ctx, name, dataset, stages, trials, epochs, workers, sampler, pruner,
         raise UsageError("--cv needs at least 2 folds (or 0 for the held-out validation split)")
     name = stageplan.check_name(name if name is not None else default_campaign_name(dataset))
     _interrupt_on_sigterm()
-    with _stops_resumably(name):
+    with _stops_saying(f"interrupted: nothing is left running; resume with: hpo search --name {name}"):
         given = given_on_command_line(ctx)
         stored = campaign_mod.load_campaign(storage_url, name)
         if stored is None:
@@ -330,7 +330,9 @@ def search(ctx, name, dataset, stages, trials, epochs, workers, sampler, pruner,
                 err.print(literal(f"report: {report}"), soft_wrap=True)  # a path is not folded
             click.echo(f"Error: {one_line(e)}", err=True)
             sys.exit(1)
-    with _stops_after_the_result(name):
+    # The result is stored by now: running the search again writes what is missing, without searching.
+    with _stops_saying(f"interrupted: the campaign is finished and stored; its report or model may be missing; "
+                       f"write them with: hpo search --name {name}"):
         report = None if no_report else _write_report(storage_url, name)
         model = None if no_model else _write_model(spec, summary)
     if as_json:
@@ -381,9 +383,9 @@ def _write_report(storage_url: str, name: str) -> Path | None:
 
 
 @contextlib.contextmanager
-def _stops_resumably(name: str):
-    """Ctrl-C (or SIGTERM) anywhere in a search: exit 130 with the command that goes on; the
-    campaign has left nothing RUNNING by then (see campaign.run_campaign)."""
+def _stops_saying(line: str):
+    """Ctrl-C (or SIGTERM) anywhere in the block: exit 130 with ``line``, which says what goes on
+    (the campaign leaves nothing RUNNING when it is stopped: see campaign.run_campaign)."""
     try:
         yield
     except STOPS as e:
@@ -391,23 +393,7 @@ def _stops_resumably(name: str):
             raise
         record_stop()
         ignore_stop_signals()  # stopping already: a second Ctrl-C must not cut this short
-        click.echo(f"interrupted: nothing is left running; resume with: hpo search --name {name}", err=True)
-        sys.exit(130)
-
-
-@contextlib.contextmanager
-def _stops_after_the_result(name: str):
-    """Ctrl-C (or SIGTERM) while the report or the model is written: the campaign's result is
-    stored already, and running the search again writes what is missing without searching."""
-    try:
-        yield
-    except STOPS as e:
-        if not stopped_by_signal(e):
-            raise
-        record_stop()
-        ignore_stop_signals()
-        click.echo(f"interrupted: the campaign is finished and stored; its report or model may be missing; "
-                   f"write them with: hpo search --name {name}", err=True)
+        click.echo(line, err=True)
         sys.exit(130)
 
 

@@ -36,7 +36,6 @@ from __future__ import annotations
 import json
 import os
 import pickle
-import tempfile
 import zipfile
 import zlib
 from collections.abc import Sequence
@@ -46,6 +45,7 @@ from typing import Any
 
 import numpy as np
 
+from workers import atomic_file
 from workers.data.preprocess import Preprocessor
 from workers.nn.model import NetworkSpec
 from workers.run import Evaluation, network_input
@@ -240,19 +240,8 @@ def check_target(path: str | os.PathLike) -> Path:
 
 
 def write_atomically(path: str | os.PathLike, write: Any) -> Path:
-    """Call ``write(binary file)`` on a temporary file beside ``path``, then move it into
-    place: a reader sees the old file or the whole new one, and a failure leaves no file."""
-    target = check_target(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return target
+    """:func:`workers.atomic_file.write_atomically` to a checked ``path`` (see :func:`check_target`)."""
+    return atomic_file.write_atomically(check_target(path), write)
 
 
 def save_model(model: SavedModel, path: str | os.PathLike) -> Path:

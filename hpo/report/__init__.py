@@ -13,11 +13,11 @@ import dataclasses
 import math
 import os
 import re
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from hpo.output import plural
+from workers.atomic_file import write_atomically
 from hpo.report.collect import MULTI_OBJECTIVE, ReportData, collect
 from hpo.report.page import Figure, Section, Words, render_page
 from hpo.report.sections_layers import layers_section
@@ -212,15 +212,5 @@ def write_report(storage, url: str, name: str, path: str | os.PathLike | None = 
     if dashboard:
         attach_to_dashboard(storage, data)
     page = render(data)
-    folder = target.parent
-    # The temporary file's name stays short: the target's own name may be near the limit.
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name[:100]}.", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(page)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomically(target, lambda f: f.write(page.encode("utf-8")))
     return target
