@@ -598,7 +598,8 @@ def stored_result(storage, last: StagePlan) -> FinalResult | None:
     return FinalResult.from_dict(stored) if isinstance(stored, dict) else None
 
 
-def run_campaign(url: str, spec: CampaignSpec, progress: Progress, *, workers: int, blas_threads: int = 1) -> CampaignSummary:
+def run_campaign(url: str, spec: CampaignSpec, progress: Progress, *, workers: int, blas_threads: int = 1,
+                 on_open: Callable[[], object] | None = None) -> CampaignSummary:
     """Run (or resume) the campaign ``spec`` to its end with ``workers`` local worker processes
     (0: only coordinate, while workers attached elsewhere do the training).
 
@@ -608,6 +609,9 @@ def run_campaign(url: str, spec: CampaignSpec, progress: Progress, *, workers: i
     into it by the CLI) stops the local workers, which queue their trials again, fails any
     trial they could not queue, and propagates: nothing is left RUNNING.
 
+    ``on_open`` is called once the campaign is open, while the workers train (the CLI starts
+    preparing the report there).
+
     The summary carries the final retrain's model when this run trained it (a campaign that
     an earlier run finished has none: :func:`retrain_final` trains it again).
     """
@@ -616,12 +620,15 @@ def run_campaign(url: str, spec: CampaignSpec, progress: Progress, *, workers: i
     step = retried(url)
     storage, plans = None, []
     # The workers start first: their imports (a second or so) overlap the schema and the
-    # campaign's creation, which they wait for.
-    local = LocalWorkers(url, workers, campaign=spec.name, seed=None, blas_threads=blas_threads) if workers else None
+    # campaign's creation, which they wait for as long as these steps may retry.
+    local = LocalWorkers(url, workers, campaign=spec.name, seed=None, blas_threads=blas_threads,
+                         wait_seconds=3 * backend.RETRY_SECONDS) if workers else None
     try:
         step(lambda: backend.ensure_schema(url), "create the schema")
         storage = step(lambda: backend.open_storage(url), "open the storage")
         plans, resumed = step(lambda: open_campaign(url, storage, spec), "open the campaign")
+        if on_open is not None:
+            on_open()
         while True:
             plan = plans[-1]
             progress.stage_started(plan, resumed)
@@ -653,7 +660,9 @@ def run_campaign(url: str, spec: CampaignSpec, progress: Progress, *, workers: i
         with _signals_held():
             if local is not None:
                 local.stop(keep_logs=not isinstance(e, KeyboardInterrupt))  # a failed run keeps its logs
-                if storage is not None:  # else the workers had no storage to take a trial from either
+                # Stopped workers queue their own trials again; this fails (with a retry) those of a
+                # worker killed first. Without a storage open here it is left to the heartbeat reaper.
+                if storage is not None:
                     step(lambda: release_trials(url, storage, plans, local.worker_ids()), "release the workers' trials")
             if isinstance(e, StageFailed):  # nothing runs its queued trials now
                 step(lambda: close_stage(url, storage, plans[-1], "the stage failed"), "close the failed stage")

@@ -47,7 +47,8 @@ record_format_option = click.option(
 def opened(storage_url: str, *, heartbeat: bool = False) -> Iterator[RDBStorage]:
     """The storage for one command; whatever goes wrong becomes one line and exit status 2."""
     try:
-        storage = inspect.open_for_reading(storage_url, heartbeat=heartbeat)
+        # A command that writes (fail-stale: heartbeats on) checks the schema's version first.
+        storage = inspect.open_for_reading(storage_url, heartbeat=heartbeat, check_version=heartbeat)
         try:
             yield storage
         finally:

@@ -317,14 +317,16 @@ def search(ctx, name, dataset, stages, trials, epochs, workers, sampler, pruner,
         what = "resuming campaign" if stored else "campaign"
         err.print(f"{what} {name} on {mask_url(storage_url)}: {plural(spec.stages, 'stage')}, "
                   f"trials {spec.trials}, epochs {spec.epochs}, {plural(workers, 'local worker')}", soft_wrap=True)
+        prepare = None
         if not no_report:
             from hpo.report_ahead import prepare_in_background
 
-            prepare_in_background(spec.dataset, spec.seed)
+            prepare = lambda: prepare_in_background(spec.dataset, spec.seed)  # noqa: E731
         progress = progress_for(err)
         try:
             with progress:
-                summary = campaign_mod.run_campaign(storage_url, spec, progress, workers=workers, blas_threads=blas_threads)
+                summary = campaign_mod.run_campaign(storage_url, spec, progress, workers=workers, blas_threads=blas_threads,
+                                                    on_open=prepare)
         except campaign_mod.StageFailed as e:
             if not no_report and (report := _write_report(storage_url, name)):
                 err.print(literal(f"report: {report}"), soft_wrap=True)  # a path is not folded

@@ -265,8 +265,10 @@ def select_trials(
         key = _column(sort[1:] if descending else sort, known)
         selected = _sorted(selected, key, descending)
     shown = default
-    if columns:
+    if columns is not None:
         shown = [_column(c.strip(), known) for c in columns.split(",") if c.strip()]
+        if not shown:
+            raise QueryError(f"--columns {columns!r} names no column; the columns are: {', '.join(known)}")
     matched = len(selected)
     if limit is not None:
         selected = selected[:limit]

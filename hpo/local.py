@@ -79,8 +79,10 @@ class LocalWorkers:
         study: str | None = None,
         seed: int | None = 0,
         blas_threads: int = 1,
+        wait_seconds: float | None = None,
     ) -> None:
-        """``seed``: worker i gets ``--seed seed + i``; None passes no seed (each worker derives its own)."""
+        """``seed``: worker i gets ``--seed seed + i``; None passes no seed (each worker derives its own).
+        ``wait_seconds``: how long each waits for the schema and the campaign (its ``--wait``)."""
         self.log_dir = Path(tempfile.mkdtemp(prefix="hpo-workers-"))
         self._logs_reported = False
         env = dict(os.environ)
@@ -91,9 +93,10 @@ class LocalWorkers:
         for i in range(n):
             log_path = self.log_dir / f"worker-{i}.log"
             seed_args = [] if seed is None else ["--seed", str(seed + i)]
+            wait_args = [] if wait_seconds is None else ["--wait", f"{wait_seconds:g}"]
             with open(log_path, "wb") as log:
                 process = subprocess.Popen(
-                    [sys.executable, "-m", "hpo", "worker", *target, *seed_args, "--exit-with-parent"],
+                    [sys.executable, "-m", "hpo", "worker", *target, *seed_args, *wait_args, "--exit-with-parent"],
                     env=env,
                     stdin=subprocess.DEVNULL,
                     stdout=log,

@@ -18,7 +18,7 @@ import math
 import re
 import sys
 from collections.abc import Callable, Collection, Mapping, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import click
 from rich.cells import cell_len
@@ -171,14 +171,17 @@ def render_rows(rows: Sequence[dict[str, Any]], columns: Sequence[str], fmt: str
         for row in rows:
             writer.writerow(["" if row.get(c) is None else (json.dumps(jsonable(row[c])) if isinstance(row[c], (dict, list)) else row[c]) for c in columns])
         sys.stdout.write(buffer.getvalue())
+    elif not columns:  # nothing to draw (JSON and CSV above still say so in their format)
+        return
     elif name_column is not None and _table_width(rows, columns) > out.width:
         render_records(rows, columns, name_column, title)
     else:
         minimum = {c: _column_width(rows, c) if name_column is not None
                    else max((cell_len(cell(row.get(c))) for row in rows), default=0) if c in unbroken else 1
                    for c in columns}
+        box = UNICODE_BOX if (out.encoding or "").lower().replace("-", "").startswith("utf") else ASCII_BOX
         lines = table_lines([visible(c) for c in columns], [[cell(row.get(c)) for c in columns] for row in rows],
-                            [minimum[c] for c in columns], out.width)
+                            [minimum[c] for c in columns], out.width, box=box)
         rule = lines.index(_RULE_MARK)
         if title is not None:
             out.print(literal(title))
@@ -192,26 +195,43 @@ def render_rows(rows: Sequence[dict[str, Any]], columns: Sequence[str], fmt: str
 # drawn here directly: rich measures and wraps every cell as an object, about 2 ms a row, so a
 # study of 1,000 trials took over a second to print.
 _RULE_MARK = "\0"  # where the header ends in table_lines' result
+FOLD_FLOOR = 3  # a column folds to no fewer cells than this ("num" / "ber"), unless it is narrower
+
+
+class Box(NamedTuple):
+    """The characters of a table's frame: top, header, rule under the header, rows, bottom."""
+
+    top: str  # left, between columns, right, line
+    head: str  # the vertical line of the header
+    rule: str  # left, between columns, right, line
+    body: str  # the vertical line of the rows
+    bottom: str  # left, between columns, right, line
+
+
+UNICODE_BOX = Box("┏┳┓━", "┃", "┡╇┩━", "│", "└┴┘─")  # rich's default, box.HEAVY_HEAD
+ASCII_BOX = Box("+++-", "|", "|+|-", "|", "+++-")  # for an output that cannot encode the above
 
 
 def table_lines(headings: Sequence[str], rows: Sequence[Sequence[str]], minimum: Sequence[int],
-                width: int) -> list[str]:
+                width: int, box: Box = UNICODE_BOX) -> list[str]:
     """The lines of a table of ``rows`` under ``headings``, at most ``width`` cells wide where the
-    columns' ``minimum`` widths allow (else as narrow as they allow). Columns start at their widest
-    cell; while the table is too wide, the widest column that can give way loses a cell. A cell
-    wraps at spaces and folds a longer word; headings sit at the bottom of the header, values at
-    the top of their row. The header's last line is followed by ``_RULE_MARK``."""
+    columns' ``minimum`` widths allow (else as narrow as they allow, and wider than ``width``).
+    Columns start at their widest cell; while the table is too wide, the widest column that can
+    give way loses a cell, down to its ``minimum`` but not below FOLD_FLOOR. A cell wraps at
+    spaces and folds a longer word; headings sit at the bottom of the header, values at the top
+    of their row. The header's last line is followed by ``_RULE_MARK``."""
     lengths = [[cell_len(text) for text in row] for row in rows]
     widths = [max([cell_len(h), *(r[i] for r in lengths)]) for i, h in enumerate(headings)]
-    widths = [max(w, m, 1) for w, m in zip(widths, minimum)]
+    floors = [max(m, min(w, FOLD_FLOOR), 1) for w, m in zip(widths, minimum)]
+    widths = [max(w, f) for w, f in zip(widths, floors)]
     excess = sum(widths) + 3 * len(widths) + 1 - width
     while excess > 0:
-        shrinkable = [i for i, w in enumerate(widths) if w > max(minimum[i], 1)]
+        shrinkable = [i for i, w in enumerate(widths) if w > floors[i]]
         if not shrinkable:
             break
         widest = max(widths[i] for i in shrinkable)
         at_widest = [i for i in shrinkable if widths[i] == widest]
-        floor = max([widths[i] for i in shrinkable if widths[i] < widest] + [max(minimum[i], 1) for i in at_widest])
+        floor = max([widths[i] for i in shrinkable if widths[i] < widest] + [floors[i] for i in at_widest])
         step = max(1, min(widest - floor, excess // len(at_widest)))
         for i in at_widest:
             if excess <= 0:
@@ -227,12 +247,16 @@ def table_lines(headings: Sequence[str], rows: Sequence[Sequence[str]], minimum:
         padded = [([""] * (height - len(w)) + w) if bottom else (w + [""] * (height - len(w))) for w in wrapped]
         return [edge + edge.join(f" {_pad(p[k], w)} " for p, w in zip(padded, widths)) + edge for k in range(height)]
 
-    lines = ["┏" + "┳".join("━" * (w + 2) for w in widths) + "┓"]
-    lines += block(headings, "┃", bottom=True)
-    lines += [_RULE_MARK, "┡" + "╇".join("━" * (w + 2) for w in widths) + "┩"]
+    def frame(chars: str) -> str:
+        left, between, right, line = chars
+        return left + between.join(line * (w + 2) for w in widths) + right
+
+    lines = [frame(box.top)]
+    lines += block(headings, box.head, bottom=True)
+    lines += [_RULE_MARK, frame(box.rule)]
     for row, row_lengths in zip(rows, lengths):
-        lines += block(row, "│", bottom=False, cell_lengths=row_lengths)
-    lines.append("└" + "┴".join("─" * (w + 2) for w in widths) + "┘")
+        lines += block(row, box.body, bottom=False, cell_lengths=row_lengths)
+    lines.append(frame(box.bottom))
     return lines
 
 

@@ -5,7 +5,9 @@ importance module, which loads scikit-learn and SciPy: a second or more) and run
 initialization experiment on the campaign's data. :func:`prepare_in_background` does all of
 it on a thread of its own at the campaign's start, while the coordinator only waits for the
 workers; :func:`init_experiment_for` hands the experiment to ``hpo.report.write_report``. This
-module stays apart from ``hpo.report`` so that starting it imports nothing heavy.
+module stays apart from ``hpo.report`` so that starting it imports nothing heavy. The search
+starts it once the campaign is open, so that its imports do not race the coordinator's own
+(the stage notes import optuna-dashboard, and with it scikit-learn, there).
 """
 
 from __future__ import annotations

@@ -137,8 +137,11 @@ def describe_db_error(url: str, error: BaseException) -> str:
     return f"cannot use the database {mask_url(url)}: {driver_message(error)}"
 
 
+RETRY_SECONDS = 120.0  # how long a step rides out a database outage before it gives up
+
+
 def retrying(
-    action: Callable[[], T], what: str, url: str, *, seconds: float = 120.0, logger: logging.Logger = log
+    action: Callable[[], T], what: str, url: str, *, seconds: float = RETRY_SECONDS, logger: logging.Logger = log
 ) -> T:
     """Run ``action``; on a database error run it again with backoff (0.2 s doubling up to 5 s)
     for up to ``seconds``, then raise DatabaseUnavailable (a StorageError) with one masked

@@ -469,3 +469,8 @@ def test_a_storage_of_another_optuna_version_is_named_when_a_read_fails(tmp_path
     engine.dispose()
     line = one_line_error(hpo(url, "studies"))
     assert "no longer compatible" in line and "storage upgrade" in line, line
+
+
+def test_columns_that_name_nothing_are_one_line(campaign_db):
+    line = one_line_error(hpo(campaign_db.url, "trials", campaign_db.name, "--columns", ","))
+    assert line.startswith("Error: --columns ',' names no column; the columns are: stage, number, state")

@@ -93,13 +93,14 @@ def run_init_experiment(dataset: str | None, seed: int = 0) -> dict | str:
     """The lecture's initialization experiment on the campaign's own training inputs, or why
     it could not run here (the dataset is a file on another machine, say)."""
     from hpo.extras import missing_extra
-    from workers.data.datasets import DatasetError, load_dataset
+    from workers.data.datasets import DatasetError
     from workers.init_experiment import init_experiment
+    from workers.run import cached_dataset  # the coordinator's copy, when it has one
 
     if dataset is None:
         return "this study does not record its dataset, so the experiment has no data to run on"
     try:
-        inputs = load_dataset(dataset, seed=seed).X_train
+        inputs = cached_dataset(dataset, seed).X_train
     except (DatasetError, OSError, ValueError) as e:
         why = missing_extra(e) or str(e)
         return f"the dataset {dataset} could not be loaded here ({why}), so the experiment did not run"
