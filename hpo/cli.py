@@ -73,7 +73,14 @@ class HpoGroup(click.Group):
 
     def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
         if name not in self.commands and name in COMMAND_MODULES:
-            for command in importlib.import_module(COMMAND_MODULES[name]).COMMANDS:
+            try:
+                module = importlib.import_module(COMMAND_MODULES[name])
+            except STOPS as e:  # Ctrl-C while the command's module loads: it took nothing on
+                if not stopped_by_signal(e):
+                    raise
+                ignore_stop_signals()
+                exit_interrupted(name)  # click names the command being invoked only after this
+            for command in module.COMMANDS:
                 self.add_command(command)
         return self.commands.get(name)
 

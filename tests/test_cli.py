@@ -243,3 +243,20 @@ def test_a_ctrl_c_that_reaches_a_compiled_module_while_it_loads_is_a_stop():
         assert stopped_by_signal(e)
     assert not stopped_by_signal(ImportError("No module named 'mnist1d'"))
     assert stopped_by_signal(KeyboardInterrupt())
+
+
+@pytest.mark.parametrize("command, status", [("worker", 0), ("search", 130), ("studies", 130)])
+def test_a_ctrl_c_while_a_command_module_loads_ends_as_that_command_ends(command, status):
+    """Each command's module is imported when the command runs: a Ctrl-C during that import is
+    the command's stop (a worker that took no trial exits 0, any other command 130), one line."""
+    script = (
+        "import sys\n"
+        "from hpo import cli, main\n"
+        "def interrupted(name):\n"
+        "    raise KeyboardInterrupt\n"
+        "cli.importlib.import_module = interrupted\n"
+        f"sys.argv = ['hpo', {command!r}]\n"
+        "main()\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert (done.returncode, done.stderr) == (status, "interrupted\n")
