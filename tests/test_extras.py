@@ -130,6 +130,9 @@ def test_the_report_says_which_extra_its_experiment_needs(monkeypatch):
     monkeypatch.setitem(sys.modules, "mnist1d.data", None)
     fresh = functools.lru_cache(maxsize=1)(datasets_module._mnist1d_arrays.__wrapped__)
     monkeypatch.setattr(datasets_module, "_mnist1d_arrays", fresh)
+    import workers.run  # the experiment reads the process's cached copy: none yet, as in a new process
+
+    monkeypatch.setattr(workers.run, "cached_dataset", functools.lru_cache(maxsize=4)(workers.run.cached_dataset.__wrapped__))
     from hpo.report import run_init_experiment
 
     assert EXTRAS["mnist1d"].line() in run_init_experiment("mnist1d")
