@@ -27,6 +27,14 @@ def record_stop() -> None:
     _stopped = True
 
 
+def end_if_stopped(error: BaseException, command: str | None) -> None:
+    """End ``command`` as a stop (:func:`exit_interrupted`) when ``error`` is a Ctrl-C that
+    reached it before it took anything on; return otherwise, for the caller to raise ``error``."""
+    if stopped_by_signal(error):
+        ignore_stop_signals()
+        exit_interrupted(command)
+
+
 def ignore_stop_signals() -> None:
     """From here on SIGINT and SIGTERM are ignored: the process is stopping already, and a
     second Ctrl-C (or its coordinator's SIGTERM on top of a terminal's SIGINT) must not turn a
@@ -64,9 +72,8 @@ def main() -> None:
         try:
             from hpo.cli import main as cli_main
         except STOPS as e:
-            if not stopped_by_signal(e):
-                raise
-            exit_interrupted(sys.argv[1] if len(sys.argv) > 1 else None)
+            end_if_stopped(e, sys.argv[1] if len(sys.argv) > 1 else None)
+            raise
         cli_main()
     except SystemExit as end:
         if not _stopped:

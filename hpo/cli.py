@@ -16,7 +16,7 @@ import sys
 
 import click
 
-from hpo import STOPS, exit_interrupted, ignore_stop_signals, stopped_by_signal
+from hpo import STOPS, end_if_stopped, ignore_stop_signals
 from hpo.extras import missing_extra
 from hpo.output import UsageError, one_line
 
@@ -76,10 +76,8 @@ class HpoGroup(click.Group):
             try:
                 module = importlib.import_module(COMMAND_MODULES[name])
             except STOPS as e:  # Ctrl-C while the command's module loads: it took nothing on
-                if not stopped_by_signal(e):
-                    raise
-                ignore_stop_signals()
-                exit_interrupted(name)  # click names the command being invoked only after this
+                end_if_stopped(e, name)  # click names the command being invoked only after this
+                raise
             for command in module.COMMANDS:
                 self.add_command(command)
         return self.commands.get(name)
@@ -88,12 +86,10 @@ class HpoGroup(click.Group):
         try:
             return super().invoke(ctx)
         except STOPS as e:  # Ctrl-C before a command took anything on: nothing to undo
-            if not stopped_by_signal(e):
-                if missing := missing_extra(e):  # an optional package (a database driver) is not installed
-                    raise UsageError(missing) from None
-                raise
-            ignore_stop_signals()
-            exit_interrupted(ctx.invoked_subcommand)
+            end_if_stopped(e, ctx.invoked_subcommand)
+            if missing := missing_extra(e):  # an optional package (a database driver) is not installed
+                raise UsageError(missing) from None
+            raise
         except click.UsageError as e:  # click's own parse errors: one line too, no usage block
             raise UsageError(e.format_message()) from None
         except Exception as e:
@@ -124,9 +120,7 @@ def main() -> None:
         optuna.logging.set_verbosity(optuna.logging.WARNING)  # our own progress says what happens
         cli(prog_name="hpo")
     except STOPS as e:  # Ctrl-C while the modules load: nothing started yet
-        if not stopped_by_signal(e):
-            raise
-        ignore_stop_signals()
-        exit_interrupted(sys.argv[1] if len(sys.argv) > 1 else None)
+        end_if_stopped(e, sys.argv[1] if len(sys.argv) > 1 else None)
+        raise
     finally:
         ignore_stop_signals()  # a signal during the exit itself changes nothing now

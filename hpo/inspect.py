@@ -443,12 +443,6 @@ def trial_record(storage: RDBStorage, name: str, number: int) -> dict[str, Any]:
     }
 
 
-def _retried_from(trial: FrozenTrial) -> int | None:
-    """The number of the trial that ``trial`` is the retry of (the last in its history)."""
-    history = trial.system_attrs.get("retry_history")
-    return history[-1] if isinstance(history, list) and history else None
-
-
 def summary_rows(record: dict[str, Any]) -> list[dict[str, Any]]:
     """``field``/``value`` rows of a trial record for a table: what a person checks first."""
     stored = read_record(record["user_attrs"])
@@ -645,7 +639,7 @@ def fail_stale(storage: RDBStorage, url: str, name: str) -> dict[str, Any]:
                 stageplan.tidy_closed_stage(storage, plan)
             trials = storage.get_all_trials(study_id, deepcopy=False)
     by_number = {t.number: t for t in trials}
-    retries = {_retried_from(t): t.number for t in trials if _retried_from(t) is not None}
+    retries = {origin: retry for _, retry, origin in backend.retry_origins(storage.engine, study_id)}
     failed = [
         {
             "number": b["number"],
