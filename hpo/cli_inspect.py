@@ -10,7 +10,7 @@ import contextlib
 from collections.abc import Iterator
 
 import click
-from optuna.storages import RDBStorage
+from optuna.storages import BaseStorage
 
 from hpo import inspect
 from hpo.output import (
@@ -44,11 +44,16 @@ record_format_option = click.option(
 
 
 @contextlib.contextmanager
-def opened(storage_url: str, *, heartbeat: bool = False) -> Iterator[RDBStorage]:
-    """The storage for one command; whatever goes wrong becomes one line and exit status 2."""
+def opened(storage_url: str, *, changes: bool = False) -> Iterator[BaseStorage]:
+    """The storage for one command; whatever goes wrong becomes one line and exit status 2.
+
+    A command that only reads gets a storage that only reads; ``changes`` (fail-stale) gets
+    Optuna's own, with heartbeats, after its schema's version is checked."""
     try:
-        # A command that writes (fail-stale: heartbeats on) checks the schema's version first.
-        storage = inspect.open_for_reading(storage_url, heartbeat=heartbeat, check_version=heartbeat)
+        if changes:
+            storage = inspect.open_for_changes(storage_url)
+        else:
+            storage = inspect.open_for_reading(storage_url)
         try:
             yield storage
         finally:
@@ -65,7 +70,7 @@ def _version_mismatch(storage_url: str) -> str | None:
     """Optuna's own line when a failed read came from a schema of another Optuna version (the
     commands that read skip that check when they open the storage), else None."""
     try:
-        inspect.open_for_reading(storage_url, check_version=True).engine.dispose()
+        backend.open_storage(storage_url, heartbeat=False).engine.dispose()
     except StorageError as e:
         return one_line(e)
     except backend.DB_ERRORS:
@@ -302,7 +307,7 @@ def fail_stale(study, fmt, storage_url) -> None:
       hpo fail-stale c1/stage-2
       hpo fail-stale c1 --format json
     """
-    with opened(storage_url, heartbeat=True) as storage:
+    with opened(storage_url, changes=True) as storage:
         report = inspect.fail_stale(storage, storage_url, study)
     if fmt == "json":
         print_json(report)

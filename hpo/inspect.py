@@ -26,7 +26,7 @@ from dataclasses import dataclass, replace
 from typing import Any, NamedTuple
 
 import optuna
-from optuna.storages import RDBStorage
+from optuna.storages import BaseStorage, RDBStorage
 from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
@@ -69,18 +69,29 @@ class QueryError(ValueError):
 
 
 # -- opening and naming ------------------------------------------------------------------------
-def open_for_reading(url: str, *, heartbeat: bool = False, check_version: bool = False) -> RDBStorage:
-    """The storage at ``url``; a SQLite file that does not exist is an error, not created. Its
-    schema version is checked only with ``check_version`` (see ``backend.open_storage``): a
-    command that reads checks it when a read fails (``hpo.cli_inspect.opened``)."""
+def open_for_reading(url: str) -> BaseStorage:
+    """A storage at ``url`` that only reads (``backend.open_reader``: no ORM, no Alembic, no
+    schema-version check; a command that reads checks the version when a read fails, see
+    ``hpo.cli_inspect.opened``). A SQLite file that does not exist is an error, not created."""
+    _refuse_missing_file(url)
+    return backend.open_reader(url)
+
+
+def open_for_changes(url: str) -> RDBStorage:
+    """The storage at ``url`` with heartbeats, its schema's version checked: for
+    :func:`fail_stale`, the one view that writes."""
+    _refuse_missing_file(url)
+    return backend.open_storage(url, heartbeat=True)
+
+
+def _refuse_missing_file(url: str) -> None:
     if is_sqlite(url):
         path = sqlite_path(url)
         if path is not None and not os.path.exists(path):
             raise StorageError(f"no database at {mask_url(url)}: nothing to inspect yet")
-    return backend.open_storage(url, heartbeat=heartbeat, check_version=check_version)
 
 
-def resolve_study(storage: RDBStorage, name: str) -> tuple[str, str | None]:
+def resolve_study(storage: BaseStorage, name: str) -> tuple[str, str | None]:
     """``(study name, campaign)``: a study of that name, else the newest stage of that campaign.
 
     ``campaign`` is None when ``name`` named a study.
@@ -103,7 +114,7 @@ class StageRef(NamedTuple):
     study: str
 
 
-def resolve_stages(storage: RDBStorage, name: str, stage: int | None = None) -> tuple[str | None, list[StageRef]]:
+def resolve_stages(storage: BaseStorage, name: str, stage: int | None = None) -> tuple[str | None, list[StageRef]]:
     """``(campaign, stages)``: the study of that name, else every stage of that campaign in
     order, or only its stage ``stage``.
 
@@ -130,7 +141,7 @@ def resolve_stages(storage: RDBStorage, name: str, stage: int | None = None) -> 
 
 
 # -- hpo studies -------------------------------------------------------------------------------
-def list_studies(storage: RDBStorage) -> list[dict[str, Any]]:
+def list_studies(storage: BaseStorage) -> list[dict[str, Any]]:
     """One row per study: campaign stages first (by campaign, then stage), then plain studies.
 
     Keys: STUDY_KEYS; ``test_accuracy`` is the campaign's final test accuracy (on its last stage).
@@ -229,7 +240,7 @@ class TrialSelection:
 
 
 def select_trials(
-    storage: RDBStorage,
+    storage: BaseStorage,
     name: str,
     *,
     states: str | None = None,
@@ -276,7 +287,7 @@ def select_trials(
     return TrialSelection(listed, selected, shown, matched, len(rows), campaign, tuple(ref.stage for ref in stages))
 
 
-def _read_trials(storage: RDBStorage, study_name: str, wanted: Sequence[TrialState] | None) -> list[FrozenTrial]:
+def _read_trials(storage: BaseStorage, study_name: str, wanted: Sequence[TrialState] | None) -> list[FrozenTrial]:
     """The study's trials in number order (in the chosen states), read in two queries."""
     trials = records.read_all_trials(storage, storage.get_study_id_from_name(study_name))
     return trials if wanted is None else [t for t in trials if t.state in wanted]
@@ -314,7 +325,7 @@ def trial_row(trial: FrozenTrial, params: dict[str, str], stage: int | None = No
     }
 
 
-def stage_space(storage: RDBStorage, study_name: str) -> SearchSpace | None:
+def stage_space(storage: BaseStorage, study_name: str) -> SearchSpace | None:
     """The search space of an hpo stage (None for a study hpo did not create, or a plan that
     cannot be read)."""
     plan = stageplan.read_plan(storage, study_name)
@@ -345,7 +356,7 @@ def trial_params(trial: FrozenTrial) -> dict[str, Any]:
     return dict(fixed) if isinstance(fixed, dict) else {}
 
 
-def _param_names(storage: RDBStorage, study_name: str, trials: Sequence[FrozenTrial]) -> dict[str, str]:
+def _param_names(storage: BaseStorage, study_name: str, trials: Sequence[FrozenTrial]) -> dict[str, str]:
     """Parameter name -> column name, in the order of the stage's space, then of appearance.
 
     A parameter named like a fixed column (say "state") gets the column ``param:state``.
@@ -406,7 +417,7 @@ def _compare(actual: float, op: str, wanted: float) -> bool:
 
 
 # -- hpo trial ---------------------------------------------------------------------------------
-def trial_record(storage: RDBStorage, name: str, number: int) -> dict[str, Any]:
+def trial_record(storage: BaseStorage, name: str, number: int) -> dict[str, Any]:
     """Everything stored about one trial, as Optuna holds it, plus its retry links.
 
     Keys: study, number, state, value, params, datetime_start, datetime_complete,
@@ -501,7 +512,7 @@ def row_columns(rows: Sequence[dict[str, Any]]) -> list[str]:
 
 
 # -- hpo best ----------------------------------------------------------------------------------
-def best_trials(storage: RDBStorage, name: str, top: int = 5) -> dict[str, Any]:
+def best_trials(storage: BaseStorage, name: str, top: int = 5) -> dict[str, Any]:
     """The ``top`` best COMPLETE trials; for a campaign name also its final result.
 
     Keys: study, campaign (None when ``name`` named a study), direction, trials (each: rank,
@@ -536,7 +547,7 @@ def best_trials(storage: RDBStorage, name: str, top: int = 5) -> dict[str, Any]:
 
 
 # -- hpo health --------------------------------------------------------------------------------
-def study_health(storage: RDBStorage, name: str, grace: float | None = None) -> dict[str, Any]:
+def study_health(storage: BaseStorage, name: str, grace: float | None = None) -> dict[str, Any]:
     """How a study is doing: counts, RUNNING trials and their heartbeats, workers, time spent.
 
     A RUNNING trial is stale when its last heartbeat is older than ``grace`` seconds (default:

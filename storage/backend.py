@@ -35,6 +35,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from storage import optuna_access
 from storage.errors import DatabaseUnavailable, StorageError
+from storage.reader import ReadOnlyStorage
 from storage.url import is_sqlite, mask_text, mask_url, sqlite_path
 
 log = logging.getLogger(__name__)
@@ -198,6 +199,15 @@ def open_storage(url: str, *, heartbeat: bool = True, check_version: bool = True
         raise DatabaseUnavailable(describe_db_error(url, e)) from None
     except RuntimeError as e:  # Optuna's schema-version mismatch
         raise StorageError(f"{mask_url(url)}: {e}") from None
+
+
+def open_reader(url: str) -> ReadOnlyStorage:
+    """A storage on ``url`` that only reads (``storage.reader.ReadOnlyStorage``): what the
+    commands that look use. It loads neither SQLAlchemy's ORM, Optuna's models nor Alembic,
+    and does not compare the schema's version with this Optuna's (a command checks that only
+    when a read fails: ``hpo.cli_inspect``). No connection is made before the first read."""
+    check_settings(url)
+    return ReadOnlyStorage(_plain_engine(url))
 
 
 def ensure_schema(url: str) -> None:

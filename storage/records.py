@@ -21,6 +21,7 @@ from optuna.trial import TrialState
 from storage import backend, optuna_access
 from storage.states import DIVERGED_REASON_PREFIX, is_diverged, state_name
 from storage.errors import StudyNotFound
+from storage.reader import ReadOnlyStorage
 
 PLAN_ATTR = "hpo"  # a stage's plan; written last when a stage is created: it publishes the stage
 RESULT_ATTR = "hpo_result"  # on the last stage: the final retrain's result, written once
@@ -257,13 +258,7 @@ def retries_of(storage: BaseStorage, study_id: int, number: int) -> list[int]:
 
 
 def read_all_trials(storage: BaseStorage, study_id: int) -> list[optuna.trial.FrozenTrial]:
-    """Every trial of a study, in number order, read in two queries (the workers' snapshot
-    reader) instead of Optuna's ORM objects: a report of 10,000 trials reads them about 4x
-    faster. ``storage`` is an RDBStorage."""
-    from storage.worker_storage import WorkerStorage
-
-    reader = WorkerStorage(storage)
-    try:
-        return reader.get_all_trials(study_id, deepcopy=False)
-    finally:
-        reader.close()
+    """Every trial of a study, in number order, read in two queries (``storage.reader``)
+    instead of Optuna's ORM objects: a report of 10,000 trials reads them about 4x faster.
+    ``storage`` is an RDB storage (anything with the ``engine`` of its database)."""
+    return ReadOnlyStorage(storage.engine).get_all_trials(study_id, deepcopy=False)

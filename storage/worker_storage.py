@@ -43,11 +43,10 @@ Optuna's private names this module uses, and why. ``tests/test_worker_storage_co
 runs Optuna's own storage tests, and Optuna's ``fail_stale_trials``, against this storage, so
 a change in any of them fails there:
 
-* ``optuna.storages._rdb.models``: the value encodings ``RDBStorage`` writes (infinities as
-  a type column beside the float: ``TrialValueModel.value_to_stored_repr`` /
-  ``stored_repr_to_value``, ``TrialIntermediateValueModel.intermediate_value_to_stored_repr`` /
-  ``stored_repr_to_intermediate_value`` and their ``TrialValueType`` /
-  ``TrialIntermediateValueType``), so the rows written here are the rows Optuna writes;
+* ``optuna.storages._rdb.models``: the value encodings ``RDBStorage`` writes (infinities and
+  NaN as a type column beside the float: ``TrialValueModel.value_to_stored_repr``,
+  ``TrialIntermediateValueModel.intermediate_value_to_stored_repr``), so the rows written here
+  are the rows Optuna writes (they are read back by ``storage.reader``, which decodes them);
 * ``optuna.storages._heartbeat.BaseHeartbeat``: the base Optuna's ``fail_stale_trials`` and
   ``study.optimize`` look for (``isinstance``) to find a storage with heartbeats;
 * ``BaseHeartbeat._get_stale_trial_ids``: what ``fail_stale_trials`` calls; implemented here by
@@ -66,7 +65,6 @@ import bisect
 import contextlib
 import copy
 import datetime
-import functools
 import json
 import operator
 import threading
@@ -84,31 +82,11 @@ from optuna.storages._rdb import models
 from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
+from storage.reader import TRIAL_COLUMNS, frozen_trial, parse_distribution, read_details
 from storage.states import state_name
 
 if TYPE_CHECKING:
     from optuna.study._frozen import FrozenStudy
-
-_VALUE_TYPE = models.TrialValueModel.TrialValueType
-_INTERMEDIATE_TYPE = models.TrialIntermediateValueModel.TrialIntermediateValueType
-
-# One row per param / attr / value of the trials asked for: (trial_id, kind, key, num, text,
-# int, id). Kinds: 0 param, 1 user attr, 2 system attr, 3 intermediate value, 4 value.
-_DETAILS = """
-SELECT trial_id, 0 AS kind, CAST(param_name AS VARCHAR(512)) AS key, CAST(param_value AS DOUBLE PRECISION) AS num,
-       CAST(distribution_json AS TEXT) AS text, CAST(NULL AS INTEGER) AS n, param_id AS id
-  FROM trial_params WHERE {where}
-UNION ALL SELECT trial_id, 1, key, NULL, value_json, NULL, trial_user_attribute_id
-  FROM trial_user_attributes WHERE {where}
-UNION ALL SELECT trial_id, 2, key, NULL, value_json, NULL, trial_system_attribute_id
-  FROM trial_system_attributes WHERE {where}
-UNION ALL SELECT trial_id, 3, CAST(intermediate_value_type AS VARCHAR(16)), intermediate_value, NULL, step, trial_intermediate_value_id
-  FROM trial_intermediate_values WHERE {where}
-UNION ALL SELECT trial_id, 4, CAST(value_type AS VARCHAR(16)), value, NULL, objective, trial_value_id
-  FROM trial_values WHERE {where}
-ORDER BY 1, 2, 7
-"""
-_MAX_IDS = 2000  # trial ids per details query (bound parameters stay far below every limit)
 
 
 class _Statements:
@@ -179,23 +157,6 @@ class _Statements:
                 clause = clause.bindparams(*(sqlalchemy.bindparam(name, expanding=True) for name in expanding))
             self._cache[key] = clause
         return self._cache[key]
-
-
-@functools.lru_cache(maxsize=256)
-def _distribution(text: str) -> distributions.BaseDistribution:
-    """A stored distribution, parsed once per text (a sync reads the same few texts for every
-    trial). The other way round is not cached: distributions compare equal across choice types
-    (``(1, 2) == (1.0, 2.0)``, ``(True, False) == (1, 0)``) where their JSON differs."""
-    return distributions.json_to_distribution(text)
-
-
-def _local(utc: datetime.datetime | str | None) -> datetime.datetime | None:
-    """A naive UTC timestamp as stored by Optuna -> naive local time, as Optuna returns it."""
-    if utc is None:
-        return None
-    if isinstance(utc, str):  # SQLite through a text query
-        utc = datetime.datetime.fromisoformat(utc)
-    return utc.replace(tzinfo=datetime.timezone.utc).astimezone().replace(tzinfo=None)
 
 
 def _utc(local: datetime.datetime) -> datetime.datetime:
@@ -440,7 +401,7 @@ class WorkerStorage(BaseStorage, BaseHeartbeat):
             unfinished = sorted(snap.unfinished)
             last_id = snap.last_id
             rescan = last_id < 0 or time.monotonic() - snap.rescanned_at >= self.rescan_seconds
-        columns = "trial_id, number, state, datetime_start, datetime_complete"
+        columns = TRIAL_COLUMNS
         params: dict[str, Any] = {"study_id": study_id, "last": last_id}
         if rescan:
             condition = "trial_id > :last OR state IN ('RUNNING', 'WAITING')"
@@ -468,8 +429,8 @@ class WorkerStorage(BaseStorage, BaseHeartbeat):
                     or old.state == TrialState.RUNNING
                     or old.state.name != state_name(r[2])
                 ]
-            details = self._details(conn, [r[0] for r in changed], study_id if last_id < 0 else None)
-        trials = [self._frozen(r, details.get(r[0])) for r in changed]
+            details = read_details(conn, [r[0] for r in changed], study_id if last_id < 0 else None)
+        trials = [frozen_trial(r, details.get(r[0])) for r in changed]
         with self._lock:
             for trial in trials:
                 snap.put(trial)
@@ -507,74 +468,19 @@ class WorkerStorage(BaseStorage, BaseHeartbeat):
     def read_trial(self, trial_id: int) -> FrozenTrial:
         """One trial as it is in the database now (two queries), whatever this worker holds."""
         query = sqlalchemy.text(
-            "SELECT trial_id, number, state, datetime_start, datetime_complete FROM trials WHERE trial_id = :id"
+            f"SELECT {TRIAL_COLUMNS} FROM trials WHERE trial_id = :id"
         )
         with self._connection() as conn:
             row = conn.execute(query, {"id": trial_id}).first()
             if row is None:
                 raise KeyError(f"No trial with trial_id {trial_id} exists.")
-            details = self._details(conn, [trial_id], None)
-        return self._frozen(row, details.get(trial_id))
+            details = read_details(conn, [trial_id])
+        return frozen_trial(row, details.get(trial_id))
 
     def _snapshot(self, study_id: int) -> _Snapshot:
         if study_id not in self._snapshots:
             self.sync(study_id)
         return self._snapshots[study_id]
-
-    def _details(self, conn: sqlalchemy.Connection, trial_ids: list[int], whole_study: int | None) -> dict[int, list]:
-        if not trial_ids:
-            return {}
-        rows: list = []
-        if whole_study is not None and len(trial_ids) > _MAX_IDS:
-            where = "trial_id IN (SELECT trial_id FROM trials WHERE study_id = :study_id)"
-            rows = conn.execute(self._sql.text(_DETAILS.format(where=where)), {"study_id": whole_study}).all()
-        else:
-            query = self._sql.text(_DETAILS.format(where="trial_id IN :ids"), expanding=("ids",))
-            for start in range(0, len(trial_ids), _MAX_IDS):
-                rows += conn.execute(query, {"ids": trial_ids[start : start + _MAX_IDS]}).all()
-        by_trial: dict[int, list] = {}
-        for row in rows:
-            by_trial.setdefault(row[0], []).append(row)
-        return by_trial
-
-    @staticmethod
-    def _frozen(row: Any, details: list | None) -> FrozenTrial:
-        trial_id, number, state, start, complete = row
-        params: dict[str, Any] = {}
-        dists: dict[str, distributions.BaseDistribution] = {}
-        user_attrs: dict[str, Any] = {}
-        system_attrs: dict[str, Any] = {}
-        intermediate: dict[int, float] = {}
-        values: dict[int, float] = {}
-        for _, kind, key, num, text, n, _ in details or ():
-            if kind == 0:
-                dist = _distribution(text)
-                dists[key] = dist
-                params[key] = dist.to_external_repr(num)
-            elif kind == 1:
-                user_attrs[key] = json.loads(text)
-            elif kind == 2:
-                system_attrs[key] = json.loads(text)
-            elif kind == 3:
-                intermediate[int(n)] = models.TrialIntermediateValueModel.stored_repr_to_intermediate_value(
-                    num, _INTERMEDIATE_TYPE[key]
-                )
-            else:
-                values[int(n)] = models.TrialValueModel.stored_repr_to_value(num, _VALUE_TYPE[key])
-        return FrozenTrial(
-            number=number,
-            state=TrialState[state_name(state)],
-            value=None,
-            values=[values[k] for k in sorted(values)] if values else None,
-            datetime_start=_local(start),
-            datetime_complete=_local(complete),
-            params=params,
-            distributions=dists,
-            user_attrs=user_attrs,
-            system_attrs=system_attrs,
-            intermediate_values=intermediate,
-            trial_id=trial_id,
-        )
 
     # -- the worker's own trials ---------------------------------------------------------------
     def create_new_trial(self, study_id: int, template_trial: FrozenTrial | None = None) -> int:
@@ -814,7 +720,7 @@ class WorkerStorage(BaseStorage, BaseHeartbeat):
                                "WHERE t.study_id = :study_id AND p.param_name = :name LIMIT 1")
         with self._connection() as conn:
             text = conn.execute(query, {"study_id": study_id, "name": param_name}).scalar()
-        return _distribution(text) if text is not None else None
+        return parse_distribution(text) if text is not None else None
 
     def set_trial_intermediate_value(self, trial_id: int, step: int, intermediate_value: float) -> None:
         with self._lock:

@@ -2,7 +2,7 @@
 
 Optuna may move any private name in any release. Each name the project uses is listed at the
 top of the module that uses it (storage/optuna_access.py, storage/optuna_tpe.py,
-storage/worker_storage.py) and checked here against the installed Optuna, so an upgrade fails
+storage/worker_storage.py, storage/reader.py) and checked here against the installed Optuna, so an upgrade fails
 in this one module with a message naming the private API that moved and who needs it. The
 version pin in pyproject.toml is the series this suite has passed on.
 """
@@ -10,6 +10,7 @@ version pin in pyproject.toml is the series this suite has passed on.
 from __future__ import annotations
 
 import inspect
+import math
 import time
 from collections.abc import Callable
 
@@ -192,6 +193,37 @@ def _(sqlite_url):
     quiet_study(storage=sqlite_url, study_name="s")
     (frozen,) = RDBStorage(sqlite_url).get_all_studies()
     assert isinstance(frozen, FrozenStudy)
+
+
+# -- storage/reader.py -------------------------------------------------------------------------
+@private("optuna.storages._rdb.models (the value type columns' names, as storage.reader decodes them)",
+         "storage/reader.py: reads values and intermediate values without loading the models")
+def _():
+    from optuna.storages._rdb import models
+
+    from storage.reader import NON_FINITE_VALUES, stored_value
+
+    value, intermediate = models.TrialValueModel, models.TrialIntermediateValueModel
+    cases = ((value.value_to_stored_repr, value.TrialValueType, (0.5, -2.0, math.inf, -math.inf)),
+             (intermediate.intermediate_value_to_stored_repr, intermediate.TrialIntermediateValueType,
+              (0.5, -2.0, math.inf, -math.inf, math.nan)))
+    for encode, kinds, values in cases:
+        assert {kind.name for kind in kinds} <= set(NON_FINITE_VALUES) | {"FINITE"}
+        for number in values:
+            stored, kind = encode(number)
+            back = stored_value(stored, kind.name)
+            assert back == number or (math.isnan(back) and math.isnan(number)), kind.name
+
+
+@private("optuna.study._frozen.FrozenStudy(study_name, direction, user_attrs, system_attrs, study_id, directions=)",
+         "storage/reader.py: builds the studies get_all_studies returns")
+def _():
+    from optuna.study import StudyDirection
+    from optuna.study._frozen import FrozenStudy
+
+    frozen = FrozenStudy(study_name="s", direction=None, user_attrs={"a": 1}, system_attrs={}, study_id=7,
+                         directions=[StudyDirection.MAXIMIZE])
+    assert (frozen.study_name, frozen.direction, frozen.user_attrs, frozen._study_id) == ("s", StudyDirection.MAXIMIZE, {"a": 1}, 7)
 
 
 # -- the runner --------------------------------------------------------------------------------
