@@ -59,6 +59,8 @@ EXTRA_TRIAL_COLUMNS = tuple(dict.fromkeys((
     "stage", "seed", "train_accuracy", "train_seconds", "overhead_seconds", "retry_of", "started", "completed",
     *SUMMARY_ATTRS,
 )))
+# The record's largest attrs, which no column of `hpo trials` reads: a listing leaves them unread.
+UNLISTED_ATTRS = ("histograms", "config")
 OPERATORS = ("!=", "<=", ">=", "==", "=", "<", ">")  # longest first, so "<=" is not read as "<"
 # The key of a trial row listing its parameter columns that do not apply to it (no column).
 NOT_APPLICABLE = "not_applicable"
@@ -288,8 +290,9 @@ def select_trials(
 
 
 def _read_trials(storage: BaseStorage, study_name: str, wanted: Sequence[TrialState] | None) -> list[FrozenTrial]:
-    """The study's trials in number order (in the chosen states), read in two queries."""
-    trials = records.read_all_trials(storage, storage.get_study_id_from_name(study_name))
+    """The study's trials in number order (in the chosen states), read in two queries, without
+    the attrs no column shows (UNLISTED_ATTRS)."""
+    trials = records.read_all_trials(storage, storage.get_study_id_from_name(study_name), omit_user_attrs=UNLISTED_ATTRS)
     return trials if wanted is None else [t for t in trials if t.state in wanted]
 
 

@@ -27,7 +27,7 @@ import datetime
 import functools
 import json
 import math
-from collections.abc import Container
+from collections.abc import Collection, Container
 from typing import Any, NoReturn
 
 import sqlalchemy
@@ -46,12 +46,13 @@ NON_FINITE_VALUES = {"INF_POS": math.inf, "INF_NEG": -math.inf, "NAN": math.nan}
 
 # One row per param / attr / value of the trials asked for: (trial_id, kind, key, num, text,
 # int, id). Kinds: 0 param, 1 user attr, 2 system attr, 3 intermediate value, 4 value.
+# {omit}: empty, or a condition that leaves out user attrs named in :omit.
 DETAILS_SQL = """
 SELECT trial_id, 0 AS kind, CAST(param_name AS VARCHAR(512)) AS key, CAST(param_value AS DOUBLE PRECISION) AS num,
        CAST(distribution_json AS TEXT) AS text, CAST(NULL AS INTEGER) AS n, param_id AS id
   FROM trial_params WHERE {where}
 UNION ALL SELECT trial_id, 1, key, NULL, value_json, NULL, trial_user_attribute_id
-  FROM trial_user_attributes WHERE {where}
+  FROM trial_user_attributes WHERE {where}{omit}
 UNION ALL SELECT trial_id, 2, key, NULL, value_json, NULL, trial_system_attribute_id
   FROM trial_system_attributes WHERE {where}
 UNION ALL SELECT trial_id, 3, CAST(intermediate_value_type AS VARCHAR(16)), intermediate_value, NULL, step, trial_intermediate_value_id
@@ -95,21 +96,26 @@ def stored_value(num: float | None, type_name: str) -> float:
     return NON_FINITE_VALUES[type_name] if type_name in NON_FINITE_VALUES else float(num)  # type: ignore[arg-type]
 
 
-def read_details(conn: sqlalchemy.Connection, trial_ids: list[int], whole_study: int | None = None) -> dict[int, list]:
+def read_details(conn: sqlalchemy.Connection, trial_ids: list[int], whole_study: int | None = None,
+                 omit_user_attrs: Collection[str] = ()) -> dict[int, list]:
     """The params, attrs and values of ``trial_ids``, per trial id (rows of DETAILS_SQL).
 
     ``whole_study``: the trials are every trial of that study; above MAX_IDS of them they are
-    selected by study, not listed."""
+    selected by study, not listed. ``omit_user_attrs``: user attrs not to read."""
     if not trial_ids:
         return {}
+    omit = " AND key NOT IN :omit" if omit_user_attrs else ""
+    binds: dict[str, Any] = {"omit": sorted(omit_user_attrs)} if omit_user_attrs else {}
+    expanding = ("omit",) if omit_user_attrs else ()
     rows: list = []
     if whole_study is not None and len(trial_ids) > MAX_IDS:
         where = "trial_id IN (SELECT trial_id FROM trials WHERE study_id = :study_id)"
-        rows = conn.execute(sql(DETAILS_SQL.format(where=where)), {"study_id": whole_study}).all()
+        query = sql(DETAILS_SQL.format(where=where, omit=omit), expanding)
+        rows = conn.execute(query, {"study_id": whole_study, **binds}).all()
     else:
-        query = sql(DETAILS_SQL.format(where="trial_id IN :ids"), ("ids",))
+        query = sql(DETAILS_SQL.format(where="trial_id IN :ids", omit=omit), ("ids", *expanding))
         for start in range(0, len(trial_ids), MAX_IDS):
-            rows += conn.execute(query, {"ids": trial_ids[start : start + MAX_IDS]}).all()
+            rows += conn.execute(query, {"ids": trial_ids[start : start + MAX_IDS], **binds}).all()
     by_trial: dict[int, list] = {}
     for row in rows:
         by_trial.setdefault(row[0], []).append(row)
@@ -248,10 +254,12 @@ class ReadOnlyStorage(BaseStorage):
         return int(rows[0][0])
 
     def get_all_trials(
-        self, study_id: int, deepcopy: bool = True, states: Container[TrialState] | None = None
+        self, study_id: int, deepcopy: bool = True, states: Container[TrialState] | None = None,
+        *, omit_user_attrs: Collection[str] = (),
     ) -> list[FrozenTrial]:
         """Every trial of the study in number order (or those in ``states``): two queries.
-        Each call builds new trials, so ``deepcopy`` changes nothing."""
+        Each call builds new trials, so ``deepcopy`` changes nothing. ``omit_user_attrs``: user
+        attrs left out of the trials (a view that does not show them need not read them)."""
         with self.engine.connect() as conn:
             rows = conn.execute(
                 sql(f"SELECT {TRIAL_COLUMNS} FROM trials WHERE study_id = :id ORDER BY number"), {"id": study_id}
@@ -262,7 +270,7 @@ class ReadOnlyStorage(BaseStorage):
             if states is not None:
                 rows = [r for r in rows if TrialState[state_name(r[2])] in states]
                 whole_study = None
-            details = read_details(conn, [r[0] for r in rows], whole_study)
+            details = read_details(conn, [r[0] for r in rows], whole_study, omit_user_attrs)
         return [frozen_trial(r, details.get(r[0])) for r in rows]
 
     def get_n_trials(self, study_id: int, state: tuple[TrialState, ...] | TrialState | None = None) -> int:

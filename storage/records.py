@@ -10,7 +10,7 @@ stage has failed are decided in ``workers.stageplan``. Storage stores, it does n
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import Any
 
 import optuna
@@ -257,8 +257,9 @@ def retries_of(storage: BaseStorage, study_id: int, number: int) -> list[int]:
     return [retry for _, retry, origin in backend.retry_origins(storage.engine, study_id) if origin == number]
 
 
-def read_all_trials(storage: BaseStorage, study_id: int) -> list[optuna.trial.FrozenTrial]:
+def read_all_trials(storage: BaseStorage, study_id: int, *, omit_user_attrs: Collection[str] = ()) -> list[optuna.trial.FrozenTrial]:
     """Every trial of a study, in number order, read in two queries (``storage.reader``)
     instead of Optuna's ORM objects: a report of 10,000 trials reads them about 4x faster.
-    ``storage`` is an RDB storage (anything with the ``engine`` of its database)."""
-    return ReadOnlyStorage(storage.engine).get_all_trials(study_id, deepcopy=False)
+    ``storage`` is an RDB storage (anything with the ``engine`` of its database);
+    ``omit_user_attrs``: user attrs the caller does not need, left unread."""
+    return ReadOnlyStorage(storage.engine).get_all_trials(study_id, deepcopy=False, omit_user_attrs=omit_user_attrs)

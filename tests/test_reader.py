@@ -201,3 +201,23 @@ def test_opening_connects_to_nothing_and_loads_no_orm(tmp_path):
     result = subprocess.run([sys.executable, "-c", code, url], capture_output=True, text=True, check=True,
                             cwd=Path(__file__).parent.parent)
     assert result.stdout.split(" ", 1) == ["3", "[]\n"], result.stdout + result.stderr
+
+
+def test_hpo_trials_reads_the_same_rows_without_the_attrs_it_does_not_show(tmp_path, monkeypatch):
+    """`hpo trials` leaves the record's largest attrs unread (hpo.inspect.UNLISTED_ATTRS): every
+    column, the diagnostic summaries included, is what it is when every attr is read."""
+    from benchmarks.report import generate
+    from hpo import inspect
+
+    url = f"sqlite:///{tmp_path / 'c.db'}"
+    backend.ensure_schema(url)
+    generate(url, "c", 60)
+    reader = backend.open_reader(url)
+    every_column = ",".join(inspect.select_trials(reader, "c").columns + list(inspect.EXTRA_TRIAL_COLUMNS))
+    shown = inspect.select_trials(reader, "c", columns=every_column)
+    monkeypatch.setattr(inspect, "UNLISTED_ATTRS", ())
+    whole = inspect.select_trials(reader, "c", columns=every_column)
+    trial = reader.get_all_trials(reader.get_study_id_from_name("c/stage-1"))[0]
+    reader.engine.dispose()
+    assert len(shown.rows) == 60 and shown == whole
+    assert {"histograms", "config"} <= set(trial.user_attrs)  # they were there to leave out
