@@ -11,26 +11,23 @@ nothing lost or repeated, and the dashboard must answer on the same database.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import re
 import shutil
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 import yaml
 from sqlalchemy.engine import make_url
 
-from tests.ledger import assert_nothing_lost_or_repeated
-from tests.pgcluster import free_port
+from tests.local_cluster import PASSWORD_FILE, SMALL_CAMPAIGN, Container, run_campaign
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE = ROOT / "docker-compose.yml"
-SECRET_IN_CONTAINER = "/run/secrets/db_password"
+SECRET_IN_CONTAINER = f"/run/secrets/{PASSWORD_FILE}"
 HPO_SERVICES = ("init", "coordinator", "worker", "dashboard")
 _VAR = re.compile(r"\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?::-(?P<default>[^}]*))?\}")
 
@@ -216,109 +213,16 @@ def test_no_hpo_process_holds_more_connections_than_the_docs_say(postgres_url, t
 
 
 # -- the services as local processes ------------------------------------------------------------
+def container(service: dict) -> Container:
+    """What a service's container runs: compose's ``command`` replaces the image's CMD, and its
+    secrets appear under /run/secrets."""
+    return Container(list(service["command"]), service_env(service), secrets_at=SECRET_IN_CONTAINER.rsplit("/", 1)[0])
+
+
 @pytest.mark.slow
 def test_the_compose_services_run_a_campaign_as_local_processes(postgres_url, tmp_path):
-    settings = {"HPO_CAMPAIGN": "composed", "HPO_STAGES": "2", "HPO_TRIALS": "4,3", "HPO_EPOCHS": "2,3",
-                "HPO_HEARTBEAT_INTERVAL": "1", "HPO_HEARTBEAT_GRACE": "3"}
-    compose = load_compose(settings)
-    services = compose["services"]
-    secret = tmp_path / "db_password"
-    secret.write_text("compose-test-pw-9c2d\n")  # trust authentication ignores it
-    port = free_port()
-
-    def local(name: str) -> tuple[list[str], dict[str, str]]:
-        service = services[name]
-        env = service_env(service)
-        url = make_url(env["HPO_STORAGE"])
-        assert url.host == "db"
-        env["HPO_STORAGE"] = make_url(postgres_url).set(drivername=url.drivername).render_as_string(hide_password=False)
-        env["HPO_DB_PASSWORD_FILE"] = str(secret)
-        argv = list(service["command"])
-        if "--port" in argv:
-            argv[argv.index("--port") + 1] = str(port)
-        argv = [sys.executable, "-m", "hpo", *argv[1:]] if argv[0] == "hpo" else [sys.executable, *argv[1:]]
-        keep = {k: v for k, v in os.environ.items() if not k.startswith("HPO_")}
-        return argv, {**keep, "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", **env}
-
-    procs: dict[str, subprocess.Popen] = {}
-    logs: dict[str, Path] = {}
-
-    def start(name: str, label: str | None = None) -> subprocess.Popen:
-        label = label or name
-        argv, env = local(name)
-        logs[label] = tmp_path / f"{label}.log"
-        out = open(tmp_path / f"{label}.out", "wb")
-        with open(logs[label], "wb") as err:
-            procs[label] = subprocess.Popen(argv, env=env, cwd=ROOT, stdin=subprocess.DEVNULL, stdout=out, stderr=err)
-        out.close()
-        return procs[label]
-
-    def finish(label: str, timeout: float) -> str:
-        try:
-            code = procs[label].wait(timeout)
-        except subprocess.TimeoutExpired:
-            raise AssertionError(f"{label} still running after {timeout}s:\n{logs[label].read_text()[-3000:]}") from None
-        text = logs[label].read_text(errors="replace")
-        assert code == 0, f"{label} exited {code}:\n{text[-3000:]}"
-        return text
-
-    try:
-        start("init")
-        finish("init", 120)  # depends_on: service_completed_successfully
-        start("coordinator")
-        replicas = services["worker"]["deploy"]["replicas"]
-        for i in range(replicas):
-            start("worker", f"worker-{i}")
-        start("dashboard")
-
-        studies = _wait_for_dashboard(port, procs["dashboard"], logs["dashboard"])
-        assert isinstance(studies, list)
-
-        coordinator_log = finish("coordinator", 300)
-        worker_logs = "".join(finish(f"worker-{i}", 60) for i in range(replicas))
-        summary = json.loads((tmp_path / "coordinator.out").read_text())
-        assert [s["study"] for s in summary["stages"]] == ["composed/stage-1", "composed/stage-2"]
-        shown = _get_json(port, "/api/studies")["study_summaries"]
-        assert {"composed/stage-1", "composed/stage-2"} <= {s["study_name"] for s in shown}
-    finally:
-        for p in procs.values():
-            if p.poll() is None:
-                p.terminate()
-        for p in procs.values():
-            try:
-                p.wait(10)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait(5)
-
-    assert_nothing_lost_or_repeated(postgres_url, "composed")
-    # What `docker compose logs` shows: the coordinator's progress as plain lines, each stage to
-    # its budget (no terminal: no bars, no escape codes), and each trial as a worker ended it.
-    assert "stage 1/2 · 2 epochs: 4/4 finished" in coordinator_log, coordinator_log
-    assert "stage 2/2 · 3 epochs: 3/3 finished" in coordinator_log, coordinator_log
-    assert "\x1b" not in coordinator_log and "\r" not in coordinator_log
-    ended = re.findall(r"trial \d+ of composed/stage-\d: (?:COMPLETE|PRUNED|DIVERGED|FAIL)\b.*; .*learning_rate=", worker_logs)
-    assert len(ended) >= 7, worker_logs
-    everything = "".join(path.read_text(errors="replace") for path in tmp_path.glob("*.log"))
-    assert "compose-test-pw-9c2d" not in everything
-
-
-def _get_json(port: int, path: str):
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as response:
-        assert response.status == 200
-        return json.loads(response.read())
-
-
-def _wait_for_dashboard(port: int, process: subprocess.Popen, log: Path, timeout: float = 60):
-    """The dashboard's page and its list of studies, once it answers."""
-    deadline = time.monotonic() + timeout
-    while True:
-        assert process.poll() is None, f"the dashboard exited:\n{log.read_text()[-3000:]}"
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=5) as response:
-                assert response.status == 200
-            return _get_json(port, "/api/studies")["study_summaries"]
-        except OSError:
-            if time.monotonic() > deadline:
-                raise AssertionError(f"the dashboard did not answer within {timeout}s:\n{log.read_text()[-3000:]}") from None
-            time.sleep(0.2)
+    services = load_compose({"HPO_CAMPAIGN": "composed", **SMALL_CAMPAIGN})["services"]
+    run_campaign(tmp_path, postgres_url, "composed", db_host="db", schema=[container(services["init"])],
+                 coordinator=container(services["coordinator"]),
+                 workers=[container(services["worker"])] * services["worker"]["deploy"]["replicas"],
+                 dashboard=container(services["dashboard"]))
