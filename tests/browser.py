@@ -70,6 +70,7 @@ _MEASURE_FIGURES = """
       title: title ? title.textContent : "",
       width: box.width, height: box.height,
       marks: marks, painted_canvases: canvases,
+      background: div._fullLayout ? div._fullLayout.plot_bgcolor : "",
     };
   });
 }
@@ -94,6 +95,7 @@ class FigureCheck:
     height: float
     marks: int  # SVG shapes drawn by the traces
     painted_canvases: int  # WebGL canvases with at least one pixel drawn
+    background: str  # the plot area's colour as drawn (the page's template sets it)
 
     @property
     def drawn(self) -> bool:

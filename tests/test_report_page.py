@@ -93,6 +93,8 @@ def test_every_figure_is_drawn_offline_without_an_error(report):
     assert [f.title for f in check.figures] == [f.layout.title.text and html.unescape(f.layout.title.text) for f in figures]
     assert all(f.drawn for f in check.figures), check.figures
     assert check.figures[4].painted_canvases > 0  # the WebGL one, drawn on a canvas
+    # the page's one template (hpo.report.common.TEMPLATE, plotly_white) reaches every figure
+    assert {f.background for f in check.figures} == {"white"}
     assert not is_blank(check.screenshot)
 
 

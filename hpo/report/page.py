@@ -18,10 +18,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import plotly.graph_objects as go
-import plotly.utils
+import plotly.io
 import plotly.offline
+import plotly.utils
 
 from hpo.output import visible
+from hpo.report.common import TEMPLATE
 
 # What each figure's tool bar offers: zoom and pan are Plotly's defaults; "download as PNG"
 # saves the figure as an image from the page, at twice the screen's resolution.
@@ -113,8 +115,10 @@ class HoverTexts:
         return [self._indexes(v) for v in values]
 
     def shared(self, figure: go.Figure) -> dict[str, Any]:
-        """The figure's JSON form, its text arrays replaced by ``{"shared": [indexes]}``."""
+        """The figure's JSON form, its text arrays replaced by ``{"shared": [indexes]}`` and
+        without the template Plotly adds to each: the page draws every figure with its one."""
         spec = figure.to_plotly_json()
+        spec.get("layout", {}).pop("template", None)
         for trace in spec.get("data", []):
             for key in self.KEYS:
                 values = trace.get(key)
@@ -137,7 +141,7 @@ function hpoUnshare(v) { return Array.isArray(v) ? v.map(hpoUnshare) : HOVER_TEX
 function hpoDraw(id, f) {
   for (const trace of f.data) for (const key of ["text", "hovertext"])
     if (trace[key] && trace[key].shared) trace[key] = hpoUnshare(trace[key].shared);
-  Plotly.newPlot(id, f.data, f.layout || {}, PLOT_CONFIG);
+  Plotly.newPlot(id, f.data, Object.assign(f.layout || {}, {template: TEMPLATE}), PLOT_CONFIG);
 }
 """
 
@@ -168,7 +172,8 @@ def render_page(title: str, sections: Sequence[Section], *, banner: str | None =
         '<meta name="viewport" content="width=device-width, initial-scale=1">',
         f"<title>{_text(title)}</title><style>{_STYLE}</style>",
         f"<script>{plotly.offline.get_plotlyjs()}</script>",
-        f"<script>const PLOT_CONFIG = {json.dumps(PLOT_CONFIG)};{_DRAW}</script>",
+        f"<script>const PLOT_CONFIG = {json.dumps(PLOT_CONFIG)};{_DRAW}"
+        f"const TEMPLATE = {script_json(plotly.io.templates[TEMPLATE].to_plotly_json())};</script>",
         "",  # the hover texts' table, filled in once every figure is written
 
         "</head><body>",
