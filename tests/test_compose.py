@@ -248,8 +248,10 @@ def test_the_compose_services_run_a_campaign_as_local_processes(postgres_url, tm
         argv, env = local(name)
         logs[label] = tmp_path / f"{label}.log"
         out = open(tmp_path / f"{label}.out", "wb")
+        # A service with a working folder of its own (the coordinator's results) gets a temporary one.
+        cwd = tmp_path if services[name].get("working_dir") else ROOT
         with open(logs[label], "wb") as err:
-            procs[label] = subprocess.Popen(argv, env=env, cwd=ROOT, stdin=subprocess.DEVNULL, stdout=out, stderr=err)
+            procs[label] = subprocess.Popen(argv, env=env, cwd=cwd, stdin=subprocess.DEVNULL, stdout=out, stderr=err)
         out.close()
         return procs[label]
 
@@ -278,6 +280,7 @@ def test_the_compose_services_run_a_campaign_as_local_processes(postgres_url, tm
         worker_logs = "".join(finish(f"worker-{i}", 60) for i in range(replicas))
         summary = json.loads((tmp_path / "coordinator.out").read_text())
         assert [s["study"] for s in summary["stages"]] == ["composed/stage-1", "composed/stage-2"]
+        assert (tmp_path / summary["report"]).is_file() and (tmp_path / summary["model"]).is_file()
         shown = _get_json(port, "/api/studies")["study_summaries"]
         assert {"composed/stage-1", "composed/stage-2"} <= {s["study_name"] for s in shown}
     finally:
