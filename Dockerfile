@@ -6,7 +6,9 @@
 #   PIP_INDEX_URL   the package index to install from, for a build behind a mirror (default PyPI)
 # and one optional BuildKit secret, for an index behind a TLS-inspecting proxy:
 #   pip_cert        a CA bundle for pip: docker build --secret id=pip_cert,src=CA.pem ...
-# Neither the index nor the CA bundle stays in the image.
+# Neither the index nor the CA bundle stays in the image. The build needs BuildKit: the default of
+# `docker compose` and of `docker build` since Docker 23; with docker-compose 1.x set
+# DOCKER_BUILDKIT=1 COMPOSE_DOCKER_CLI_BUILD=1.
 ARG BASE_IMAGE=python:3.11-slim
 FROM ${BASE_IMAGE}
 

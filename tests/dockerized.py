@@ -9,6 +9,8 @@ No image can be pulled where the test runs, so the images are made here:
   the official postgres:15 image;
 * the project's own Dockerfile, built on that base (build argument ``BASE_IMAGE``).
 
+The last two are named for the run and removed after it; the build cache keeps their layers.
+
 Builds run on the host network, with the package index and CA bundle that pip uses on this
 machine (``pip config list``) handed to the build as a build argument and a BuildKit secret,
 so nothing about the machine is written into the repository or left in an image.
@@ -30,7 +32,6 @@ POSTGRES_IMAGE_DIR = Path(__file__).resolve().parent / "postgres-image"
 SUITE = "bookworm"  # Debian 12: Python 3.11, PostgreSQL 15
 BASE_PACKAGES = "python3,python3-pip,python3-venv,tini,ca-certificates"
 BASE_IMAGE = f"hpo-test-base:{SUITE}"
-POSTGRES_IMAGE = "hpo-test-postgres:15"
 
 
 def run(argv: list[str], *, timeout: float = 120, check: bool = True, **kwargs) -> subprocess.CompletedProcess:
@@ -167,10 +168,17 @@ def build(tag: str, context: Path, **build_args: str) -> float:
     return time.monotonic() - started
 
 
-def build_images(hpo_tag: str) -> dict[str, float]:
-    """The base (cached by name), PostgreSQL and the project's image; the seconds each took."""
+def image_names(run_name: str) -> dict[str, str]:
+    """The images of one run: named for it, so that builds of other checkouts on the same engine
+    do not swap them (the build cache makes them again at once)."""
+    return {"postgres": f"hpo-test-postgres:{run_name}", "hpo": f"hpo-test:{run_name}"}
+
+
+def build_images(names: dict[str, str]) -> dict[str, float]:
+    """The base (kept by name), then PostgreSQL and the project's image (``names``, from
+    :func:`image_names`); the seconds each took."""
     return {
         "base image (debootstrap)": make_base_image(),
-        "postgres image": build(POSTGRES_IMAGE, POSTGRES_IMAGE_DIR, BASE_IMAGE=BASE_IMAGE),
-        "hpo image": build(hpo_tag, ROOT, BASE_IMAGE=BASE_IMAGE),
+        "postgres image": build(names["postgres"], POSTGRES_IMAGE_DIR, BASE_IMAGE=BASE_IMAGE),
+        "hpo image": build(names["hpo"], ROOT, BASE_IMAGE=BASE_IMAGE),
     }

@@ -159,26 +159,26 @@ def exited(container: str) -> int | None:
 def test_the_compose_file_runs_a_campaign_through_faults_on_docker(tmp_path):
     phases = Phases()
     project = f"hpotest{secrets.token_hex(4)}"
-    hpo_image = f"hpo-compose-test:{project}"
     password = secrets.token_urlsafe(24)
     (tmp_path / "secrets").mkdir(mode=0o700)  # as docker-compose.yml says to keep it
     secret = tmp_path / "secrets" / "db_password"
     secret.write_text(password + "\n")
     secret.chmod(0o644)
     port = free_port()
+    images = dockerized.image_names(project)
     override = tmp_path / "docker-compose.override.yml"
     override.write_text(
         "# Images this machine cannot pull, made offline by tests/dockerized.py.\n"
         "services:\n"
-        f"  db:\n    image: {dockerized.POSTGRES_IMAGE}\n"
-        + "".join(f"  {service}:\n    image: {hpo_image}\n" for service in HPO_SERVICES)
+        f"  db:\n    image: {images['postgres']}\n"
+        + "".join(f"  {service}:\n    image: {images['hpo']}\n" for service in HPO_SERVICES)
     )
     env = {k: v for k, v in os.environ.items() if not k.startswith("HPO_")}
     env.update(SETTINGS, HPO_DB_PASSWORD_FILE_HOST=str(secret), HPO_DASHBOARD_PORT=str(port))
     cluster = Cluster(project, override, env, password)
 
     with phases("images"):
-        for name, seconds in dockerized.build_images(hpo_image).items():
+        for name, seconds in dockerized.build_images(images).items():
             phases.add(f"images: {name}", seconds)
     try:
         with phases("up: db healthy, init done, services started"):
@@ -188,15 +188,16 @@ def test_the_compose_file_runs_a_campaign_through_faults_on_docker(tmp_path):
         workers = cluster.containers("worker")
         assert len(workers) == WORKERS and all(exited(w) is None for w in workers), workers
 
-        seen_processes: list[str] = []
+        seen: list[tuple[str, str]] = []  # (where, text) that must not hold the password
         with phases("every hpo process runs as the image's user"):
             for service in ("coordinator", "worker", "dashboard"):
                 for container in cluster.containers(service):
                     rows = processes(container)
                     assert rows, f"{service}: no process"
                     assert {r["uid"] for r in rows} == {str(HPO_UID)}, f"{service}: {rows}"
-                    seen_processes += [r["args"] for r in rows]
-            seen_processes += [r["args"] for r in processes(cluster.one("db"))]
+                    seen += [(f"ps of {service}", r["args"]) for r in rows]
+            assert inspect(init)["Config"]["User"] == "hpo"  # it has exited: its user, as the image says
+            seen += [("ps of db", r["args"]) for r in processes(cluster.one("db"))]
 
         with phases("a worker container killed in the middle of a trial"):
             study, target = wait_until(fresh_trial(cluster), 120, "a worker in the middle of a trial")
@@ -240,22 +241,27 @@ def test_the_compose_file_runs_a_campaign_through_faults_on_docker(tmp_path):
             def listed():
                 with contextlib.suppress(OSError, urllib.error.URLError):
                     return {s["study_name"] for s in _get_json(port, "/api/studies")["study_summaries"]}
-            assert set(STAGES) <= (wait_until(listed, 60, "the dashboard to answer") or set())
+            assert set(STAGES) <= wait_until(listed, 60, "the dashboard to answer")
 
         made = run(["docker", "volume", "ls", "-q", "--filter", f"label={LABEL}.project={project}"]).stdout.split()
         assert {f"{project}_pgdata", f"{project}_results"} <= set(made), made
 
         with phases("the password in no inspect, process or log"):
-            everything = [cluster.logs(), logs.stdout, logs.stderr, *seen_processes]
+            seen += [("docker-compose logs", cluster.logs()), ("the coordinator's log", logs.stdout + logs.stderr)]
             for container in cluster.containers():
-                everything.append(json.dumps(inspect(container)))
+                name = inspect(container)["Name"]
+                seen.append((f"docker inspect {name}", json.dumps(inspect(container))))
                 if exited(container) is None:
-                    everything += [r["args"] for r in processes(container)]
-            assert not [text[:200] for text in everything if password in text]
+                    seen += [(f"ps of {name}", r["args"]) for r in processes(container)]
+            assert not [where for where, text in seen if password in text]  # where, never the text
+    except BaseException:
+        with contextlib.suppress(Exception):  # what the services said, to see why (the password masked)
+            print(f"--- docker-compose logs (last lines) ---\n{cluster.logs().replace(password, '***')[-6000:]}")
+        raise
     finally:
         with phases("down -v"):
             cluster.compose("down", "-v", "--remove-orphans", "-t", "10", timeout=180)
-            run(["docker", "image", "rm", hpo_image], check=False)
+            run(["docker", "image", "rm", *images.values()], check=False)
     label = f"label={LABEL}.project={project}"
     assert run(["docker", "ps", "-aq", "--filter", label]).stdout.split() == []
     assert run(["docker", "network", "ls", "-q", "--filter", label]).stdout.split() == []
