@@ -3,7 +3,8 @@
 PostgreSQL tests skip with a reason when no server is reachable, unless HPO_REQUIRE_POSTGRES=1
 (as in CI), where an unreachable server is an error. The server is taken from
 HPO_TEST_POSTGRES (an admin URL), default postgresql://postgres@127.0.0.1:5432/postgres.
-Tests marked ``browser`` likewise skip without Chromium and Playwright, unless HPO_REQUIRE_BROWSER=1.
+Tests marked ``browser`` likewise skip without Chromium and Playwright, unless HPO_REQUIRE_BROWSER=1,
+and tests marked ``docker`` without a Docker engine, unless HPO_REQUIRE_DOCKER=1.
 """
 
 from __future__ import annotations
@@ -71,16 +72,32 @@ def storage_url(request) -> str:
     return request.getfixturevalue("postgres_url")
 
 
-@pytest.hookimpl(tryfirst=True)
-def pytest_runtest_setup(item: pytest.Item) -> None:
-    """Tests marked ``browser`` skip with a reason when Chromium or Playwright is missing, unless
-    HPO_REQUIRE_BROWSER=1 (as in CI), where a missing browser is an error."""
-    if item.get_closest_marker("browser") is None:
-        return
+def _browser_missing() -> str | None:
     from tests.browser import missing
 
-    reason = missing()
-    if reason:
-        if os.environ.get("HPO_REQUIRE_BROWSER") == "1":
-            pytest.fail(f"{reason}, and HPO_REQUIRE_BROWSER=1")
-        pytest.skip(reason)
+    return missing()
+
+
+def _docker_missing() -> str | None:
+    from tests.dockerized import missing
+
+    return missing()
+
+
+# marker -> (what is missing, or None; the variable that makes a missing one an error)
+NEEDS = {"browser": (_browser_missing, "HPO_REQUIRE_BROWSER"), "docker": (_docker_missing, "HPO_REQUIRE_DOCKER")}
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """Tests marked ``browser`` skip with a reason when Chromium or Playwright is missing, and
+    tests marked ``docker`` when no Docker engine answers, unless HPO_REQUIRE_BROWSER=1 or
+    HPO_REQUIRE_DOCKER=1 (as in CI), where what is missing is an error."""
+    for marker, (missing, required) in NEEDS.items():
+        if item.get_closest_marker(marker) is None:
+            continue
+        reason = missing()
+        if reason:
+            if os.environ.get(required) == "1":
+                pytest.fail(f"{reason}, and {required}=1")
+            pytest.skip(reason)

@@ -150,6 +150,9 @@ def run_campaign(tmp_path: Path, postgres_url: str, campaign: str, *, db_host: s
         worker_logs = "".join(run.finish(f"worker-{i}", 60) for i in range(len(workers)))
         summary = json.loads(run.out("coordinator"))
         assert [s["study"] for s in summary["stages"]] == [f"{campaign}/stage-1", f"{campaign}/stage-2"]
+        # the report and the model, written in the coordinator's working folder
+        assert (run.folder / "coordinator" / summary["report"]).is_file(), summary
+        assert (run.folder / "coordinator" / summary["model"]).is_file(), summary
         shown = get_json(port, "/api/studies")["study_summaries"]
         assert {f"{campaign}/stage-1", f"{campaign}/stage-2"} <= {s["study_name"] for s in shown}
 
