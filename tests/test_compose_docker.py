@@ -39,7 +39,7 @@ from tests import dockerized
 from tests.dockerized import run
 from tests.ledger import assert_nothing_lost_or_repeated
 from tests.pgcluster import free_port
-from tests.test_compose import _get_json
+from tests.local_cluster import get_json
 from tests.test_faults import retry_taken, running, trial_state, wait_until
 from workers import stageplan
 
@@ -240,7 +240,7 @@ def test_the_compose_file_runs_a_campaign_through_faults_on_docker(tmp_path):
         with phases("the dashboard lists the studies"):
             def listed():
                 with contextlib.suppress(OSError, urllib.error.URLError):
-                    return {s["study_name"] for s in _get_json(port, "/api/studies")["study_summaries"]}
+                    return {s["study_name"] for s in get_json(port, "/api/studies")["study_summaries"]}
             assert set(STAGES) <= wait_until(listed, 60, "the dashboard to answer")
 
         made = run(["docker", "volume", "ls", "-q", "--filter", f"label={LABEL}.project={project}"]).stdout.split()
