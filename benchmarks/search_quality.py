@@ -9,8 +9,9 @@ trial seeds follow it):
   (repeatable) runs it once per narrowing rule for categorical choices (``hpo search
   --min-choice-trials MIN --keep-choices KEEP``), each named ``c2f MIN/KEEP``;
   ``--rule MIN:KEEP:MARGIN:WIDTH`` also sets the ranges' rule (the campaign's ``margin`` and
-  ``min_width``, see hpo/narrow.py), named ``c2f MIN/KEEP/MARGIN/WIDTH``; without it, the
-  defaults, named ``c2f``;
+  ``min_width``, see hpo/narrow.py), named ``c2f MIN/KEEP/MARGIN/WIDTH``, and
+  ``--rule MIN:KEEP:MARGIN:WIDTH:TOP`` the share of a stage's best trials the ranges come from
+  (``--top-quantile``); without it, the defaults, named ``c2f``;
 - **c2f-half**: the same campaign (the first rule) with half the trials per stage
   (30 / 15 / 8), held to half the epochs c2f spent: if it spends more, its result is what it
   would have ended with had it been stopped at that point (its trials in the order they ran,
@@ -67,7 +68,7 @@ if __package__ in (None, ""):
 import optuna  # noqa: E402
 
 from benchmarks.common import dump_json, machine, median, print_table, sqlite_database  # noqa: E402
-from hpo.campaign import FINAL_CANDIDATES, CampaignSpec, final_candidates, final_evaluation, run_campaign  # noqa: E402
+from hpo.campaign import DEFAULT_TOP_QUANTILE, FINAL_CANDIDATES, CampaignSpec, final_candidates, final_evaluation, run_campaign  # noqa: E402
 from hpo.local import BLAS_THREAD_VARS  # noqa: E402
 from hpo.narrow import KEEP_CHOICES, MARGIN, MIN_CHOICE_TRIALS, MIN_WIDTH  # noqa: E402
 from storage import backend  # noqa: E402
@@ -76,7 +77,7 @@ from workers.space import default_space  # noqa: E402
 from workers.worker import Worker, WorkerOptions  # noqa: E402
 
 FINAL_EPOCHS = 30
-Rule = tuple  # (min_choice_trials, keep_choices) or (min_choice_trials, keep_choices, margin, min_width)
+Rule = tuple  # (min_choice_trials, keep_choices[, margin, min_width[, top_quantile]])
 DATASETS = ("digits", "mnist1d")  # built in, no files: the same data on every machine
 
 
@@ -149,11 +150,12 @@ def campaign(url: str, name: str, seed: int, trials: list[int], epochs: list[int
              rule: Rule = (MIN_CHOICE_TRIALS, KEEP_CHOICES)) -> dict[str, Any]:
     """A coarse-to-fine campaign, its coordinator and one worker in this process (``budget``:
     the result as if it had been stopped once it spent that many epochs, see stopped_at;
-    ``rule``: the narrowing's (min_choice_trials, keep_choices[, margin, min_width]))."""
-    margin, min_width = rule[2:] if len(rule) == 4 else (MARGIN, MIN_WIDTH)
+    ``rule``: the narrowing's (min_choice_trials, keep_choices[, margin, min_width[, top_quantile]]))."""
+    margin, min_width = rule[2:4] if len(rule) >= 4 else (MARGIN, MIN_WIDTH)
+    top_quantile = rule[4] if len(rule) == 5 else DEFAULT_TOP_QUANTILE
     spec = CampaignSpec(name=name, space=default_space(), dataset=dataset, stages=len(trials), trials=trials,
                         epochs=epochs, seed=seed, min_choice_trials=rule[0], keep_choices=rule[1],
-                        margin=margin, min_width=min_width)
+                        margin=margin, min_width=min_width, top_quantile=top_quantile)
     backend.ensure_schema(url)
     worker = Worker(WorkerOptions(storage_url=url, campaign=name, seed=seed, poll_seconds=0.05))
     thread = threading.Thread(target=worker.run, name="worker", daemon=True)
@@ -342,19 +344,22 @@ def rule_dict(rule: Rule) -> dict[str, Any]:
 
 def parse_rule(text: str) -> Rule:
     """``MIN:KEEP`` -> (min_choice_trials, keep_choices), each an integer >= 1;
-    ``MIN:KEEP:MARGIN:WIDTH`` -> the same and the ranges' margin (>= 0) and min_width (in (0, 1])."""
+    ``MIN:KEEP:MARGIN:WIDTH`` -> the same and the ranges' margin (>= 0) and min_width (in (0, 1]);
+    ``MIN:KEEP:MARGIN:WIDTH:TOP`` -> and the top quantile of trials the ranges keep (in (0, 1])."""
     parts = text.split(":")
     try:
-        if len(parts) not in (2, 4):
+        if len(parts) not in (2, 4, 5):
             raise ValueError
         low, keep = int(parts[0]), int(parts[1])
         ranges = tuple(float(p) for p in parts[2:])
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected MIN:KEEP or MIN:KEEP:MARGIN:WIDTH, got {text!r}") from None
+        raise argparse.ArgumentTypeError(f"expected MIN:KEEP[:MARGIN:WIDTH[:TOP]], got {text!r}") from None
     if low < 1 or keep < 1:
         raise argparse.ArgumentTypeError(f"MIN and KEEP must be >= 1, got {text!r}")
     if ranges and not (ranges[0] >= 0 and 0 < ranges[1] <= 1):
         raise argparse.ArgumentTypeError(f"MARGIN must be >= 0 and WIDTH in (0, 1], got {text!r}")
+    if len(ranges) == 3 and not 0 < ranges[2] <= 1:
+        raise argparse.ArgumentTypeError(f"TOP must be in (0, 1], got {text!r}")
     return (low, keep, *ranges)
 
 
@@ -363,10 +368,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dataset", choices=DATASETS, default="digits", help="digits (359 test images) or mnist1d (1,000)")
     parser.add_argument("--seeds", type=int, default=None, help="how many seeds (default 5)")
     parser.add_argument("--first-seed", type=int, default=0, help="seeds first-seed .. first-seed + seeds - 1")
-    parser.add_argument("--rule", dest="rules", type=parse_rule, action="append", metavar="MIN:KEEP[:MARGIN:WIDTH]",
-                        help="run the campaign with --min-choice-trials MIN --keep-choices KEEP, and the ranges' "
-                             "margin and min_width (repeatable; default "
-                             f"{MIN_CHOICE_TRIALS}:{KEEP_CHOICES}:{MARGIN:g}:{MIN_WIDTH:g})")
+    parser.add_argument("--rule", dest="rules", type=parse_rule, action="append", metavar="MIN:KEEP[:MARGIN:WIDTH[:TOP]]",
+                        help="run the campaign with --min-choice-trials MIN --keep-choices KEEP, the ranges' "
+                             "margin and min_width, and the top quantile (repeatable; default "
+                             f"{MIN_CHOICE_TRIALS}:{KEEP_CHOICES}:{MARGIN:g}:{MIN_WIDTH:g}:{DEFAULT_TOP_QUANTILE:g})")
     parser.add_argument("--no-half", action="store_true", help="leave out c2f-half")
     parser.add_argument("--jobs", type=int, default=1, help="seeds run at once, each in its own process")
     parser.add_argument("--trials", help="trials per stage, a comma list (default 60,30,15; --quick 12,6,3)")
