@@ -48,6 +48,7 @@ from workers.run import Evaluation, cached_dataset, train_and_test
 from workers.space import SearchSpace
 from workers.stageplan import StagePlan
 from workers.train import TrainConfig, TrainingDiverged
+from workers.worker import doubling_pauses
 
 # The lecture: about 1 epoch, then a few, then many; fewer trials as each gets longer.
 DEFAULT_EPOCHS = (2, 8, 30)
@@ -440,7 +441,9 @@ def wait_for_stage(
 ) -> dict[str, int]:
     """Block until the stage is complete, reaping stale trials as the workers would (and
     riding out database errors as they do). Raises StageFailed when its failure budget is
-    spent (the first to see it, a worker or this, marks the stage failed)."""
+    spent (the first to see it, a worker or this, marks the stage failed). It looks again
+    after 0.05 s, then ever less often up to every ``poll_seconds``: a short stage is seen
+    ending at once."""
     study = backend.retrying(lambda: optuna.load_study(study_name=plan.study_name, storage=storage), "load the stage", url)
 
     def poll() -> tuple[dict[str, int], dict[str, Any], float | None]:
@@ -457,6 +460,7 @@ def wait_for_stage(
         shown = records.count_outcomes(storage, plan.study_name)
         return counts, attrs, records.best_value(storage, plan.study_name), shown
 
+    pauses = doubling_pauses(poll_seconds)
     while True:
         counts, attrs, best, shown = backend.retrying(poll, f"watch stage {plan.stage}", url)
         progress.stage_progress(plan, shown, best)
@@ -469,7 +473,7 @@ def wait_for_stage(
                 f"all local workers exited before stage {plan.stage} met its budget ({counts}); "
                 f"their logs are in {workers.log_dir}"
             )
-        time.sleep(poll_seconds)
+        time.sleep(next(pauses))
 
 
 # -- the final evaluation ------------------------------------------------------------------

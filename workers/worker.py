@@ -291,10 +291,7 @@ class Worker:
         """The pauses between looks for the schema or the campaign: short at first, so a worker
         started together with its campaign (`hpo search` starts its workers first) takes its
         first trial as soon as the stage exists, then ``poll_seconds``."""
-        pause = min(0.05, self.options.poll_seconds)
-        while True:
-            yield pause
-            pause = min(self.options.poll_seconds, 2 * pause)
+        return doubling_pauses(self.options.poll_seconds)
 
     def _wait_for_campaign(self) -> list[StagePlan]:
         deadline = time.monotonic() + self.options.wait_for_campaign_seconds
@@ -526,6 +523,15 @@ class _RetryingTrial:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._trial, name)
+
+
+def doubling_pauses(longest: float, first: float = 0.05) -> Iterator[float]:
+    """Pauses between looks at something about to happen: ``first`` seconds, doubling up to
+    ``longest``. What is ready at once is seen at once, and a long wait costs few looks."""
+    pause = min(first, longest)
+    while True:
+        yield pause
+        pause = min(longest, 2 * pause)
 
 
 def suggest_all(trial: optuna.Trial, space: SearchSpace) -> None:
