@@ -151,11 +151,8 @@ def campaign(url: str, name: str, seed: int, trials: list[int], epochs: list[int
     """A coarse-to-fine campaign, its coordinator and one worker in this process (``budget``:
     the result as if it had been stopped once it spent that many epochs, see stopped_at;
     ``rule``: the narrowing's (min_choice_trials, keep_choices[, margin, min_width[, top_quantile]]))."""
-    margin, min_width = rule[2:4] if len(rule) >= 4 else (MARGIN, MIN_WIDTH)
-    top_quantile = rule[4] if len(rule) == 5 else DEFAULT_TOP_QUANTILE
     spec = CampaignSpec(name=name, space=default_space(), dataset=dataset, stages=len(trials), trials=trials,
-                        epochs=epochs, seed=seed, min_choice_trials=rule[0], keep_choices=rule[1],
-                        margin=margin, min_width=min_width, top_quantile=top_quantile)
+                        epochs=epochs, seed=seed, **rule_dict(rule))
     backend.ensure_schema(url)
     worker = Worker(WorkerOptions(storage_url=url, campaign=name, seed=seed, poll_seconds=0.05))
     thread = threading.Thread(target=worker.run, name="worker", daemon=True)
@@ -338,8 +335,10 @@ def print_report(report: dict[str, Any]) -> None:
 
 
 def rule_dict(rule: Rule) -> dict[str, Any]:
-    margin, min_width = rule[2:] if len(rule) == 4 else (MARGIN, MIN_WIDTH)
-    return {"min_choice_trials": rule[0], "keep_choices": rule[1], "margin": margin, "min_width": min_width}
+    """A rule as the campaign settings it stands for (CampaignSpec's names), defaults filled in."""
+    margin, min_width = rule[2:4] if len(rule) >= 4 else (MARGIN, MIN_WIDTH)
+    return {"min_choice_trials": rule[0], "keep_choices": rule[1], "margin": margin, "min_width": min_width,
+            "top_quantile": rule[4] if len(rule) == 5 else DEFAULT_TOP_QUANTILE}
 
 
 def parse_rule(text: str) -> Rule:

@@ -139,17 +139,19 @@ def test_search_quality_quick_json_keeps_every_budget():
 
 
 def test_search_quality_compares_narrowing_rules_on_mnist1d_at_equal_budgets():
-    report = _quick("search_quality.py", "--dataset", "mnist1d", "--rule", "1:1", "--rule", "3:2:0.25:0.1", "--no-half")
-    assert report["dataset"] == "mnist1d" and report["methods"] == ["c2f 1/1", "c2f 3/2/0.25/0.1", "random", "tpe"]
-    assert report["rules"]["c2f 1/1"] == {"min_choice_trials": 1, "keep_choices": 1, "margin": 0.5, "min_width": 0.5}
-    assert report["rules"]["c2f 3/2/0.25/0.1"] == {"min_choice_trials": 3, "keep_choices": 2, "margin": 0.25, "min_width": 0.1}
+    report = _quick("search_quality.py", "--dataset", "mnist1d", "--rule", "1:1", "--rule", "3:2:0.25:0.1:0.5", "--no-half")
+    assert report["dataset"] == "mnist1d" and report["methods"] == ["c2f 1/1", "c2f 3/2/0.25/0.1/0.5", "random", "tpe"]
+    assert report["rules"]["c2f 1/1"] == {"min_choice_trials": 1, "keep_choices": 1, "margin": 0.5, "min_width": 0.5,
+                                         "top_quantile": 0.25}
+    assert report["rules"]["c2f 3/2/0.25/0.1/0.5"] == {"min_choice_trials": 3, "keep_choices": 2, "margin": 0.25,
+                                                      "min_width": 0.1, "top_quantile": 0.5}
     (row,) = report["per_seed"]
-    budget = max(row["c2f 1/1"]["epochs"], row["c2f 3/2/0.25/0.1"]["epochs"])  # equal or larger epochs for the others
+    budget = max(row["c2f 1/1"]["epochs"], row["c2f 3/2/0.25/0.1/0.5"]["epochs"])  # equal or larger epochs for the others
     for method in ("random", "tpe"):
         assert budget - report["schedule"]["single_stage_epochs"] < row[method]["epochs"] <= budget, row
     for method, figures in report["medians"].items():
         assert figures["test_min"] <= figures["test_accuracy"] <= figures["test_max"], method
-    assert set(report["targets"]["above_tpe_test"]) == {"c2f 1/1", "c2f 3/2/0.25/0.1"}
+    assert set(report["targets"]["above_tpe_test"]) == {"c2f 1/1", "c2f 3/2/0.25/0.1/0.5"}
 
 
 def test_report_json_times_the_report_and_keeps_the_file(tmp_path):
