@@ -84,6 +84,7 @@ from optuna.storages._rdb import models
 from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
+from storage.backend import release_lock, take_lock
 from storage.states import state_name
 
 if TYPE_CHECKING:
@@ -93,21 +94,24 @@ _VALUE_TYPE = models.TrialValueModel.TrialValueType
 _INTERMEDIATE_TYPE = models.TrialIntermediateValueModel.TrialIntermediateValueType
 
 # One row per param / attr / value of the trials asked for: (trial_id, kind, key, num, text,
-# int, id). Kinds: 0 param, 1 user attr, 2 system attr, 3 intermediate value, 4 value.
+# int, id). Kinds: 0 param, 1 user attr, 2 system attr, 3 intermediate value, 4 value. The
+# casts name each dialect's types (:data:`_CASTS`); ``key`` is quoted where it is a reserved word.
 _DETAILS = """
-SELECT trial_id, 0 AS kind, CAST(param_name AS VARCHAR(512)) AS key, CAST(param_value AS DOUBLE PRECISION) AS num,
-       CAST(distribution_json AS TEXT) AS text, CAST(NULL AS INTEGER) AS n, param_id AS id
+SELECT trial_id, 0 AS kind, CAST(param_name AS {varchar}(512)) AS {key}, CAST(param_value AS {double}) AS num,
+       CAST(distribution_json AS {text}) AS text, CAST(NULL AS {int}) AS n, param_id AS id
   FROM trial_params WHERE {where}
-UNION ALL SELECT trial_id, 1, key, NULL, value_json, NULL, trial_user_attribute_id
+UNION ALL SELECT trial_id, 1, {key}, NULL, value_json, NULL, trial_user_attribute_id
   FROM trial_user_attributes WHERE {where}
-UNION ALL SELECT trial_id, 2, key, NULL, value_json, NULL, trial_system_attribute_id
+UNION ALL SELECT trial_id, 2, {key}, NULL, value_json, NULL, trial_system_attribute_id
   FROM trial_system_attributes WHERE {where}
-UNION ALL SELECT trial_id, 3, CAST(intermediate_value_type AS VARCHAR(16)), intermediate_value, NULL, step, trial_intermediate_value_id
+UNION ALL SELECT trial_id, 3, CAST(intermediate_value_type AS {varchar}(16)), intermediate_value, NULL, step, trial_intermediate_value_id
   FROM trial_intermediate_values WHERE {where}
-UNION ALL SELECT trial_id, 4, CAST(value_type AS VARCHAR(16)), value, NULL, objective, trial_value_id
+UNION ALL SELECT trial_id, 4, CAST(value_type AS {varchar}(16)), value, NULL, objective, trial_value_id
   FROM trial_values WHERE {where}
 ORDER BY 1, 2, 7
 """
+_CASTS = {"mysql": {"varchar": "CHAR", "double": "DOUBLE", "text": "CHAR", "int": "SIGNED"}}
+_STANDARD_CASTS = {"varchar": "VARCHAR", "double": "DOUBLE PRECISION", "text": "TEXT", "int": "INTEGER"}
 _MAX_IDS = 2000  # trial ids per details query (bound parameters stay far below every limit)
 
 
@@ -122,9 +126,17 @@ class _Statements:
     _TYPES = {("trials", "state"): "trialstate", ("trial_values", "value_type"): "trialvaluetype",
               ("trial_intermediate_values", "intermediate_value_type"): "trialintermediatevaluetype"}
 
-    def __init__(self, dialect: str) -> None:
-        self.postgres = dialect == "postgresql"
+    def __init__(self, dialect: sqlalchemy.Dialect) -> None:
+        self.postgres = dialect.name == "postgresql"
+        self.mysql = dialect.name == "mysql"  # MySQL or MariaDB: no RETURNING on UPDATE, no CTE writes
+        self.sqlite = dialect.name == "sqlite"
+        self.quote = dialect.identifier_preparer.quote  # `key` on MySQL, where it is reserved
+        self._casts = _CASTS.get(dialect.name, _STANDARD_CASTS)
         self._cache: dict[Any, Any] = {}
+
+    def details(self, where: str) -> str:
+        """The :data:`_DETAILS` query of this dialect for the trials ``where`` names."""
+        return _DETAILS.format(where=where, key=self.quote("key"), **self._casts)
 
     def _cast(self, table: str, column: str, expr: str) -> str:
         kind = self._TYPES.get((table, column))
@@ -132,27 +144,38 @@ class _Statements:
 
     def upsert(self, prefix: str, table: str, columns: tuple[str, ...], keys: tuple[str, ...],
                rows: int) -> str:
-        """``INSERT ... VALUES (...) x rows ON CONFLICT (keys) DO UPDATE``; binds ``{prefix}{row}_{column}``."""
+        """``INSERT ... VALUES (...) x rows ON CONFLICT (keys) DO UPDATE`` (MySQL: ``ON DUPLICATE
+        KEY UPDATE``, on the same unique keys); binds ``{prefix}{row}_{column}``."""
         key = ("upsert", prefix, table, columns, rows)
         if key not in self._cache:
             values = ", ".join(
                 "(" + ", ".join(self._cast(table, c, f":{prefix}{r}_{c}") for c in columns) + ")" for r in range(rows)
             )
-            update = ", ".join(f"{c} = excluded.{c}" for c in columns if c not in keys)
-            self._cache[key] = (f"INSERT INTO {table} ({', '.join(columns)}) VALUES {values} "
-                                f"ON CONFLICT ({', '.join(keys)}) DO UPDATE SET {update}")
+            q = self.quote
+            names = ", ".join(q(c) for c in columns)
+            if self.mysql:  # VALUES(c): MariaDB has no row alias (INSERT ... AS new)
+                update = ", ".join(f"{q(c)} = VALUES({q(c)})" for c in columns if c not in keys)
+                self._cache[key] = f"INSERT INTO {table} ({names}) VALUES {values} ON DUPLICATE KEY UPDATE {update}"
+            else:
+                update = ", ".join(f"{q(c)} = excluded.{q(c)}" for c in columns if c not in keys)
+                self._cache[key] = (f"INSERT INTO {table} ({names}) VALUES {values} "
+                                    f"ON CONFLICT ({', '.join(q(k) for k in keys)}) DO UPDATE SET {update}")
         return self._cache[key]
 
     def beat(self, prefix: str) -> str:
+        upsert = "ON DUPLICATE KEY UPDATE" if self.mysql else "ON CONFLICT (trial_id) DO UPDATE SET"
         return (f"INSERT INTO trial_heartbeats (trial_id, heartbeat) VALUES (:{prefix}trial_id, CURRENT_TIMESTAMP) "
-                "ON CONFLICT (trial_id) DO UPDATE SET heartbeat = CURRENT_TIMESTAMP")
+                f"{upsert} heartbeat = CURRENT_TIMESTAMP")
 
     def guard(self, finish: bool) -> str:
-        """An UPDATE of the trial row that matches only while it is RUNNING (and locks it)."""
+        """An UPDATE of the trial row that matches only while it is RUNNING (and locks it); its
+        row count says whether it matched (on MySQL too: SQLAlchemy's MySQL dialects count
+        matched rows, not changed ones). On PostgreSQL it returns the row, for :meth:`combined`."""
         running = self._cast("trials", "state", "'RUNNING'")
         change = (f"state = {self._cast('trials', 'state', ':g_state')}, datetime_complete = :g_complete"
                   if finish else f"state = {running}")
-        return f"UPDATE trials SET {change} WHERE trial_id = :g_trial_id AND state = {running} RETURNING trial_id"
+        returning = " RETURNING trial_id" if self.postgres else ""
+        return f"UPDATE trials SET {change} WHERE trial_id = :g_trial_id AND state = {running}{returning}"
 
     def combined(self, parts: list[str], guard: str | None, *, alone: bool = False) -> sqlalchemy.TextClause:
         """One statement of data-modifying CTEs (PostgreSQL): the guard's row count, else 1.
@@ -320,14 +343,20 @@ class WorkerStorage(BaseStorage, BaseHeartbeat):
         self._directions: dict[int, list[StudyDirection]] = {}
         self._names: dict[int, str] = {}
         dialect = self.engine.dialect.name
-        if dialect not in ("postgresql", "sqlite"):
-            raise ValueError(f"WorkerStorage supports PostgreSQL and SQLite, not {dialect}")
-        self._sql = _Statements(dialect)
+        if dialect not in ("postgresql", "sqlite", "mysql"):
+            raise ValueError(f"WorkerStorage supports PostgreSQL, MySQL and SQLite, not {dialect}")
+        self._sql = _Statements(self.engine.dialect)
 
     # -- transactions ----------------------------------------------------------------------------
     @property
     def postgres(self) -> bool:
         return self._sql.postgres
+
+    @property
+    def locks_in_batch(self) -> bool:
+        """Whether :meth:`batch` can take the workers' lock itself (``lock``): PostgreSQL and
+        MySQL; on SQLite the caller holds ``storage.backend.exclusive`` around the batch."""
+        return not self._sql.sqlite
 
     @contextlib.contextmanager
     def batch(self, *, durable: bool = True, lock: int | None = None) -> Iterator[None]:
@@ -336,9 +365,13 @@ class WorkerStorage(BaseStorage, BaseHeartbeat):
         The worker claims a trial in one batch (sync, create, sample, write, first beat): one
         commit instead of one per call, and a claim that fails half-way leaves nothing behind.
 
-        ``lock`` (PostgreSQL): an advisory-lock key this transaction takes first and holds until
-        it ends (``pg_advisory_xact_lock``; it waits for, and is waited for by, the session lock
-        of ``storage.backend.exclusive`` on the same key).
+        ``lock`` (PostgreSQL, MySQL): the key of ``storage.backend.exclusive``'s lock, taken first
+        and held until the transaction ends. On PostgreSQL the transaction's own advisory lock
+        (``pg_advisory_xact_lock``; it waits for, and is waited for by, the session lock on the
+        same key). MySQL has no lock of a transaction: the session's named lock
+        (``GET_LOCK``, as ``exclusive`` takes it) is taken on the batch's connection and released
+        once the transaction has committed or rolled back (or by the server, if the connection
+        is lost), so no other claim reads the study before this one's writes are visible.
 
         ``durable=False`` (PostgreSQL): the commit returns before its WAL record is on disk
         (``synchronous_commit = off``, for this transaction only). It is visible to every other
@@ -347,29 +380,40 @@ class WorkerStorage(BaseStorage, BaseHeartbeat):
         restart), and then as if the transaction had not run: a trial claimed so is then gone,
         and writing to it raises ``UpdateFinishedTrialError`` ("no longer exists"). On SQLite
         every commit of the worker's own connection is like that (see :meth:`_kept_connection`).
+        MySQL has no such setting per transaction: its commits are as durable as the server is set.
         """
         if getattr(self._local, "conn", None) is not None:
             yield
             return
         touched: list[int] = []
-        with self._transaction() as conn:
-            if self._sql.postgres and (lock is not None or not durable):
-                first = []
-                if lock is not None:
-                    first.append("pg_advisory_xact_lock(:k)")
-                if not durable:
-                    first.append("set_config('synchronous_commit', 'off', true)")
-                conn.execute(self._sql.text(f"SELECT {', '.join(first)}"), {"k": lock})
-            self._local.conn, self._local.touched = conn, touched
-            try:
-                yield
-            except BaseException:
-                with self._lock:  # rolled back: what these trials held was never written
-                    for trial_id in touched:
-                        self._own.pop(trial_id, None)
-                raise
-            finally:
-                self._local.conn = self._local.touched = None
+        locked: sqlalchemy.Connection | None = None  # MySQL: the connection holding the named lock
+        try:
+            with self._transaction() as conn:
+                if self._sql.postgres and (lock is not None or not durable):
+                    first = []
+                    if lock is not None:
+                        first.append("pg_advisory_xact_lock(:k)")
+                    if not durable:
+                        first.append("set_config('synchronous_commit', 'off', true)")
+                    conn.execute(self._sql.text(f"SELECT {', '.join(first)}"), {"k": lock})
+                elif self._sql.mysql and lock is not None:
+                    take_lock(conn, lock, mysql=True)
+                    locked = conn
+                self._local.conn, self._local.touched = conn, touched
+                try:
+                    yield
+                except BaseException:
+                    with self._lock:  # rolled back: what these trials held was never written
+                        for trial_id in touched:
+                            self._own.pop(trial_id, None)
+                    raise
+                finally:
+                    self._local.conn = self._local.touched = None
+        finally:
+            if locked is not None:
+                release_lock(locked, lock, f"key {lock}", mysql=True)
+                if locked.invalidated:
+                    self._local.held = None
 
     @contextlib.contextmanager
     def _connection(self) -> Iterator[sqlalchemy.Connection]:
@@ -404,7 +448,7 @@ class WorkerStorage(BaseStorage, BaseHeartbeat):
         conn = getattr(self._local, "held", None)
         if conn is None or conn.closed or conn.invalidated:
             conn = self.engine.connect()
-            if not self._sql.postgres:
+            if self._sql.sqlite:
                 conn.exec_driver_sql("PRAGMA synchronous = NORMAL")
                 conn.commit()  # ends SQLAlchemy's autobegun block (the driver began no transaction)
             self._local.held = conn
@@ -496,8 +540,9 @@ class WorkerStorage(BaseStorage, BaseHeartbeat):
     def read_study_attrs(self, study_id: int, keys: Sequence[str]) -> dict[str, Any]:
         """The study's user attrs named ``keys``, as they are in the database now: one query,
         inside the current batch (a claim reads the stage's status with its budget)."""
+        key = self._sql.quote("key")
         query = self._sql.text(
-            "SELECT key, value_json FROM study_user_attributes WHERE study_id = :id AND key IN :keys",
+            f"SELECT {key}, value_json FROM study_user_attributes WHERE study_id = :id AND {key} IN :keys",
             expanding=("keys",),
         )
         with self._connection() as conn:
@@ -527,9 +572,9 @@ class WorkerStorage(BaseStorage, BaseHeartbeat):
         rows: list = []
         if whole_study is not None and len(trial_ids) > _MAX_IDS:
             where = "trial_id IN (SELECT trial_id FROM trials WHERE study_id = :study_id)"
-            rows = conn.execute(self._sql.text(_DETAILS.format(where=where)), {"study_id": whole_study}).all()
+            rows = conn.execute(self._sql.text(self._sql.details(where)), {"study_id": whole_study}).all()
         else:
-            query = self._sql.text(_DETAILS.format(where="trial_id IN :ids"), expanding=("ids",))
+            query = self._sql.text(self._sql.details("trial_id IN :ids"), expanding=("ids",))
             for start in range(0, len(trial_ids), _MAX_IDS):
                 rows += conn.execute(query, {"ids": trial_ids[start : start + _MAX_IDS]}).all()
         by_trial: dict[int, list] = {}
@@ -581,21 +626,25 @@ class WorkerStorage(BaseStorage, BaseHeartbeat):
         if template_trial is not None:  # a queued retry, an added trial: Optuna's way
             return self._backend.create_new_trial(study_id, template_trial)
         started = datetime.datetime.now()
-        lock = "SELECT study_id FROM studies WHERE study_id = :study_id" + (" FOR UPDATE" if self._sql.postgres else "")
-        insert = (
-            "INSERT INTO trials (number, study_id, state, datetime_start, datetime_complete) VALUES ("
-            "(SELECT COUNT(*) FROM trials WHERE study_id = :study_id), :study_id, "
-            f"{self._sql._cast('trials', 'state', chr(39) + 'RUNNING' + chr(39))}, :start, NULL) RETURNING trial_id, number"
-        )
+        lock = "SELECT study_id FROM studies WHERE study_id = :study_id" + ("" if self._sql.sqlite else " FOR UPDATE")
+        count = "SELECT COUNT(*) FROM trials WHERE study_id = :study_id"
+        columns = "INSERT INTO trials (number, study_id, state, datetime_start, datetime_complete) VALUES "
+        running = self._sql._cast("trials", "state", "'RUNNING'")
+        binds = {"study_id": study_id, "start": self._timestamp(started)}
         with self._connection() as conn:
             # The lock RDBStorage takes to number trials, so numbers stay unique with any writer.
             # Taken here, not when a claim starts: a reaper in the claim queues retries through
             # RDBStorage on another connection, which takes this lock too.
             if conn.execute(self._sql.text(lock), {"study_id": study_id}).first() is None:
                 raise KeyError(f"No study with study_id {study_id} exists.")
-            trial_id, number_ = conn.execute(
-                self._sql.text(insert), {"study_id": study_id, "start": self._timestamp(started)}
-            ).one()
+            if self._sql.mysql:  # no RETURNING, and no subquery on the table inserted into: counted
+                # first (READ COMMITTED, after the lock: every trial committed before is counted)
+                number_ = conn.execute(self._sql.text(count), binds).scalar_one()
+                trial_id = conn.execute(self._sql.text(f"{columns}(:number, :study_id, {running}, :start, NULL)"),
+                                        {**binds, "number": number_}).lastrowid
+            else:
+                trial_id, number_ = conn.execute(self._sql.text(
+                    f"{columns}(({count}), :study_id, {running}, :start, NULL) RETURNING trial_id, number"), binds).one()
         trial = FrozenTrial(
             number=number_, state=TrialState.RUNNING, value=None, values=None, datetime_start=started,
             datetime_complete=None, params={}, distributions={}, user_attrs={}, system_attrs={},
@@ -712,7 +761,7 @@ class WorkerStorage(BaseStorage, BaseHeartbeat):
     def _timestamp(self, local: datetime.datetime) -> Any:
         """A local time as Optuna stores it: naive UTC (as text SQLAlchemy would write, on SQLite)."""
         utc = _utc(local)
-        return utc if self._sql.postgres else utc.strftime("%Y-%m-%d %H:%M:%S.%f")
+        return utc.strftime("%Y-%m-%d %H:%M:%S.%f") if self._sql.sqlite else utc
 
     def _written(self, own: _Own, pending: tuple) -> None:
         """Forget what a committed transaction wrote (unless it changed again meanwhile)."""
@@ -728,7 +777,9 @@ class WorkerStorage(BaseStorage, BaseHeartbeat):
         """Execute ``writes`` and ``guard`` (an UPDATE ... RETURNING; its row count is returned).
 
         On PostgreSQL they go as one statement (data-modifying CTEs): one round trip, all or
-        nothing. SQLite runs them in turn (in-process, a round trip costs nothing there).
+        nothing. SQLite runs them in turn (in-process, a round trip costs nothing there), and so
+        does MySQL (which has neither writes in a CTE nor UPDATE ... RETURNING): the guard first,
+        and nothing more if it matched nothing (the caller raises, which rolls back).
         ``alone`` (PostgreSQL, outside a transaction): a guard that matches nothing writes
         nothing either (see :meth:`_Statements.combined`), and 0 is returned.
         """
@@ -746,7 +797,9 @@ class WorkerStorage(BaseStorage, BaseHeartbeat):
                     return 0
                 raise
             return count if guard is not None else None
-        count = len(conn.execute(self._sql.text(guard[0]), guard[1]).all()) if guard is not None else None
+        count = conn.execute(self._sql.text(guard[0]), guard[1]).rowcount if guard is not None else None
+        if count == 0:
+            return 0
         for sql, b in writes:
             conn.execute(self._sql.text(sql), b)
         return count
@@ -866,9 +919,9 @@ class WorkerStorage(BaseStorage, BaseHeartbeat):
         waiting = self._sql._cast("trials", "state", "'WAITING'")
         running = self._sql._cast("trials", "state", "'RUNNING'")
         update = self._sql.text(f"UPDATE trials SET state = {running}, datetime_start = :start "
-                                f"WHERE trial_id = :id AND state = {waiting} RETURNING trial_id")
+                                f"WHERE trial_id = :id AND state = {waiting}")
         with self._connection() as conn:
-            if conn.execute(update, {"id": trial_id, "start": self._timestamp(started)}).first() is None:
+            if conn.execute(update, {"id": trial_id, "start": self._timestamp(started)}).rowcount != 1:
                 state = conn.execute(self._sql.text("SELECT state FROM trials WHERE trial_id = :id"),
                                      {"id": trial_id}).scalar()
                 if state is None:
