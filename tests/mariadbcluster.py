@@ -50,7 +50,7 @@ class MariaDbCluster(ThrowawayServer):
         return ["--user=root"] if self.as_root else []
 
     def _run(self, argv: list[str], timeout: float) -> None:
-        result = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, cwd=self.root)
+        result = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, cwd=self.root, check=False)
         if result.returncode != 0:
             raise RuntimeError(f"{' '.join(argv)} failed ({result.returncode}):\n{result.stdout}{result.stderr}")
 
