@@ -38,7 +38,7 @@ Optuna and optuna-dashboard read what it writes as if Optuna had written it) and
 
 On MySQL and MariaDB the same SQL is written in their dialect (``ON DUPLICATE KEY UPDATE`` for
 the upserts, a matched-row count for the guards, the number of a new trial counted in a
-statement of its own), statement after statement as on SQLite: ~15 per trial where SQLite sends
+statement of its own), statement after statement as on SQLite: 15-16 per trial where SQLite sends
 13 and PostgreSQL 8 (``tests/test_worker_storage.py`` counts them).
 
 Everything else (studies, other trials, stale-trial detection) goes to the wrapped storage.
