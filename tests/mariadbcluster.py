@@ -17,14 +17,12 @@ import os
 import shutil
 import signal
 import subprocess
-import tempfile
 import time
 import uuid
-from pathlib import Path
 
 import pytest
 
-from tests.pgcluster import ThrowawayServer, free_port, throwaway
+from tests.pgcluster import ThrowawayServer, throwaway
 
 
 class MariaDbCluster(ThrowawayServer):
@@ -35,12 +33,8 @@ class MariaDbCluster(ThrowawayServer):
         self.mariadbd = shutil.which("mariadbd") or _sbin("mariadbd") or _sbin("mysqld")
         if not (self.install_db and self.mariadbd):
             raise RuntimeError("mariadb-install-db / mariadbd not found")
-        self.root = Path(tempfile.mkdtemp(prefix="hpo-mariadb-"))
-        self.data = self.root / "data"
+        super().__init__("hpo-mariadb-", max_connections)
         self.socket = self.root / "mysqld.sock"
-        self.log = self.root / "server.log"
-        self.port = free_port()
-        self.max_connections = max_connections
         self.as_root = os.geteuid() == 0
         self.process: subprocess.Popen | None = None
         self._run([self.install_db, "--no-defaults", f"--datadir={self.data}", *self._user(),

@@ -48,8 +48,12 @@ class ThrowawayServer:
     """What the throwaway servers of the fault tests share: a folder of their own (``root``) with
     the server's log, a restart, and ``destroy`` (stop at once with ``_halt``, delete it all)."""
 
-    root: Path
-    log: Path
+    def __init__(self, prefix: str, max_connections: int) -> None:
+        self.root = Path(tempfile.mkdtemp(prefix=prefix))
+        self.data = self.root / "data"
+        self.log = self.root / "server.log"
+        self.port = free_port()
+        self.max_connections = max_connections
 
     def start(self) -> None:
         raise NotImplementedError
@@ -90,12 +94,8 @@ class PgCluster(ThrowawayServer):
         self.as_root = os.geteuid() == 0
         if self.as_root and not shutil.which("runuser"):
             raise RuntimeError("running as root, but runuser is missing to start PostgreSQL as another user")
-        self.root = Path(tempfile.mkdtemp(prefix="hpo-pgcluster-"))
-        self.data = self.root / "data"
+        super().__init__("hpo-pgcluster-", max_connections)
         self.socket_dir = self.root / "sock"
-        self.log = self.root / "server.log"
-        self.port = free_port()
-        self.max_connections = max_connections
         self.socket_dir.mkdir()
         if self.as_root:
             user = pwd.getpwnam(RUN_AS)
