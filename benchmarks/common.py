@@ -39,6 +39,7 @@ from workers.run import Score  # noqa: E402
 from workers.train import EpochReport, TrainConfig, TrainingDiverged, TrainResult  # noqa: E402
 
 ADMIN_URL = os.environ.get("HPO_BENCH_POSTGRES", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
+MARIADB_ADMIN_URL = os.environ.get("HPO_BENCH_MYSQL", "mysql+pymysql://root@127.0.0.1:3306/test")
 
 _ACTIVATION = {"relu": 1.0, "leaky_relu": 1.0, "elu": 0.99, "maxout": 0.99, "tanh": 0.96, "sigmoid": 0.88}
 _INIT = {"he": 1.0, "xavier": 0.985, "small": 0.9}
@@ -108,37 +109,56 @@ def stub_trainer(config: TrainConfig, dataset: Any = None, *, cv: int = 0, on_ep
 
 
 # -- databases -----------------------------------------------------------------------------
-def postgres_available() -> bool:
+# The database servers a benchmark can measure on: admin URL, and how a database is created and
+# dropped there (a throwaway one per measurement).
+SERVERS = {
+    "postgres": (ADMIN_URL, 'CREATE DATABASE "{name}"', 'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'),
+    "mariadb": (MARIADB_ADMIN_URL, "CREATE DATABASE `{name}` CHARACTER SET utf8mb4", "DROP DATABASE IF EXISTS `{name}`"),
+}
+
+
+def server_available(backend_name: str = "postgres") -> bool:
     try:
         import sqlalchemy
 
-        engine = sqlalchemy.create_engine(ADMIN_URL, connect_args={"connect_timeout": 3})
+        engine = sqlalchemy.create_engine(SERVERS[backend_name][0], connect_args={"connect_timeout": 3})
         with engine.connect() as conn:
             conn.execute(sqlalchemy.text("SELECT 1"))
         engine.dispose()
         return True
-    except Exception:  # noqa: BLE001 - any failure means no server
+    except Exception:  # noqa: BLE001 - any failure means no server (or no driver)
         return False
 
 
 @contextlib.contextmanager
-def postgres_database(prefix: str = "hpo_bench") -> Iterator[str]:
-    """A new, empty PostgreSQL database for the duration of the block; dropped afterwards."""
+def server_database(backend_name: str = "postgres", prefix: str = "hpo_bench") -> Iterator[str]:
+    """A new, empty database on the server of ``backend_name`` for the duration of the block;
+    dropped afterwards."""
     import sqlalchemy
     from sqlalchemy.engine import make_url
 
+    admin_url, create, drop = SERVERS[backend_name]
     name = f"{prefix}_{uuid.uuid4().hex[:10]}"
-    admin = sqlalchemy.create_engine(ADMIN_URL, isolation_level="AUTOCOMMIT", connect_args={"connect_timeout": 5})
+    admin = sqlalchemy.create_engine(admin_url, isolation_level="AUTOCOMMIT", connect_args={"connect_timeout": 5})
     try:
         with admin.connect() as conn:
-            conn.execute(sqlalchemy.text(f'CREATE DATABASE "{name}"'))
+            conn.execute(sqlalchemy.text(create.format(name=name)))
         try:
-            yield make_url(ADMIN_URL).set(database=name).render_as_string(hide_password=False)
+            yield make_url(admin_url).set(database=name).render_as_string(hide_password=False)
         finally:
             with admin.connect() as conn:
-                conn.execute(sqlalchemy.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+                conn.execute(sqlalchemy.text(drop.format(name=name)))
     finally:
         admin.dispose()
+
+
+def postgres_available() -> bool:
+    return server_available("postgres")
+
+
+def postgres_database(prefix: str = "hpo_bench") -> contextlib.AbstractContextManager[str]:
+    """A new, empty PostgreSQL database for the duration of the block; dropped afterwards."""
+    return server_database("postgres", prefix)
 
 
 @contextlib.contextmanager
@@ -155,10 +175,10 @@ def sqlite_database(folder: Path, name: str) -> Iterator[str]:
 # -- counting SQL statements -----------------------------------------------------------------
 @contextlib.contextmanager
 def database(backend_name: str, folder: Path, name: str, prefix: str = "hpo_bench") -> Iterator[str]:
-    """A fresh database: ``postgres`` (a throwaway one, see :func:`postgres_database`) or a
-    SQLite file ``name`` in ``folder``."""
-    if backend_name == "postgres":
-        with postgres_database(prefix) as url:
+    """A fresh database: ``postgres`` or ``mariadb`` (a throwaway one, see
+    :func:`server_database`) or a SQLite file ``name`` in ``folder``."""
+    if backend_name in SERVERS:
+        with server_database(backend_name, prefix) as url:
             yield url
     else:
         with sqlite_database(folder, name) as url:

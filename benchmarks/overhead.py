@@ -15,7 +15,7 @@ default search space) and the same number of epochs (10), and train with the sam
 (``benchmarks.common.stub_trainer``: a plausible learning curve in microseconds). Each
 measurement runs on a fresh database whose study already holds H trials of history, written
 by that loop's own objective (so ours carries its attrs, plain carries none), at H = 100 and
-H = 1,000, on SQLite and on PostgreSQL.
+H = 1,000, on SQLite, on PostgreSQL and on MariaDB.
 
 Per-trial time is measured the same way for both: the time from one training call's start
 to the next one's, minus the training time in between (the stub's time outside its epoch
@@ -30,14 +30,15 @@ so without storing the result) is printed beside it.
 
 Usage::
 
-    python benchmarks/overhead.py                 # both backends, H = 100 and 1000 (a few minutes)
+    python benchmarks/overhead.py                 # every backend, H = 100 and 1000 (a few minutes)
     python benchmarks/overhead.py --quick         # a smoke run: fewer trials, H = 100 only
     python benchmarks/overhead.py --json          # one JSON object with every figure
     python benchmarks/overhead.py --backends sqlite --history 1000 --profile
     python benchmarks/overhead.py --history 1000 --stock-tpe   # and ours with Optuna's TPESampler
 
 PostgreSQL is taken from $HPO_BENCH_POSTGRES (an admin URL; default the local server as
-``postgres``); a throwaway database is created for each measurement and dropped after.
+``postgres``), MariaDB (or MySQL) from $HPO_BENCH_MYSQL (default the local server as ``root``); a
+throwaway database is created for each measurement and dropped after.
 ``--stock-tpe`` runs a third loop in the same turns: ours with Optuna's own ``TPESampler`` in
 place of the stage default (``storage.optuna_tpe.CachedTPESampler``), to show what the copied
 sampler saves. Targets (issue): ours <= 15 ms median on PostgreSQL at H = 1000, and >= 6x less than plain.
@@ -66,6 +67,7 @@ if __package__ in (None, ""):
 import optuna  # noqa: E402
 
 from benchmarks.common import (  # noqa: E402
+    SERVERS,
     StatementCounter,
     database,
     dump_json,
@@ -73,8 +75,8 @@ from benchmarks.common import (  # noqa: E402
     median,
     ms,
     percentile,
-    postgres_available,
     print_table,
+    server_available,
     stub_trainer,
 )
 from hpo.campaign import CampaignSpec  # noqa: E402
@@ -453,7 +455,7 @@ def print_report(report: dict[str, Any]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--backends", default="sqlite,postgres", help="comma-separated: sqlite, postgres")
+    parser.add_argument("--backends", default="sqlite,postgres,mariadb", help="comma-separated: sqlite, postgres, mariadb")
     parser.add_argument("--history", default=None, help="comma-separated history sizes (default 100,1000)")
     parser.add_argument("--trials", type=int, default=None, help="trials per loop (default 60)")
     parser.add_argument("--block", type=int, default=10, help="trials per turn of each loop")
@@ -475,9 +477,10 @@ def main(argv: list[str] | None = None) -> int:
     histories = [int(h) for h in (args.history or ("100" if args.quick else "100,1000")).split(",")]
     trials = args.trials or (12 if args.quick else 60)
     backends = [b.strip() for b in args.backends.split(",") if b.strip()]
-    if "postgres" in backends and not postgres_available():
-        print("PostgreSQL is not reachable: measuring SQLite only", file=sys.stderr)
-        backends = [b for b in backends if b != "postgres"]
+    for server in [b for b in backends if b in SERVERS]:
+        if not server_available(server):
+            print(f"{server} is not reachable: not measured", file=sys.stderr)
+            backends.remove(server)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     logging.getLogger("hpo.worker").setLevel(logging.WARNING)
     warnings.simplefilter("ignore")

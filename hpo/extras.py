@@ -28,9 +28,9 @@ class Extra:
                 f"install hpo's {self.extra} extra (pip install 'hpo[{self.extra}]')")
 
 
-# MySQL has no row: hpo refuses a mysql:// storage URL before any driver is imported.
 EXTRAS: dict[str, Extra] = {extra.module: extra for extra in (
     Extra("psycopg", "psycopg", "postgres", "a postgresql:// storage"),
+    Extra("pymysql", "pymysql", "mysql", "a mysql:// storage"),
     Extra("mnist1d", "mnist1d", "mnist1d", "--dataset mnist1d"),
     Extra("optuna_dashboard", "optuna-dashboard", "dashboard", "the dashboard"),
 )}

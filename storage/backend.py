@@ -3,8 +3,9 @@
 SQLite is the one-machine default: a long busy timeout and WAL let a few local workers
 share one file without "database is locked". PostgreSQL is the many-worker store: psycopg 3,
 ``pool_pre_ping`` so a connection broken by a server restart is replaced instead of failing
-a query, and a small pool per process. Storage objects are created inside each process and
-never shared across a fork.
+a query, and a small pool per process. MySQL and MariaDB (PyMySQL) get the same pool, and
+every session is made to behave as the code expects of PostgreSQL (see :data:`MYSQL_SESSION`).
+Storage objects are created inside each process and never shared across a fork.
 
 The schema is created (or upgraded) once, by :func:`ensure_schema`, under a lock, so many
 workers starting together on an empty database never race to create tables.
@@ -36,7 +37,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from storage import optuna_access
 from storage.errors import DatabaseUnavailable, StorageError
 from storage.reader import ReadOnlyStorage
-from storage.url import is_sqlite, mask_text, mask_url, sqlite_path
+from storage.url import is_mysql, is_sqlite, mask_text, mask_url, sqlite_path
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -108,17 +109,40 @@ def check_sqlite_folder(url: str) -> None:
 SQLITE_BUSY_TIMEOUT_S = 60
 
 
+# Every MySQL / MariaDB session of hpo starts with these, so that it behaves as the code expects
+# of PostgreSQL whatever the server's defaults:
+# - time_zone UTC: the heartbeats are written and aged with the server's CURRENT_TIMESTAMP (as
+#   Optuna's are), which is then UTC like the naive UTC times Optuna stores, and never jumps
+#   with a daylight-saving change (a jump would make every live trial look stale, or none);
+# - a strict sql_mode: a value that does not fit its column is an error, never cut short
+#   silently (a cut JSON attr would make the record unreadable), and no ANSI_QUOTES or other
+#   mode that changes how the SQL of storage/ is read.
+MYSQL_SESSION = "SET time_zone = '+00:00', sql_mode = 'STRICT_ALL_TABLES,NO_ENGINE_SUBSTITUTION'"
+
+
 def engine_kwargs(url: str) -> dict:
-    """SQLAlchemy engine settings for the backend of ``url``."""
+    """SQLAlchemy engine settings for the backend of ``url``.
+
+    MySQL / MariaDB run at READ COMMITTED, PostgreSQL's default: every statement sees what was
+    committed before it started, which the claim relies on (a retry queued by a reaper on
+    another connection is read by the same claim; a trial number is counted after the study
+    row is locked). At InnoDB's default REPEATABLE READ a transaction keeps reading the snapshot
+    of its first read, and MariaDB 11.6 and later (``innodb_snapshot_isolation``) fail a write
+    to a row changed since then ("Record has changed since last read").
+    """
     if is_sqlite(url):
         return {"connect_args": {"timeout": SQLITE_BUSY_TIMEOUT_S}}
-    return {
+    kwargs = {
         "pool_pre_ping": True,
         "pool_size": 2,  # the worker's own queries plus its heartbeat thread
         "max_overflow": 2,
         "pool_recycle": 300,
         "connect_args": {"connect_timeout": 10, "application_name": "hpo"},
     }
+    if is_mysql(url):
+        kwargs["isolation_level"] = "READ COMMITTED"
+        kwargs["connect_args"] = {"connect_timeout": 10, "init_command": MYSQL_SESSION, "charset": "utf8mb4"}
+    return kwargs
 
 
 DB_ERRORS = (SQLAlchemyError, optuna.exceptions.StorageInternalError)
@@ -223,10 +247,42 @@ def ensure_schema(url: str) -> None:
             if storage.get_current_version() != storage.get_head_version():
                 storage.upgrade()
             storage.engine.dispose()
+            if engine.dialect.name == "mysql":
+                _widen_mysql_columns(engine)
     except DB_ERRORS as e:
         raise DatabaseUnavailable(describe_db_error(url, e)) from None
     finally:
         engine.dispose()
+
+
+# Optuna's columns that MySQL makes narrower than the other databases do, and what they become:
+# a TEXT holds 64 KiB (a trial's curve of a thousand epochs is more; PostgreSQL's text and
+# SQLite have no such limit), a DATETIME whole seconds (a trial of the digits data takes less
+# than one, and the order trials finished in decides a stage's failure verdict).
+MYSQL_WIDER = {
+    **{(table, "value_json"): "mediumtext" for table in (
+        "study_user_attributes", "study_system_attributes", "trial_user_attributes", "trial_system_attributes")},
+    ("trial_params", "distribution_json"): "mediumtext",
+    ("trials", "datetime_start"): "datetime(6)",
+    ("trials", "datetime_complete"): "datetime(6)",
+}
+
+
+def _widen_mysql_columns(engine: sqlalchemy.Engine) -> None:
+    """Give the columns of :data:`MYSQL_WIDER` their wider type, once (under the schema lock):
+    only a column that does not have it yet is altered, its nullability kept."""
+    query = sqlalchemy.text(
+        "SELECT table_name, column_name, column_type, is_nullable FROM information_schema.columns "
+        "WHERE table_schema = DATABASE()"
+    )
+    with engine.connect() as conn:
+        for table, column, kind, nullable in conn.execute(query).all():
+            wider = MYSQL_WIDER.get((table, column))
+            if wider is not None and kind.lower() != wider:
+                null = "NULL" if nullable == "YES" else "NOT NULL"
+                # names and types are the constants above, never user text
+                conn.exec_driver_sql(f"ALTER TABLE {table} MODIFY {column} {wider.upper()} {null}")
+        conn.commit()
 
 
 def schema_ready(url: str) -> bool:
@@ -265,9 +321,19 @@ def schema_lock(url: str, engine: sqlalchemy.Engine) -> Iterator[None]:
 
 
 def lock_key(name: str) -> int:
-    """The PostgreSQL advisory-lock key of :func:`exclusive` (a transaction may take the same
-    lock with ``pg_advisory_xact_lock``: both wait for each other)."""
+    """The key of the lock :func:`exclusive` takes for ``name``: a PostgreSQL advisory-lock key
+    (a transaction may take the same lock with ``pg_advisory_xact_lock``: both wait for each
+    other), and the key of the MySQL lock name (:data:`MYSQL_LOCK`)."""
     return int.from_bytes(hashlib.sha1(name.encode()).digest()[:8], "big", signed=True)
+
+
+# MySQL / MariaDB: a named lock of the session (GET_LOCK), released by RELEASE_LOCK or by the
+# server when the session ends. Its names are server-wide, so the database's name is part of
+# it (a lock of a study in one database does not hold up another's); at most 64 characters.
+_MYSQL_LOCK_NAME = "CONCAT('hpo:', LEFT(DATABASE(), 38), ':', :k)"
+MYSQL_LOCK_WAIT_S = 365 * 24 * 3600  # "for ever", as pg_advisory_lock waits (MariaDB reads -1 as an error)
+MYSQL_LOCK = f"SELECT GET_LOCK({_MYSQL_LOCK_NAME}, {MYSQL_LOCK_WAIT_S})"  # 1 once taken
+MYSQL_UNLOCK = f"SELECT RELEASE_LOCK({_MYSQL_LOCK_NAME})"
 
 
 @contextlib.contextmanager
@@ -275,6 +341,7 @@ def exclusive(url: str, name: str, engine: sqlalchemy.Engine) -> Iterator[None]:
     """A lock across processes and machines sharing the database of ``url``.
 
     PostgreSQL: a session advisory lock (released by the server if this process dies).
+    MySQL / MariaDB: a session's named lock (``GET_LOCK``; released by the server likewise).
     SQLite: ``flock`` on a file beside the database (one machine, as SQLite itself).
     """
     if is_sqlite(url):
@@ -294,21 +361,35 @@ def exclusive(url: str, name: str, engine: sqlalchemy.Engine) -> Iterator[None]:
                 fcntl.flock(lock_file, fcntl.LOCK_UN)
         return
     key = lock_key(name)
+    mysql = engine.dialect.name == "mysql"
     with engine.connect() as conn:
-        conn.execute(sqlalchemy.text("SELECT pg_advisory_lock(:k)"), {"k": key})
+        take_lock(conn, key, mysql=mysql)
         conn.commit()
         try:
             yield
         finally:
-            try:
-                conn.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:k)"), {"k": key})
-                conn.commit()
-            except SQLAlchemyError as e:
-                # The session is gone (a server restart, a broken connection): the server released
-                # its locks with it. Close the connection rather than pool it, and do not turn a
-                # body that succeeded into an error (a caller retrying it would redo its work).
-                log.warning("releasing the lock %r: the connection is gone (%s)", name, driver_message(e))
-                conn.invalidate()
+            release_lock(conn, key, name, mysql=mysql)
+
+
+def take_lock(conn: sqlalchemy.Connection, key: int, *, mysql: bool) -> None:
+    """Take the session lock of ``key`` on ``conn`` (PostgreSQL or MySQL), waiting for it."""
+    if not mysql:
+        conn.execute(sqlalchemy.text("SELECT pg_advisory_lock(:k)"), {"k": key})
+    elif conn.execute(sqlalchemy.text(MYSQL_LOCK), {"k": key}).scalar() != 1:
+        raise StorageError(f"the database refused the lock {key} (GET_LOCK)")
+
+
+def release_lock(conn: sqlalchemy.Connection, key: int, name: str, *, mysql: bool) -> None:
+    """Release what :func:`take_lock` took, and end the block the release began."""
+    try:
+        conn.execute(sqlalchemy.text(MYSQL_UNLOCK if mysql else "SELECT pg_advisory_unlock(:k)"), {"k": key})
+        conn.commit()
+    except SQLAlchemyError as e:
+        # The session is gone (a server restart, a broken connection): the server released
+        # its locks with it. Close the connection rather than pool it, and do not turn a
+        # body that succeeded into an error (a caller retrying it would redo its work).
+        log.warning("releasing the lock %r: the connection is gone (%s)", name, driver_message(e))
+        conn.invalidate()
 
 
 # -- stale trials ----------------------------------------------------------------------------
@@ -326,9 +407,9 @@ def reap_stale_trials(study: optuna.Study) -> list[int]:
     * a RUNNING trial without any heartbeat (its worker died, or lost the database, between
       ``ask`` and its first beat) gets a beat here, so it goes stale after the grace period
       instead of staying RUNNING for ever;
-    * nothing is stale while PostgreSQL has been up for less than the grace period: beats
-      cannot be recorded while the server is down, and after a restart a live worker needs
-      one heartbeat interval to show it is alive;
+    * nothing is stale while a PostgreSQL or MySQL server has been up for less than the grace
+      period: beats cannot be recorded while the server is down, and after a restart a live
+      worker needs one heartbeat interval to show it is alive;
     * each trial goes through :func:`fail_with_retry` (retry first, then fail), so a reaper
       that dies in between never leaves a failed trial without its retry.
     """
@@ -351,6 +432,8 @@ def reap_stale_trials(study: optuna.Study) -> list[int]:
             uptime = conn.execute(
                 sqlalchemy.text("SELECT EXTRACT(EPOCH FROM (now() - pg_postmaster_start_time()))")
             ).scalar()
+        elif rdb.engine.dialect.name == "mysql":
+            uptime = conn.execute(sqlalchemy.text("SHOW GLOBAL STATUS LIKE 'Uptime'")).first()[1]
     for trial_id in beatless:
         storage.record_heartbeat(trial_id)
     if uptime is not None and float(uptime) < grace:

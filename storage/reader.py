@@ -45,22 +45,25 @@ from storage.states import state_name
 NON_FINITE_VALUES = {"INF_POS": math.inf, "INF_NEG": -math.inf, "NAN": math.nan}
 
 # One row per param / attr / value of the trials asked for: (trial_id, kind, key, num, text,
-# int, id). Kinds: 0 param, 1 user attr, 2 system attr, 3 intermediate value, 4 value.
-# {omit}: empty, or a condition that leaves out user attrs named in :omit.
+# int, id). Kinds: 0 param, 1 user attr, 2 system attr, 3 intermediate value, 4 value. The
+# casts name each dialect's types (DETAILS_CASTS); ``key`` is quoted where it is a reserved word
+# (MySQL). {omit}: empty, or a condition that leaves out the user attrs named in :omit.
 DETAILS_SQL = """
-SELECT trial_id, 0 AS kind, CAST(param_name AS VARCHAR(512)) AS key, CAST(param_value AS DOUBLE PRECISION) AS num,
-       CAST(distribution_json AS TEXT) AS text, CAST(NULL AS INTEGER) AS n, param_id AS id
+SELECT trial_id, 0 AS kind, CAST(param_name AS {varchar}(512)) AS {key}, CAST(param_value AS {double}) AS num,
+       CAST(distribution_json AS {text}) AS text, CAST(NULL AS {int}) AS n, param_id AS id
   FROM trial_params WHERE {where}
-UNION ALL SELECT trial_id, 1, key, NULL, value_json, NULL, trial_user_attribute_id
+UNION ALL SELECT trial_id, 1, {key}, NULL, value_json, NULL, trial_user_attribute_id
   FROM trial_user_attributes WHERE {where}{omit}
-UNION ALL SELECT trial_id, 2, key, NULL, value_json, NULL, trial_system_attribute_id
+UNION ALL SELECT trial_id, 2, {key}, NULL, value_json, NULL, trial_system_attribute_id
   FROM trial_system_attributes WHERE {where}
-UNION ALL SELECT trial_id, 3, CAST(intermediate_value_type AS VARCHAR(16)), intermediate_value, NULL, step, trial_intermediate_value_id
+UNION ALL SELECT trial_id, 3, CAST(intermediate_value_type AS {varchar}(16)), intermediate_value, NULL, step, trial_intermediate_value_id
   FROM trial_intermediate_values WHERE {where}
-UNION ALL SELECT trial_id, 4, CAST(value_type AS VARCHAR(16)), value, NULL, objective, trial_value_id
+UNION ALL SELECT trial_id, 4, CAST(value_type AS {varchar}(16)), value, NULL, objective, trial_value_id
   FROM trial_values WHERE {where}
 ORDER BY 1, 2, 7
 """
+DETAILS_CASTS = {"mysql": {"varchar": "CHAR", "double": "DOUBLE", "text": "CHAR", "int": "SIGNED"}}
+STANDARD_CASTS = {"varchar": "VARCHAR", "double": "DOUBLE PRECISION", "text": "TEXT", "int": "INTEGER"}
 MAX_IDS = 2000  # trial ids per details query (bound parameters stay far below every limit)
 TRIAL_COLUMNS = "trial_id, number, state, datetime_start, datetime_complete"  # what frozen_trial takes
 
@@ -104,16 +107,21 @@ def read_details(conn: sqlalchemy.Connection, trial_ids: list[int], whole_study:
     selected by study, not listed. ``omit_user_attrs``: user attrs not to read."""
     if not trial_ids:
         return {}
-    omit = " AND key NOT IN :omit" if omit_user_attrs else ""
+    dialect = conn.dialect
+    key = dialect.identifier_preparer.quote("key")
+    omit = f" AND {key} NOT IN :omit" if omit_user_attrs else ""
     binds: dict[str, Any] = {"omit": sorted(omit_user_attrs)} if omit_user_attrs else {}
     expanding = ("omit",) if omit_user_attrs else ()
+
+    def details(where: str) -> str:
+        return DETAILS_SQL.format(where=where, key=key, omit=omit, **DETAILS_CASTS.get(dialect.name, STANDARD_CASTS))
+
     rows: list = []
     if whole_study is not None and len(trial_ids) > MAX_IDS:
-        where = "trial_id IN (SELECT trial_id FROM trials WHERE study_id = :study_id)"
-        query = sql(DETAILS_SQL.format(where=where, omit=omit), expanding)
+        query = sql(details("trial_id IN (SELECT trial_id FROM trials WHERE study_id = :study_id)"), expanding)
         rows = conn.execute(query, {"study_id": whole_study, **binds}).all()
     else:
-        query = sql(DETAILS_SQL.format(where="trial_id IN :ids", omit=omit), ("ids", *expanding))
+        query = sql(details("trial_id IN :ids"), ("ids", *expanding))
         for start in range(0, len(trial_ids), MAX_IDS):
             rows += conn.execute(query, {"ids": trial_ids[start : start + MAX_IDS], **binds}).all()
     by_trial: dict[int, list] = {}
@@ -166,6 +174,7 @@ class ReadOnlyStorage(BaseStorage):
 
     def __init__(self, engine: sqlalchemy.Engine) -> None:
         self.engine = engine
+        self._key = engine.dialect.identifier_preparer.quote("key")  # reserved on MySQL
 
     def _rows(self, query: str, params: dict[str, Any], expanding: tuple[str, ...] = ()) -> list[Any]:
         with self.engine.connect() as conn:
@@ -202,7 +211,7 @@ class ReadOnlyStorage(BaseStorage):
 
     def _study_attrs(self, table: str, study_id: int) -> dict[str, Any]:
         rows = self._rows(
-            f"SELECT s.study_id, a.key, a.value_json FROM studies s LEFT JOIN {table} a ON a.study_id = s.study_id "
+            f"SELECT s.study_id, a.{self._key}, a.value_json FROM studies s LEFT JOIN {table} a ON a.study_id = s.study_id "
             "WHERE s.study_id = :id",
             {"id": study_id},
         )
@@ -222,7 +231,7 @@ class ReadOnlyStorage(BaseStorage):
             attrs: dict[str, dict[int, dict[str, Any]]] = {}
             for table in ("study_user_attributes", "study_system_attributes"):
                 attrs[table] = {}
-                for study_id, key, value in conn.execute(sql(f"SELECT study_id, key, value_json FROM {table}")):
+                for study_id, key, value in conn.execute(sql(f"SELECT study_id, {self._key}, value_json FROM {table}")):
                     attrs[table].setdefault(study_id, {})[key] = json.loads(value)
         return [
             FrozenStudy(

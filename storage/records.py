@@ -148,6 +148,8 @@ def running_heartbeats(storage: BaseStorage, study_id: int) -> list[dict[str, An
         age = "(julianday(CURRENT_TIMESTAMP) - julianday(h.heartbeat)) * 86400.0"
     elif dialect == "postgresql":  # the heartbeat column holds the server's LOCALTIMESTAMP
         age = "EXTRACT(EPOCH FROM (LOCALTIMESTAMP - h.heartbeat))"
+    elif dialect == "mysql":  # whole seconds of the session's clock, UTC (backend.MYSQL_SESSION)
+        age = "TIMESTAMPDIFF(SECOND, h.heartbeat, CURRENT_TIMESTAMP)"
     else:
         age = "NULL"
     query = sqlalchemy.text(

@@ -21,6 +21,9 @@ from sqlalchemy.exc import ArgumentError
 from storage.errors import StorageError
 
 DEFAULT_URL = "sqlite:///hpo.db"
+# The driver each backend is pinned to, whichever the URL names (None: SQLAlchemy's own).
+# A password may come from the secret file for the network databases only.
+DRIVERS = {"sqlite": None, "postgresql": "psycopg", "mysql": "pymysql"}
 URL_ENV = "HPO_STORAGE"
 PASSWORD_FILE_ENV = "HPO_DB_PASSWORD_FILE"
 
@@ -40,10 +43,10 @@ def parse_url(url: str) -> URL:
     except (ArgumentError, ValueError):  # ValueError: a port that is not a number
         raise StorageError(f"not a database URL: {mask_text(url)!r}") from None
     backend = parsed.get_backend_name()
-    if backend not in ("sqlite", "postgresql"):
+    if backend not in DRIVERS:
         raise StorageError(
-            f"unsupported storage {backend!r} in {mask_url(url)}: use sqlite:///FILE or "
-            "postgresql://USER@HOST/DB"
+            f"unsupported storage {backend!r} in {mask_url(url)}: use sqlite:///FILE, "
+            "postgresql://USER@HOST/DB or mysql://USER@HOST/DB"
         )
     return parsed
 
@@ -67,13 +70,15 @@ def _refuse_unescaped_at(url: str) -> None:
 def resolve_url(flag: str | None = None, environ: Mapping[str, str] | None = None) -> str:
     """The storage URL to use, with the password from the secret file filled in.
 
-    PostgreSQL URLs are pinned to the psycopg (version 3) driver.
+    PostgreSQL URLs are pinned to the psycopg (version 3) driver, MySQL and MariaDB URLs to
+    PyMySQL (:data:`DRIVERS`).
     """
     environ = os.environ if environ is None else environ
     url = flag or environ.get(URL_ENV) or DEFAULT_URL
     parsed = parse_url(url)
-    if parsed.get_backend_name() == "postgresql":
-        parsed = parsed.set(drivername="postgresql+psycopg")
+    backend = parsed.get_backend_name()
+    if DRIVERS[backend] is not None:
+        parsed = parsed.set(drivername=f"{backend}+{DRIVERS[backend]}")
         password_file = environ.get(PASSWORD_FILE_ENV)
         if password_file and parsed.password is None:
             parsed = parsed.set(password=_read_secret(password_file))
@@ -157,6 +162,11 @@ def mask_text(text: str) -> str:
 
 def is_sqlite(url: str) -> bool:
     return make_url(url).get_backend_name() == "sqlite"
+
+
+def is_mysql(url: str) -> bool:
+    """MySQL or MariaDB (one SQLAlchemy backend, one driver: PyMySQL)."""
+    return make_url(url).get_backend_name() == "mysql"
 
 
 def sqlite_path(url: str) -> str | None:

@@ -31,9 +31,15 @@ Optuna and optuna-dashboard read what it writes as if Optuna had written it) and
 * **a queued trial is taken** with one guarded ``UPDATE`` (WAITING -> RUNNING), its record
   taken from the snapshot;
 * **a claim is one transaction** (:meth:`WorkerStorage.batch`): on PostgreSQL it can take the
-  workers' lock itself and need not wait for the disk to commit; the worker's thread keeps
+  workers' lock itself and need not wait for the disk to commit; on MySQL it takes the lock
+  on its own connection and releases it once the transaction is over; the worker's thread keeps
   its connection between transactions (no pool check-out, no ping, per transaction). On
   SQLite that connection commits without waiting for the disk (see ``_kept_connection``).
+
+On MySQL and MariaDB the same SQL is written in their dialect (``ON DUPLICATE KEY UPDATE`` for
+the upserts, a matched-row count for the guards, the number of a new trial counted in a
+statement of its own), statement after statement as on SQLite: 15-16 per trial where SQLite sends
+13 and PostgreSQL 8 (``tests/test_worker_storage.py`` counts them).
 
 Everything else (studies, other trials, stale-trial detection) goes to the wrapped storage.
 The wrapped ``RDBStorage`` is ``_backend`` (as in Optuna's own cache), and ``engine`` is its
@@ -82,6 +88,7 @@ from optuna.storages._rdb import models
 from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
+from storage.backend import release_lock, take_lock
 from storage.reader import TRIAL_COLUMNS, frozen_trial, parse_distribution, read_details
 from storage.states import state_name
 
@@ -100,8 +107,11 @@ class _Statements:
     _TYPES = {("trials", "state"): "trialstate", ("trial_values", "value_type"): "trialvaluetype",
               ("trial_intermediate_values", "intermediate_value_type"): "trialintermediatevaluetype"}
 
-    def __init__(self, dialect: str) -> None:
-        self.postgres = dialect == "postgresql"
+    def __init__(self, dialect: sqlalchemy.Dialect) -> None:
+        self.postgres = dialect.name == "postgresql"
+        self.mysql = dialect.name == "mysql"  # MySQL or MariaDB: no RETURNING on UPDATE, no CTE writes
+        self.sqlite = dialect.name == "sqlite"
+        self.quote = dialect.identifier_preparer.quote  # `key` on MySQL, where it is reserved
         self._cache: dict[Any, Any] = {}
 
     def _cast(self, table: str, column: str, expr: str) -> str:
@@ -110,27 +120,38 @@ class _Statements:
 
     def upsert(self, prefix: str, table: str, columns: tuple[str, ...], keys: tuple[str, ...],
                rows: int) -> str:
-        """``INSERT ... VALUES (...) x rows ON CONFLICT (keys) DO UPDATE``; binds ``{prefix}{row}_{column}``."""
+        """``INSERT ... VALUES (...) x rows ON CONFLICT (keys) DO UPDATE`` (MySQL: ``ON DUPLICATE
+        KEY UPDATE``, on the same unique keys); binds ``{prefix}{row}_{column}``."""
         key = ("upsert", prefix, table, columns, rows)
         if key not in self._cache:
             values = ", ".join(
                 "(" + ", ".join(self._cast(table, c, f":{prefix}{r}_{c}") for c in columns) + ")" for r in range(rows)
             )
-            update = ", ".join(f"{c} = excluded.{c}" for c in columns if c not in keys)
-            self._cache[key] = (f"INSERT INTO {table} ({', '.join(columns)}) VALUES {values} "
-                                f"ON CONFLICT ({', '.join(keys)}) DO UPDATE SET {update}")
+            q = self.quote
+            names = ", ".join(q(c) for c in columns)
+            if self.mysql:  # VALUES(c): MariaDB has no row alias (INSERT ... AS new)
+                update = ", ".join(f"{q(c)} = VALUES({q(c)})" for c in columns if c not in keys)
+                self._cache[key] = f"INSERT INTO {table} ({names}) VALUES {values} ON DUPLICATE KEY UPDATE {update}"
+            else:
+                update = ", ".join(f"{q(c)} = excluded.{q(c)}" for c in columns if c not in keys)
+                self._cache[key] = (f"INSERT INTO {table} ({names}) VALUES {values} "
+                                    f"ON CONFLICT ({', '.join(q(k) for k in keys)}) DO UPDATE SET {update}")
         return self._cache[key]
 
     def beat(self, prefix: str) -> str:
+        upsert = "ON DUPLICATE KEY UPDATE" if self.mysql else "ON CONFLICT (trial_id) DO UPDATE SET"
         return (f"INSERT INTO trial_heartbeats (trial_id, heartbeat) VALUES (:{prefix}trial_id, CURRENT_TIMESTAMP) "
-                "ON CONFLICT (trial_id) DO UPDATE SET heartbeat = CURRENT_TIMESTAMP")
+                f"{upsert} heartbeat = CURRENT_TIMESTAMP")
 
     def guard(self, finish: bool) -> str:
-        """An UPDATE of the trial row that matches only while it is RUNNING (and locks it)."""
+        """An UPDATE of the trial row that matches only while it is RUNNING (and locks it); its
+        row count says whether it matched (on MySQL too: SQLAlchemy's MySQL dialects count
+        matched rows, not changed ones). On PostgreSQL it returns the row, for :meth:`combined`."""
         running = self._cast("trials", "state", "'RUNNING'")
         change = (f"state = {self._cast('trials', 'state', ':g_state')}, datetime_complete = :g_complete"
                   if finish else f"state = {running}")
-        return f"UPDATE trials SET {change} WHERE trial_id = :g_trial_id AND state = {running} RETURNING trial_id"
+        returning = " RETURNING trial_id" if self.postgres else ""
+        return f"UPDATE trials SET {change} WHERE trial_id = :g_trial_id AND state = {running}{returning}"
 
     def combined(self, parts: list[str], guard: str | None, *, alone: bool = False) -> sqlalchemy.TextClause:
         """One statement of data-modifying CTEs (PostgreSQL): the guard's row count, else 1.
@@ -281,14 +302,20 @@ class WorkerStorage(BaseStorage, BaseHeartbeat):
         self._directions: dict[int, list[StudyDirection]] = {}
         self._names: dict[int, str] = {}
         dialect = self.engine.dialect.name
-        if dialect not in ("postgresql", "sqlite"):
-            raise ValueError(f"WorkerStorage supports PostgreSQL and SQLite, not {dialect}")
-        self._sql = _Statements(dialect)
+        if dialect not in ("postgresql", "sqlite", "mysql"):
+            raise ValueError(f"WorkerStorage supports PostgreSQL, MySQL and SQLite, not {dialect}")
+        self._sql = _Statements(self.engine.dialect)
 
     # -- transactions ----------------------------------------------------------------------------
     @property
     def postgres(self) -> bool:
         return self._sql.postgres
+
+    @property
+    def locks_in_batch(self) -> bool:
+        """Whether :meth:`batch` can take the workers' lock itself (``lock``): PostgreSQL and
+        MySQL; on SQLite the caller holds ``storage.backend.exclusive`` around the batch."""
+        return not self._sql.sqlite
 
     @contextlib.contextmanager
     def batch(self, *, durable: bool = True, lock: int | None = None) -> Iterator[None]:
@@ -297,9 +324,13 @@ class WorkerStorage(BaseStorage, BaseHeartbeat):
         The worker claims a trial in one batch (sync, create, sample, write, first beat): one
         commit instead of one per call, and a claim that fails half-way leaves nothing behind.
 
-        ``lock`` (PostgreSQL): an advisory-lock key this transaction takes first and holds until
-        it ends (``pg_advisory_xact_lock``; it waits for, and is waited for by, the session lock
-        of ``storage.backend.exclusive`` on the same key).
+        ``lock`` (PostgreSQL, MySQL): the key of ``storage.backend.exclusive``'s lock, taken first
+        and held until the transaction ends. On PostgreSQL the transaction's own advisory lock
+        (``pg_advisory_xact_lock``; it waits for, and is waited for by, the session lock on the
+        same key). MySQL has no lock of a transaction: the session's named lock
+        (``GET_LOCK``, as ``exclusive`` takes it) is taken on the batch's connection and released
+        once the transaction has committed or rolled back (or by the server, if the connection
+        is lost), so no other claim reads the study before this one's writes are visible.
 
         ``durable=False`` (PostgreSQL): the commit returns before its WAL record is on disk
         (``synchronous_commit = off``, for this transaction only). It is visible to every other
@@ -308,29 +339,40 @@ class WorkerStorage(BaseStorage, BaseHeartbeat):
         restart), and then as if the transaction had not run: a trial claimed so is then gone,
         and writing to it raises ``UpdateFinishedTrialError`` ("no longer exists"). On SQLite
         every commit of the worker's own connection is like that (see :meth:`_kept_connection`).
+        MySQL has no such setting per transaction: its commits are as durable as the server is set.
         """
         if getattr(self._local, "conn", None) is not None:
             yield
             return
         touched: list[int] = []
-        with self._transaction() as conn:
-            if self._sql.postgres and (lock is not None or not durable):
-                first = []
-                if lock is not None:
-                    first.append("pg_advisory_xact_lock(:k)")
-                if not durable:
-                    first.append("set_config('synchronous_commit', 'off', true)")
-                conn.execute(self._sql.text(f"SELECT {', '.join(first)}"), {"k": lock})
-            self._local.conn, self._local.touched = conn, touched
-            try:
-                yield
-            except BaseException:
-                with self._lock:  # rolled back: what these trials held was never written
-                    for trial_id in touched:
-                        self._own.pop(trial_id, None)
-                raise
-            finally:
-                self._local.conn = self._local.touched = None
+        locked: sqlalchemy.Connection | None = None  # MySQL: the connection holding the named lock
+        try:
+            with self._transaction() as conn:
+                if self._sql.postgres and (lock is not None or not durable):
+                    first = []
+                    if lock is not None:
+                        first.append("pg_advisory_xact_lock(:k)")
+                    if not durable:
+                        first.append("set_config('synchronous_commit', 'off', true)")
+                    conn.execute(self._sql.text(f"SELECT {', '.join(first)}"), {"k": lock})
+                elif self._sql.mysql and lock is not None:
+                    take_lock(conn, lock, mysql=True)
+                    locked = conn
+                self._local.conn, self._local.touched = conn, touched
+                try:
+                    yield
+                except BaseException:
+                    with self._lock:  # rolled back: what these trials held was never written
+                        for trial_id in touched:
+                            self._own.pop(trial_id, None)
+                    raise
+                finally:
+                    self._local.conn = self._local.touched = None
+        finally:
+            if locked is not None:
+                release_lock(locked, lock, f"key {lock}", mysql=True)
+                if locked.invalidated:
+                    self._local.held = None
 
     @contextlib.contextmanager
     def _connection(self) -> Iterator[sqlalchemy.Connection]:
@@ -365,7 +407,7 @@ class WorkerStorage(BaseStorage, BaseHeartbeat):
         conn = getattr(self._local, "held", None)
         if conn is None or conn.closed or conn.invalidated:
             conn = self.engine.connect()
-            if not self._sql.postgres:
+            if self._sql.sqlite:
                 conn.exec_driver_sql("PRAGMA synchronous = NORMAL")
                 conn.commit()  # ends SQLAlchemy's autobegun block (the driver began no transaction)
             self._local.held = conn
@@ -457,8 +499,9 @@ class WorkerStorage(BaseStorage, BaseHeartbeat):
     def read_study_attrs(self, study_id: int, keys: Sequence[str]) -> dict[str, Any]:
         """The study's user attrs named ``keys``, as they are in the database now: one query,
         inside the current batch (a claim reads the stage's status with its budget)."""
+        key = self._sql.quote("key")
         query = self._sql.text(
-            "SELECT key, value_json FROM study_user_attributes WHERE study_id = :id AND key IN :keys",
+            f"SELECT {key}, value_json FROM study_user_attributes WHERE study_id = :id AND {key} IN :keys",
             expanding=("keys",),
         )
         with self._connection() as conn:
@@ -487,21 +530,25 @@ class WorkerStorage(BaseStorage, BaseHeartbeat):
         if template_trial is not None:  # a queued retry, an added trial: Optuna's way
             return self._backend.create_new_trial(study_id, template_trial)
         started = datetime.datetime.now()
-        lock = "SELECT study_id FROM studies WHERE study_id = :study_id" + (" FOR UPDATE" if self._sql.postgres else "")
-        insert = (
-            "INSERT INTO trials (number, study_id, state, datetime_start, datetime_complete) VALUES ("
-            "(SELECT COUNT(*) FROM trials WHERE study_id = :study_id), :study_id, "
-            f"{self._sql._cast('trials', 'state', chr(39) + 'RUNNING' + chr(39))}, :start, NULL) RETURNING trial_id, number"
-        )
+        lock = "SELECT study_id FROM studies WHERE study_id = :study_id" + ("" if self._sql.sqlite else " FOR UPDATE")
+        count = "SELECT COUNT(*) FROM trials WHERE study_id = :study_id"
+        columns = "INSERT INTO trials (number, study_id, state, datetime_start, datetime_complete) VALUES "
+        running = self._sql._cast("trials", "state", "'RUNNING'")
+        binds = {"study_id": study_id, "start": self._timestamp(started)}
         with self._connection() as conn:
             # The lock RDBStorage takes to number trials, so numbers stay unique with any writer.
             # Taken here, not when a claim starts: a reaper in the claim queues retries through
             # RDBStorage on another connection, which takes this lock too.
             if conn.execute(self._sql.text(lock), {"study_id": study_id}).first() is None:
                 raise KeyError(f"No study with study_id {study_id} exists.")
-            trial_id, number_ = conn.execute(
-                self._sql.text(insert), {"study_id": study_id, "start": self._timestamp(started)}
-            ).one()
+            if self._sql.mysql:  # no RETURNING, and no subquery on the table inserted into: counted
+                # first (READ COMMITTED, after the lock: every trial committed before is counted)
+                number_ = conn.execute(self._sql.text(count), binds).scalar_one()
+                trial_id = conn.execute(self._sql.text(f"{columns}(:number, :study_id, {running}, :start, NULL)"),
+                                        {**binds, "number": number_}).lastrowid
+            else:
+                trial_id, number_ = conn.execute(self._sql.text(
+                    f"{columns}(({count}), :study_id, {running}, :start, NULL) RETURNING trial_id, number"), binds).one()
         trial = FrozenTrial(
             number=number_, state=TrialState.RUNNING, value=None, values=None, datetime_start=started,
             datetime_complete=None, params={}, distributions={}, user_attrs={}, system_attrs={},
@@ -618,7 +665,7 @@ class WorkerStorage(BaseStorage, BaseHeartbeat):
     def _timestamp(self, local: datetime.datetime) -> Any:
         """A local time as Optuna stores it: naive UTC (as text SQLAlchemy would write, on SQLite)."""
         utc = _utc(local)
-        return utc if self._sql.postgres else utc.strftime("%Y-%m-%d %H:%M:%S.%f")
+        return utc.strftime("%Y-%m-%d %H:%M:%S.%f") if self._sql.sqlite else utc
 
     def _written(self, own: _Own, pending: tuple) -> None:
         """Forget what a committed transaction wrote (unless it changed again meanwhile)."""
@@ -634,7 +681,9 @@ class WorkerStorage(BaseStorage, BaseHeartbeat):
         """Execute ``writes`` and ``guard`` (an UPDATE ... RETURNING; its row count is returned).
 
         On PostgreSQL they go as one statement (data-modifying CTEs): one round trip, all or
-        nothing. SQLite runs them in turn (in-process, a round trip costs nothing there).
+        nothing. SQLite runs them in turn (in-process, a round trip costs nothing there), and so
+        does MySQL (which has neither writes in a CTE nor UPDATE ... RETURNING): the guard first,
+        and nothing more if it matched nothing (the caller raises, which rolls back).
         ``alone`` (PostgreSQL, outside a transaction): a guard that matches nothing writes
         nothing either (see :meth:`_Statements.combined`), and 0 is returned.
         """
@@ -652,7 +701,9 @@ class WorkerStorage(BaseStorage, BaseHeartbeat):
                     return 0
                 raise
             return count if guard is not None else None
-        count = len(conn.execute(self._sql.text(guard[0]), guard[1]).all()) if guard is not None else None
+        count = conn.execute(self._sql.text(guard[0]), guard[1]).rowcount if guard is not None else None
+        if count == 0:
+            return 0
         for sql, b in writes:
             conn.execute(self._sql.text(sql), b)
         return count
@@ -772,9 +823,9 @@ class WorkerStorage(BaseStorage, BaseHeartbeat):
         waiting = self._sql._cast("trials", "state", "'WAITING'")
         running = self._sql._cast("trials", "state", "'RUNNING'")
         update = self._sql.text(f"UPDATE trials SET state = {running}, datetime_start = :start "
-                                f"WHERE trial_id = :id AND state = {waiting} RETURNING trial_id")
+                                f"WHERE trial_id = :id AND state = {waiting}")
         with self._connection() as conn:
-            if conn.execute(update, {"id": trial_id, "start": self._timestamp(started)}).first() is None:
+            if conn.execute(update, {"id": trial_id, "start": self._timestamp(started)}).rowcount != 1:
                 state = conn.execute(self._sql.text("SELECT state FROM trials WHERE trial_id = :id"),
                                      {"id": trial_id}).scalar()
                 if state is None:

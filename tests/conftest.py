@@ -1,62 +1,110 @@
-"""Shared fixtures: a fresh SQLite file and a fresh PostgreSQL database per test.
+"""Shared fixtures: a fresh SQLite file, a fresh PostgreSQL database and a fresh MariaDB (or
+MySQL) database per test.
 
 PostgreSQL tests skip with a reason when no server is reachable, unless HPO_REQUIRE_POSTGRES=1
 (as in CI), where an unreachable server is an error. The server is taken from
 HPO_TEST_POSTGRES (an admin URL), default postgresql://postgres@127.0.0.1:5432/postgres.
+MariaDB likewise, with HPO_REQUIRE_MYSQL=1 and HPO_TEST_MYSQL, default
+mysql+pymysql://root@127.0.0.1:3306/test (an account that may create and drop databases).
 Tests marked ``browser`` likewise skip without Chromium and Playwright, unless HPO_REQUIRE_BROWSER=1,
 and tests marked ``docker`` without a Docker engine, unless HPO_REQUIRE_DOCKER=1.
 """
 
 from __future__ import annotations
 
+import importlib
 import os
 import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
 
 import pytest
 
 ADMIN_URL = os.environ.get("HPO_TEST_POSTGRES", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
+MYSQL_ADMIN_URL = os.environ.get("HPO_TEST_MYSQL", "mysql+pymysql://root@127.0.0.1:3306/test")
+
+
+@dataclass(frozen=True)
+class Server:
+    """A database server the tests may use: its admin URL, its driver, the variable that makes
+    its absence an error, and how a database is created and dropped there."""
+
+    name: str
+    admin_url: str
+    driver: str
+    require: str
+    create: str
+    drop: str
+
+    def admin_engine(self):
+        import sqlalchemy
+
+        return sqlalchemy.create_engine(self.admin_url, isolation_level="AUTOCOMMIT", connect_args={"connect_timeout": 3})
+
+    def reachable(self) -> str:
+        """The admin URL, or a skip with the reason (a failure when ``require`` is set to 1)."""
+        try:
+            importlib.import_module(self.driver)
+            import sqlalchemy
+
+            engine = self.admin_engine()
+            with engine.connect() as conn:
+                conn.execute(sqlalchemy.text("SELECT 1"))
+            engine.dispose()
+        except Exception as e:  # noqa: BLE001 - any failure means "no server here"
+            reason = f"no {self.name} server reachable at {self.admin_url.split('@')[-1]} ({type(e).__name__})"
+            if os.environ.get(self.require) == "1":
+                pytest.fail(f"{reason}, and {self.require}=1")
+            pytest.skip(reason)
+        return self.admin_url
+
+    def database(self) -> Iterator[str]:
+        """A new, empty database while the caller runs; dropped afterwards."""
+        import sqlalchemy
+        from sqlalchemy.engine import make_url
+
+        name = f"hpo_test_{uuid.uuid4().hex[:12]}"
+        engine = self.admin_engine()
+        with engine.connect() as conn:
+            conn.execute(sqlalchemy.text(self.create.format(name=name)))
+        yield make_url(self.admin_url).set(database=name).render_as_string(hide_password=False)
+        with engine.connect() as conn:
+            conn.execute(sqlalchemy.text(self.drop.format(name=name)))
+        engine.dispose()
+
+
+POSTGRES = Server("PostgreSQL", ADMIN_URL, "psycopg", "HPO_REQUIRE_POSTGRES",
+                  'CREATE DATABASE "{name}"', 'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+MARIADB = Server("MariaDB", MYSQL_ADMIN_URL, "pymysql", "HPO_REQUIRE_MYSQL",
+                 "CREATE DATABASE `{name}` CHARACTER SET utf8mb4", "DROP DATABASE IF EXISTS `{name}`")
 
 
 def _admin_engine():
-    import sqlalchemy
-
-    return sqlalchemy.create_engine(ADMIN_URL, isolation_level="AUTOCOMMIT", connect_args={"connect_timeout": 3})
+    return POSTGRES.admin_engine()
 
 
 @pytest.fixture(scope="session")
 def postgres_server() -> str:
     """The admin URL of a reachable PostgreSQL server, or a skip (an error in CI)."""
-    try:
-        import psycopg  # noqa: F401
-        import sqlalchemy
-
-        engine = _admin_engine()
-        with engine.connect() as conn:
-            conn.execute(sqlalchemy.text("SELECT 1"))
-        engine.dispose()
-    except Exception as e:  # noqa: BLE001 - any failure means "no server here"
-        reason = f"no PostgreSQL server reachable at {ADMIN_URL.split('@')[-1]} ({type(e).__name__})"
-        if os.environ.get("HPO_REQUIRE_POSTGRES") == "1":
-            pytest.fail(f"{reason}, and HPO_REQUIRE_POSTGRES=1")
-        pytest.skip(reason)
-    return ADMIN_URL
+    return POSTGRES.reachable()
 
 
 @pytest.fixture
-def postgres_url(postgres_server: str):
+def postgres_url(postgres_server: str) -> Iterator[str]:
     """A new, empty database for this test; dropped afterwards."""
-    import sqlalchemy
-    from sqlalchemy.engine import make_url
+    yield from POSTGRES.database()
 
-    name = f"hpo_test_{uuid.uuid4().hex[:12]}"
-    engine = _admin_engine()
-    with engine.connect() as conn:
-        conn.execute(sqlalchemy.text(f'CREATE DATABASE "{name}"'))
-    url = make_url(postgres_server).set(database=name).render_as_string(hide_password=False)
-    yield url
-    with engine.connect() as conn:
-        conn.execute(sqlalchemy.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    engine.dispose()
+
+@pytest.fixture(scope="session")
+def mariadb_server() -> str:
+    """The admin URL of a reachable MariaDB (or MySQL) server, or a skip (an error in CI)."""
+    return MARIADB.reachable()
+
+
+@pytest.fixture
+def mariadb_url(mariadb_server: str) -> Iterator[str]:
+    """A new, empty database for this test; dropped afterwards."""
+    yield from MARIADB.database()
 
 
 @pytest.fixture
@@ -64,12 +112,18 @@ def sqlite_url(tmp_path) -> str:
     return f"sqlite:///{tmp_path / 'hpo.db'}"
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres),
+                        pytest.param("mariadb", marks=pytest.mark.mysql)])
 def storage_url(request) -> str:
-    """The same test on a SQLite file and on a fresh PostgreSQL database."""
-    if request.param == "sqlite":
-        return request.getfixturevalue("sqlite_url")
-    return request.getfixturevalue("postgres_url")
+    """The same test on a SQLite file, a fresh PostgreSQL database and a fresh MariaDB database."""
+    return request.getfixturevalue(f"{request.param}_url")
+
+
+@pytest.fixture(params=[pytest.param("postgres", marks=pytest.mark.postgres),
+                        pytest.param("mariadb", marks=pytest.mark.mysql)])
+def server_url(request) -> str:
+    """The same test on a fresh database of each server many machines share (PostgreSQL, MariaDB)."""
+    return request.getfixturevalue(f"{request.param}_url")
 
 
 def _browser_missing() -> str | None:

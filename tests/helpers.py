@@ -50,6 +50,20 @@ def sql(url: str, query: str, **params):
         engine.dispose()
 
 
+def backdate_heartbeats(engine: sqlalchemy.Engine, seconds: int, trial_id: int | None = None) -> int:
+    """Move the heartbeats of a trial (or of all trials) ``seconds`` into the past, as if their
+    workers had stopped beating then; returns the rows changed."""
+    shift = {
+        "sqlite": "datetime(heartbeat, '-' || :s || ' seconds')",
+        "postgresql": "heartbeat - make_interval(secs => :s)",
+        "mysql": "heartbeat - INTERVAL :s SECOND",
+    }[engine.dialect.name]
+    where = "" if trial_id is None else " WHERE trial_id = :id"
+    with engine.begin() as conn:
+        query = sqlalchemy.text(f"UPDATE trial_heartbeats SET heartbeat = {shift}{where}")
+        return conn.execute(query, {"s": seconds, "id": trial_id}).rowcount
+
+
 def duplicate_trial_numbers(url: str) -> list:
     """(study_id, number) pairs that occur more than once — Optuna's schema does not forbid it."""
     return sql(url, "SELECT study_id, number, COUNT(*) FROM trials GROUP BY study_id, number HAVING COUNT(*) > 1")

@@ -20,7 +20,9 @@ import subprocess
 import tempfile
 import time
 import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -42,7 +44,47 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-class PgCluster:
+class ThrowawayServer:
+    """What the throwaway servers of the fault tests share: a folder of their own (``root``) with
+    the server's log, a restart, and ``destroy`` (stop at once with ``_halt``, delete it all)."""
+
+    def __init__(self, prefix: str, max_connections: int) -> None:
+        self.root = Path(tempfile.mkdtemp(prefix=prefix))
+        self.data = self.root / "data"
+        self.log = self.root / "server.log"
+        self.port = free_port()
+        self.max_connections = max_connections
+
+    def start(self) -> None:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+    def is_running(self) -> bool:
+        raise NotImplementedError
+
+    def _halt(self) -> None:
+        raise NotImplementedError
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+    def destroy(self) -> None:
+        with contextlib.suppress(Exception):
+            if self.is_running():
+                self._halt()
+        shutil.rmtree(self.root, ignore_errors=True)
+
+    def log_tail(self, lines: int = 20) -> str:
+        try:
+            return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+
+class PgCluster(ThrowawayServer):
     """One PostgreSQL server in a temporary folder; ``url(db)`` for its databases."""
 
     def __init__(self, *, max_connections: int = 60) -> None:
@@ -52,12 +94,8 @@ class PgCluster:
         self.as_root = os.geteuid() == 0
         if self.as_root and not shutil.which("runuser"):
             raise RuntimeError("running as root, but runuser is missing to start PostgreSQL as another user")
-        self.root = Path(tempfile.mkdtemp(prefix="hpo-pgcluster-"))
-        self.data = self.root / "data"
+        super().__init__("hpo-pgcluster-", max_connections)
         self.socket_dir = self.root / "sock"
-        self.log = self.root / "server.log"
-        self.port = free_port()
-        self.max_connections = max_connections
         self.socket_dir.mkdir()
         if self.as_root:
             user = pwd.getpwnam(RUN_AS)
@@ -85,34 +123,22 @@ class PgCluster:
         """Stop the server; ``fast`` ends every session at once (as a crash or a failover would)."""
         self._run([self.pg_ctl, "-D", str(self.data), "-m", mode, "-w", "-t", "60", "stop"], timeout=90)
 
-    def restart(self) -> None:
-        self.stop()
-        self.start()
-
     def is_running(self) -> bool:
         argv = [self.pg_ctl, "-D", str(self.data), "status"]
         if self.as_root:
             argv = ["runuser", "-u", RUN_AS, "--", *argv]
         return subprocess.run(argv, capture_output=True, timeout=30).returncode == 0
 
-    def destroy(self) -> None:
-        with contextlib.suppress(Exception):
-            if self.is_running():
-                self.stop("immediate")
-        shutil.rmtree(self.root, ignore_errors=True)
-
-    def log_tail(self, lines: int = 20) -> str:
-        try:
-            return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return ""
+    def _halt(self) -> None:
+        self.stop("immediate")
 
     # -- databases -------------------------------------------------------------------------
     def url(self, database: str = "postgres") -> str:
         return f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/{database}"
 
-    def create_database(self) -> str:
-        """A new empty database; returns its URL."""
+    def create_database(self, password: str | None = None) -> str:
+        """A new empty database; returns its URL (``password``: any is accepted, as
+        authentication is ``trust``)."""
         import sqlalchemy
 
         name = f"hpo_fault_{uuid.uuid4().hex[:10]}"
@@ -133,18 +159,25 @@ class PgCluster:
         return self.url(name)
 
 
-@pytest.fixture(scope="module")
-def pg_cluster():
-    """A running throwaway cluster for the tests of one module; destroyed afterwards."""
+def throwaway(make: Callable[[], Any], what: str, require: str, errors: tuple[type[BaseException], ...]) -> Iterator[Any]:
+    """A fixture's body: the server ``make`` builds, started for the fixture's scope and destroyed
+    afterwards; a skip naming ``what`` could not be made (a failure when ``require`` is 1)."""
     try:
-        cluster = PgCluster()
-    except (RuntimeError, OSError, KeyError, subprocess.SubprocessError) as e:
-        reason = f"cannot create a throwaway PostgreSQL cluster: {str(e).splitlines()[0]}"
-        if os.environ.get("HPO_REQUIRE_POSTGRES") == "1":
-            pytest.fail(f"{reason}, and HPO_REQUIRE_POSTGRES=1")
+        cluster = make()
+    except errors as e:
+        reason = f"cannot create a throwaway {what}: {str(e).splitlines()[0]}"
+        if os.environ.get(require) == "1":
+            pytest.fail(f"{reason}, and {require}=1")
         pytest.skip(reason)
     try:
         cluster.start()
         yield cluster
     finally:
         cluster.destroy()
+
+
+@pytest.fixture(scope="module")
+def pg_cluster():
+    """A running throwaway cluster for the tests of one module; destroyed afterwards."""
+    yield from throwaway(PgCluster, "PostgreSQL cluster", "HPO_REQUIRE_POSTGRES",
+                         (RuntimeError, OSError, KeyError, subprocess.SubprocessError))

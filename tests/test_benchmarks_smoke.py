@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.common import postgres_available
+from benchmarks.common import SERVERS, postgres_available, server_available
 
 pytestmark = pytest.mark.slow  # each runs a benchmark end to end
 
@@ -94,7 +94,7 @@ def _quick(script: str, *args: str, timeout: float = 600) -> dict:
 
 def test_overhead_quick_json_compares_both_loops_with_pruning_working():
     report = _quick("overhead.py")
-    backends = {"sqlite", "postgres"} if postgres_available() else {"sqlite"}
+    backends = {"sqlite"} | {server for server in SERVERS if server_available(server)}
     assert {r["backend"] for r in report["results"]} == backends
     for r in report["results"]:
         ours, plain = r["ours"], r["plain"]

@@ -301,6 +301,8 @@ def test_a_campaigns_report_figures_appear_on_its_stages_dashboard_pages(sqlite_
         assert set(shown) == {dashboard.graph_object_id(name) for name in figures}
         for name, figure in figures.items():
             assert shown[dashboard.graph_object_id(name)]["data"] == json.loads(figure.to_json())["data"]
+            # drawn as on the report's page: the dashboard draws a figure's own template
+            assert shown[dashboard.graph_object_id(name)]["layout"]["template"]["layout"]["plot_bgcolor"] == "white"
     assert any(name.startswith("layers-") for name in expected[stageplan.stage_study_name(spec.name, 2)])
     assert "hpo-coarse-to-fine-1" in {dashboard.graph_object_id(n) for n in expected[stageplan.stage_study_name(spec.name, 1)]}
 

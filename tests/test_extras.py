@@ -27,6 +27,7 @@ from workers.space import build_space
 
 ROOT = Path(__file__).resolve().parent.parent
 NO_SERVER = "postgresql://hpo@127.0.0.1:1/hpo"  # the driver's import fails before any connection
+NO_SERVERS = {"psycopg": NO_SERVER, "pymysql": "mysql://hpo@127.0.0.1:1/hpo"}  # driver: a storage it serves
 
 # Run in the child before anything else: ``module`` (and its submodules) cannot be imported.
 REFUSE = """
@@ -83,21 +84,23 @@ def test_only_a_missing_optional_package_gets_the_line():
     assert missing_extra(ValueError("mnist1d")) is None
 
 
-# -- the PostgreSQL driver -----------------------------------------------------------------------
+# -- the database drivers ------------------------------------------------------------------------
+@pytest.mark.parametrize("driver", sorted(NO_SERVERS))
 @pytest.mark.parametrize("command", [
     ["studies"], ["init"], ["trials", "c1"], ["search", "--name", "c1"],
     ["worker", "--campaign", "c1", "--wait", "1"], ["launch", "--campaign", "c1", "--wait", "1"],
 ])
-def test_a_postgresql_storage_without_psycopg_is_one_line(command, tmp_path):
-    result = run_without("psycopg", HPO, *command, "--storage", NO_SERVER, cwd=tmp_path)
-    assert the_one_line(result) == says_install("psycopg")
+def test_a_database_storage_without_its_driver_is_one_line(command, driver, tmp_path):
+    result = run_without(driver, HPO, *command, "--storage", NO_SERVERS[driver], cwd=tmp_path)
+    assert the_one_line(result) == says_install(driver)
     assert result.stdout == ""
 
 
-def test_a_mysql_storage_is_refused_in_one_line_before_any_driver(tmp_path):
-    result = run_without("pymysql", HPO, "studies", "--storage", "mysql://hpo@127.0.0.1:1/hpo", cwd=tmp_path)
+def test_an_unknown_database_is_refused_in_one_line_naming_the_ones_known(tmp_path):
+    result = run_without("pymysql", HPO, "studies", "--storage", "oracle://hpo@127.0.0.1:1/hpo", cwd=tmp_path)
     line = the_one_line(result)
-    assert "unsupported storage 'mysql'" in line and "postgresql://" in line
+    assert "unsupported storage 'oracle'" in line
+    assert all(scheme in line for scheme in ("sqlite:///", "postgresql://", "mysql://"))
 
 
 # -- mnist1d -------------------------------------------------------------------------------------
@@ -146,6 +149,7 @@ def test_the_dashboard_without_optuna_dashboard_is_one_line(tmp_path):
     assert the_one_line(result) == says_install("optuna_dashboard")
 
 
-def test_the_dashboard_on_postgresql_without_psycopg_is_one_line(tmp_path):
-    result = run_without("psycopg", DASHBOARD, "--port", "1", cwd=tmp_path, HPO_STORAGE=NO_SERVER)
-    assert the_one_line(result) == says_install("psycopg")
+@pytest.mark.parametrize("driver", sorted(NO_SERVERS))
+def test_the_dashboard_on_a_database_without_its_driver_is_one_line(driver, tmp_path):
+    result = run_without(driver, DASHBOARD, "--port", "1", cwd=tmp_path, HPO_STORAGE=NO_SERVERS[driver])
+    assert the_one_line(result) == says_install(driver)

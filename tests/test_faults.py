@@ -1,5 +1,7 @@
-"""Faults, against real databases: workers killed, stopped, started all at once, a PostgreSQL
-server restarted under them, SQLite shared by four, `hpo fail-stale` racing the workers.
+"""Faults, against real databases: workers killed, stopped, started all at once, a PostgreSQL or
+MariaDB server restarted under them, SQLite shared by four, `hpo fail-stale` racing the workers.
+The tests of a database many machines share run on PostgreSQL and on MariaDB (``server_url``;
+a restart, on a throwaway server of each: ``server_cluster``).
 
 Every test ends with ``assert_nothing_lost_or_repeated`` (tests/ledger.py). Heartbeats are
 short here (a beat every second, stale after three) so a dead worker's trial is reaped within
@@ -28,8 +30,10 @@ from optuna.trial import TrialState
 from hpo import inspect
 from hpo.campaign import CampaignSpec
 from storage import backend, records
-from tests.helpers import sql
+from storage.url import resolve_url
+from tests.helpers import backdate_heartbeats, sql
 from tests.ledger import assert_nothing_lost_or_repeated
+from tests.mariadbcluster import mariadb_cluster  # noqa: F401 - a fixture
 from tests.pgcluster import pg_cluster  # noqa: F401 - a fixture
 from workers import stageplan
 from workers.space import build_space
@@ -206,29 +210,29 @@ def assert_clean_exit(proc: Proc, timeout: float) -> str:
 
 
 # -- 1. SIGKILL in the middle of a trial -------------------------------------------------------
-def test_a_killed_workers_trial_is_failed_when_stale_and_retried_once_elsewhere(postgres_url, tmp_path):
-    study = make_plan(postgres_url, "kill9", trials=5, epochs=EPOCHS)
-    with Procs(tmp_path, postgres_url) as procs:
+def test_a_killed_workers_trial_is_failed_when_stale_and_retried_once_elsewhere(server_url, tmp_path):
+    study = make_plan(server_url, "kill9", trials=5, epochs=EPOCHS)
+    with Procs(tmp_path, server_url) as procs:
         victim = procs.worker("victim", "--study", study)
         others = [procs.worker("other", "--study", study)]
-        target = wait_until(FreshTrial(postgres_url, study, victim), 90,
+        target = wait_until(FreshTrial(server_url, study, victim), 90,
                             "the victim in the middle of a trial", [victim, *others])
         victim.popen.send_signal(signal.SIGKILL)
         killed_at = time.monotonic()
         assert victim.wait(10) == -signal.SIGKILL
-        wait_until(lambda: trial_state(postgres_url, study, target.number) == "FAIL", 30,
+        wait_until(lambda: trial_state(server_url, study, target.number) == "FAIL", 30,
                    f"trial {target.number} to be failed as stale", others)
         failed_after = time.monotonic() - killed_at
-        wait_until(lambda: retry_taken(postgres_url, study, target.number), 60, "the retry to be taken", others)
+        wait_until(lambda: retry_taken(server_url, study, target.number), 60, "the retry to be taken", others)
         retried_after = time.monotonic() - killed_at
         for w in others:
             output = assert_clean_exit(w, 120)
             assert LOST not in output
 
-    ledger = assert_nothing_lost_or_repeated(postgres_url, study)
+    ledger = assert_nothing_lost_or_repeated(server_url, study)
     assert ledger.failed[study] == [target.number]
     retry = ledger.retries[study][target.number]
-    storage = backend.open_storage(postgres_url, heartbeat=False)
+    storage = backend.open_storage(server_url, heartbeat=False)
     try:
         trials = {t.number: t for t in records_trials(storage, study)}
     finally:
@@ -265,11 +269,11 @@ def records_trials(storage, study: str):
 
 
 # -- 2. SIGTERM / SIGINT -----------------------------------------------------------------------
-def test_stopped_workers_requeue_their_trials_and_exit_0_promptly(postgres_url, tmp_path):
+def test_stopped_workers_requeue_their_trials_and_exit_0_promptly(server_url, tmp_path):
     # A budget the second victim cannot finish while the first one stops (its trials take
     # about 0.4 s), so a trial of its own is left to catch it in.
-    study = make_plan(postgres_url, "stop", trials=10, epochs=EPOCHS)
-    with Procs(tmp_path, postgres_url) as procs:
+    study = make_plan(server_url, "stop", trials=10, epochs=EPOCHS)
+    with Procs(tmp_path, server_url) as procs:
         victims = {signal.SIGTERM: procs.worker("sigterm", "--study", study),
                    signal.SIGINT: procs.worker("sigint", "--study", study)}
         targets = {}
@@ -277,8 +281,8 @@ def test_stopped_workers_requeue_their_trials_and_exit_0_promptly(postgres_url, 
             # The second victim may first take the retry the first one queued; catch it in a
             # trial of its own (a retry stopped again would not be queued a third time:
             # max_retry is 1).
-            fresh = FreshTrial(postgres_url, study, victim)
-            fresh.skip = frozenset(retry_numbers(postgres_url, study))
+            fresh = FreshTrial(server_url, study, victim)
+            fresh.skip = frozenset(retry_numbers(server_url, study))
             targets[sig] = wait_until(fresh, 90,
                                       f"the {sig.name} victim in the middle of a trial", list(victims.values()))
             victim.popen.send_signal(sig)
@@ -289,43 +293,51 @@ def test_stopped_workers_requeue_their_trials_and_exit_0_promptly(postgres_url, 
             print(f"\n{sig.name} -> worker exited 0 after {took:.2f}s, trial {targets[sig].number} re-queued")
             assert "interrupted: failed and queued again" in output
             # At once, not after a grace period: the trial is not RUNNING any more.
-            assert trial_state(postgres_url, study, targets[sig].number) == "FAIL"
+            assert trial_state(server_url, study, targets[sig].number) == "FAIL"
         assert_clean_exit(procs.worker("finisher", "--study", study), 120)
 
-    ledger = assert_nothing_lost_or_repeated(postgres_url, study)
+    ledger = assert_nothing_lost_or_repeated(server_url, study)
     stopped = sorted(t.number for t in targets.values())
     assert ledger.failed[study] == stopped
     assert sorted(ledger.retries[study]) == stopped
 
 
 # -- 1b. a worker frozen past the grace period -------------------------------------------------
-def test_a_frozen_worker_loses_its_trial_to_a_retry_and_carries_on(postgres_url, tmp_path):
-    study = make_plan(postgres_url, "frozen", trials=4, epochs=EPOCHS)
-    with Procs(tmp_path, postgres_url) as procs:
+def test_a_frozen_worker_loses_its_trial_to_a_retry_and_carries_on(server_url, tmp_path):
+    study = make_plan(server_url, "frozen", trials=4, epochs=EPOCHS)
+    with Procs(tmp_path, server_url) as procs:
         frozen = procs.worker("frozen", "--study", study)
-        target = wait_until(FreshTrial(postgres_url, study, frozen), 90,
+        target = wait_until(FreshTrial(server_url, study, frozen), 90,
                             "a trial in the middle of training", [frozen])
         frozen.popen.send_signal(signal.SIGSTOP)  # no beats, no reports: as if cut off from the database
         try:
             other = procs.worker("other", "--study", study)
-            wait_until(lambda: trial_state(postgres_url, study, target.number) == "FAIL", 60,
+            wait_until(lambda: trial_state(server_url, study, target.number) == "FAIL", 60,
                        f"trial {target.number} to be failed as stale", [other])
         finally:
             frozen.popen.send_signal(signal.SIGCONT)
         outputs = [assert_clean_exit(w, 120) for w in (frozen, other)]
 
     assert LOST in outputs[0], outputs[0][-2000:]  # a warning, and the worker went on
-    ledger = assert_nothing_lost_or_repeated(postgres_url, study)
+    ledger = assert_nothing_lost_or_repeated(server_url, study)
     assert ledger.failed[study] == [target.number]
     assert target.number in ledger.retries[study]
 
 
-# -- 3. PostgreSQL restarts --------------------------------------------------------------------
-def test_workers_and_coordinator_ride_out_postgres_restarts(pg_cluster, tmp_path, monkeypatch):  # noqa: F811
-    url = pg_cluster.create_database()
-    password = "restart-pw-5e1f"  # in the secret file only: trust auth ignores it, no log may show it
+# -- 3. server restarts --------------------------------------------------------------------------
+@pytest.fixture(params=[pytest.param("pg_cluster", marks=pytest.mark.postgres),
+                        pytest.param("mariadb_cluster", marks=pytest.mark.mysql)])
+def server_cluster(request):
+    """A throwaway server a test may stop and start: PostgreSQL, then MariaDB (one per module)."""
+    return request.getfixturevalue(request.param)
+
+
+def test_workers_and_coordinator_ride_out_server_restarts(server_cluster, tmp_path, monkeypatch):
+    password = "restart-pw-5e1f"  # in the secret file only (PostgreSQL's trust auth ignores it): no log may show it
+    url = server_cluster.create_database(password)
     secret = tmp_path / "db_password"
     secret.write_text(password + "\n")
+    checked = resolve_url(url, {"HPO_DB_PASSWORD_FILE": str(secret)})  # the test's own look, with the password
     trials = 8
     name = "restarts"
     study = stageplan.stage_study_name(name, 1)
@@ -337,22 +349,22 @@ def test_workers_and_coordinator_ride_out_postgres_restarts(pg_cluster, tmp_path
         everyone = [coordinator, *workers]
 
         # While they train: both workers in the middle of a trial.
-        wait_until(lambda: len(running(url, study)) == 2, 90, "two trials in training", everyone)
-        pg_cluster.restart()
+        wait_until(lambda: len(running(checked, study)) == 2, 90, "two trials in training", everyone)
+        server_cluster.restart()
 
         # While they report: down for longer than a heartbeat grace period and than a whole trial,
         # from the start of a trial on, so the worker's reports, beats and result meet a dead server.
-        wait_until(FreshTrial(url, study, *workers), 60, "a trial starting after the restart", everyone)
-        pg_cluster.stop()
+        wait_until(FreshTrial(checked, study, *workers), 60, "a trial starting after the restart", everyone)
+        server_cluster.stop()
         time.sleep(4)  # the outage itself, not a synchronisation
-        pg_cluster.start()
+        server_cluster.start()
         # Every heartbeat is now older than the grace period, yet every worker is alive: a reaper
         # looking at once must not fail their trials (`hpo fail-stale` is such a reaper).
         monkeypatch.setattr(backend, "HEARTBEAT_INTERVAL", 1)
         monkeypatch.setattr(backend, "HEARTBEAT_GRACE", 3)
-        storage = backend.open_storage(url)
+        storage = backend.open_storage(checked)
         try:
-            assert inspect.fail_stale(storage, url, study)["failed"] == []
+            assert inspect.fail_stale(storage, checked, study)["failed"] == []
         finally:
             storage.engine.dispose()
 
@@ -366,23 +378,23 @@ def test_workers_and_coordinator_ride_out_postgres_restarts(pg_cluster, tmp_path
     assert LOST not in text, "a live worker's trial was failed under it"
     assert password not in text + coordinator.output()
     assert summary["best"]["test_accuracy"] > 0.5
-    ledger = assert_nothing_lost_or_repeated(url, name, exact_budget=False)
+    ledger = assert_nothing_lost_or_repeated(checked, name, exact_budget=False)
     assert ledger.finished(study) <= trials + 1
 
 
 # -- 4. many workers at once on an empty database ----------------------------------------------
-def test_many_workers_starting_at_once_on_an_empty_database(postgres_url, tmp_path):
+def test_many_workers_starting_at_once_on_an_empty_database(server_url, tmp_path):
     name = "crowd"
-    with Procs(tmp_path, postgres_url) as procs:
+    with Procs(tmp_path, server_url) as procs:
         inits = [procs.hpo("init", "init")]
         workers = [procs.worker(f"w{i}", "--campaign", name) for i in range(4)]
         coordinator = procs.hpo("coordinator", "search", "--name", name, "--workers", "0", "--stages", "1",
                                 "--trials", "6", "--epochs", "1", *[a for p in PARAMS for a in ("--param", p)])
         for p in [*inits, coordinator, *workers]:
             assert_clean_exit(p, 180)
-    assert sql(postgres_url, "SELECT COUNT(*) FROM version_info")[0][0] == 1
-    assert sql(postgres_url, "SELECT COUNT(*) FROM alembic_version")[0][0] == 1
-    assert_nothing_lost_or_repeated(postgres_url, name)
+    assert sql(server_url, "SELECT COUNT(*) FROM version_info")[0][0] == 1
+    assert sql(server_url, "SELECT COUNT(*) FROM alembic_version")[0][0] == 1
+    assert_nothing_lost_or_repeated(server_url, name)
 
 
 # -- 5. four workers on one SQLite file --------------------------------------------------------
@@ -399,28 +411,28 @@ def test_four_workers_share_one_sqlite_file(sqlite_url, tmp_path):
 
 
 # -- 6. hpo fail-stale racing the workers' own reaping -----------------------------------------
-def test_fail_stale_and_the_workers_reaping_fail_and_retry_a_trial_once(postgres_url, tmp_path):
-    study = make_plan(postgres_url, "race", trials=5, epochs=EPOCHS)
+def test_fail_stale_and_the_workers_reaping_fail_and_retry_a_trial_once(server_url, tmp_path):
+    study = make_plan(server_url, "race", trials=5, epochs=EPOCHS)
     reports: list[dict] = []
     errors: list[BaseException] = []
-    with Procs(tmp_path, postgres_url) as procs:
+    with Procs(tmp_path, server_url) as procs:
         victim = procs.worker("victim", "--study", study)
         others = [procs.worker("other", "--study", study)]
-        target = wait_until(FreshTrial(postgres_url, study, victim), 90,
+        target = wait_until(FreshTrial(server_url, study, victim), 90,
                             "the victim in the middle of a trial", [victim, *others])
         victim.popen.send_signal(signal.SIGKILL)
         deadline = time.monotonic() + 30
 
         def failed() -> bool:
-            return trial_state(postgres_url, study, target.number) == "FAIL" or time.monotonic() > deadline
+            return trial_state(server_url, study, target.number) == "FAIL" or time.monotonic() > deadline
 
         def in_process() -> None:  # what `hpo fail-stale` runs, as fast as it can
-            storage = backend.open_storage(postgres_url, heartbeat=True)
+            storage = backend.open_storage(server_url, heartbeat=True)
             try:
                 while not failed():
-                    reports.append(inspect.fail_stale(storage, postgres_url, study))
+                    reports.append(inspect.fail_stale(storage, server_url, study))
                     time.sleep(0.02)
-                reports.append(inspect.fail_stale(storage, postgres_url, study))
+                reports.append(inspect.fail_stale(storage, server_url, study))
             except BaseException as e:  # noqa: BLE001 - reported below
                 errors.append(e)
             finally:
@@ -443,13 +455,13 @@ def test_fail_stale_and_the_workers_reaping_fail_and_retry_a_trial_once(postgres
             t.join(90)
         assert not any(t.is_alive() for t in threads)
         assert errors == []
-        assert trial_state(postgres_url, study, target.number) == "FAIL"
+        assert trial_state(server_url, study, target.number) == "FAIL"
         for w in others:
             assert_clean_exit(w, 120)
 
     reaped_by_commands = [f["number"] for r in reports for f in r["failed"]]
     assert reaped_by_commands.count(target.number) <= 1, reports
-    ledger = assert_nothing_lost_or_repeated(postgres_url, study)
+    ledger = assert_nothing_lost_or_repeated(server_url, study)
     assert ledger.failed[study] == [target.number]
     assert target.number in ledger.retries[study]
 
@@ -470,14 +482,7 @@ def _reaper_study(url: str, monkeypatch, *trials: TrialState):
 
 
 def _backdate(storage, trial_id: int, seconds: int) -> None:
-    if storage.engine.dialect.name == "sqlite":
-        query = "UPDATE trial_heartbeats SET heartbeat = datetime(heartbeat, :shift) WHERE trial_id = :id"
-        params = {"shift": f"-{seconds} seconds", "id": trial_id}
-    else:
-        query = "UPDATE trial_heartbeats SET heartbeat = heartbeat - make_interval(secs => :s) WHERE trial_id = :id"
-        params = {"s": seconds, "id": trial_id}
-    with storage.engine.begin() as conn:
-        assert conn.execute(sqlalchemy.text(query), params).rowcount == 1
+    assert backdate_heartbeats(storage.engine, seconds, trial_id) == 1
 
 
 def test_a_trial_whose_worker_died_before_its_first_beat_is_reaped(storage_url, monkeypatch):
@@ -531,14 +536,14 @@ def test_a_trial_its_worker_finishes_while_it_is_reaped_keeps_its_result(storage
         storage.engine.dispose()
 
 
-def test_the_claim_lock_survives_a_restart_inside_it(pg_cluster):  # noqa: F811
+def test_the_claim_lock_survives_a_restart_inside_it(server_cluster):
     """The server restarts while the lock is held: the lock went with the session, and leaving
     the block must not turn the work done inside into an error (a retry would redo it)."""
-    url = pg_cluster.create_database()
+    url = server_cluster.create_database()
     engine = sqlalchemy.create_engine(url, pool_pre_ping=True)
     try:
         with backend.exclusive(url, "stage", engine):
-            pg_cluster.restart()
+            server_cluster.restart()
         with backend.exclusive(url, "stage", engine):  # and it can be taken again at once
             pass
     finally:

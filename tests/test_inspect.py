@@ -28,6 +28,7 @@ from optuna.trial import TrialState
 from hpo import inspect
 from storage import backend, records
 from storage.errors import StorageError, StudyNotFound
+from tests.helpers import backdate_heartbeats
 from workers import stageplan
 from workers.record import SUMMARY_ATTRS, read_record, summary_attrs
 from workers.stageplan import StagePlan
@@ -216,14 +217,7 @@ def build_campaign(storage, campaign: str) -> None:
 
 def backdate_heartbeat(storage, trial_id: int, seconds: int) -> None:
     """Make a trial's last heartbeat ``seconds`` older, by the database's own clock."""
-    if storage.engine.dialect.name == "sqlite":
-        sql = "UPDATE trial_heartbeats SET heartbeat = datetime(heartbeat, :shift) WHERE trial_id = :id"
-        params = {"shift": f"-{seconds} seconds", "id": trial_id}
-    else:
-        sql = "UPDATE trial_heartbeats SET heartbeat = heartbeat - make_interval(secs => :s) WHERE trial_id = :id"
-        params = {"s": seconds, "id": trial_id}
-    with storage.engine.begin() as conn:
-        assert conn.execute(sqlalchemy.text(sql), params).rowcount == 1
+    assert backdate_heartbeats(storage.engine, seconds, trial_id) == 1
 
 
 def snapshot(storage, prefix: str) -> str:

@@ -115,14 +115,16 @@ def test_no_password_on_any_command_line_or_in_any_output(postgres_url, tmp_path
                                   ["worker", "--campaign", "c1", "--wait", "1"],
                                   ["search", "--name", "c1", "--workers", "0", "--trials", "1", "--epochs", "1"]],
                          ids=lambda a: a[0])
-def test_a_password_in_the_url_never_reaches_output(args):
+@pytest.mark.parametrize("scheme", ["postgresql", "mysql"])
+def test_a_password_in_the_url_never_reaches_output(args, scheme):
     """An unreachable database with a password in the URL: one line naming the masked URL."""
-    env = {**os.environ, "HPO_STORAGE": f"postgresql://hpo:{PASSWORD}@127.0.0.1:1/hpo"}
+    env = {**os.environ, "HPO_STORAGE": f"{scheme}://hpo:{PASSWORD}@127.0.0.1:1/hpo"}
     result = subprocess.run([sys.executable, "-m", "hpo", *args], env=env, capture_output=True, text=True, timeout=120)
     assert result.returncode == 2, result.stderr
     assert PASSWORD not in result.stdout + result.stderr
     last = result.stderr.strip().splitlines()[-1]
-    assert last.startswith("Error: cannot use the database postgresql+psycopg://hpo:***@127.0.0.1:1/hpo"), last
+    driver = DRIVERS[scheme]
+    assert last.startswith(f"Error: cannot use the database {scheme}+{driver}://hpo:***@127.0.0.1:1/hpo"), last
 
 
 def test_a_password_given_with_storage_is_masked_too():
@@ -381,7 +383,7 @@ def test_a_password_file_that_is_not_utf8_is_one_line_and_exit_2(tmp_path):
 from hypothesis import HealthCheck, example, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
-from storage.url import mask_text, mask_url, resolve_url  # noqa: E402
+from storage.url import DRIVERS, mask_text, mask_url, resolve_url  # noqa: E402
 
 # Passwords of any printable characters, '@ : / # ?' and spaces included.
 passwords = st.text(st.characters(blacklist_categories=("Cc", "Cs", "Zl", "Zp")), min_size=1, max_size=30)

@@ -33,12 +33,22 @@ def test_postgres_url_uses_psycopg3_and_password_file(tmp_path):
     assert mask_url(url) == "postgresql+psycopg://hpo:***@db:5432/hpo"
 
 
+def test_mysql_url_uses_pymysql_and_password_file(tmp_path):
+    secret = tmp_path / "db_password"
+    secret.write_text("s3cr3t-pw\n")
+    for given in ("mysql://hpo@db:3306/hpo", "mysql+pymysql://hpo@db:3306/hpo", "mysql+mysqldb://hpo@db:3306/hpo"):
+        url = resolve_url(given, {"HPO_DB_PASSWORD_FILE": str(secret)})
+        assert url == "mysql+pymysql://hpo:s3cr3t-pw@db:3306/hpo"
+        assert mask_url(url) == "mysql+pymysql://hpo:***@db:3306/hpo"
+
+
 @pytest.mark.parametrize(
     ("url", "env", "message"),
     [
-        ("mysql://u@h/db", {}, "unsupported storage 'mysql'"),
+        ("oracle://u@h/db", {}, "unsupported storage 'oracle'"),
         ("not a url", {}, "not a database URL"),
         ("postgresql://u@h/db", {"HPO_DB_PASSWORD_FILE": "/nonexistent/secret"}, "cannot read the password file"),
+        ("mysql://u@h/db", {"HPO_DB_PASSWORD_FILE": "/nonexistent/secret"}, "cannot read the password file"),
     ],
 )
 def test_bad_storage_settings_are_one_clear_line(url, env, message):
@@ -47,8 +57,9 @@ def test_bad_storage_settings_are_one_clear_line(url, env, message):
     assert "\n" not in str(info.value)
 
 
-def test_unreachable_database_is_one_line_without_password():
-    url = resolve_url("postgresql://hpo:hunter2@127.0.0.1:1/hpo", {})
+@pytest.mark.parametrize("scheme", ["postgresql", "mysql"])
+def test_unreachable_database_is_one_line_without_password(scheme):
+    url = resolve_url(f"{scheme}://hpo:hunter2@127.0.0.1:1/hpo", {})
     with pytest.raises(StorageError) as info:
         backend.open_storage(url)
     message = str(info.value)

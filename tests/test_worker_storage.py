@@ -21,7 +21,7 @@ from benchmarks.common import StatementCounter, stub_trainer
 from hpo.campaign import CampaignSpec
 from storage import backend
 from storage.worker_storage import WorkerStorage
-from tests.helpers import duplicate_trial_numbers
+from tests.helpers import backdate_heartbeats, duplicate_trial_numbers
 from workers import stageplan
 from workers.space import default_space
 from workers.worker import Worker, WorkerOptions
@@ -216,8 +216,11 @@ def test_a_trial_costs_a_few_statements_whatever_the_epochs(storage_url):
         _run(storage_url, plan, max_trials=20)
     startup = 30  # opening the storage, loading the study, taking a slot, reading it whole, the last claim
     # 12, and the stage's status read under the claim lock (a stage closed or failed a moment
-    # ago takes no more trials): 13 measured on SQLite.
-    assert (counter.count - startup) / 20 <= 13, counter.count
+    # ago takes no more trials): 13 measured on SQLite. MySQL takes and releases the claim lock
+    # in two statements of their own, counts a new trial's number in a third (no RETURNING):
+    # 15.5 measured on MariaDB.
+    per_trial = 16 if storage_url.startswith("mysql") else 13
+    assert (counter.count - startup) / 20 <= per_trial, counter.count
 
 
 def test_a_claim_reaps_a_stale_trial_and_runs_its_retry(storage_url):
@@ -231,10 +234,7 @@ def test_a_claim_reaps_a_stale_trial_and_runs_its_retry(storage_url):
     study.enqueue_trial(params)
     stale = study.ask()  # RUNNING, as if its worker had died long ago
     storage.record_heartbeat(stale._trial_id)
-    with storage.engine.begin() as conn:
-        conn.execute(sqlalchemy.text("UPDATE trial_heartbeats SET heartbeat = heartbeat - INTERVAL '1 hour'")
-                     if storage.engine.dialect.name == "postgresql" else
-                     sqlalchemy.text("UPDATE trial_heartbeats SET heartbeat = datetime(heartbeat, '-1 hour')"))
+    backdate_heartbeats(storage.engine, 3600)
     done = threading.Event()
     thread = threading.Thread(target=lambda: (_run(storage_url, plan, max_trials=1), done.set()), daemon=True)
     thread.start()

@@ -1,6 +1,6 @@
 """The worker's storage keeps Optuna's storage contract: Optuna's own storage tests
 (``optuna.testing.pytest_storages.StorageTestCase``) run against ``WorkerStorage`` built as
-the worker builds it, on a SQLite file and on a fresh PostgreSQL database. The only tests
+the worker builds it, on a SQLite file and on fresh PostgreSQL and MariaDB databases. The only tests
 skipped are the exceptions ``WorkerStorage``'s docstring lists, each with its reason; below
 them, one reproduction per contract breach this storage once had."""
 
@@ -10,7 +10,6 @@ import pickle
 
 import optuna
 import pytest
-import sqlalchemy
 from optuna.distributions import CategoricalDistribution, FloatDistribution
 from optuna.study import StudyDirection
 from optuna.testing.pytest_storages import StorageTestCase
@@ -18,6 +17,7 @@ from optuna.trial import TrialState
 
 from storage import backend
 from storage.worker_storage import WorkerStorage
+from tests.helpers import backdate_heartbeats
 
 # The contract's tests this storage does not pass by design, and why: each reason begins with
 # the exception's name as WorkerStorage's docstring lists it.
@@ -39,7 +39,7 @@ def _worker_storage(url: str) -> WorkerStorage:
 
 @pytest.fixture
 def storage(request, storage_url):
-    """A worker storage on a fresh database (``storage_url``: SQLite, then PostgreSQL)."""
+    """A worker storage on a fresh database (``storage_url``: SQLite, PostgreSQL, MariaDB)."""
     reason = SNAPSHOT_EXCEPTIONS.get(request.function.__name__)
     if reason is not None:
         pytest.skip(reason)
@@ -159,10 +159,7 @@ def test_optuna_fails_a_stale_trial_through_it_and_queues_its_retry(storage):
     study = optuna.create_study(storage=storage)
     trial_id = storage.create_new_trial(study._study_id)
     storage.record_heartbeat(trial_id)
-    with storage.engine.begin() as conn:
-        conn.execute(sqlalchemy.text("UPDATE trial_heartbeats SET heartbeat = heartbeat - INTERVAL '1 hour'")
-                     if storage.postgres else
-                     sqlalchemy.text("UPDATE trial_heartbeats SET heartbeat = datetime(heartbeat, '-1 hour')"))
+    backdate_heartbeats(storage.engine, 3600)
     optuna.storages.fail_stale_trials(study)
     other = _plain(storage)
     assert [t.state for t in other.get_all_trials(study._study_id)] == [TrialState.FAIL, TrialState.WAITING]

@@ -349,10 +349,10 @@ class Worker:
         # half-way leaves nothing behind, and runs again from the start. Its commit does not
         # wait for the disk: a crash of the database server can undo a claim (then the trial is
         # dropped as lost when its result is stored), never a result (on SQLite no commit of the
-        # worker waits for the disk: see WorkerStorage._kept_connection). On PostgreSQL the
-        # transaction itself takes the lock (the key backend.exclusive locks) and its commit
-        # releases it.
-        if self.study_storage.postgres:
+        # worker waits for the disk: see WorkerStorage._kept_connection). On PostgreSQL and MySQL
+        # the claim's transaction itself takes the lock (the key backend.exclusive locks), and
+        # releases it as it ends.
+        if self.study_storage.locks_in_batch:
             lock = contextlib.nullcontext()
             claim = self.study_storage.batch(durable=False, lock=backend.lock_key(plan.study_name))
         else:

@@ -18,6 +18,7 @@ from typing import Any
 
 from hpo.output import plural
 from workers.atomic_file import write_atomically
+from hpo.report.common import TEMPLATE
 from hpo.report.collect import MULTI_OBJECTIVE, ReportData, collect
 from hpo.report.page import Figure, Section, Words, render_page
 from hpo.report.sections_layers import layers_section
@@ -192,6 +193,8 @@ def attach_to_dashboard(storage, data: ReportData) -> list[str]:
     attached = []
     for study_name, figures in dashboard_figures(data).items():
         small = {name: f for name, f in figures.items() if len(f.to_json()) <= DASHBOARD_FIGURE_CHARS}
+        for figure in small.values():  # the page adds its template when it draws; the dashboard does not
+            figure.update_layout(template=TEMPLATE)
         if small:
             attached += attach_figures(optuna.load_study(study_name=study_name, storage=storage), small)
     return attached
