@@ -446,7 +446,7 @@ def measure(url: str, name: str, path: Path, repeat: int, profile: bool) -> dict
     """Best-of-``repeat`` seconds of write_report, and of collect, render and the sections'
     figures (``hpo.report.sections``, part of render) timed apart; the page's bytes by section."""
     runs, collects, renders, builds = [], [], [], []
-    storage = open_for_reading(url, heartbeat=False)
+    storage = open_for_reading(url)
     try:
         for _ in range(repeat):
             started = time.perf_counter()

@@ -161,8 +161,8 @@ def frozen_trial(row: Any, details: list | None) -> FrozenTrial:
         datetime_complete=local_time(complete),
         params=params,
         distributions=dists,
-        user_attrs=user_attrs,
-        system_attrs=system_attrs,
+        user_attrs=dict(sorted(user_attrs.items())),  # by key, as RDBStorage returns them
+        system_attrs=dict(sorted(system_attrs.items())),
         intermediate_values=intermediate,
         trial_id=trial_id,
     )

@@ -55,7 +55,7 @@ def test_workers_stopped_while_they_start_are_no_failures_and_leave_no_logs(sqli
 
 def test_a_worker_that_failed_by_itself_is_reported_and_its_log_kept(temp_dir, capsys):
     """A storage the worker refuses: it exits non-zero by itself, before any stop."""
-    local = LocalWorkers("mysql://nobody@127.0.0.1/hpo", 1, campaign="c")
+    local = LocalWorkers("oracle://nobody@127.0.0.1/hpo", 1, campaign="c")
     assert local.wait(60)
     assert local.workers[0].process.returncode not in (0, None)
     failed = local.stop(grace=5)
