@@ -183,9 +183,9 @@ def test_a_campaign_written_by_an_earlier_hpo_reads_the_same(tmp_path):
         reader.engine.dispose()
 
 
-def test_opening_connects_to_nothing_and_loads_no_orm(tmp_path):
+def test_reading_loads_no_orm_models_or_alembic(tmp_path):
     """The point of the reader: a command that only reads loads neither SQLAlchemy's ORM,
-    Optuna's models nor Alembic (about 0.4 s), and opening it makes no connection."""
+    Optuna's models nor Alembic (about 0.4 s), whatever it reads."""
     import subprocess
     import sys
 

@@ -192,9 +192,9 @@ def attach_to_dashboard(storage, data: ReportData) -> list[str]:
 
     attached = []
     for study_name, figures in dashboard_figures(data).items():
-        small = {name: f for name, f in figures.items() if len(f.to_json()) <= DASHBOARD_FIGURE_CHARS}
-        for figure in small.values():  # the page adds its template when it draws; the dashboard does not
+        for figure in figures.values():  # the page adds its template when it draws; the dashboard does not
             figure.update_layout(template=TEMPLATE)
+        small = {name: f for name, f in figures.items() if len(f.to_json()) <= DASHBOARD_FIGURE_CHARS}
         if small:
             attached += attach_figures(optuna.load_study(study_name=study_name, storage=storage), small)
     return attached
