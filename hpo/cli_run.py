@@ -319,9 +319,11 @@ def search(ctx, name, dataset, stages, trials, epochs, workers, sampler, pruner,
                   f"trials {spec.trials}, epochs {spec.epochs}, {plural(workers, 'local worker')}", soft_wrap=True)
         prepare = None
         if not no_report:
+            from hpo.importance import MIN_COMPLETE
             from hpo.report_ahead import prepare_in_background
 
-            prepare = lambda: prepare_in_background(spec.dataset, spec.seed)  # noqa: E731
+            importance = max(spec.trials) >= MIN_COMPLETE
+            prepare = lambda: prepare_in_background(spec.dataset, spec.seed, importance=importance)  # noqa: E731
         progress = progress_for(err)
         try:
             with progress:

@@ -1,7 +1,9 @@
 """What optuna-dashboard shows of a campaign beyond its trials: each stage's note and figures.
 
-optuna-dashboard reads the stage studies as they are. This module adds, through its public
-API, what it cannot find there by itself:
+optuna-dashboard reads the stage studies as they are. This module adds what it cannot find
+there by itself, written in the dashboard's own storage format (``hpo.dashboard_format``, which
+writes what its public ``save_note`` and ``save_plotly_graph_object`` write, without importing
+it):
 
 - the **note** of each stage study (Markdown, on the study's Note page): the stage's plan in
   words, its searched ranges, links to its parent and child stages, and, once the child exists,
@@ -17,7 +19,8 @@ Text that came from a user or from storage (names, datasets, ranges, reasons) is
 literally (:func:`markdown_literal`): it cannot add a link, an image, HTML or a table cell.
 
 optuna-dashboard is the optional ``dashboard`` extra (``pip install hpo[dashboard]``): when it
-is not installed, the writers do nothing and return an empty list.
+is not installed, the writers do nothing and return an empty list (a resume writes the notes
+that are missing once it is).
 """
 
 from __future__ import annotations
@@ -26,8 +29,7 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-import optuna
-
+from hpo import dashboard_format
 from hpo.output import plural, visible
 from storage import records
 from storage.errors import StudyNotFound
@@ -152,9 +154,7 @@ def write_stage_notes(storage, study_names: Iterable[str]) -> list[str]:
     are not hpo stages are passed over. Returns the names whose note was written (a note whose
     text is unchanged is not written again); an empty list when optuna-dashboard is not
     installed. Idempotent: run it again after a crash or a database error."""
-    try:
-        import optuna_dashboard
-    except ImportError:
+    if not dashboard_format.installed():
         return []
     plans = {plan.study_name: plan for stages in stageplan.list_campaigns(storage).values() for plan in stages}
     children: dict[str, list[StagePlan]] = {}
@@ -168,10 +168,11 @@ def write_stage_notes(storage, study_names: Iterable[str]) -> list[str]:
             continue
         kids = sorted(children.get(name, []), key=lambda p: (p.campaign, p.stage))
         linked = [name, plan.lineage.get("parent"), *(kid.study_name for kid in kids)]
-        body = stage_note(plan, _study_ids(storage, [n for n in linked if isinstance(n, str)]), kids)
-        study = optuna.load_study(study_name=name, storage=storage)
-        if optuna_dashboard.get_note(study) != body:
-            optuna_dashboard.save_note(study, body)
+        ids = _study_ids(storage, [n for n in linked if isinstance(n, str)])
+        body = stage_note(plan, ids, kids)
+        system_attrs = storage.get_study_system_attrs(ids[name])
+        if dashboard_format.read_note(system_attrs) != body:
+            dashboard_format.write_note(storage, ids[name], body, system_attrs)
             written.append(name)
     return written
 
@@ -195,19 +196,19 @@ def graph_object_id(name: str) -> str:
     return GRAPH_ID_PREFIX + slug
 
 
-def attach_figures(study: optuna.Study, figures: Mapping[str, Any]) -> list[str]:
-    """Save each plotly figure of ``figures`` (name -> ``plotly.graph_objects.Figure``) on
-    ``study``, where the dashboard shows it on the study's page, under :func:`graph_object_id`
-    of its name: saving a figure of the same name again replaces it. Returns the ids saved, in
-    order; an empty list when optuna-dashboard is not installed. ValueError, before anything is
-    saved, when a name makes no id or two names make the same one."""
+def attach_figures(storage, study_name: str, figures: Mapping[str, str]) -> list[str]:
+    """Save each plotly figure of ``figures`` (name -> the figure's JSON, ``Figure.to_json()``)
+    on the study ``study_name``, where the dashboard shows it on the study's page, under
+    :func:`graph_object_id` of its name: saving a figure of the same name again replaces it.
+    Returns the ids saved, in order; an empty list when optuna-dashboard is not installed.
+    ValueError, before anything is saved, when a name makes no id or two names make the same one."""
     ids = [graph_object_id(name) for name in figures]
     if len(set(ids)) < len(ids):
         raise ValueError(f"two figures' names make the same id: {sorted(figures)}")
-    try:
-        import optuna_dashboard
-    except ImportError:
+    if not dashboard_format.installed():
         return []
+    study_id = records.find_study_id(storage, study_name)
+    system_attrs = storage.get_study_system_attrs(study_id)
     for graph_id, figure in zip(ids, figures.values()):
-        optuna_dashboard.save_plotly_graph_object(study, figure, graph_object_id=graph_id)
+        dashboard_format.write_figure(storage, study_id, graph_id, figure, system_attrs)
     return ids

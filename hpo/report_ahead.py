@@ -1,38 +1,35 @@
 """What the report at the end of `hpo search` needs, started ahead while the workers train.
 
-The report imports what the search itself does not (Plotly, optuna-dashboard, Optuna's
-importance module, which loads scikit-learn and SciPy: a second or more) and runs the
-initialization experiment on the campaign's data. :func:`prepare_in_background` does all of
+The report imports what the search itself does not (Plotly, and Optuna's importance module,
+which loads scikit-learn and SciPy: a second or more, needed only where a stage can have two
+complete trials) and runs the initialization experiment on the campaign's data. :func:`prepare_in_background` does all of
 it on a thread of its own at the campaign's start, while the coordinator only waits for the
 workers; :func:`init_experiment_for` hands the experiment to ``hpo.report.write_report``. This
 module stays apart from ``hpo.report`` so that starting it imports nothing heavy. The search
-starts it once the campaign is open, so that its imports do not race the coordinator's own
-(the stage notes import optuna-dashboard, and with it scikit-learn, there).
+starts it once the campaign is open, so that its imports do not race the coordinator's own.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
-import contextlib
 import threading
 
 # (dataset, seed) -> the initialization experiment's result, computed ahead.
 _PREPARED: dict[tuple[str, int], concurrent.futures.Future] = {}
 
 
-def prepare_in_background(dataset: str, seed: int) -> None:
-    """Start the report's imports and its initialization experiment on a daemon thread."""
+def prepare_in_background(dataset: str, seed: int, *, importance: bool) -> None:
+    """Start the report's imports and its initialization experiment on a daemon thread;
+    ``importance``: import Optuna's importance module too (some stage will need it)."""
     future: concurrent.futures.Future = concurrent.futures.Future()
     _PREPARED[(dataset, seed)] = future
 
     def prepare() -> None:
         try:
-            import optuna.importance  # noqa: F401 - imported ahead, see the module docstring
-
+            if importance:
+                import optuna.importance  # noqa: F401 - imported ahead, see the module docstring
             from hpo.report import run_init_experiment
 
-            with contextlib.suppress(ImportError):
-                import optuna_dashboard  # noqa: F401
             future.set_result(run_init_experiment(dataset, seed))
         except BaseException as e:  # noqa: BLE001 - handed to the report, which says it in words
             future.set_exception(e)

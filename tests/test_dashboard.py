@@ -136,7 +136,7 @@ def test_figure_names_make_stable_ids():
     with pytest.raises(ValueError, match="letter or digit"):
         dashboard.graph_object_id("  //  ")
     with pytest.raises(ValueError, match="same id"):
-        dashboard.attach_figures(None, {"a b": go.Figure(), "a/b": go.Figure()})
+        dashboard.attach_figures(None, "figs", {"a b": "{}", "a/b": "{}"})
 
 
 # -- the dashboard, serving a campaign ---------------------------------------------------------
@@ -270,12 +270,17 @@ def test_notes_are_written_once_and_a_resume_leaves_them(sqlite_url, serve_dashb
 
 def test_attached_figures_come_back_and_replace_themselves(sqlite_url, serve_dashboard):
     backend.ensure_schema(sqlite_url)
-    study = optuna.create_study(study_name="figs", storage=sqlite_url, direction="maximize")
+    optuna.create_study(study_name="figs", storage=sqlite_url, direction="maximize")
     first = go.Figure(go.Scatter(x=[1, 2, 3], y=[0.5, 0.7, 0.9], name="best value"))
-    assert dashboard.attach_figures(study, {"coarse-to-fine": first, "ranges": go.Figure(go.Bar(x=["a"], y=[1]))}) == [
-        "hpo-coarse-to-fine", "hpo-ranges"]
     second = go.Figure(go.Scatter(x=[1, 2], y=[0.6, 0.8]))
-    dashboard.attach_figures(study, {"coarse-to-fine": second})  # the same name again: replaced
+    storage = backend.open_storage(sqlite_url, heartbeat=False)
+    try:
+        assert dashboard.attach_figures(storage, "figs", {"coarse-to-fine": first.to_json(),
+                                                          "ranges": go.Figure(go.Bar(x=["a"], y=[1])).to_json()}) == [
+            "hpo-coarse-to-fine", "hpo-ranges"]
+        dashboard.attach_figures(storage, "figs", {"coarse-to-fine": second.to_json()})  # the same name again: replaced
+    finally:
+        storage.engine.dispose()
 
     base = serve_dashboard(sqlite_url)
     study_id = next(s["study_id"] for s in _api(base, "/api/studies")["study_summaries"] if s["study_name"] == "figs")
@@ -375,7 +380,7 @@ def test_without_optuna_dashboard_nothing_is_written_and_nothing_fails(sqlite_ur
         study = stageplan.create_stage(storage, plan)
         monkeypatch.setitem(sys.modules, "optuna_dashboard", None)  # as if it were not installed
         assert dashboard.write_stage_notes(storage, [plan.study_name]) == []
-        assert dashboard.attach_figures(study, {"coarse-to-fine": go.Figure()}) == []
+        assert dashboard.attach_figures(storage, plan.study_name, {"coarse-to-fine": go.Figure().to_json()}) == []
         monkeypatch.undo()
         system_attrs = storage.get_study_system_attrs(storage.get_study_id_from_name(plan.study_name))
         assert optuna_dashboard.get_note(study) == "" and not [k for k in system_attrs if k.startswith("dashboard:")]

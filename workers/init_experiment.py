@@ -127,8 +127,8 @@ def _histogram_range(bounds: tuple[float, float] | None, outputs: list[np.ndarra
     """
     if bounds is not None:
         return float(bounds[0]), float(bounds[1])
-    low = min(float(np.percentile(a, TAIL_PERCENT)) for a in outputs)
-    high = max(float(np.percentile(a, 100 - TAIL_PERCENT)) for a in outputs)
+    tails = np.array([np.percentile(a, [TAIL_PERCENT, 100 - TAIL_PERCENT]) for a in outputs])  # one sort per layer
+    low, high = float(tails[:, 0].min()), float(tails[:, 1].max())
     if not high > low:  # every activation equal (all zero, say): any range holds them
         high = low + 1.0
     return low, high

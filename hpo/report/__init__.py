@@ -184,19 +184,21 @@ def dashboard_figures(data: ReportData) -> dict[str, dict[str, Any]]:
 
 
 def attach_to_dashboard(storage, data: ReportData) -> list[str]:
-    """Attach :func:`dashboard_figures` to their studies (optuna-dashboard's public API; a
+    """Attach :func:`dashboard_figures` to their studies (``hpo.dashboard.attach_figures``; a
     figure saved again replaces the one before). The ids attached; none without the package."""
-    import optuna
-
+    from hpo import dashboard_format
     from hpo.dashboard import attach_figures
 
+    if not dashboard_format.installed():  # no figure to build for it
+        return []
     attached = []
     for study_name, figures in dashboard_figures(data).items():
         for figure in figures.values():  # the page adds its template when it draws; the dashboard does not
             figure.update_layout(template=TEMPLATE)
-        small = {name: f for name, f in figures.items() if len(f.to_json()) <= DASHBOARD_FIGURE_CHARS}
+        as_json = {name: figure.to_json() for name, figure in figures.items()}
+        small = {name: text for name, text in as_json.items() if len(text) <= DASHBOARD_FIGURE_CHARS}
         if small:
-            attached += attach_figures(optuna.load_study(study_name=study_name, storage=storage), small)
+            attached += attach_figures(storage, study_name, small)
     return attached
 
 
