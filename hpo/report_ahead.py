@@ -1,18 +1,24 @@
 """What the report at the end of `hpo search` needs, started ahead while the workers train.
 
-The report imports what the search itself does not (Plotly, and Optuna's importance module,
-which loads scikit-learn and SciPy: a second or more, needed only where a stage can have two
-complete trials) and runs the initialization experiment on the campaign's data. :func:`prepare_in_background` does all of
-it on a thread of its own at the campaign's start, while the coordinator only waits for the
-workers; :func:`init_experiment_for` hands the experiment to ``hpo.report.write_report``. This
-module stays apart from ``hpo.report`` so that starting it imports nothing heavy. The search
-starts it once the campaign is open, so that its imports do not race the coordinator's own.
+The report imports what the search itself does not (Plotly, whose figure classes load their
+modules on first use, and Optuna's importance module, which loads scikit-learn and SciPy: a
+second or more, needed only where a stage can have two complete trials) and runs the
+initialization experiment on the campaign's data, whose section depends on nothing else.
+:func:`prepare_in_background` does all of it on a thread of its own at the campaign's start,
+while the coordinator only waits for the workers; :func:`init_experiment_for` hands the
+experiment and its section to ``hpo.report.write_report``. This module stays apart from
+``hpo.report`` so that starting it imports nothing heavy. The search starts it once the
+campaign is open, so that its imports do not race the coordinator's own.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
 import threading
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from hpo.report.page import Section
 
 # (dataset, seed) -> the initialization experiment's result, computed ahead.
 _PREPARED: dict[tuple[str, int], concurrent.futures.Future] = {}
@@ -28,24 +34,27 @@ def prepare_in_background(dataset: str, seed: int, *, importance: bool) -> None:
         try:
             if importance:
                 import optuna.importance  # noqa: F401 - imported ahead, see the module docstring
-            from hpo.report import run_init_experiment
+            from hpo.report import init_section_of, run_init_experiment
 
-            future.set_result(run_init_experiment(dataset, seed))
+            experiment = run_init_experiment(dataset, seed)
+            future.set_result((experiment, init_section_of(experiment)))
         except BaseException as e:  # noqa: BLE001 - handed to the report, which says it in words
             future.set_exception(e)
 
     threading.Thread(target=prepare, name="prepare-report", daemon=True).start()
 
 
-def init_experiment_for(dataset: str | None, seed: int) -> dict | str:
-    """The initialization experiment for the report: computed ahead when
+def init_experiment_for(dataset: str | None, seed: int) -> tuple[dict | str, Section]:
+    """The initialization experiment for the report and its section: computed ahead when
     :func:`prepare_in_background` ran for this dataset and seed, else now."""
-    from hpo.report import run_init_experiment
+    from hpo.report import init_section_of, run_init_experiment
 
     future = _PREPARED.get((dataset, seed)) if dataset is not None else None
     if future is None:
-        return run_init_experiment(dataset, seed)
+        experiment = run_init_experiment(dataset, seed)
+        return experiment, init_section_of(experiment)
     try:
         return future.result()
     except Exception as e:  # noqa: BLE001 - said in words in the report's section
-        return f"the experiment did not run: {e}"
+        experiment = f"the experiment did not run: {e}"
+        return experiment, init_section_of(experiment)

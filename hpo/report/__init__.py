@@ -111,16 +111,19 @@ def run_init_experiment(dataset: str | None, seed: int = 0) -> dict | str:
         return f"the experiment did not run on the training inputs of {dataset}: {e}"
 
 
-def _init_section(data: ReportData) -> Section:
+def init_section_of(result: dict | str | None) -> Section:
+    """The "why initialization matters" section of an experiment's result (or of why it did
+    not run): it depends on nothing else, so it can be built ahead (``hpo.report_ahead``)."""
     from hpo.report.why_init import init_section
 
-    result = data.init_experiment
     if isinstance(result, dict):
         return init_section(result)
     return Section(*INIT_SECTION, (Words(f"Not shown: {result or 'the experiment was not run'}."),))
 
 
-def sections(data: ReportData) -> list[Section]:
+def sections(data: ReportData, init_section: Section | None = None) -> list[Section]:
+    """The report's sections in order; ``init_section``: the last one, when it was built ahead
+    from ``data.init_experiment``."""
     return [
         summary_section(data),
         coarse_section(data),
@@ -130,13 +133,13 @@ def sections(data: ReportData) -> list[Section]:
         curves_section(data),
         layers_section(data),
         workers_section(data),
-        _init_section(data),
+        init_section or init_section_of(data.init_experiment),
     ]
 
 
-def render(data: ReportData) -> str:
+def render(data: ReportData, init_section: Section | None = None) -> str:
     what = "campaign" if data.campaign else "study"
-    return render_page(f"hpo report: {what} {data.name}", sections(data), banner=banner(data))
+    return render_page(f"hpo report: {what} {data.name}", sections(data, init_section), banner=banner(data))
 
 
 class ReportPathError(ValueError):
@@ -214,9 +217,10 @@ def write_report(storage, url: str, name: str, path: str | os.PathLike | None = 
     data = collect(storage, url, name)
     from hpo.report_ahead import init_experiment_for
 
-    data = dataclasses.replace(data, init_experiment=init_experiment_for(data.dataset, data.seed))
+    experiment, init_section = init_experiment_for(data.dataset, data.seed)
+    data = dataclasses.replace(data, init_experiment=experiment)
     if dashboard:
         attach_to_dashboard(storage, data)
-    page = render(data)
+    page = render(data, init_section)
     write_atomically(target, lambda f: f.write(page.encode("utf-8")))
     return target
