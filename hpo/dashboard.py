@@ -1,9 +1,8 @@
 """What optuna-dashboard shows of a campaign beyond its trials: each stage's note and figures.
 
 optuna-dashboard reads the stage studies as they are. This module adds what it cannot find
-there by itself, written in the dashboard's own storage format (``hpo.dashboard_format``, which
-writes what its public ``save_note`` and ``save_plotly_graph_object`` write, without importing
-it):
+there by itself, in the dashboard's own storage format (``storage.dashboard_format`` writes
+what its public ``save_note`` and ``save_plotly_graph_object`` write, without importing it):
 
 - the **note** of each stage study (Markdown, on the study's Note page): the stage's plan in
   words, its searched ranges, links to its parent and child stages, and, once the child exists,
@@ -29,7 +28,7 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from hpo import dashboard_format
+from storage import dashboard_format
 from hpo.output import plural, visible
 from storage import records
 from storage.errors import StudyNotFound

@@ -1,4 +1,4 @@
-"""The contract with optuna-dashboard's storage format (hpo/dashboard_format.py).
+"""The contract with optuna-dashboard's storage format (storage/dashboard_format.py).
 
 hpo writes a study's note and figures as the system attrs optuna-dashboard's private modules
 define, without importing it (the import costs more than a second). Each private name mirrored
@@ -17,7 +17,7 @@ import optuna_dashboard
 import plotly.graph_objects as go
 import pytest
 
-from hpo import dashboard_format
+from storage import dashboard_format
 from storage import backend
 
 _note = pytest.importorskip("optuna_dashboard._note")
@@ -42,9 +42,9 @@ def test_each_mirrored_name_equals_the_installed_dashboards(private, read, ours)
         theirs = read()
     except AttributeError as e:
         pytest.fail(f"optuna-dashboard {optuna_dashboard.__version__} no longer has {private} ({e}): "
-                    f"hpo/dashboard_format.py mirrors it")
+                    f"storage/dashboard_format.py mirrors it")
     assert theirs == ours, (f"optuna-dashboard {optuna_dashboard.__version__} changed {private} "
-                            f"(now {theirs!r}; hpo/dashboard_format.py has {ours!r})")
+                            f"(now {theirs!r}; storage/dashboard_format.py has {ours!r})")
 
 
 @pytest.fixture
@@ -95,7 +95,7 @@ def test_writing_notes_and_figures_does_not_import_the_dashboard(tmp_path):
     code = f"""
 import sys, optuna
 from storage import backend
-from hpo import dashboard_format
+from storage import dashboard_format
 backend.ensure_schema({url!r})
 optuna.create_study(study_name="s", storage={url!r})
 storage = backend.open_storage({url!r}, heartbeat=False)
