@@ -642,6 +642,8 @@ def run_campaign(url: str, spec: CampaignSpec, progress: Progress, *, workers: i
             step(lambda: close_stage(url, storage, plan), f"close stage {plan.stage}")
             next_exists = step(lambda: bool(stageplan.campaign_stages(storage, spec.name)[plan.stage:]), "read the campaign")
             if plan.stage >= max(spec.stages, plan.stages) and not next_exists:
+                if local is not None and local.ask_to_stop():  # no trial is left: they exit while the model retrains
+                    raise KeyboardInterrupt
                 break
             child, result = step(lambda: open_next_stage(url, storage, spec, plan), f"open stage {plan.stage + 1}")
             if result is not None:

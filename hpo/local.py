@@ -134,11 +134,7 @@ class LocalWorkers:
         The logs are removed when no worker failed and ``keep_logs`` is False; otherwise one line
         on stderr says where they are.
         """
-        interrupted = False
-        for w in self.workers:
-            if w.process.poll() is None:
-                w.stopped = True
-                interrupted |= _signal(w.process, signal.SIGTERM)
+        interrupted = self.ask_to_stop()
         interrupted |= self._wait_through_interrupts(time.monotonic() + grace)
         if self.running():
             for w in self.workers:
@@ -156,6 +152,16 @@ class LocalWorkers:
         if interrupted:
             raise KeyboardInterrupt
         return failed
+
+    def ask_to_stop(self) -> bool:
+        """SIGTERM to every worker still running, without waiting for them (:meth:`stop`
+        waits); True if a KeyboardInterrupt came meanwhile (the signals are still sent)."""
+        interrupted = False
+        for w in self.workers:
+            if w.process.poll() is None:
+                w.stopped = True
+                interrupted |= _signal(w.process, signal.SIGTERM)
+        return interrupted
 
     def _wait_through_interrupts(self, deadline: float) -> bool:
         """Wait until no worker runs or ``deadline``; True if a KeyboardInterrupt came meanwhile."""
