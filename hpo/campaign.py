@@ -603,7 +603,7 @@ def stored_result(storage, last: StagePlan) -> FinalResult | None:
 
 
 def run_campaign(url: str, spec: CampaignSpec, progress: Progress, *, workers: int, blas_threads: int = 1,
-                 on_open: Callable[[], object] | None = None) -> CampaignSummary:
+                 on_start: Callable[[], object] | None = None) -> CampaignSummary:
     """Run (or resume) the campaign ``spec`` to its end with ``workers`` local worker processes
     (0: only coordinate, while workers attached elsewhere do the training).
 
@@ -613,8 +613,9 @@ def run_campaign(url: str, spec: CampaignSpec, progress: Progress, *, workers: i
     into it by the CLI) stops the local workers, which queue their trials again, fails any
     trial they could not queue, and propagates: nothing is left RUNNING.
 
-    ``on_open`` is called once the campaign is open, while the workers train (the CLI starts
-    preparing the report there).
+    ``on_start`` is called once the local workers are starting, before the schema and the
+    campaign are opened (the CLI starts preparing the report there, on a thread: its
+    initialization experiment is the longest step of a short campaign).
 
     The summary carries the final retrain's model when this run trained it (a campaign that
     an earlier run finished has none: :func:`retrain_final` trains it again).
@@ -627,12 +628,12 @@ def run_campaign(url: str, spec: CampaignSpec, progress: Progress, *, workers: i
     # campaign's creation, which they wait for as long as these steps may retry.
     local = LocalWorkers(url, workers, campaign=spec.name, seed=None, blas_threads=blas_threads,
                          wait_seconds=3 * backend.RETRY_SECONDS) if workers else None
+    if on_start is not None:
+        on_start()
     try:
         step(lambda: backend.ensure_schema(url), "create the schema")
         storage = step(lambda: backend.open_storage(url), "open the storage")
         plans, resumed = step(lambda: open_campaign(url, storage, spec), "open the campaign")
-        if on_open is not None:
-            on_open()
         while True:
             plan = plans[-1]
             progress.stage_started(plan, resumed)

@@ -328,7 +328,7 @@ def search(ctx, name, dataset, stages, trials, epochs, workers, sampler, pruner,
         try:
             with progress:
                 summary = campaign_mod.run_campaign(storage_url, spec, progress, workers=workers, blas_threads=blas_threads,
-                                                    on_open=prepare)
+                                                    on_start=prepare)
         except campaign_mod.StageFailed as e:
             if not no_report and (report := _write_report(storage_url, name)):
                 err.print(literal(f"report: {report}"), soft_wrap=True)  # a path is not folded

@@ -7,8 +7,9 @@ initialization experiment on the campaign's data, whose section depends on nothi
 :func:`prepare_in_background` does all of it on a thread of its own at the campaign's start,
 while the coordinator only waits for the workers; :func:`init_experiment_for` hands the
 experiment and its section to ``hpo.report.write_report``. This module stays apart from
-``hpo.report`` so that starting it imports nothing heavy. The search starts it once the
-campaign is open, so that its imports do not race the coordinator's own.
+``hpo.report`` so that starting it imports nothing heavy. The search starts it as its local
+workers start, before it creates the schema: in a short campaign, the experiment and its
+figures are what the report waits for longest.
 """
 
 from __future__ import annotations
