@@ -23,7 +23,7 @@ from hpo.output import UsageError, one_line
 # Command name -> the module whose COMMANDS holds it.
 COMMAND_MODULES = {
     "search": "hpo.cli_run",
-    "worker": "hpo.cli_run",
+    "worker": "hpo.cli_worker",
     "launch": "hpo.cli_run",
     "narrow": "hpo.cli_run",
     "train": "hpo.cli_run",

@@ -71,6 +71,24 @@ def test_a_command_that_reads_does_not_load_the_training_code(tmp_path):
         assert done.stdout.strip().splitlines()[-1] == "[]", (command, done.stdout, done.stderr)
 
 
+def test_a_worker_loads_the_training_code_but_not_the_campaign_or_the_display(tmp_path):
+    """A local worker's start is on the path of every `hpo search`: it trains and stores, and
+    needs neither the campaign, the narrowing, the progress display nor the report."""
+    url = f"sqlite:///{tmp_path / 'hpo.db'}"
+    probe = (
+        "import sys\n"
+        "from hpo.cli import cli\n"
+        "try:\n"
+        f"    cli.main(['worker', '--campaign', 'none', '--wait', '0', '--storage', {url!r}], prog_name='hpo')\n"
+        "except SystemExit:\n"
+        "    pass\n"
+        "print([m for m in ('workers.worker', 'hpo.campaign', 'hpo.narrow', 'hpo.progress', 'hpo.report', 'plotly')"
+        " if m in sys.modules])\n"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
+    assert done.stdout.strip().splitlines()[-1] == "['workers.worker']", (done.stdout, done.stderr)
+
+
 def test_every_command_has_help_with_an_example():
     names = list(all_commands(cli))
     assert {"train", "search", "worker", "launch", "narrow", "init", "studies", "trials", "trial", "best", "health", "fail-stale"} <= {n[0] for n in names}
