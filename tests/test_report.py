@@ -10,19 +10,23 @@ from __future__ import annotations
 import math
 import subprocess
 import sys
+from datetime import datetime, timedelta
 
 import optuna
 import pytest
 
 from hpo.campaign import CampaignSpec, StageFailed, run_campaign
-from hpo.report import banner, default_path, render, write_report
-from hpo.report.collect import OUTCOMES, collect
+from hpo.report import banner, default_path, render, sections, write_report
+from hpo.report.collect import OUTCOMES, ReportData, StageView, TrialView, collect
+from hpo.report.common import MAX_POINTS
 from hpo.report.page import Figure, Table, Words
 from hpo.report.sections_search import coarse_section, history_section, importance_section, summary_section
 from storage import backend, records, states
-from tests.helpers import make_stage, worker_env
+from tests.helpers import assert_one_sentence, make_stage, page_captions, worker_env
 from workers import stageplan
+from workers.record import Curve, TrialRecord
 from workers.space import build_space
+from workers.stageplan import StagePlan
 
 pytestmark = pytest.mark.slow
 
@@ -135,6 +139,49 @@ def test_the_figures_show_what_the_database_holds(campaign_url):
     assert "<script src=" not in page and "cdn.plot.ly" not in page.replace("https://cdn.plot.ly", "")
     assert page.count('data-figure') >= 4
     storage.engine.dispose()
+
+
+def test_every_figure_caption_of_a_report_is_one_sentence(campaign_url, tmp_path):
+    """As the page shows them: one caption under each figure, each a single sentence."""
+    storage = backend.open_storage(campaign_url)
+    page = write_report(storage, campaign_url, "r1", tmp_path / "r1.html").read_text(encoding="utf-8")
+    storage.engine.dispose()
+    captions = page_captions(page)
+    assert len(captions) == page.count("data-figure") >= 10  # every section's figures, the initialization experiment's too
+    for caption in captions:
+        assert_one_sentence(caption)
+
+
+def test_a_caption_stays_one_sentence_with_its_notes_on_sampling_and_a_conditional_parameter():
+    """A stage of more trials than a figure draws, whose learning rate is searched only with
+    one optimizer: the notes go into the caption's one sentence."""
+    ranges = {
+        "learning_rate": {"type": "float", "low": 1e-4, "high": 1.0, "log": True, "when": {"optimizer": ["sgd"]}},
+        "weight_decay": {"type": "float", "low": 0.0, "high": 0.1, "log": False},
+        "activation": {"type": "choice", "choices": ["relu", "tanh"]},
+        "batch_norm": {"type": "choice", "choices": [False]},
+    }
+    plan = StagePlan(campaign="many", stage=1, stages=2, trials=MAX_POINTS + 100, epochs=2, dataset="digits", space={"params": ranges})
+    start = datetime(2025, 1, 1)
+    trials = tuple(
+        TrialView(
+            stage=1, study="many/stage-1", number=n, outcome="COMPLETE" if n % 3 else "PRUNED", value=n / 10_000 if n % 3 else None,
+            params={"learning_rate": 10 ** (-4 + 4 * n / MAX_POINTS), "weight_decay": n / 100_000, "activation": ("relu", "tanh")[n % 2],
+                    "batch_norm": False, "optimizer": "sgd"},
+            record=TrialRecord(state="COMPLETE" if n % 3 else "PRUNED", worker=f"w-{n % 3}",
+                               curve=Curve(epoch=(1, 2), train_loss=(1.0, 0.5), val_accuracy=(0.5, n / 10_000))),
+            started=start + timedelta(seconds=n), completed=start + timedelta(seconds=n + 1), retry_of=None,
+        )
+        for n in range(MAX_POINTS + 100)
+    )
+    stage = StageView(study="many/stage-1", stage=1, plan=plan, status="done", direction="maximize", ranges=ranges, trials=trials)
+    data = ReportData(name="many", campaign="many", storage="sqlite:///many.db", stages=(stage,), planned_stages=2)
+    captions = [item.caption for section in sections(data) for item in section.items if isinstance(item, Figure)]
+    assert any("learning_rate is sampled only with optimizer sgd" in c and "sampled evenly" in c for c in captions), captions
+    assert sum("sampled evenly" in c for c in captions) >= 4  # coarse to fine, the pair, history, choices, timeline
+    assert any("fixed in this stage: batch_norm=false" in c for c in captions), captions
+    for caption in captions:
+        assert_one_sentence(caption)
 
 
 def test_importances_are_reproducible(sqlite_url):

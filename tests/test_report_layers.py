@@ -20,7 +20,7 @@ from hpo.report.common import MAX_POINTS, UPDATE_RATIO_RULE, hover
 from hpo.report.page import Figure, Words, render_page
 from hpo.report.sections_layers import layers_section
 from storage import backend
-from tests.helpers import sql
+from tests.helpers import assert_one_sentence, sql
 from workers.record import Diagnostics, Histogram, LayerDiagnostics, OutputLayerDiagnostics, TrialRecord
 from workers.space import build_space
 
@@ -244,7 +244,7 @@ def test_every_figure_says_how_to_read_it_and_the_page_renders(data, tmp_path):
     section = layers_section(data)
     for item in section.items:
         assert isinstance(item, Figure)
-        assert item.caption.endswith(".") and item.caption.count(". ") == 0, item.caption
+        assert_one_sentence(item.caption)
     path = tmp_path / "layers.html"
     path.write_text(render_page("hpo report: campaign layers", [section]), encoding="utf-8")
     page = path.read_text(encoding="utf-8")
@@ -396,5 +396,7 @@ def test_many_trials_are_sampled_and_drawn_with_webgl():
     markers = [trace for trace in ratio.figure.data if trace.mode == "markers"]
     assert {trace.type for trace in markers} == {"scattergl"}
     assert sum(len(trace.x) for trace in markers) <= MAX_POINTS and "sampled" in ratio.caption
+    assert_one_sentence(dead.caption)
+    assert_one_sentence(ratio.caption)
     for value in (heatmap.z[0][0], markers[0].y[0]):
         assert math.isfinite(value)

@@ -32,6 +32,7 @@ from hpo.report.sections_trials import (
     workers_section,
 )
 from storage import backend, optuna_access
+from tests.helpers import assert_one_sentence
 from tests.test_campaign import Recorder
 from workers import stageplan
 from workers.record import Curve, Timings, TrialRecord
@@ -286,8 +287,9 @@ def test_the_sections_render_into_a_page(campaign, tmp_path):
     for key in ("choices", "learning-curves", "workers"):
         assert f'<section id="{key}">' in text
     assert text.count("data-figure") == sum(len(figures(s)) for s in sections) == 6
-    for section in sections:  # every figure says how to read it
-        assert all(f.caption.endswith(".") or f.caption.endswith(")") for f in figures(section))
+    for section in sections:  # every figure says how to read it, in one sentence
+        for figure in figures(section):
+            assert_one_sentence(figure.caption)
 
 
 # -- a study that is not a campaign ----------------------------------------------------------
@@ -433,10 +435,12 @@ def test_many_trials_are_sampled_and_the_caption_says_so():
     drawn = [hovered(h)[1] for t in timeline.figure.data for h in t.hovertext]
     assert len(drawn) <= common.MAX_POINTS + 1 and max(drawn) == len(many) - 1  # the best is kept
     assert "sampled" in timeline.caption
+    assert_one_sentence(timeline.caption)
     # Boxes, not thousands of dots, per choice; and ten curves however big the stage.
     (choices,) = figures(choices_section(report(*many)))
     (complete,) = [t for t in choices.figure.data if t.type == "box" and t.name == "complete"]
     assert complete.boxpoints == "outliers" and "sampled" in choices.caption
+    assert_one_sentence(choices.caption)
     (curves,) = figures(curves_section(report(*many)))
     assert len({t.legendgroup for t in curves.figure.data}) == 10
 

@@ -30,7 +30,8 @@ FADED_OPACITY = 0.3  # pruned and diverged trials: shown, but behind the complet
 SOLID_OPACITY = 0.9
 
 # A figure draws at most this many points (or trials' lines, bars, heatmap columns); beyond
-# it, trials are sampled evenly, the best ones always kept, and the caption says so.
+# it, trials are sampled evenly, the best ones always kept, and the caption says so
+# (sampled_note).
 MAX_POINTS = 4000
 
 # Points in a trace beyond which it is drawn with WebGL (SVG slows down past a few thousand).
@@ -108,8 +109,15 @@ def sample(trials: Sequence[TrialView], limit: int = MAX_POINTS, *, keep: Sequen
 
 
 def sampled_note(shown: int, total: int) -> str:
-    """The words a caption adds when a figure samples."""
-    return f" It draws {shown:,} of {total:,} trials, sampled evenly with the best always among them."
+    """The clause a caption adds when a figure samples (see :func:`one_sentence`)."""
+    return f"it draws {shown:,} of {total:,} trials, sampled evenly with the best always among them"
+
+
+def one_sentence(*clauses: str | None) -> str:
+    """A figure's caption: how to read it, then its notes (the trials a conditional parameter
+    leaves out, :func:`sampled_note`, ...), as the one sentence each figure has, the clauses
+    joined by semicolons. Empty clauses (a note that does not apply) are left out."""
+    return "; ".join(clause for clause in clauses if clause) + "."
 
 
 def scatter(**kwargs: Any) -> go.Scatter | go.Scattergl:

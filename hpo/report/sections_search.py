@@ -16,7 +16,8 @@ from plotly.subplots import make_subplots
 from hpo.output import plural
 from hpo.report.collect import MULTI_OBJECTIVE, OUTCOMES, ReportData, StageView, TrialView
 from hpo.report.common import (
-    FADED_OPACITY, SOLID_OPACITY, color_map, faded, hover, layout, plot_text, sample, sampled_note, scatter, show, value_name,
+    FADED_OPACITY, SOLID_OPACITY, color_map, faded, hover, layout, one_sentence, plot_text, sample, sampled_note, scatter, show,
+    value_name,
 )
 from hpo.report.page import Figure, Item, Section, Table, Words
 from workers.knobs import Condition, KnobError
@@ -183,18 +184,16 @@ def _coarse_figure(stage: StageView, x_name: str, colors: dict[Any, str]) -> Fig
         *(["coloured by activation"] if any("activation" in t.params for t in shown) else []),
         *(["circles with batch norm and diamonds without"] if any("batch_norm" in t.params for t in shown) else []),
     ]
-    caption = (
+    how = (
         f"Each mark is a trial of {stage.study}: its {x_name} (x) and the {value_name(stage)} it reached (y)"
         + "".join(f", {look}" for look in looks)
         + "; faded marks were pruned, x marks diverged (hover for the reason); the grey band is the range searched"
         + (f", the green band the range stage {stage.stage + 1} searches" if narrowed else "")
-        + ", the star the best trial."
+        + ", the star the best trial"
     )
-    if (when := _condition(stage.ranges.get(x_name))) is not None:
-        caption += f" {x_name} is sampled only with {when}, so only the {len(trials)} finished trials that have it are drawn."
-    if sampled:
-        caption += sampled_note(len(shown), len(trials))
-    return Figure(figure, caption)
+    when = _condition(stage.ranges.get(x_name))
+    conditional = None if when is None else f"{x_name} is sampled only with {when}, so only the {len(trials)} finished trials that have it are drawn"
+    return Figure(figure, one_sentence(how, conditional, sampled_note(len(shown), len(trials)) if sampled else None))
 
 
 def _condition(spec: Any) -> Condition | None:
@@ -226,15 +225,14 @@ def _pair_figure(stage: StageView, x_name: str, y_name: str) -> Figure | None:
     for axis, name in (("xaxis", x_name), ("yaxis", y_name)):
         if stage.ranges.get(name, {}).get("log"):
             figure.update_layout(**{axis: {"type": "log"}})
-    caption = (f"Each complete trial of {stage.study} at its {x_name} and {y_name}, coloured by {value_name(stage)} "
-               "(yellow is best): a bright corner is where the next stage should look.")
-    for name in (x_name, y_name):
-        if (when := _condition(stage.ranges.get(name))) is not None:
-            caption += f" {name} is sampled only with {when}, so only the {len(trials)} trials that have both are drawn."
-            break
-    if sampled:
-        caption += sampled_note(len(shown), len(trials))
-    return Figure(figure, caption)
+    how = (f"Each complete trial of {stage.study} at its {x_name} and {y_name}, coloured by {value_name(stage)} "
+           "(yellow is best): a bright corner is where the next stage should look")
+    conditional = next(
+        (f"{name} is sampled only with {when}, so only the {len(trials)} trials that have both are drawn"
+         for name in (x_name, y_name) if (when := _condition(stage.ranges.get(name))) is not None),
+        None,
+    )
+    return Figure(figure, one_sentence(how, conditional, sampled_note(len(shown), len(trials)) if sampled else None))
 
 
 def stage_coarse_items(stage: StageView, colors: Mapping[Any, str]) -> list[Item]:
@@ -314,14 +312,13 @@ def history_section(data: ReportData) -> Section:
         figure.add_vline(x=boundary + 0.5, line_dash="dash", line_color="#888", annotation_text=f"stage {stage.stage + 1}", annotation_position="top right")
     layout(figure, title="Every trial in order", xaxis_title="trial (in stage order)", yaxis_title=value_name(data.stages[-1]), height=420)
     if len(data.stages) > 1:
-        caption = (
+        how = (
             "Every finished trial in order, stage after stage (dashed lines), with the best value so far as a black step line; "
-            "faded marks were pruned, x marks diverged. Later stages train longer, so their values are higher for the same configuration."
+            "faded marks were pruned, x marks diverged; later stages train longer, so the same configuration scores higher in them"
         )
     else:
-        caption = "Every finished trial in order, with the best value so far as a black step line; faded marks were pruned, x marks diverged."
-    if sampled:
-        caption += sampled_note(len(shown), len(ordered))
+        how = "Every finished trial in order, with the best value so far as a black step line; faded marks were pruned, x marks diverged"
+    caption = one_sentence(how, sampled_note(len(shown), len(ordered)) if sampled else None)
     return Section("history", "History", (Figure(figure, caption),))
 
 
