@@ -8,6 +8,7 @@ marked, and where there is nothing to draw the page says why in words.
 from __future__ import annotations
 
 import math
+import re
 import subprocess
 import sys
 from datetime import datetime, timedelta
@@ -206,7 +207,26 @@ def test_a_running_campaign_says_so_and_shows_what_exists(sqlite_url):
     render(data)  # the page is written all the same
 
 
+def every_words(data) -> str:
+    """All the paragraphs of a report (not its tables or captions), one after the other."""
+    return " ".join(words(section) for section in sections(data))
+
+
+# A running campaign's words: what it has not done yet may still come.
+NOT_YET = re.compile(r"\b(yet|so far)\b")
+
+
+def test_a_finished_campaign_of_one_stage_says_it_has_one_stage_not_one_so_far(sqlite_url):
+    run_small_campaign(sqlite_url, "single", stages=1, trials=(4,), epochs=(1,))
+    data = collect(backend.open_storage(sqlite_url), sqlite_url, "single")
+    assert not data.running and banner(data) is None
+    assert dict(summary_section(data).items[0].rows)["status"] == "finished"
+    assert "This campaign has one stage: nothing was narrowed." in words(coarse_section(data))
+    assert not NOT_YET.search(every_words(data)), every_words(data)
+
+
 def test_every_trial_diverged_is_said_in_words(sqlite_url):
+    """A finished campaign whose trials all diverged: no trial completed, and none will."""
     params = ["hidden_sizes=32", "batch_size=128", "learning_rate=log:1e3..1e4", "optimizer=sgd", "batch_norm=false"]
     with pytest.raises(StageFailed, match="no trial of the campaign completed"):
         run_small_campaign(sqlite_url, "boom", params=params, stages=1, trials=(4,), epochs=(1,))
@@ -214,8 +234,39 @@ def test_every_trial_diverged_is_said_in_words(sqlite_url):
     data = collect(storage, sqlite_url, "boom")
     assert {t.outcome for t in data.trials} == {"DIVERGED"} and not data.running
     assert "Every trial diverged" in banner(data)
-    assert "No trial has completed yet" in words(summary_section(data))
+    assert "No trial completed, so there is no best configuration." in words(summary_section(data))
+    assert "This campaign has one stage: nothing was narrowed." in words(coarse_section(data))
     assert "at least 2 complete trials" in words(importance_section(data))
+    assert not NOT_YET.search(every_words(data)), every_words(data)
+
+
+def test_a_campaign_stopped_by_failures_says_what_its_trials_did_in_the_past(sqlite_url):
+    """Its first stage of two failed (every trial failed, as the failure budget stops one): it
+    ended there, nothing will finish or be narrowed later."""
+    storage, plan = make_stage(sqlite_url, "broke", trials=4, stages=2)
+    study = optuna.load_study(study_name=plan.study_name, storage=storage)
+    for _ in range(3):
+        study.tell(study.ask(), state=optuna.trial.TrialState.FAIL)
+    records.mark_stage_failed(storage, plan.study_name, "3 trials in a row failed")
+    data = collect(storage, sqlite_url, "broke")
+    assert data.failed and not data.running and "This campaign stopped" in banner(data)
+    assert "No trial completed, so there is no best configuration." in words(summary_section(data))
+    assert f"{plan.study_name}: no trial completed, was pruned or diverged (3 fail), so there is nothing to draw." in words(coarse_section(data))
+    assert "This campaign stopped in its first stage of 2: nothing was narrowed." in words(coarse_section(data))
+    assert "No trial completed, was pruned or diverged (3 fail), so there is nothing to draw." in words(history_section(data))
+    assert not NOT_YET.search(every_words(data)), every_words(data)
+
+
+def test_a_stage_whose_finished_trials_all_lack_a_conditional_learning_rate_says_so():
+    ranges = {"learning_rate": {"type": "float", "low": 1e-4, "high": 1.0, "log": True, "when": {"optimizer": ["sgd"]}}}
+    trials = tuple(
+        TrialView(stage=1, study="c/stage-1", number=n, outcome="COMPLETE", value=0.5, params={"optimizer": "adam"},
+                  record=TrialRecord(state="COMPLETE", value=0.5), started=None, completed=None, retry_of=None)
+        for n in range(3)
+    )
+    stage = StageView(study="c/stage-1", stage=1, plan=None, status="done", direction="maximize", ranges=ranges, trials=trials)
+    data = ReportData(name="c", campaign="c", storage="sqlite:///c.db", stages=(stage,))
+    assert "c/stage-1: none of its 3 finished trials has learning_rate, so there is nothing to draw." in words(coarse_section(data))
 
 
 def test_a_plain_optuna_study_gets_a_report_with_its_name_shown_literally(sqlite_url, tmp_path):

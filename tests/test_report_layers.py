@@ -336,6 +336,16 @@ def test_every_trial_diverged_is_said_in_words():
     assert "Every one of the 3 finished trials diverged" in only_words(plain_study(*diverged))
 
 
+def test_without_a_complete_trial_the_best_trials_layers_are_words_in_the_right_tense():
+    # Measured, but not complete: no best trial. Said in the past once nothing runs any more.
+    pruned = view(0, layer_record(lr=0.1), outcome="PRUNED")
+    ended = layers_section(plain_study(pruned)).items[0]
+    assert isinstance(ended, Words) and ended.text == "No trial completed, so there is no best trial whose layers could be shown."
+    running = view(1, TrialRecord(state="RUNNING", worker="host-1"), outcome="RUNNING")
+    still = layers_section(plain_study(pruned, running)).items[0]
+    assert isinstance(still, Words) and still.text.startswith("No trial has completed yet, so")
+
+
 def test_records_without_diagnostics_are_said_in_words():
     old = [view(n, layer_record(lr=0.01, diagnostics=False)) for n in range(2)]
     assert "None of the 2 complete trials stored per-layer diagnostics" in only_words(plain_study(*old))

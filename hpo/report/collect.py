@@ -101,6 +101,14 @@ class StageView:
     def epochs(self) -> int | None:
         return self.plan.epochs if self.plan else None
 
+    @property
+    def ended(self) -> bool:
+        """Nothing more will run in it: hpo closed the stage (done, or failed); for a study hpo
+        did not create, none of its trials is running or queued (as ReportData.running judges)."""
+        if self.plan is None:
+            return not any(t.outcome in ("RUNNING", "WAITING") for t in self.trials)
+        return self.status in (records.DONE, records.FAILED)
+
 
 @dataclass(frozen=True)
 class ReportData:

@@ -14,7 +14,7 @@ from typing import Any
 import plotly.graph_objects as go
 
 from hpo.output import visible
-from hpo.report.collect import StageView, TrialView
+from hpo.report.collect import OUTCOMES, ReportData, StageView, TrialView
 
 # Plotly's qualitative palette (D3), assigned in order of first appearance: stable per report.
 PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf")
@@ -45,6 +45,20 @@ def value_name(stage: StageView) -> str:
     """What a stage's trial values are: hpo's stages score the validation accuracy; a study hpo
     did not create, whatever its objective returns."""
     return "validation accuracy" if stage.plan is not None else "objective value"
+
+
+def none_completed(data: ReportData) -> str:
+    """How the report opens "no best trial": "yet" while the campaign (or study) is running or
+    may be resumed (``data.running``), in the past once it has ended (finished, or stopped by a
+    failure)."""
+    return "No trial has completed yet" if data.running else "No trial completed"
+
+
+def outcome_counts(trials: Sequence[TrialView]) -> str:
+    """"3 pruned, 1 diverged": how many trials ended each way, in OUTCOMES' order, the outcomes
+    none took left out ("no trial" when there is none)."""
+    counts = [(sum(t.outcome == outcome for t in trials), outcome) for outcome in OUTCOMES]
+    return ", ".join(f"{n} {outcome.lower()}" for n, outcome in counts if n) or "no trial"
 
 
 def color_map(values: Sequence[Any]) -> dict[Any, str]:

@@ -28,8 +28,8 @@ from plotly.subplots import make_subplots
 from hpo.output import plural
 from hpo.report.collect import FINISHED, ReportData, TrialView
 from hpo.report.common import (
-    FADED_OPACITY, GL_ABOVE, MAX_POINTS, PALETTE, SOLID_OPACITY, UPDATE_RATIO_RULE, faded, hover, layout, one_sentence, plot_text, sample,
-    sampled_note, show,
+    FADED_OPACITY, GL_ABOVE, MAX_POINTS, PALETTE, SOLID_OPACITY, UPDATE_RATIO_RULE, faded, hover, layout, none_completed, one_sentence,
+    plot_text, sample, sampled_note, show,
 )
 from hpo.report.page import Figure, Item, Section, Words
 from workers.nn.activations import ACTIVATIONS, SATURATING
@@ -180,7 +180,7 @@ def _probe(trial: TrialView) -> str:
 def _best_histograms(data: ReportData) -> Item:
     best = data.best
     if best is None:
-        return Words("No trial has completed yet, so there is no best trial whose layers could be shown.")
+        return Words(f"{none_completed(data)}, so there is no best trial whose layers could be shown.")
     histograms = _histograms(best)
     if not histograms:
         return Words(

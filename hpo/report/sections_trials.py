@@ -62,10 +62,6 @@ def _all_diverged(stage: StageView) -> Words | None:
     )
 
 
-def _counts_text(stage: StageView) -> str:
-    return ", ".join(f"{n} {outcome.lower()}" for outcome, n in stage.counts.items() if n)
-
-
 def _same(a: Any, b: Any) -> bool:
     """Equal and of one type, as the search space compares choices (True, 1 and 1.0 differ)."""
     return type(a) is type(b) and a == b
@@ -142,7 +138,7 @@ def _stage_choices(stage: StageView) -> list[Figure | Words | Table]:
     elif not ranked:
         what = "has a single value" if stage.counts["COMPLETE"] else "completed"  # several objectives
         items.append(Words(
-            f"No trial of {title} {what} ({_counts_text(stage)}): there is no accuracy to "
+            f"No trial of {title} {what} ({common.outcome_counts(stage.trials)}): there is no accuracy to "
             f"compare per choice; the table counts the trials.{fixed_note}"
         ))
     else:
@@ -322,7 +318,10 @@ def _stage_curves(stage: StageView) -> list[Figure | Words]:
     if not lines:
         if stage.plan is None:
             return [Words(f"No trial of {title} stored a learning curve (hpo's workers store one per trial they train).")]
-        return [Words(f"No trial of {title} has finished an epoch yet ({_counts_text(stage)}).")]
+        counts = common.outcome_counts(stage.trials)
+        if stage.ended:  # none will
+            return [Words(f"No trial of {title} finished an epoch ({counts}).")]
+        return [Words(f"No trial of {title} has finished an epoch yet ({counts}).")]
 
     items: list[Figure | Words] = []
     longest = max(len(_curve(t)[0]) for t in lines)
@@ -334,7 +333,7 @@ def _stage_curves(stage: StageView) -> list[Figure | Words]:
         ))
     if not top:
         items.append(Words(
-            f"No trial of {title} completed ({_counts_text(stage)}); the faded curves are the trials that went furthest."
+            f"No trial of {title} completed ({common.outcome_counts(stage.trials)}); the faded curves are the trials that went furthest."
         ))
     items.append(_curves_figure(stage, top, pruned, diverged_lines, longest))
     return items
