@@ -68,11 +68,11 @@ def marks(figure) -> dict[int, tuple[float, float]]:
     return found
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def campaign_url(request, tmp_path):
-    url = f"sqlite:///{tmp_path / 'hpo.db'}" if request.param == "sqlite" else request.getfixturevalue("postgres_url")
-    run_small_campaign(url, "r1")
-    return url
+@pytest.fixture(scope="module")
+def campaign_url(module_storage_url):
+    """Campaign r1 (two stages), built once on SQLite and once on PostgreSQL."""
+    run_small_campaign(module_storage_url, "r1")
+    return module_storage_url
 
 
 def test_the_figures_show_what_the_database_holds(campaign_url):

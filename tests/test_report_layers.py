@@ -1,5 +1,5 @@
 """The report's "Layers" section (hpo.report.sections_layers), checked against what the workers
-stored: a real two-stage campaign on a SQLite file, read back with plain SQL; the section's edge
+stored: a real two-stage campaign, on a SQLite file and on PostgreSQL, read back with plain SQL; the section's edge
 cases (nothing complete, every trial diverged, records without diagnostics, one hidden layer, a
 plain study) built as the collected data they would be."""
 
@@ -47,12 +47,12 @@ class Quiet:
 
 
 @pytest.fixture(scope="module")
-def campaign_url(tmp_path_factory) -> str:
-    """Two stages, one epoch each. Stage 1 walks 11 of the 12 points of a grid of activations
+def campaign_url(module_storage_url) -> str:
+    """Two stages, one epoch each, built once on SQLite and once on PostgreSQL. Stage 1 walks 11 of the 12 points of a grid of activations
     (relu, tanh, sigmoid), initializers (he, small) and learning rates (0.003, 0.3), so every
     activation and initializer is trained whichever point is left out (and the grid is not
     exhausted, which stops Optuna's grid sampler)."""
-    url = f"sqlite:///{tmp_path_factory.mktemp('layers') / 'hpo.db'}"
+    url = module_storage_url
     space = build_space(None, None, [
         "hidden_sizes=32-16", "lr=0.003,0.3", "activation=relu,tanh,sigmoid", "init=he,small",
         "bn=false", "batch_size=128",

@@ -1,7 +1,7 @@
 """The report's trial sections (hpo.report.sections_trials) against what the database holds.
 
 A small real campaign (2 stages, 1 then 3 epochs, a learning-rate range wide enough that some
-trials diverge) is run once on a SQLite file, with one trial of its last stage failed and
+trials diverge) is run once on a SQLite file and once on PostgreSQL, with one trial of its last stage failed and
 queued again as a stopped worker's would be. Every figure's data is checked against the trials
 read back with Optuna's public API: the counts per choice, the dropped choices, the curves, the
 diverged marks, the timeline's bars and the seconds per worker. The cases a small campaign
@@ -50,9 +50,10 @@ HOVER_TRIAL = re.compile(r"<b>(.+?) #(\d+)</b>")
 
 
 @pytest.fixture(scope="module")
-def campaign(tmp_path_factory):
-    """(url, ReportData) of a finished 2-stage campaign, with a failed trial queued again."""
-    url = f"sqlite:///{tmp_path_factory.mktemp('report') / 'hpo.db'}"
+def campaign(module_storage_url):
+    """(url, ReportData) of a finished 2-stage campaign, with a failed trial queued again;
+    built once on SQLite and once on PostgreSQL."""
+    url = module_storage_url
     space = build_space(None, None, ["hidden_sizes=16", "lr=log:0.01..30", "optimizer=sgd", "batch_size=128"])
     # Eight trials are too few to judge a choice by the default rule: this one drops what misses the top.
     spec = CampaignSpec(name=CAMPAIGN, space=space, stages=2, trials=[8, 6], epochs=[1, 3], seed=8,
