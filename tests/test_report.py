@@ -7,6 +7,7 @@ marked, and where there is nothing to draw the page says why in words.
 
 from __future__ import annotations
 
+import html
 import math
 import re
 import subprocess
@@ -20,7 +21,7 @@ from hpo.campaign import CampaignSpec, StageFailed, run_campaign
 from hpo.report import banner, default_path, render, sections, write_report
 from hpo.report.collect import OUTCOMES, ReportData, StageView, TrialView, collect
 from hpo.report.common import MAX_POINTS
-from hpo.report.page import Figure, Table, Words
+from hpo.report.page import Figure, Words
 from hpo.report.sections_search import coarse_section, history_section, importance_section, summary_section
 from storage import backend, records, states
 from tests.helpers import assert_one_sentence, make_stage, page_captions, worker_env
@@ -81,13 +82,6 @@ def test_the_figures_show_what_the_database_holds(campaign_url):
     plans = stageplan.campaign_stages(storage, "r1")
     assert [s.study for s in data.stages] == ["r1/stage-1", "r1/stage-2"]
 
-    # Summary: counts per outcome equal the database's, per stage.
-    stage_table = [t for t in summary_section(data).items if isinstance(t, Table)][1]
-    for row, plan in zip(stage_table.rows, plans):
-        stored = records.count_outcomes(storage, plan.study_name)
-        assert row[0] == plan.study_name and row[1] == plan.trials and row[2] == plan.epochs
-        assert dict(zip(OUTCOMES, row[3:3 + len(OUTCOMES)])) == {o: stored.get(o, 0) for o in OUTCOMES}
-
     coarse = figures(coarse_section(data))
     lr_figures = [f for f in coarse if f.figure.layout.xaxis.title.text == "learning_rate"]
     assert len(lr_figures) == 2
@@ -140,6 +134,80 @@ def test_the_figures_show_what_the_database_holds(campaign_url):
     assert "<script src=" not in page and "cdn.plot.ly" not in page.replace("https://cdn.plot.ly", "")
     assert page.count('data-figure') >= 4
     storage.engine.dispose()
+
+
+def page_tables(page: str, section: str) -> list[list[list[str]]]:
+    """The tables of one section of a report page as a reader sees them: each a list of rows
+    (the header row too), each row its cells' text."""
+    part = page.split(f'<section id="{section}">', 1)[1].split("</section>", 1)[0]
+    return [
+        [[html.unescape(cell) for cell in re.findall(r"<t[hd]>(.*?)</t[hd]>", row)] for row in re.findall(r"<tr>(.*?)</tr>", table)]
+        for table in re.findall(r"<table>(.*?)</table>", part, flags=re.S)
+    ]
+
+
+def shows(text: str, value) -> bool:
+    """Whether ``text`` is how the page writes the stored ``value``: a float to 4 digits (after
+    the point, or significant), a boolean as true/false, anything else as it is."""
+    if isinstance(value, bool):
+        return text == str(value).lower()
+    if isinstance(value, float):
+        return float(text) == pytest.approx(value, rel=5e-4, abs=5e-5)
+    return text == str(value)
+
+
+def clock_seconds(text: str) -> int:
+    """"1:02:03" or "2:03" as seconds."""
+    seconds = 0
+    for part in text.split(":"):
+        seconds = 60 * seconds + int(part)
+    return seconds
+
+
+def test_the_summary_shows_what_the_database_holds(campaign_url):
+    """Each field of the summary, as the page shows it, against the stages' plans, the trials
+    and the final retrain's result read back through Optuna."""
+    storage = backend.open_storage(campaign_url)
+    plans = stageplan.campaign_stages(storage, "r1")
+    studies = [optuna.load_study(study_name=plan.study_name, storage=storage) for plan in plans]
+    trials = [t for study in studies for t in study.trials]
+    result = studies[-1].user_attrs[records.RESULT_ATTR]
+    page = render(collect(storage, campaign_url, "r1"))
+    counts = [records.count_outcomes(storage, plan.study_name) for plan in plans]
+    storage.engine.dispose()
+    overview, per_stage, best = page_tables(page, "summary")
+
+    fields = dict(overview)
+    assert fields["campaign"] == "r1" and fields["status"] == "finished"
+    assert fields["dataset"] == plans[0].dataset == studies[0].user_attrs[records.PLAN_ATTR]["dataset"]
+    assert fields["storage"] == campaign_url  # no password in it to mask
+    assert fields["stages"] == f"{len(plans)} of {plans[0].stages}" == "2 of 2"
+    started = [t for t in trials if t.datetime_start is not None]
+    wall = max(t.datetime_complete for t in trials if t.datetime_complete) - min(t.datetime_start for t in started)
+    clock, _, how = fields["wall time"].partition(" ")
+    assert clock_seconds(clock) == round(wall.total_seconds()) and how == "(first trial's start to last trial's end)"
+    workers = sorted({t.user_attrs["worker"] for t in started})
+    assert fields["workers"] == f"{len(workers)}: {', '.join(workers)}"
+
+    # Per stage: its budget and epochs as planned, its trials per outcome, its best value, its status.
+    assert per_stage[0] == ["stage", "budget", "epochs", *(o.lower() for o in OUTCOMES), "best", "status"]
+    for row, plan, study, stored in zip(per_stage[1:], plans, studies, counts, strict=True):
+        assert row[:3] == [plan.study_name, str(plan.trials), str(plan.epochs)]
+        assert dict(zip(OUTCOMES, map(int, row[3:3 + len(OUTCOMES)]))) == {o: stored.get(o, 0) for o in OUTCOMES}
+        assert shows(row[-2], study.best_value) and row[-1] == study.user_attrs[records.STATUS_ATTR] == records.DONE
+
+    # The best configuration is the one the final retrain took, with its validation accuracy and
+    # the retrain's train and test accuracy.
+    (chosen,) = [t for study, plan in zip(studies, plans) for t in study.trials
+                 if plan.study_name == result["study"] and t.number == result["trial"]]
+    assert best[0] == ["best configuration", f"{result['study']} #{result['trial']}"]
+    rows = dict(best[1:])
+    accuracies = {"validation accuracy": chosen.value, "final retrain: train accuracy": result["train_accuracy"],
+                  "final retrain: test accuracy": result["test_accuracy"]}
+    assert list(rows) == [*result["params"], *accuracies]
+    assert result["params"] == chosen.params and result["val_accuracy"] == chosen.value
+    for name, value in [*result["params"].items(), *accuracies.items()]:
+        assert shows(rows[name], value), (name, rows[name], value)
 
 
 def test_every_figure_caption_of_a_report_is_one_sentence(campaign_url, tmp_path):

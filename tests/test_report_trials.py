@@ -23,6 +23,7 @@ from hpo.campaign import CampaignSpec, run_campaign
 from hpo.report import common
 from hpo.report.collect import ReportData, StageView, TrialView, collect
 from hpo.report.page import Figure, Section, Table, Words, render_page
+from hpo.report.sections_search import coarse_section
 from hpo.report.sections_trials import (
     NO_WORKER,
     REQUEUED_PATTERN,
@@ -116,6 +117,48 @@ def test_the_campaign_has_what_the_sections_must_show(campaign):
     assert any(is_diverged(t) for t in trials), "the fixture must make some trials diverge"
     assert sum(t.state.name == "COMPLETE" for t in trials) >= 4
     assert [s.study for s in data.stages] == list(STAGES)
+
+
+def hover_lines(text: str) -> list[str]:
+    """A hover text's lines as the reader sees them: Plotly's <b> and <i> drawn, entities read."""
+    return [html.unescape(re.sub(r"</?[bi]>", "", line)) for line in text.split("<br>")]
+
+
+@pytest.mark.slow
+def test_hovering_a_coarse_to_fine_mark_shows_its_trial_parameters_and_outcome(campaign):
+    """Every mark of each stage's learning-rate scatter: its trial's number and outcome, each
+    parameter with its stored value, and the value, or for a pruned or diverged trial the
+    reason it stopped."""
+    url, data = campaign
+    seen = set()
+    scatters = [f for f in figures(coarse_section(data)) if f.figure.layout.xaxis.title.text == "learning_rate"]
+    for study, figure in zip(STAGES, scatters, strict=True):
+        assert figure.figure.layout.title.text.startswith(study)
+        trials = stored(url, study)
+        for trace in figure.figure.data:
+            for text in trace.text or ():
+                head, *lines = hover_lines(text)
+                name, number = hovered(text)
+                t = trials[number]
+                outcome = "diverged" if is_diverged(t) else t.state.name.lower()
+                assert name == study and head == f"{study} #{number}: {outcome}"
+                seen.add(outcome)
+                if t.value is not None:
+                    (value,) = [line.removeprefix("value ") for line in lines if line.startswith("value ")]
+                    assert float(value) == pytest.approx(t.value, abs=5e-5)
+                params = dict(line.split(" = ", 1) for line in lines if " = " in line)
+                assert list(params) == list(t.params)
+                for param, value in t.params.items():
+                    shown = params[param]
+                    if isinstance(value, float):
+                        assert float(shown) == pytest.approx(value, rel=5e-4), (param, shown, value)
+                    else:
+                        assert shown == (str(value).lower() if isinstance(value, bool) else str(value)), (param, shown, value)
+                if t.state.name == "PRUNED":  # pruned or diverged: why, last
+                    assert lines[-1] == t.user_attrs["reason"]
+                else:  # complete: no reason to give
+                    assert "<i>" not in text
+    assert seen == {"complete", "pruned", "diverged"}, "the fixture must have a trial of each outcome"
 
 
 @pytest.mark.slow
