@@ -16,6 +16,7 @@ from datetime import datetime, timedelta
 
 import optuna
 import pytest
+from sqlalchemy.engine import make_url
 
 from hpo.campaign import CampaignSpec, StageFailed, run_campaign
 from hpo.report import banner, default_path, render, sections, write_report
@@ -356,18 +357,65 @@ def test_a_plain_optuna_study_gets_a_report_with_its_name_shown_literally(sqlite
     assert default_path(name).name == "script-alert-x-script-co-report.html"
 
 
-def test_report_cli_writes_the_page_and_refuses_bad_names_in_one_line(sqlite_url, tmp_path):
+# The report's sections, by their ids, in the order issue 11 lists them.
+SECTION_KEYS = ("summary", "coarse-to-fine", "choices", "history", "importance", "learning-curves", "layers", "workers",
+                "why-initialization")
+HPO_REPORT = [sys.executable, "-c", "import hpo; hpo.main()", "report"]
+
+
+def assert_complete_page(page: str) -> None:
+    """A whole report: the document from its doctype to its end, Plotly's script inside it, every
+    section, and a drawing call for every figure."""
+    assert page.startswith("<!DOCTYPE html>") and page.rstrip().endswith("</body></html>")
+    assert len(page) > 1_000_000 and "Plotly.newPlot" in page  # plotly.js itself, some 4.6 MB
+    assert re.findall(r'<section id="([^"]+)">', page) == list(SECTION_KEYS)
+    drawn = re.findall(r'<div class="figure" id="(figure-\d+)" data-figure></div>', page)
+    assert drawn and re.findall(r'hpoDraw\("(figure-\d+)", ', page) == drawn
+
+
+def test_report_cli_writes_the_page_where_told_and_refuses_bad_names_in_one_line(sqlite_url, tmp_path):
     run_small_campaign(sqlite_url, "cli", stages=1, trials=(4,), epochs=(1,))
-    hpo = [sys.executable, "-c", "import hpo; hpo.main()", "report"]
+    hpo = HPO_REPORT
     env = worker_env(sqlite_url)
     done = subprocess.run([*hpo, "cli"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == "cli-report.html" and (tmp_path / "cli-report.html").stat().st_size > 1_000_000
+    assert done.stdout.strip() == "cli-report.html"
+    assert_complete_page((tmp_path / "cli-report.html").read_text(encoding="utf-8"))
+    (tmp_path / "out").mkdir()
+    told = subprocess.run([*hpo, "cli", "-o", "out/page.html"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert told.returncode == 0, told.stderr
+    assert told.stdout == "out/page.html\n" and told.stderr == ""
+    assert_complete_page((tmp_path / "out" / "page.html").read_text(encoding="utf-8"))
     missing = subprocess.run([*hpo, "nope"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
     assert missing.returncode == 2 and missing.stderr.strip() == "Error: no campaign or study named 'nope' in this storage"
     no_folder = subprocess.run([*hpo, "cli", "-o", str(tmp_path / "no" / "r.html")], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
     assert no_folder.returncode == 2 and len(no_folder.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "no").exists()
+
+
+PASSWORD = "report-pw-5d1e"  # trust authentication takes any password; the page must not show it
+
+
+@pytest.mark.postgres
+def test_a_report_over_a_password_shows_the_storage_masked_and_the_password_nowhere(postgres_url, tmp_path):
+    """The password given as the documented file (HPO_DB_PASSWORD_FILE) and in the URL itself."""
+    run_small_campaign(postgres_url, "pw", stages=1, trials=(3,), epochs=(1,))
+    secret = tmp_path / "db_password"
+    secret.write_text(PASSWORD + "\n")
+    secret.chmod(0o600)
+    plain = make_url(postgres_url)
+    in_url = plain.set(password=PASSWORD).render_as_string(hide_password=False)
+    assert PASSWORD in in_url
+    masked = f"postgresql+psycopg://{plain.username}:***@{plain.host}:{plain.port}/{plain.database}"
+    for way, env in [("file", worker_env(postgres_url, HPO_DB_PASSWORD_FILE=str(secret))), ("url", worker_env(in_url))]:
+        env.pop("HPO_TEST_POSTGRES", None)
+        done = subprocess.run([*HPO_REPORT, "pw", "-o", f"{way}.html"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr
+        assert PASSWORD not in done.stdout + done.stderr, way
+        page = (tmp_path / f"{way}.html").read_text(encoding="utf-8")
+        assert PASSWORD not in page, way
+        overview = dict(page_tables(page, "summary")[0])
+        assert overview["storage"] == masked, way
 
 
 def test_search_writes_the_report_at_the_end_unless_told_not_to(sqlite_url, tmp_path):
