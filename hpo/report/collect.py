@@ -103,11 +103,11 @@ class StageView:
 
     @property
     def ended(self) -> bool:
-        """Nothing more will run in it: hpo closed the stage (done, or failed); for a study hpo
-        did not create, none of its trials is running or queued (as ReportData.running judges)."""
-        if self.plan is None:
-            return not any(t.outcome in ("RUNNING", "WAITING") for t in self.trials)
-        return self.status in (records.DONE, records.FAILED)
+        """Nothing more will happen in it: none of its trials is running or queued, and hpo closed
+        it (done, or failed) when it is an hpo stage. (A stage closes when its budget is met,
+        possibly with trials still running, which may yet finish.)"""
+        busy = any(t.outcome in ("RUNNING", "WAITING") for t in self.trials)
+        return not busy and (self.plan is None or self.status in (records.DONE, records.FAILED))
 
 
 @dataclass(frozen=True)
