@@ -294,6 +294,13 @@ def test_a_finished_campaign_of_one_stage_says_it_has_one_stage_not_one_so_far(s
     assert not NOT_YET.search(every_words(data)), every_words(data)
 
 
+def test_a_running_campaign_planned_with_one_stage_does_not_promise_a_narrowing(sqlite_url):
+    storage, _ = make_stage(sqlite_url, "solo", trials=4, stages=1)
+    data = collect(storage, sqlite_url, "solo")
+    assert data.running
+    assert "This campaign has one stage, so nothing is narrowed." in words(coarse_section(data))
+
+
 def test_every_trial_diverged_is_said_in_words(sqlite_url):
     """A finished campaign whose trials all diverged: no trial completed, and none will."""
     params = ["hidden_sizes=32", "batch_size=128", "learning_rate=log:1e3..1e4", "optimizer=sgd", "batch_norm=false"]
