@@ -42,7 +42,8 @@ LOAD_TIMEOUT = 120.0
 # Whether each [data-figure] div was drawn, measured in the page. Marks are the SVG shapes of the
 # traces themselves (not axes or grid lines); WebGL traces (scattergl, parcoords) draw on canvases
 # instead, which count when any pixel is not transparent. Plotly keeps the drawing buffer, so a
-# canvas can be read back after it was shown.
+# canvas can be read back after it was shown. The tool bar (Plotly's modebar) is in the page
+# from the start, shown on hover; its buttons are named by their tooltips.
 _MEASURE_FIGURES = """
 () => {
   const MARK_LAYERS = ".mlayer, .pielayer, .funnelarealayer, .sunburstlayer, .treemaplayer, "
@@ -71,6 +72,7 @@ _MEASURE_FIGURES = """
       width: box.width, height: box.height,
       marks: marks, painted_canvases: canvases,
       background: div._fullLayout ? div._fullLayout.plot_bgcolor : "",
+      tools: [...div.querySelectorAll(".modebar-btn")].map((button) => button.getAttribute("data-title") || ""),
     };
   });
 }
@@ -96,6 +98,7 @@ class FigureCheck:
     marks: int  # SVG shapes drawn by the traces
     painted_canvases: int  # WebGL canvases with at least one pixel drawn
     background: str  # the plot area's colour as drawn (the page's template sets it)
+    tools: list[str]  # the titles of its tool bar's buttons ("Zoom", "Download plot as a PNG", ...), in order
 
     @property
     def drawn(self) -> bool:

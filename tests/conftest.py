@@ -1,5 +1,5 @@
 """Shared fixtures: a fresh SQLite file, a fresh PostgreSQL database and a fresh MariaDB (or
-MySQL) database per test.
+MySQL) database per test; a SQLite file and a PostgreSQL database per test module.
 
 PostgreSQL tests skip with a reason when no server is reachable, unless HPO_REQUIRE_POSTGRES=1
 (as in CI), where an unreachable server is an error. The server is taken from
@@ -117,6 +117,17 @@ def sqlite_url(tmp_path) -> str:
 def storage_url(request) -> str:
     """The same test on a SQLite file, a fresh PostgreSQL database and a fresh MariaDB database."""
     return request.getfixturevalue(f"{request.param}_url")
+
+
+@pytest.fixture(scope="module", params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def module_storage_url(request, tmp_path_factory) -> Iterator[str]:
+    """A SQLite file, then a fresh PostgreSQL database, each shared by the tests of one module:
+    for a campaign built once per database and checked by several tests."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path_factory.mktemp('module-db') / 'hpo.db'}"
+    else:
+        request.getfixturevalue("postgres_server")
+        yield from POSTGRES.database()
 
 
 @pytest.fixture(params=[pytest.param("postgres", marks=pytest.mark.postgres),

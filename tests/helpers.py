@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import html
 import os
+import re
 import subprocess
 import sys
 
@@ -77,3 +79,24 @@ def states(url: str, study_name: str) -> dict[str, int]:
         name=study_name,
     )
     return {str(state).removeprefix("TrialState."): n for state, n in rows}
+
+
+# Periods that end no sentence (a caption may use these); a number's point (0.5, 1e-3 written
+# 0.001) is followed by a digit, so it ends none either.
+ABBREVIATIONS = ("e.g.", "i.e.", "etc.", "vs.")
+_SENTENCE_END = re.compile(r"[.!?](?=\s|$)")
+
+
+def assert_one_sentence(text: str) -> None:
+    """``text`` is one sentence: it ends with a period, and no '.', '!' or '?' followed by a space
+    ends one before it."""
+    plain = text
+    for abbreviation in ABBREVIATIONS:
+        plain = plain.replace(abbreviation, abbreviation.replace(".", ""))
+    ends = [m.start() for m in _SENTENCE_END.finditer(plain)]
+    assert plain.endswith(".") and ends == [len(plain) - 1], f"not one sentence: {text!r}"
+
+
+def page_captions(page: str) -> list[str]:
+    """Every figure caption of a report page, as the reader sees it (unescaped)."""
+    return [html.unescape(text) for text in re.findall(r"<figcaption>(.*?)</figcaption>", page, flags=re.S)]

@@ -27,7 +27,7 @@ from hpo.campaign import CampaignSpec
 from hpo.narrow import NOT_SEARCHED, NarrowResult, NarrowTrial, narrow
 from storage import backend
 from storage.optuna_tpe import CachedTPESampler
-from tests.helpers import sql, worker_env
+from tests.helpers import assert_one_sentence, page_captions, sql, worker_env
 from tests.test_space import spaces
 from workers import stageplan
 from workers.data.preprocess import TAKES_COMPONENTS
@@ -436,7 +436,10 @@ def test_a_campaign_stores_a_conditional_knob_only_in_the_trials_it_applies_to(t
         path = write_report(storage, url, "c", tmp_path / "c.html")
     finally:
         storage.engine.dispose()
-    assert "momentum is sampled only with optimizer momentum or nesterov, so only the" in path.read_text()
+    page = path.read_text()
+    assert "momentum is sampled only with optimizer momentum or nesterov, so only the" in page
+    for caption in page_captions(page):  # the note is part of its caption's one sentence
+        assert_one_sentence(caption)
 
 
 @pytest.mark.slow

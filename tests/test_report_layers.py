@@ -1,5 +1,5 @@
 """The report's "Layers" section (hpo.report.sections_layers), checked against what the workers
-stored: a real two-stage campaign on a SQLite file, read back with plain SQL; the section's edge
+stored: a real two-stage campaign, on a SQLite file and on PostgreSQL, read back with plain SQL; the section's edge
 cases (nothing complete, every trial diverged, records without diagnostics, one hidden layer, a
 plain study) built as the collected data they would be."""
 
@@ -20,7 +20,7 @@ from hpo.report.common import MAX_POINTS, UPDATE_RATIO_RULE, hover
 from hpo.report.page import Figure, Words, render_page
 from hpo.report.sections_layers import layers_section
 from storage import backend
-from tests.helpers import sql
+from tests.helpers import assert_one_sentence, sql
 from workers.record import Diagnostics, Histogram, LayerDiagnostics, OutputLayerDiagnostics, TrialRecord
 from workers.space import build_space
 
@@ -47,12 +47,12 @@ class Quiet:
 
 
 @pytest.fixture(scope="module")
-def campaign_url(tmp_path_factory) -> str:
-    """Two stages, one epoch each. Stage 1 walks 11 of the 12 points of a grid of activations
+def campaign_url(module_storage_url) -> str:
+    """Two stages, one epoch each, built once on SQLite and once on PostgreSQL. Stage 1 walks 11 of the 12 points of a grid of activations
     (relu, tanh, sigmoid), initializers (he, small) and learning rates (0.003, 0.3), so every
     activation and initializer is trained whichever point is left out (and the grid is not
     exhausted, which stops Optuna's grid sampler)."""
-    url = f"sqlite:///{tmp_path_factory.mktemp('layers') / 'hpo.db'}"
+    url = module_storage_url
     space = build_space(None, None, [
         "hidden_sizes=32-16", "lr=0.003,0.3", "activation=relu,tanh,sigmoid", "init=he,small",
         "bn=false", "batch_size=128",
@@ -244,7 +244,7 @@ def test_every_figure_says_how_to_read_it_and_the_page_renders(data, tmp_path):
     section = layers_section(data)
     for item in section.items:
         assert isinstance(item, Figure)
-        assert item.caption.endswith(".") and item.caption.count(". ") == 0, item.caption
+        assert_one_sentence(item.caption)
     path = tmp_path / "layers.html"
     path.write_text(render_page("hpo report: campaign layers", [section]), encoding="utf-8")
     page = path.read_text(encoding="utf-8")
@@ -336,6 +336,16 @@ def test_every_trial_diverged_is_said_in_words():
     assert "Every one of the 3 finished trials diverged" in only_words(plain_study(*diverged))
 
 
+def test_without_a_complete_trial_the_best_trials_layers_are_words_in_the_right_tense():
+    # Measured, but not complete: no best trial. Said in the past once nothing runs any more.
+    pruned = view(0, layer_record(lr=0.1), outcome="PRUNED")
+    ended = layers_section(plain_study(pruned)).items[0]
+    assert isinstance(ended, Words) and ended.text == "No trial completed, so there is no best trial whose layers could be shown."
+    running = view(1, TrialRecord(state="RUNNING", worker="host-1"), outcome="RUNNING")
+    still = layers_section(plain_study(pruned, running)).items[0]
+    assert isinstance(still, Words) and still.text.startswith("No trial has completed yet, so")
+
+
 def test_records_without_diagnostics_are_said_in_words():
     old = [view(n, layer_record(lr=0.01, diagnostics=False)) for n in range(2)]
     assert "None of the 2 complete trials stored per-layer diagnostics" in only_words(plain_study(*old))
@@ -396,5 +406,7 @@ def test_many_trials_are_sampled_and_drawn_with_webgl():
     markers = [trace for trace in ratio.figure.data if trace.mode == "markers"]
     assert {trace.type for trace in markers} == {"scattergl"}
     assert sum(len(trace.x) for trace in markers) <= MAX_POINTS and "sampled" in ratio.caption
+    assert_one_sentence(dead.caption)
+    assert_one_sentence(ratio.caption)
     for value in (heatmap.z[0][0], markers[0].y[0]):
         assert math.isfinite(value)

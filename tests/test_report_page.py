@@ -98,6 +98,18 @@ def test_every_figure_is_drawn_offline_without_an_error(report):
     assert not is_blank(check.screenshot)
 
 
+def test_every_figure_zooms_and_saves_as_png_and_none_offers_to_upload_its_data(report):
+    """The tool bar of each figure: zoom, and "save as image" (which the report promises); no
+    "Share chart...", which would send the figure's data (trials, parameters, reasons) to
+    Plotly's cloud."""
+    _, check = report
+    assert check.figures
+    for figure in check.figures:
+        assert "Download plot as a PNG" in figure.tools and "Zoom" in figure.tools, (figure.id, figure.tools)
+        uploads = [tool for tool in figure.tools if any(word in tool.lower() for word in ("share", "cloud", "chart studio"))]
+        assert uploads == [], (figure.id, figure.tools)
+
+
 def test_user_text_shows_literally_and_never_runs(report):
     _, check = report
     assert check.dialogs == []  # no alert(): no script from the text ran

@@ -87,6 +87,10 @@ def test_a_study_whose_every_trial_failed_is_not_said_to_have_diverged(sqlite_ur
     data = collect(backend.open_storage(sqlite_url), sqlite_url, "errors")
     assert {t.outcome for t in data.trials} == {"FAIL"}
     assert "diverged" not in (banner(data) or "")
+    # Nothing runs in it any more: what did not happen is said in the past, not as "yet".
+    assert "No trial completed, so there is no best configuration." in words(summary_section(data))
+    assert "errors: no trial completed, was pruned or diverged (3 fail), so there is nothing to draw." in words(coarse_section(data))
+    assert "No trial completed, was pruned or diverged (3 fail), so there is nothing to draw." in words(history_section(data))
 
 
 def words(section) -> str:

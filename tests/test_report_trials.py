@@ -1,7 +1,7 @@
 """The report's trial sections (hpo.report.sections_trials) against what the database holds.
 
 A small real campaign (2 stages, 1 then 3 epochs, a learning-rate range wide enough that some
-trials diverge) is run once on a SQLite file, with one trial of its last stage failed and
+trials diverge) is run once on a SQLite file and once on PostgreSQL, with one trial of its last stage failed and
 queued again as a stopped worker's would be. Every figure's data is checked against the trials
 read back with Optuna's public API: the counts per choice, the dropped choices, the curves, the
 diverged marks, the timeline's bars and the seconds per worker. The cases a small campaign
@@ -23,6 +23,7 @@ from hpo.campaign import CampaignSpec, run_campaign
 from hpo.report import common
 from hpo.report.collect import ReportData, StageView, TrialView, collect
 from hpo.report.page import Figure, Section, Table, Words, render_page
+from hpo.report.sections_search import coarse_section
 from hpo.report.sections_trials import (
     NO_WORKER,
     REQUEUED_PATTERN,
@@ -32,6 +33,7 @@ from hpo.report.sections_trials import (
     workers_section,
 )
 from storage import backend, optuna_access
+from tests.helpers import assert_one_sentence
 from tests.test_campaign import Recorder
 from workers import stageplan
 from workers.record import Curve, Timings, TrialRecord
@@ -49,9 +51,10 @@ HOVER_TRIAL = re.compile(r"<b>(.+?) #(\d+)</b>")
 
 
 @pytest.fixture(scope="module")
-def campaign(tmp_path_factory):
-    """(url, ReportData) of a finished 2-stage campaign, with a failed trial queued again."""
-    url = f"sqlite:///{tmp_path_factory.mktemp('report') / 'hpo.db'}"
+def campaign(module_storage_url):
+    """(url, ReportData) of a finished 2-stage campaign, with a failed trial queued again;
+    built once on SQLite and once on PostgreSQL."""
+    url = module_storage_url
     space = build_space(None, None, ["hidden_sizes=16", "lr=log:0.01..30", "optimizer=sgd", "batch_size=128"])
     # Eight trials are too few to judge a choice by the default rule: this one drops what misses the top.
     spec = CampaignSpec(name=CAMPAIGN, space=space, stages=2, trials=[8, 6], epochs=[1, 3], seed=8,
@@ -114,6 +117,48 @@ def test_the_campaign_has_what_the_sections_must_show(campaign):
     assert any(is_diverged(t) for t in trials), "the fixture must make some trials diverge"
     assert sum(t.state.name == "COMPLETE" for t in trials) >= 4
     assert [s.study for s in data.stages] == list(STAGES)
+
+
+def hover_lines(text: str) -> list[str]:
+    """A hover text's lines as the reader sees them: Plotly's <b> and <i> drawn, entities read."""
+    return [html.unescape(re.sub(r"</?[bi]>", "", line)) for line in text.split("<br>")]
+
+
+@pytest.mark.slow
+def test_hovering_a_coarse_to_fine_mark_shows_its_trial_parameters_and_outcome(campaign):
+    """Every mark of each stage's learning-rate scatter: its trial's number and outcome, each
+    parameter with its stored value, and the value, or for a pruned or diverged trial the
+    reason it stopped."""
+    url, data = campaign
+    seen = set()
+    scatters = [f for f in figures(coarse_section(data)) if f.figure.layout.xaxis.title.text == "learning_rate"]
+    for study, figure in zip(STAGES, scatters, strict=True):
+        assert figure.figure.layout.title.text.startswith(study)
+        trials = stored(url, study)
+        for trace in figure.figure.data:
+            for text in trace.text or ():
+                head, *lines = hover_lines(text)
+                name, number = hovered(text)
+                t = trials[number]
+                outcome = "diverged" if is_diverged(t) else t.state.name.lower()
+                assert name == study and head == f"{study} #{number}: {outcome}"
+                seen.add(outcome)
+                if t.value is not None:
+                    (value,) = [line.removeprefix("value ") for line in lines if line.startswith("value ")]
+                    assert float(value) == pytest.approx(t.value, abs=5e-5)
+                params = dict(line.split(" = ", 1) for line in lines if " = " in line)
+                assert list(params) == list(t.params)
+                for param, value in t.params.items():
+                    shown = params[param]
+                    if isinstance(value, float):
+                        assert float(shown) == pytest.approx(value, rel=5e-4), (param, shown, value)
+                    else:
+                        assert shown == (str(value).lower() if isinstance(value, bool) else str(value)), (param, shown, value)
+                if t.state.name == "PRUNED":  # pruned or diverged: why, last
+                    assert lines[-1] == t.user_attrs["reason"]
+                else:  # complete: no reason to give
+                    assert "<i>" not in text
+    assert seen == {"complete", "pruned", "diverged"}, "the fixture must have a trial of each outcome"
 
 
 @pytest.mark.slow
@@ -286,8 +331,9 @@ def test_the_sections_render_into_a_page(campaign, tmp_path):
     for key in ("choices", "learning-curves", "workers"):
         assert f'<section id="{key}">' in text
     assert text.count("data-figure") == sum(len(figures(s)) for s in sections) == 6
-    for section in sections:  # every figure says how to read it
-        assert all(f.caption.endswith(".") or f.caption.endswith(")") for f in figures(section))
+    for section in sections:  # every figure says how to read it, in one sentence
+        for figure in figures(section):
+            assert_one_sentence(figure.caption)
 
 
 # -- a study that is not a campaign ----------------------------------------------------------
@@ -433,10 +479,12 @@ def test_many_trials_are_sampled_and_the_caption_says_so():
     drawn = [hovered(h)[1] for t in timeline.figure.data for h in t.hovertext]
     assert len(drawn) <= common.MAX_POINTS + 1 and max(drawn) == len(many) - 1  # the best is kept
     assert "sampled" in timeline.caption
+    assert_one_sentence(timeline.caption)
     # Boxes, not thousands of dots, per choice; and ten curves however big the stage.
     (choices,) = figures(choices_section(report(*many)))
     (complete,) = [t for t in choices.figure.data if t.type == "box" and t.name == "complete"]
     assert complete.boxpoints == "outliers" and "sampled" in choices.caption
+    assert_one_sentence(choices.caption)
     (curves,) = figures(curves_section(report(*many)))
     assert len({t.legendgroup for t in curves.figure.data}) == 10
 

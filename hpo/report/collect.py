@@ -101,6 +101,14 @@ class StageView:
     def epochs(self) -> int | None:
         return self.plan.epochs if self.plan else None
 
+    @property
+    def ended(self) -> bool:
+        """Nothing more will happen in it: none of its trials is running or queued, and hpo closed
+        it (done, or failed) when it is an hpo stage. (A stage closes when its budget is met,
+        possibly with trials still running, which may yet finish.)"""
+        busy = any(t.outcome in ("RUNNING", "WAITING") for t in self.trials)
+        return not busy and (self.plan is None or self.status in (records.DONE, records.FAILED))
+
 
 @dataclass(frozen=True)
 class ReportData:

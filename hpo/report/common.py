@@ -14,7 +14,7 @@ from typing import Any
 import plotly.graph_objects as go
 
 from hpo.output import visible
-from hpo.report.collect import StageView, TrialView
+from hpo.report.collect import OUTCOMES, ReportData, StageView, TrialView
 
 # Plotly's qualitative palette (D3), assigned in order of first appearance: stable per report.
 PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf")
@@ -30,7 +30,8 @@ FADED_OPACITY = 0.3  # pruned and diverged trials: shown, but behind the complet
 SOLID_OPACITY = 0.9
 
 # A figure draws at most this many points (or trials' lines, bars, heatmap columns); beyond
-# it, trials are sampled evenly, the best ones always kept, and the caption says so.
+# it, trials are sampled evenly, the best ones always kept, and the caption says so
+# (sampled_note).
 MAX_POINTS = 4000
 
 # Points in a trace beyond which it is drawn with WebGL (SVG slows down past a few thousand).
@@ -44,6 +45,20 @@ def value_name(stage: StageView) -> str:
     """What a stage's trial values are: hpo's stages score the validation accuracy; a study hpo
     did not create, whatever its objective returns."""
     return "validation accuracy" if stage.plan is not None else "objective value"
+
+
+def none_completed(data: ReportData) -> str:
+    """How the report opens "no best trial": "yet" while the campaign (or study) is running or
+    may be resumed (``data.running``), in the past once it has ended (finished, or stopped by a
+    failure)."""
+    return "No trial has completed yet" if data.running else "No trial completed"
+
+
+def outcome_counts(trials: Sequence[TrialView]) -> str:
+    """"3 pruned, 1 diverged": how many trials ended each way, in OUTCOMES' order, the outcomes
+    none took left out ("no trial" when there is none)."""
+    counts = [(sum(t.outcome == outcome for t in trials), outcome) for outcome in OUTCOMES]
+    return ", ".join(f"{n} {outcome.lower()}" for n, outcome in counts if n) or "no trial"
 
 
 def color_map(values: Sequence[Any]) -> dict[Any, str]:
@@ -108,8 +123,15 @@ def sample(trials: Sequence[TrialView], limit: int = MAX_POINTS, *, keep: Sequen
 
 
 def sampled_note(shown: int, total: int) -> str:
-    """The words a caption adds when a figure samples."""
-    return f" It draws {shown:,} of {total:,} trials, sampled evenly with the best always among them."
+    """The clause a caption adds when a figure samples (see :func:`one_sentence`)."""
+    return f"it draws {shown:,} of {total:,} trials, sampled evenly with the best always among them"
+
+
+def one_sentence(*clauses: str | None) -> str:
+    """A figure's caption: how to read it, then its notes (the trials a conditional parameter
+    leaves out, :func:`sampled_note`, ...), as the one sentence each figure has, the clauses
+    joined by semicolons. Empty clauses (a note that does not apply) are left out."""
+    return "; ".join(clause for clause in clauses if clause) + "."
 
 
 def scatter(**kwargs: Any) -> go.Scatter | go.Scattergl:

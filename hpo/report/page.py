@@ -26,10 +26,15 @@ from hpo.output import visible
 from hpo.report.common import TEMPLATE
 
 # What each figure's tool bar offers: zoom and pan are Plotly's defaults; "download as PNG"
-# saves the figure as an image from the page, at twice the screen's resolution.
+# saves the figure as an image from the page, at twice the screen's resolution. The bundled
+# plotly.js (4.x) also offers "Share chart...", which uploads the figure's data (trials,
+# parameters, reasons) to Plotly's cloud: a report must never send what it holds anywhere.
+# (optuna-dashboard draws the figures hpo attaches with its own plotly.js and configuration,
+# which offer no such button: a figure's JSON carries no configuration of ours.)
 PLOT_CONFIG = {
     "displaylogo": False,
     "responsive": True,
+    "showSendToCloud": False,
     "toImageButtonOptions": {"format": "png", "scale": 2},
 }
 

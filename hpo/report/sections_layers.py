@@ -28,7 +28,8 @@ from plotly.subplots import make_subplots
 from hpo.output import plural
 from hpo.report.collect import FINISHED, ReportData, TrialView
 from hpo.report.common import (
-    FADED_OPACITY, GL_ABOVE, MAX_POINTS, PALETTE, SOLID_OPACITY, UPDATE_RATIO_RULE, faded, hover, layout, plot_text, sample, sampled_note, show,
+    FADED_OPACITY, GL_ABOVE, MAX_POINTS, PALETTE, SOLID_OPACITY, UPDATE_RATIO_RULE, faded, hover, layout, none_completed, one_sentence,
+    plot_text, sample, sampled_note, show,
 )
 from hpo.report.page import Figure, Item, Section, Words
 from workers.nn.activations import ACTIVATIONS, SATURATING
@@ -179,7 +180,7 @@ def _probe(trial: TrialView) -> str:
 def _best_histograms(data: ReportData) -> Item:
     best = data.best
     if best is None:
-        return Words("No trial has completed yet, so there is no best trial whose layers could be shown.")
+        return Words(f"{none_completed(data)}, so there is no best trial whose layers could be shown.")
     histograms = _histograms(best)
     if not histograms:
         return Words(
@@ -301,14 +302,12 @@ def _dead_heatmap(data: ReportData) -> Item:
     figure.update_yaxes(autorange="reversed")
     figure.update_xaxes(title_text="trial, by increasing learning rate", type="category", tickangle=-45)
     left_out = len(data.trials) - len(trials)
-    caption = (
+    caption = one_sentence(
         "Each column is a trial (sorted left to right by learning rate), each row a hidden layer, and the colour the "
-        "fraction of its units that output nothing for every probe example after the last epoch (dark: dead)"
-        + (f"; left out: {plural(left_out, 'trial')} without a dead-unit measure (sigmoid, tanh, or not complete)" if left_out else "")
-        + "."
+        "fraction of its units that output nothing for every probe example after the last epoch (dark: dead)",
+        f"left out: {plural(left_out, 'trial')} without a dead-unit measure (sigmoid, tanh, or not complete)" if left_out else None,
+        sampled_note(len(shown), len(trials)) if sampled else None,
     )
-    if sampled:
-        caption += sampled_note(len(shown), len(trials))
     return Figure(figure, caption)
 
 
@@ -316,11 +315,11 @@ def _dead_heatmap(data: ReportData) -> Item:
 Series = Callable[[TrialView], list[tuple[str, str, float]]]
 
 
-def _per_layer_scatter(data: ReportData, trials: Sequence[TrialView], series: Series) -> tuple[go.Figure, str]:
+def _per_layer_scatter(data: ReportData, trials: Sequence[TrialView], series: Series) -> tuple[go.Figure, str | None]:
     """One trace per series name (a layer, or an activation's layer) of (learning rate, value)
     points; ``series(trial)`` gives (trace name, marker symbol, value) for each point of a trial.
-    Returns the figure and what its caption adds when trials were sampled (to keep the points
-    within MAX_POINTS)."""
+    Returns the figure and the clause its caption adds when trials were sampled (to keep the
+    points within MAX_POINTS), else None."""
     per_trial = max((len(series(t)) for t in trials), default=1) or 1
     keep = _stage_bests(data)
     shown, sampled = sample(trials, max(len(keep), MAX_POINTS // per_trial), keep=keep)
@@ -342,7 +341,7 @@ def _per_layer_scatter(data: ReportData, trials: Sequence[TrialView], series: Se
             text=points["text"], hovertemplate="%{text}<extra></extra>",
         ))
     figure.update_xaxes(type="log", title_text="learning rate")
-    return figure, sampled_note(len(shown), len(trials)) if sampled else ""
+    return figure, sampled_note(len(shown), len(trials)) if sampled else None
 
 
 def _saturation(data: ReportData) -> Item:
@@ -363,11 +362,12 @@ def _saturation(data: ReportData) -> Item:
     figure, note = _per_layer_scatter(data, trials, series)
     figure.update_yaxes(title_text="saturated fraction", range=[-0.03, 1.03], tickformat=".0%")
     layout(figure, title=f"Saturation of {names} layers against learning rate", height=440)
-    caption = (
+    caption = one_sentence(
         f"Each mark is one hidden layer of a {names} trial after its last epoch: the learning rate (x, log) and the "
-        "fraction of its activations within 1% of the activation's bounds (y), where the gradient all but vanishes."
+        "fraction of its activations within 1% of the activation's bounds (y), where the gradient all but vanishes",
+        note,
     )
-    return Figure(figure, caption + note)
+    return Figure(figure, caption)
 
 
 def _positive(value: float | None) -> bool:
@@ -395,9 +395,10 @@ def _update_ratios(data: ReportData) -> Item:
     ))
     figure.update_yaxes(type="log", title_text="update / weight (last step)")
     layout(figure, title="Update/weight ratio per layer against learning rate", height=440)
-    caption = (
+    caption = one_sentence(
         "Each mark is one layer of a trial: the learning rate (x, log) and the norm of its weights' last update divided "
         f"by the norm of its weights (y, log); the dashed line is the rule of thumb, about {UPDATE_RATIO_RULE:g}: far "
-        "above it the learning rate is likely too high, far below too low."
+        "above it the learning rate is likely too high, far below too low",
+        note,
     )
-    return Figure(figure, caption + note)
+    return Figure(figure, caption)

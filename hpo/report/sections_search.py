@@ -16,7 +16,8 @@ from plotly.subplots import make_subplots
 from hpo.output import plural
 from hpo.report.collect import MULTI_OBJECTIVE, OUTCOMES, ReportData, StageView, TrialView
 from hpo.report.common import (
-    FADED_OPACITY, SOLID_OPACITY, color_map, faded, hover, layout, plot_text, sample, sampled_note, scatter, show, value_name,
+    FADED_OPACITY, SOLID_OPACITY, color_map, faded, hover, layout, none_completed, one_sentence, outcome_counts, plot_text, sample,
+    sampled_note, scatter, show, value_name,
 )
 from hpo.report.page import Figure, Item, Section, Table, Words
 from workers.knobs import Condition, KnobError
@@ -84,7 +85,7 @@ def summary_section(data: ReportData) -> Section:
     if best is None and any(s.direction == MULTI_OBJECTIVE for s in data.stages):
         items.append(Words("This study optimizes several objectives at once, so there is no single best configuration."))
     elif best is None:
-        items.append(Words("No trial has completed yet, so there is no best configuration."))
+        items.append(Words(f"{none_completed(data)}, so there is no best configuration."))
     else:
         params = data.result.get("params") if data.result else None
         shown = params if isinstance(params, Mapping) else best.params
@@ -122,8 +123,7 @@ def _no_values(trials: list[TrialView], what: str) -> Words | None:
     read as a value."""
     if any(t.last_accuracy is not None for t in trials):
         return None
-    counts = ", ".join(f"{sum(t.outcome == o for t in trials)} {o.lower()}" for o in OUTCOMES if any(t.outcome == o for t in trials))
-    return Words(f"{what}: no finished trial has a value to draw ({counts}).")
+    return Words(f"{what}: no finished trial has a value to draw ({outcome_counts(trials)}).")
 
 
 def _trial_y(trial: TrialView, floor: float) -> float:
@@ -132,8 +132,14 @@ def _trial_y(trial: TrialView, floor: float) -> float:
 
 
 def _coarse_figure(stage: StageView, x_name: str, colors: dict[Any, str]) -> Figure | Words:
-    trials = [t for t in stage.trials if x_name in t.params and t.outcome in ("COMPLETE", "PRUNED", "DIVERGED")]
+    finished = [t for t in stage.trials if t.outcome in ("COMPLETE", "PRUNED", "DIVERGED")]
+    trials = [t for t in finished if x_name in t.params]
     if not trials:
+        if finished:  # x_name is conditional, and no finished trial met its condition
+            return Words(f"{stage.study}: none of its {plural(len(finished), 'finished trial')} has {x_name}, so there is nothing to draw.")
+        if stage.ended:  # its trials all failed, or it ran none
+            ended = outcome_counts(stage.trials)
+            return Words(f"{stage.study}: no trial completed, was pruned or diverged ({ended}), so there is nothing to draw.")
         return Words(f"{stage.study}: no trial has finished yet, so there is nothing to draw.")
     if (words := _no_values(trials, stage.study)) is not None:
         return words
@@ -183,18 +189,18 @@ def _coarse_figure(stage: StageView, x_name: str, colors: dict[Any, str]) -> Fig
         *(["coloured by activation"] if any("activation" in t.params for t in shown) else []),
         *(["circles with batch norm and diamonds without"] if any("batch_norm" in t.params for t in shown) else []),
     ]
-    caption = (
+    how = (
         f"Each mark is a trial of {stage.study}: its {x_name} (x) and the {value_name(stage)} it reached (y)"
         + "".join(f", {look}" for look in looks)
         + "; faded marks were pruned, x marks diverged (hover for the reason); the grey band is the range searched"
         + (f", the green band the range stage {stage.stage + 1} searches" if narrowed else "")
-        + ", the star the best trial."
+        + ", the star the best trial"
     )
-    if (when := _condition(stage.ranges.get(x_name))) is not None:
-        caption += f" {x_name} is sampled only with {when}, so only the {len(trials)} finished trials that have it are drawn."
-    if sampled:
-        caption += sampled_note(len(shown), len(trials))
-    return Figure(figure, caption)
+    when = _condition(stage.ranges.get(x_name))
+    conditional = (
+        None if when is None else f"{x_name} is sampled only with {when}, so only the {len(trials)} finished trials that have it are drawn"
+    )
+    return Figure(figure, one_sentence(how, conditional, sampled_note(len(shown), len(trials)) if sampled else None))
 
 
 def _condition(spec: Any) -> Condition | None:
@@ -226,15 +232,14 @@ def _pair_figure(stage: StageView, x_name: str, y_name: str) -> Figure | None:
     for axis, name in (("xaxis", x_name), ("yaxis", y_name)):
         if stage.ranges.get(name, {}).get("log"):
             figure.update_layout(**{axis: {"type": "log"}})
-    caption = (f"Each complete trial of {stage.study} at its {x_name} and {y_name}, coloured by {value_name(stage)} "
-               "(yellow is best): a bright corner is where the next stage should look.")
-    for name in (x_name, y_name):
-        if (when := _condition(stage.ranges.get(name))) is not None:
-            caption += f" {name} is sampled only with {when}, so only the {len(trials)} trials that have both are drawn."
-            break
-    if sampled:
-        caption += sampled_note(len(shown), len(trials))
-    return Figure(figure, caption)
+    how = (f"Each complete trial of {stage.study} at its {x_name} and {y_name}, coloured by {value_name(stage)} "
+           "(yellow is best): a bright corner is where the next stage should look")
+    conditional = next(
+        (f"{name} is sampled only with {when}, so only the {len(trials)} trials that have both are drawn"
+         for name in (x_name, y_name) if (when := _condition(stage.ranges.get(name))) is not None),
+        None,
+    )
+    return Figure(figure, one_sentence(how, conditional, sampled_note(len(shown), len(trials)) if sampled else None))
 
 
 def stage_coarse_items(stage: StageView, colors: Mapping[Any, str]) -> list[Item]:
@@ -264,15 +269,28 @@ def coarse_section(data: ReportData) -> Section:
     colors = activation_colors(data)
     items: list[Item] = [item for stage in data.stages for item in stage_coarse_items(stage, colors)]
     if len(data.stages) == 1 and data.campaign:
-        items.append(Words("This campaign has one stage so far: nothing has been narrowed yet."))
+        items.append(Words(_one_stage(data)))
     return Section("coarse-to-fine", "Coarse to fine", tuple(items))
+
+
+def _one_stage(data: ReportData) -> str:
+    """Why a campaign of one stage has no narrowing: it was planned so, it has not reached its
+    second stage yet, or it stopped before it."""
+    if data.planned_stages == 1:
+        return "This campaign has one stage, so nothing is narrowed." if data.running else "This campaign has one stage: nothing was narrowed."
+    if data.running:
+        return "This campaign has one stage so far: nothing has been narrowed yet."
+    return f"This campaign stopped in its first stage of {data.planned_stages}: nothing was narrowed."
 
 
 # -- 4. history --------------------------------------------------------------------------------
 def history_section(data: ReportData) -> Section:
     ordered = [t for stage in data.stages for t in sorted(stage.trials, key=lambda t: t.number) if t.outcome in ("COMPLETE", "PRUNED", "DIVERGED")]
     if not ordered:
-        return Section("history", "History", (Words("No trial has finished yet."),))
+        if data.running:
+            return Section("history", "History", (Words("No trial has finished yet."),))
+        said = f"No trial completed, was pruned or diverged ({outcome_counts(data.trials)}), so there is nothing to draw."
+        return Section("history", "History", (Words(said),))
     if (words := _no_values(ordered, "History")) is not None:
         return Section("history", "History", (words,))
     maximize = data.stages[-1].direction != "minimize"
@@ -314,14 +332,13 @@ def history_section(data: ReportData) -> Section:
         figure.add_vline(x=boundary + 0.5, line_dash="dash", line_color="#888", annotation_text=f"stage {stage.stage + 1}", annotation_position="top right")
     layout(figure, title="Every trial in order", xaxis_title="trial (in stage order)", yaxis_title=value_name(data.stages[-1]), height=420)
     if len(data.stages) > 1:
-        caption = (
+        how = (
             "Every finished trial in order, stage after stage (dashed lines), with the best value so far as a black step line; "
-            "faded marks were pruned, x marks diverged. Later stages train longer, so their values are higher for the same configuration."
+            "faded marks were pruned, x marks diverged; later stages train longer, so the same configuration scores higher in them"
         )
     else:
-        caption = "Every finished trial in order, with the best value so far as a black step line; faded marks were pruned, x marks diverged."
-    if sampled:
-        caption += sampled_note(len(shown), len(ordered))
+        how = "Every finished trial in order, with the best value so far as a black step line; faded marks were pruned, x marks diverged"
+    caption = one_sentence(how, sampled_note(len(shown), len(ordered)) if sampled else None)
     return Section("history", "History", (Figure(figure, caption),))
 
 

@@ -62,10 +62,6 @@ def _all_diverged(stage: StageView) -> Words | None:
     )
 
 
-def _counts_text(stage: StageView) -> str:
-    return ", ".join(f"{n} {outcome.lower()}" for outcome, n in stage.counts.items() if n)
-
-
 def _same(a: Any, b: Any) -> bool:
     """Equal and of one type, as the search space compares choices (True, 1 and 1.0 differ)."""
     return type(a) is type(b) and a == b
@@ -128,7 +124,8 @@ def _stage_choices(stage: StageView) -> list[Figure | Words | Table]:
     }
     fixed = [f"{name}={common.show(c[0])}" for name, c in choice_params.items() if len(c) == 1]
     varying = {name: c for name, c in choice_params.items() if len(c) > 1}
-    fixed_note = f" Fixed in this stage: {', '.join(fixed)}." if fixed else ""
+    fixed_clause = f"fixed in this stage: {', '.join(fixed)}" if fixed else None
+    fixed_note = f" {_sentence(fixed_clause)}." if fixed_clause else ""
     if not stage.trials:
         return [Words(f"{_sentence(_stage_name(stage))} has no trials yet.")]
     if not varying:
@@ -141,16 +138,16 @@ def _stage_choices(stage: StageView) -> list[Figure | Words | Table]:
     elif not ranked:
         what = "has a single value" if stage.counts["COMPLETE"] else "completed"  # several objectives
         items.append(Words(
-            f"No trial of {title} {what} ({_counts_text(stage)}): there is no accuracy to "
+            f"No trial of {title} {what} ({common.outcome_counts(stage.trials)}): there is no accuracy to "
             f"compare per choice; the table counts the trials.{fixed_note}"
         ))
     else:
-        items.append(_choices_figure(stage, varying, ranked, fixed_note))
+        items.append(_choices_figure(stage, varying, ranked, fixed_clause))
     items.append(_choices_table(stage, varying, ranked))
     return items
 
 
-def _choices_figure(stage: StageView, varying: Mapping[str, list], ranked: list[TrialView], fixed_note: str) -> Figure:
+def _choices_figure(stage: StageView, varying: Mapping[str, list], ranked: list[TrialView], fixed_clause: str | None) -> Figure:
     drawn_all = [t for t in stage.trials if t.last_accuracy is not None]
     budget = max(1, common.MAX_POINTS // len(varying))
     drawn, sampled = common.sample(drawn_all, budget, keep=ranked[:1])
@@ -208,14 +205,14 @@ def _choices_figure(stage: StageView, varying: Mapping[str, list], ranked: list[
         "dots beyond its whiskers are outliers"
         if boxes_anywhere else "each green dot is a complete trial"
     )
-    caption = (
+    caption = common.one_sentence(
         f"{_sentence(common.value_name(stage))} of the trials of {_stage_name(stage)} by the choice they took "
         f"(n: trials that took it, whatever their outcome): {how}; faded dots are pruned or diverged "
         f"trials' last accuracy, and a red \"dropped\" marks a choice the next stage no longer searches "
-        f"(hover it for why).{fixed_note}"
+        f"(hover it for why)",
+        fixed_clause,
+        common.sampled_note(len(drawn), len(drawn_all)) if sampled else None,
     )
-    if sampled:
-        caption += common.sampled_note(len(drawn), len(drawn_all))
     return Figure(figure, caption)
 
 
@@ -321,7 +318,10 @@ def _stage_curves(stage: StageView) -> list[Figure | Words]:
     if not lines:
         if stage.plan is None:
             return [Words(f"No trial of {title} stored a learning curve (hpo's workers store one per trial they train).")]
-        return [Words(f"No trial of {title} has finished an epoch yet ({_counts_text(stage)}).")]
+        counts = common.outcome_counts(stage.trials)
+        if stage.ended:  # none will
+            return [Words(f"No trial of {title} finished an epoch ({counts}).")]
+        return [Words(f"No trial of {title} has finished an epoch yet ({counts}).")]
 
     items: list[Figure | Words] = []
     longest = max(len(_curve(t)[0]) for t in lines)
@@ -333,7 +333,7 @@ def _stage_curves(stage: StageView) -> list[Figure | Words]:
         ))
     if not top:
         items.append(Words(
-            f"No trial of {title} completed ({_counts_text(stage)}); the faded curves are the trials that went furthest."
+            f"No trial of {title} completed ({common.outcome_counts(stage.trials)}); the faded curves are the trials that went furthest."
         ))
     items.append(_curves_figure(stage, top, pruned, diverged_lines, longest))
     return items
@@ -393,12 +393,11 @@ def _curves_figure(
         shown.append("the pruned and diverged trials that went furthest faded")
     if marks:
         shown.append("an x at the top of the loss panel at the epoch each diverged trial stopped in (hover for its reason)")
-    caption = (
+    caption = common.one_sentence(
         f"Training loss (left) and {common.value_name(stage)} (right) per epoch of the trials of {_stage_name(stage)}: "
-        + ", ".join(shown) + "."
+        + ", ".join(shown),
+        common.sampled_note(len(marks), len(diverged_all)) if sampled else None,
     )
-    if sampled:
-        caption += common.sampled_note(len(marks), len(diverged_all))
     return Figure(figure, caption)
 
 
@@ -500,13 +499,12 @@ def _timeline_figure(data: ReportData, bars: list[tuple[TrialView, datetime, dat
         type="category", categoryorder="array", categoryarray=[common.plot_text(w) for w in reversed(rows)], title_text="worker"
     )
     common.layout(figure, barmode="overlay", height=max(420, 180 + 36 * len(rows)), title="Trials per worker over time")
-    caption = (
+    caption = common.one_sentence(
         "Each bar is a trial, from its start to its end on the row of the worker that ran it, coloured "
         f"by outcome; hatched ({RETRY_PATTERN}) bars retry a failed trial, crossed ({REQUEUED_PATTERN}) "
-        "bars are failed trials that were queued again."
+        "bars are failed trials that were queued again",
+        common.sampled_note(len(drawn), len(bars)) if sampled else None,
     )
-    if sampled:
-        caption += common.sampled_note(len(drawn), len(bars))
     return Figure(figure, caption)
 
 
