@@ -371,9 +371,12 @@ def _write_report(storage_url: str, name: str) -> Path | None:
     """The campaign's report, written at its end (its figures also attached to the stage
     studies for optuna-dashboard); a report that cannot be written is said in one line and
     costs the campaign nothing (its results are stored)."""
-    from hpo.report import ReportPathError, write_report
+    from hpo.report_ahead import wait_until_prepared
 
     err.print(literal("writing the report ..."))
+    wait_until_prepared()  # before this thread imports the report's modules too
+    from hpo.report import ReportPathError, write_report
+
     try:
         storage = backend.open_storage(storage_url)
         try:

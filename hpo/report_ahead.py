@@ -45,6 +45,14 @@ def prepare_in_background(dataset: str, seed: int, *, importance: bool) -> None:
     threading.Thread(target=prepare, name="prepare-report", daemon=True).start()
 
 
+def wait_until_prepared() -> None:
+    """Wait for what :func:`prepare_in_background` started. Call it before importing
+    ``hpo.report`` or building a figure: two threads importing the same modules at once can
+    deadlock in Python's import system (Plotly's and narwhals' circular imports do), and
+    Plotly loads modules on a figure's first use. Whatever it raised, the report says."""
+    concurrent.futures.wait(list(_PREPARED.values()))
+
+
 def init_experiment_for(dataset: str | None, seed: int) -> tuple[dict | str, Section]:
     """The initialization experiment for the report and its section: computed ahead when
     :func:`prepare_in_background` ran for this dataset and seed, else now."""
