@@ -17,6 +17,7 @@ takes). :func:`retrying` runs a database action again with backoff across a serv
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import copy
 import fcntl
@@ -25,6 +26,7 @@ import json
 import logging
 import os
 import time
+import weakref
 from collections.abc import Callable, Iterator, Mapping
 from typing import TypeVar
 
@@ -191,6 +193,25 @@ def retrying(
             delay = min(delay * 2, 5.0)
 
 
+# Every engine this process opened, closed when it exits. SQLite's last connection to close
+# copies the write-ahead log into the database file and removes it: a finished command must
+# leave the .db file whole (a copy of it alone, a backup, holds the campaign). Open engines
+# were closed by the garbage collection at exit, which hpo.main now skips (gc.freeze).
+_ENGINES: weakref.WeakSet[sqlalchemy.Engine] = weakref.WeakSet()
+
+
+def _opened(engine: sqlalchemy.Engine) -> sqlalchemy.Engine:
+    _ENGINES.add(engine)
+    return engine
+
+
+@atexit.register
+def _close_engines() -> None:
+    for engine in list(_ENGINES):
+        with contextlib.suppress(Exception):  # exiting: a connection that cannot close is the OS's to drop
+            engine.dispose()
+
+
 def open_storage(url: str, *, heartbeat: bool = True, check_version: bool = True) -> RDBStorage:
     """An Optuna storage on ``url`` whose schema already exists (see :func:`ensure_schema`).
 
@@ -217,8 +238,10 @@ def open_storage(url: str, *, heartbeat: bool = True, check_version: bool = True
         }
     try:
         with _quiet_experimental_warnings():
-            return RDBStorage(url, engine_kwargs=engine_kwargs(url), skip_table_creation=True,
-                              skip_compatibility_check=not check_version, **hb)
+            storage = RDBStorage(url, engine_kwargs=engine_kwargs(url), skip_table_creation=True,
+                                 skip_compatibility_check=not check_version, **hb)
+        _opened(storage.engine)
+        return storage
     except DB_ERRORS as e:
         raise DatabaseUnavailable(describe_db_error(url, e)) from None
     except RuntimeError as e:  # Optuna's schema-version mismatch
@@ -307,7 +330,7 @@ def _plain_engine(url: str) -> sqlalchemy.Engine:
     kwargs = engine_kwargs(url)
     kwargs.pop("pool_size", None)
     kwargs.pop("max_overflow", None)
-    return sqlalchemy.create_engine(url, **kwargs)
+    return _opened(sqlalchemy.create_engine(url, **kwargs))
 
 
 @contextlib.contextmanager

@@ -278,3 +278,45 @@ def test_a_ctrl_c_while_a_command_module_loads_ends_as_that_command_ends(command
     )
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
     assert (done.returncode, done.stderr) == (status, "interrupted\n")
+
+
+def test_a_search_on_sqlite_leaves_the_whole_campaign_in_the_database_file(tmp_path):
+    """SQLite keeps new writes in a write-ahead log beside the file until the last connection
+    closes; a finished search (coordinator and worker alike) must close theirs, so that the
+    .db file alone, copied or backed up, holds the campaign."""
+    import shutil
+    import sqlite3
+
+    done = subprocess.run(
+        [sys.executable, "-m", "hpo", "search", "--name", "whole", "--stages", "1", "--trials", "2", "--epochs", "1",
+         "--workers", "1", "--storage", f"sqlite:///{tmp_path / 'hpo.db'}"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL)
+    assert done.returncode == 0, done.stderr
+    wal = tmp_path / "hpo.db-wal"
+    assert not wal.exists() or wal.stat().st_size == 0, "the campaign was left in the write-ahead log"
+    (tmp_path / "copy").mkdir()
+    shutil.copy(tmp_path / "hpo.db", tmp_path / "copy" / "hpo.db")
+    copied = sqlite3.connect(tmp_path / "copy" / "hpo.db")
+    try:
+        assert copied.execute("SELECT study_name FROM studies").fetchall() == [("whole/stage-1",)]
+        assert copied.execute("SELECT COUNT(*) FROM trials WHERE state = 'COMPLETE'").fetchone()[0] >= 2
+    finally:
+        copied.close()
+
+
+def test_a_process_that_wrote_through_the_storage_leaves_its_writes_in_the_database_file(tmp_path):
+    """The rule behind the test above, made deterministic: a process that exits as hpo's
+    commands do (its objects left to the end, gc.freeze) still closes every engine the storage
+    layer opened, so its writes are in the .db file, not in a write-ahead log beside it."""
+    url = f"sqlite:///{tmp_path / 'hpo.db'}"
+    backend.ensure_schema(url)
+    script = (
+        "import gc, optuna\n"
+        "from storage import backend\n"
+        f"storage = backend.open_storage({url!r}, heartbeat=False)\n"
+        "optuna.create_study(study_name='written', storage=storage).enqueue_trial({'x': 1})\n"
+        "gc.freeze()\n"
+    )
+    subprocess.run([sys.executable, "-c", script], check=True, capture_output=True, timeout=120)
+    wal = tmp_path / "hpo.db-wal"
+    assert not wal.exists() or wal.stat().st_size == 0, "the writes were left in the write-ahead log"
