@@ -28,9 +28,8 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from storage import dashboard_format
 from hpo.output import plural, visible
-from storage import records
+from storage import dashboard_format, records
 from storage.errors import StudyNotFound
 from workers import stageplan
 from workers.space import SearchSpace

@@ -61,9 +61,9 @@ def init_experiment_for(dataset: str | None, seed: int) -> tuple[dict | str, Sec
     future = _PREPARED.get((dataset, seed)) if dataset is not None else None
     if future is None:
         experiment = run_init_experiment(dataset, seed)
-        return experiment, init_section_of(experiment)
-    try:
-        return future.result()
-    except Exception as e:  # noqa: BLE001 - said in words in the report's section
-        experiment = f"the experiment did not run: {e}"
-        return experiment, init_section_of(experiment)
+    else:
+        try:
+            return future.result()
+        except Exception as e:  # noqa: BLE001 - said in words in the report's section
+            experiment = f"the experiment did not run: {e}"
+    return experiment, init_section_of(experiment)

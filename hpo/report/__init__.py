@@ -189,8 +189,8 @@ def dashboard_figures(data: ReportData) -> dict[str, dict[str, Any]]:
 def attach_to_dashboard(storage, data: ReportData) -> list[str]:
     """Attach :func:`dashboard_figures` to their studies (``hpo.dashboard.attach_figures``; a
     figure saved again replaces the one before). The ids attached; none without the package."""
-    from storage import dashboard_format
     from hpo.dashboard import attach_figures
+    from storage import dashboard_format
 
     if not dashboard_format.installed():  # no figure to build for it
         return []
